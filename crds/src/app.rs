@@ -1,0 +1,231 @@
+// kube-derive takes one `printcolumn(...)` per column, so their keys repeat by design.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A Node.js app: which artifact runs, how many replicas, on which port, with which
+/// configuration. The operator turns it into a Deployment, a Service and a
+/// ServiceAccount of the same name, so the name must be a DNS label.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "aether.dev",
+    version = "v1alpha1",
+    kind = "AetherApp",
+    namespaced,
+    status = "AetherAppStatus",
+    shortname = "aapp",
+    category = "aether",
+    doc = "A Node.js app run by Aether from an AetherArtifact",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
+    printcolumn(name = "Reason", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].reason"#),
+    printcolumn(name = "Artifact", type_ = "string", json_path = ".spec.artifactRef.name"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Available", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url", priority = 1),
+    printcolumn(name = "Digest", type_ = "string", json_path = ".status.artifact.digest", priority = 1),
+    validation = Rule::new("size(self.metadata.name) <= 63").message("an AetherApp name may be at most 63 characters: it names the app's Service and labels"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("an AetherApp name must be a DNS label: lowercase letters, digits and '-', starting with a letter")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AetherAppSpec {
+    /// The AetherArtifact to run, in the same namespace.
+    pub artifact_ref: ArtifactRef,
+
+    /// Number of pods. 0 keeps the app defined but stopped.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+
+    /// Port the app listens on; passed to it as `PORT`.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// Environment variables for the app container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = Rule::new("self.all(e, !has(e.value) || size(e.value) <= 32768)").message("an env value may be at most 32 KiB: put larger configuration in a ConfigMap and use envFrom"))]
+    pub env: Vec<EnvVar>,
+
+    /// Sources of environment variables (ConfigMaps, Secrets) for the app container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub env_from: Vec<EnvFromSource>,
+
+    /// CPU and memory for the app container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Overrides the artifact's entrypoint, e.g. `["node", "worker.js"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub command: Option<Vec<String>>,
+
+    /// Overrides the runtime image chosen from the artifact's Node major version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<AppRuntime>,
+
+    /// Swap new code into running pods without restarting them (development only).
+    #[serde(default)]
+    pub dev_hot: bool,
+
+    /// HTTP health check used for readiness, liveness and startup probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+
+    /// Signature policy for the artifacts this app runs.
+    #[serde(default)]
+    pub verify: VerifyPolicy,
+
+    /// Stop reconciling: the operator leaves the app's children as they are.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_port() -> i32 {
+    3000
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactRef {
+    /// Name of an AetherArtifact in the app's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("must be the name of an AetherArtifact: lowercase letters, digits, '-' and '.'"))]
+    pub name: String,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRuntime {
+    /// Container image providing `node`, e.g. `node:20-slim`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// HTTP path probed on the app's port.
+    #[serde(default = "default_health_path")]
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("a health check path must start with '/'"))]
+    pub path: String,
+}
+
+fn default_health_path() -> String {
+    "/".into()
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyPolicy {
+    /// `Enforce` (default) refuses to run an unsigned or wrongly signed artifact,
+    /// `Warn` runs it with a Warning event, `Off` skips signature checks. Digests are
+    /// always checked.
+    #[serde(default)]
+    pub mode: VerifyMode,
+    /// Public keys trusted for this app; the operator's default keys when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_ref: Option<KeysRef>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum VerifyMode {
+    #[default]
+    Enforce,
+    Warn,
+    Off,
+}
+
+/// A ConfigMap or Secret in the app's namespace whose entries are public keys.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeysRef {
+    pub kind: KeysKind,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeysKind {
+    ConfigMap,
+    Secret,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AetherAppStatus {
+    /// The `metadata.generation` the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Reconciling` and `Stalled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The artifact the running Deployment was built from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<DeployedArtifact>,
+    /// Pods of the current Deployment.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods of the current Deployment that pass their readiness probe.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the app's pods, for the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Where the app answers HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Recent releases, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub history: Vec<Release>,
+    /// How long the last deploy took, phase by phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_deploy: Option<DeployTimings>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployedArtifact {
+    pub name: String,
+    pub digest: String,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Release {
+    pub artifact: String,
+    pub digest: String,
+    pub deployed_at: Time,
+}
+
+/// Phase timings of one deploy, measured from the moment the operator saw the new
+/// artifact Ready.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployTimings {
+    pub artifact: String,
+    pub started_at: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_after_milliseconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_after_milliseconds: Option<i64>,
+}

@@ -1,0 +1,185 @@
+// kube-derive takes one `printcolumn(...)` per column, so their keys repeat by design.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A packed, content-addressed build of a Node.js app: two layers (dependencies and
+/// code) in object storage, described here by their digests. Immutable once created:
+/// a new build is a new AetherArtifact, so an app can always roll back to an old one.
+///
+/// The object name is chosen by the client; `aether push` uses `<app>-<first 12 hex
+/// digits of the digest>`, so `kubectl get aart` shows the short digest as the name.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "aether.dev",
+    version = "v1alpha1",
+    kind = "AetherArtifact",
+    namespaced,
+    status = "AetherArtifactStatus",
+    shortname = "aart",
+    category = "aether",
+    doc = "A packed, signed, content-addressed build of a Node.js app",
+    printcolumn(name = "App", type_ = "string", json_path = ".spec.app"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
+    ),
+    printcolumn(name = "Node", type_ = "integer", json_path = ".spec.runtime.nodeMajor"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Digest", type_ = "string", json_path = ".spec.digest", priority = 1)
+)]
+#[x_kube(validation = Rule::new("self == oldSelf").message("an AetherArtifact is immutable: push a new artifact instead of editing this one"))]
+#[serde(rename_all = "camelCase")]
+pub struct AetherArtifactSpec {
+    /// Name of the AetherApp this artifact was built for (a DNS label). The signature
+    /// binds it, so an artifact cannot be replayed into another app.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new(crate::validation::DNS_LABEL_RULE).message(crate::validation::DNS_LABEL_MESSAGE))]
+    pub app: String,
+
+    /// sha256 of the artifact manifest (canonical JSON listing layers, runtime and
+    /// entrypoint): the identity of this build.
+    #[schemars(length(max = 71))]
+    #[x_kube(validation = Rule::new(crate::validation::DIGEST_RULE).message(crate::validation::DIGEST_MESSAGE))]
+    pub digest: String,
+
+    /// The layers, in extraction order: `deps` (node_modules) then `app` (the code).
+    #[schemars(length(min = 1, max = 2))]
+    #[x_kube(validation = Rule::new("self.all(l, self.exists_one(m, m.name == l.name))").message("each layer name may appear only once"))]
+    pub layers: Vec<Layer>,
+
+    /// What the artifact needs to run.
+    pub runtime: Runtime,
+
+    /// The command that starts the app, relative to the extracted app root,
+    /// e.g. `["node", "server.js"]`.
+    #[schemars(length(min = 1, max = 32))]
+    pub entrypoint: Vec<String>,
+
+    /// The CycloneDX SBOM describing the dependencies, stored next to the layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sbom: Option<Blob>,
+
+    /// Ed25519 signature over a statement binding digest, app and namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+
+    /// Where the code came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+}
+
+/// One compressed tar layer in object storage, addressed by its digest.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Layer {
+    /// `deps` or `app`. These are layer names (they match the manifest and the files
+    /// in storage), not modes, hence lowercase.
+    pub name: LayerName,
+    /// sha256 of the exact compressed bytes.
+    #[schemars(length(max = 71))]
+    #[x_kube(validation = Rule::new(crate::validation::DIGEST_RULE).message(crate::validation::DIGEST_MESSAGE))]
+    pub digest: String,
+    /// Compressed size in bytes.
+    #[schemars(range(min = 0))]
+    pub size: i64,
+    /// e.g. `application/vnd.aether.layer.v1.tar+zstd`.
+    #[schemars(length(min = 1, max = 255))]
+    pub media_type: String,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerName {
+    /// `node_modules`, installed from the lockfile for the target runtime.
+    Deps,
+    /// Everything else that is not ignored.
+    App,
+}
+
+/// A blob in object storage other than a layer (e.g. the SBOM).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Blob {
+    #[schemars(length(max = 71))]
+    #[x_kube(validation = Rule::new(crate::validation::DIGEST_RULE).message(crate::validation::DIGEST_MESSAGE))]
+    pub digest: String,
+    #[schemars(range(min = 0))]
+    pub size: i64,
+    #[schemars(length(min = 1, max = 255))]
+    pub media_type: String,
+}
+
+/// The runtime an artifact was built for. Native modules in the deps layer only work
+/// on a matching platform and libc.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Runtime {
+    /// Major version of Node.js, e.g. 20.
+    #[schemars(range(min = 16, max = 99))]
+    pub node_major: i32,
+    pub platform: Platform,
+    pub libc: Libc,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Platform {
+    #[serde(rename = "linux/amd64")]
+    LinuxAmd64,
+    #[serde(rename = "linux/arm64")]
+    LinuxArm64,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Libc {
+    Glibc,
+    Musl,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Signature {
+    /// Short hash of the public key that made the signature.
+    #[schemars(length(min = 1, max = 64))]
+    pub key_id: String,
+    /// Base64 of the 64-byte Ed25519 signature.
+    #[schemars(length(min = 1, max = 128))]
+    pub value: String,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    /// VCS revision (e.g. a git commit), if the project is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub revision: Option<String>,
+    /// True when the working tree had uncommitted changes.
+    #[serde(default)]
+    pub dirty: bool,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AetherArtifactStatus {
+    /// The `metadata.generation` the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Uploaded`, `Verified` and the `Ready` summary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// When every blob was last checked against its digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<Time>,
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Build (once) the Kubernetes server components, etcd and Garage into the
+# version-keyed cache. Every step is skipped when its output already exists.
+#   hack/build-components.sh [kubernetes|etcd|garage]...   (default: all)
+source "$(dirname "$0")/lib.sh"
+
+K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+
+# A wrapper module requiring k8s.io/kubernetes at the tag. Upstream's go.mod
+# points the staging modules (k8s.io/api, client-go, ...) at ./staging with
+# v0.0.0 requirements; replace each with its published v0.x.y twin.
+build_kubernetes() {
+  local have=1 c
+  for c in "${K8S_CMDS[@]}"; do [[ -x "$K8S_BIN/$c" ]] || have=0; done
+  if (( have )); then log "kubernetes $K8S_VERSION: cached in $K8S_BIN"; return; fi
+
+  local work="$AETHER_CACHE/src/kubernetes-$K8S_VERSION"
+  local staging_version="v0.${K8S_VERSION#v1.}"
+  mkdir -p "$work" "$K8S_BIN"
+  local gomod
+  gomod="$(cd "$work" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')"
+  [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$K8S_VERSION"
+  local gover
+  gover="$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$gomod")"
+  {
+    echo "module aether.local/kubernetes-build"
+    echo
+    echo "go $gover"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    sed -n 's/^\s*\(k8s\.io\/[a-z0-9./-]*\) v0\.0\.0$/\1/p' "$gomod" | sort -u |
+      while read -r m; do echo "replace $m => $m $staging_version"; done
+  } > "$work/go.mod"
+  echo 'package main' > "$work/main.go"; echo 'func main() {}' >> "$work/main.go"
+
+  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  local ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  local pkgs=()
+  for c in "${K8S_CMDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  (cd "$work" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$K8S_BIN/" "${pkgs[@]}")
+  "$K8S_BIN/kube-apiserver" --version
+}
+
+# etcd's own main module carries replace directives, so `go install` refuses it;
+# a two-line wrapper around etcdmain builds the same server.
+build_etcd() {
+  if [[ -x "$ETCD_BIN/etcd" ]]; then log "etcd $ETCD_VERSION: cached in $ETCD_BIN"; return; fi
+  local work="$AETHER_CACHE/src/etcd-$ETCD_VERSION"
+  mkdir -p "$work" "$ETCD_BIN"
+  cat > "$work/main.go" <<'GO'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+  printf 'module aether.local/etcd-build\n\ngo 1.24\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > "$work/go.mod"
+  (cd "$work" && GOFLAGS=-mod=mod go mod tidy && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$ETCD_BIN/etcd" .)
+  "$ETCD_BIN/etcd" --version
+}
+
+# Garage is AGPL: it is only ever run as a separate program, never linked.
+build_garage() {
+  if [[ -x "$GARAGE_BIN/garage" ]]; then log "garage $GARAGE_VERSION: cached in $GARAGE_BIN"; return; fi
+  local root="$AETHER_CACHE/garage-$GARAGE_VERSION"
+  CARGO_TARGET_DIR="$AETHER_CACHE/src/garage-target" \
+    cargo install garage --version "$GARAGE_VERSION" --locked --root "$root"
+  rm -rf "$AETHER_CACHE/src/garage-target"
+}
+
+targets=("$@")
+(( ${#targets[@]} )) || targets=(kubernetes etcd garage)
+for t in "${targets[@]}"; do
+  case "$t" in
+    kubernetes) phase "build kubernetes $K8S_VERSION" build_kubernetes ;;
+    etcd) phase "build etcd $ETCD_VERSION" build_etcd ;;
+    garage) phase "build garage $GARAGE_VERSION" build_garage ;;
+    *) die "unknown component: $t (kubernetes|etcd|garage)" ;;
+  esac
+done

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install the Debian packages the local cluster and the tests need (idempotent).
+source "$(dirname "$0")/lib.sh"
+
+PACKAGES=(
+  containerd runc containernetworking-plugins  # container runtime + CNI bridge
+  iptables conntrack iproute2 socat ethtool    # kube-proxy, kubelet, port-forward
+  zstd jq curl ca-certificates gcc libc6-dev   # images, benchmarks, pause binary
+  e2fsprogs util-linux                         # mount/umount helpers for cleanup
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if (( ${#missing[@]} )); then
+  log "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The packaged service must not run: hack/cluster.sh starts containerd itself.
+  if command -v systemctl >/dev/null && systemctl is-active -q containerd 2>/dev/null; then
+    systemctl stop containerd || true; systemctl disable containerd 2>/dev/null || true
+  fi
+fi
+command -v go >/dev/null || die "Go is required to build the Kubernetes components"
+command -v cargo >/dev/null || die "cargo is required"
+command -v node >/dev/null || die "Node.js is required (runtime image and examples)"
+log "system packages present"

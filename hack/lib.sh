@@ -1,0 +1,31 @@
+# Shared settings and helpers for the hack/ scripts. Sourced, never run.
+# Versions are pinned here; caches are keyed by them so a bump rebuilds.
+set -euo pipefail
+
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$HACK_DIR/.." && pwd)"
+
+K8S_VERSION="${K8S_VERSION:-v1.34.4}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+GARAGE_VERSION="${GARAGE_VERSION:-2.5.0}"
+
+# Built binaries survive across clones and runs; state is per machine, at a
+# fixed path so an `up` from any clone finds (and cleans) what an unclean stop left.
+AETHER_CACHE="${AETHER_CACHE:-$HOME/.cache/aether}"
+STATE_DIR="${AETHER_STATE_DIR:-/var/lib/aether-local}"
+
+K8S_BIN="$AETHER_CACHE/kubernetes-$K8S_VERSION/bin"
+ETCD_BIN="$AETHER_CACHE/etcd-$ETCD_VERSION/bin"
+GARAGE_BIN="$AETHER_CACHE/garage-$GARAGE_VERSION/bin"
+
+log() { printf '\033[1m[%s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# phase NAME CMD...: run a step and print how long it took.
+phase() {
+  local name="$1"; shift
+  local start=$SECONDS
+  log "$name ..."
+  "$@"
+  log "$name done in $((SECONDS - start))s"
+}
