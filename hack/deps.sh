@@ -6,6 +6,7 @@ PACKAGES=(
   containerd runc containernetworking-plugins  # container runtime + CNI bridge
   iptables conntrack iproute2 socat ethtool    # kube-proxy, kubelet, port-forward
   zstd jq curl ca-certificates gcc libc6-dev   # images, benchmarks, pause binary
+  openssl                                      # the local cluster's PKI
   e2fsprogs util-linux                         # mount/umount helpers for cleanup
 )
 
@@ -23,6 +24,7 @@ if (( ${#missing[@]} )); then
     systemctl stop containerd || true; systemctl disable containerd 2>/dev/null || true
   fi
 fi
+command -v kubectl >/dev/null || die "kubectl is required (this machine image ships one in /usr/bin)"
 command -v go >/dev/null || die "Go is required to build the Kubernetes components"
 command -v cargo >/dev/null || die "cargo is required"
 command -v node >/dev/null || die "Node.js is required (runtime image and examples)"
