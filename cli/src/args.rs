@@ -1,0 +1,103 @@
+//! Command-line types, and nothing else: parsing lives here, behaviour in commands/.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aether",
+    version,
+    about = "Run Node.js apps on Kubernetes without building images"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Namespace the artifact is signed for and deployed to.
+    #[arg(
+        short = 'n',
+        long,
+        global = true,
+        env = "AETHER_NAMESPACE",
+        default_value = "default"
+    )]
+    pub namespace: String,
+    /// Output format: human-readable messages on stderr, or JSON on stdout.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+    /// Hide progress and informational messages.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pack a Node.js project into a signed, content-addressed artifact.
+    Pack(PackArgs),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct PackArgs {
+    /// The project folder (with package.json and a lockfile).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Where to write the blobs and artifact.json [default: DIR/.aether/out].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// App name [default: package.json "name", as a DNS label].
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Node.js major version of the runtime [default: from engines.node, else this machine's].
+    #[arg(long)]
+    pub node: Option<u32>,
+    /// Target platform of the runtime.
+    #[arg(long, default_value = "linux/amd64", value_parser = ["linux/amd64", "linux/arm64"])]
+    pub platform: String,
+    /// C library of the runtime image.
+    #[arg(long, default_value = "glibc", value_parser = ["glibc", "musl"])]
+    pub libc: String,
+    /// Pack without a lockfile (the artifact is then not reproducible).
+    #[arg(long)]
+    pub allow_no_lockfile: bool,
+    /// Ed25519 private key (PKCS#8 PEM) to sign with [default: the key from `aether keys generate`].
+    #[arg(long, env = "AETHER_SIGNING_KEY")]
+    pub key: Option<PathBuf>,
+    /// Do not sign (an app with `verify.mode: Enforce` will refuse the artifact).
+    #[arg(long, conflicts_with = "key")]
+    pub no_sign: bool,
+    /// Cache of installed dependencies and packed deps layers.
+    #[arg(long, env = "AETHER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate an Ed25519 signing key pair.
+    Generate(KeysGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysGenerateArgs {
+    /// Private key file [default: ~/.config/aether/signing-key.pem]; the public key
+    /// goes next to it as `<name>.pub.pem`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Overwrite an existing key.
+    #[arg(long)]
+    pub force: bool,
+}

@@ -1,0 +1,128 @@
+use aether_artifact::signature::SigningKey;
+
+use crate::args::{GlobalArgs, OutputFormat, PackArgs};
+use crate::errors::CliError;
+use crate::install::{self, Target};
+use crate::pack::{self, PackOutcome, PackRequest, human_bytes};
+use crate::printer::Printer;
+use crate::project;
+
+pub fn run(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Result<PackOutcome, CliError> {
+    let project = project::detect(&args.dir, args.allow_no_lockfile)?;
+    if project.lockfile.is_none() {
+        printer.warn(
+            "packing without a lockfile: dependencies are resolved now and the artifact is not reproducible",
+        );
+    }
+    let app = match &args.app {
+        Some(a) if aether_crds_dns_label(a) => a.clone(),
+        Some(a) => return Err(CliError::BadAppName(a.clone())),
+        None => {
+            let name = project.package_json["name"].as_str().unwrap_or_default();
+            let dir_name = project
+                .root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            project::app_name_from(name)
+                .or_else(|| project::app_name_from(&dir_name))
+                .ok_or_else(|| CliError::BadAppName(name.to_string()))?
+        }
+    };
+    let node_major = args
+        .node
+        .or_else(|| project::engines_node_major(&project.package_json))
+        .unwrap_or_else(local_node_major);
+    let target = Target {
+        node_major,
+        platform: args.platform.clone(),
+        libc: args.libc.clone(),
+    };
+
+    let signing_key = if args.no_sign {
+        None
+    } else {
+        let explicit = args.key.is_some();
+        let path = args.key.clone().unwrap_or_else(super::keys::default_key_path);
+        match std::fs::read_to_string(&path) {
+            Ok(pem) => Some(SigningKey::from_pem(&pem).map_err(|source| CliError::Key { path, source })?),
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+                printer.warn("no signing key (run `aether keys generate`): the artifact is unsigned");
+                None
+            }
+            Err(e) => return Err(CliError::io(format!("reading {}", path.display()))(e)),
+        }
+    };
+
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| project.root.join(".aether").join("out"));
+    let request = PackRequest {
+        project: &project,
+        app,
+        namespace: global.namespace.clone(),
+        target,
+        out_dir,
+        cache_dir: args.cache_dir.clone().unwrap_or_else(install::default_cache_dir),
+        signing_key,
+    };
+    printer.info(format!(
+        "Packing {} ({}, Node {}, {})",
+        request.app, project.manager, request.target.node_major, request.target.platform
+    ));
+    let outcome = pack::pack(&request, printer)?;
+    match printer.format {
+        OutputFormat::Json => printer.json(&outcome),
+        OutputFormat::Human => {
+            for l in &outcome.layers {
+                printer.info(format!(
+                    "  {:<5} {}  {:>10}",
+                    l.name,
+                    l.digest,
+                    human_bytes(l.size)
+                ));
+            }
+            match &outcome.signature {
+                Some(s) => printer.info(format!(
+                    "  signed by key {} for {}/{}",
+                    s.key_id, outcome.namespace, outcome.app
+                )),
+                None => printer.info("  unsigned"),
+            }
+            printer.info(format!(
+                "Artifact written to {} in {:.1}s",
+                outcome.out.display(),
+                outcome.timings_ms.total as f64 / 1000.0
+            ));
+            printer.data(&outcome.digest.to_string());
+        }
+    }
+    Ok(outcome)
+}
+
+fn local_node_major() -> u32 {
+    std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|v| {
+            v.trim()
+                .trim_start_matches('v')
+                .split('.')
+                .next()
+                .and_then(|m| m.parse().ok())
+        })
+        .unwrap_or(20)
+}
+
+fn aether_crds_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[b.len() - 1] != b'-'
+}

@@ -1,0 +1,23 @@
+//! The `aether` CLI. `main.rs` only parses and maps errors to exit codes; each
+//! command lives in `commands/`, the pack pipeline in `pack`.
+
+pub mod args;
+pub mod commands;
+pub mod errors;
+pub mod install;
+pub mod pack;
+pub mod printer;
+pub mod project;
+pub mod sbom;
+
+use args::{Cli, Command, KeysCommand};
+use errors::CliError;
+use printer::Printer;
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let printer = Printer::new(cli.global.output, cli.global.quiet);
+    match &cli.command {
+        Command::Pack(args) => commands::pack::run(args, &cli.global, &printer).map(|_| ()),
+        Command::Keys(KeysCommand::Generate(args)) => commands::keys::generate(args, &printer),
+    }
+}

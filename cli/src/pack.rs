@@ -1,0 +1,417 @@
+//! `aether pack` as a pipeline: install (cached) → pack deps (cached) → pack app →
+//! manifest → SBOM → sign, writing content-addressed blobs to the output folder.
+//! Progress goes through [`Reporter`], so this module carries no UI code.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use aether_artifact::layer::{self, LayerStats, PackOptions};
+use aether_artifact::manifest::{LayerDescriptor, Manifest, RuntimeDescriptor, SourceDescriptor};
+use aether_artifact::signature::SigningKey;
+use aether_artifact::{Digest, LAYER_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+use serde::{Deserialize, Serialize};
+
+use crate::errors::CliError;
+use crate::install::{self, Target};
+use crate::project::{PackageManager, Project};
+use crate::sbom;
+
+/// Long-running steps, for progress display and timings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Install,
+    PackDeps,
+    PackApp,
+    Sbom,
+}
+
+impl Phase {
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Install => "Installing production dependencies",
+            Phase::PackDeps => "Packing dependencies",
+            Phase::PackApp => "Packing app",
+            Phase::Sbom => "Writing SBOM",
+        }
+    }
+}
+
+pub trait Reporter {
+    fn started(&self, phase: Phase);
+    /// `detail` is a short human summary ("cached", "18,479 entries").
+    fn finished(&self, phase: Phase, detail: &str);
+}
+
+#[derive(Debug)]
+pub struct PackRequest<'a> {
+    pub project: &'a Project,
+    pub app: String,
+    pub namespace: String,
+    pub target: Target,
+    pub out_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub signing_key: Option<SigningKey>,
+}
+
+/// What `aether pack -o json` prints.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackOutcome {
+    pub app: String,
+    pub namespace: String,
+    /// The artifact digest: sha256 of the manifest.
+    pub digest: Digest,
+    pub manifest: BlobOut,
+    pub layers: Vec<LayerOut>,
+    pub sbom: SbomOut,
+    pub signature: Option<SignatureOut>,
+    pub runtime: Target,
+    pub entrypoint: Vec<String>,
+    pub package_manager: String,
+    /// True when no package manager ran (the install came from the cache).
+    pub install_skipped: bool,
+    /// Folder holding `blobs/sha256/<hex>` and `artifact.json`.
+    pub out: PathBuf,
+    pub timings_ms: Timings,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlobOut {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerOut {
+    pub name: String,
+    pub digest: Digest,
+    pub size: u64,
+    pub entries: u64,
+    /// Bytes of file content before compression.
+    pub content_bytes: u64,
+    /// True when the packed layer came from the cache.
+    pub cached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SbomOut {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub components: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureOut {
+    pub key_id: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timings {
+    pub install: u64,
+    pub pack_deps: u64,
+    pub pack_app: u64,
+    pub sbom: u64,
+    pub total: u64,
+}
+
+/// Names never packed into the app layer, wherever they appear: VCS data, secrets,
+/// installed dependencies (they are the deps layer) and Aether's own output.
+fn always_excluded(name: &str) -> bool {
+    matches!(name, ".git" | "node_modules" | ".aether" | ".npmrc") || name.starts_with(".env")
+}
+
+pub fn pack(req: &PackRequest<'_>, reporter: &dyn Reporter) -> Result<PackOutcome, CliError> {
+    let started = Instant::now();
+    let mut timings = Timings::default();
+    let blobs = req.out_dir.join("blobs").join("sha256");
+    fs::create_dir_all(&blobs).map_err(CliError::io(format!("creating {}", blobs.display())))?;
+    let options = PackOptions::default();
+
+    // Dependencies: installed and packed once per cache key.
+    let key = install::cache_key(req.project, &req.target)?;
+    let t = Instant::now();
+    reporter.started(Phase::Install);
+    let installed = install::ensure_installed(req.project, &key, &req.cache_dir)?;
+    install::check_native_modules(&installed.dir.join("node_modules"), &req.target)?;
+    reporter.finished(Phase::Install, if installed.cached { "cached" } else { "done" });
+    timings.install = ms(t);
+
+    let t = Instant::now();
+    reporter.started(Phase::PackDeps);
+    let (deps, deps_cached) = pack_deps(&installed.dir, &blobs, &options)?;
+    reporter.finished(Phase::PackDeps, &layer_detail(&deps, deps_cached));
+    timings.pack_deps = ms(t);
+
+    let t = Instant::now();
+    reporter.started(Phase::PackApp);
+    let out_dir = req.out_dir.canonicalize().unwrap_or_else(|_| req.out_dir.clone());
+    let paths = app_paths(&req.project.root, &out_dir)?;
+    let app = write_layer(&req.project.root, &paths, &blobs, &options)?;
+    reporter.finished(Phase::PackApp, &layer_detail(&app, false));
+    timings.pack_app = ms(t);
+
+    let manifest = Manifest {
+        schema_version: 1,
+        media_type: MANIFEST_MEDIA_TYPE.into(),
+        layers: vec![
+            descriptor("deps", &deps, Some(key.clone())),
+            descriptor("app", &app, None),
+        ],
+        runtime: RuntimeDescriptor {
+            node_major: req.target.node_major,
+            platform: req.target.platform.clone(),
+            libc: req.target.libc.clone(),
+        },
+        entrypoint: req.project.entrypoint.clone(),
+        source: source_info(&req.project.root),
+    };
+    let manifest_bytes = manifest.to_canonical_json();
+    let digest = Digest::of(&manifest_bytes);
+    write_blob(&blobs, &digest, &manifest_bytes)?;
+
+    let t = Instant::now();
+    reporter.started(Phase::Sbom);
+    let packages = match (&req.project.manager, &req.project.lockfile) {
+        (PackageManager::Npm, Some(lock)) => {
+            sbom::from_npm_lockfile(&fs::read_to_string(lock).map_err(CliError::io("reading the lockfile"))?)?
+        }
+        _ => sbom::from_installed_tree(&installed.dir.join("node_modules")),
+    };
+    let version = req.project.package_json["version"].as_str().unwrap_or("0.0.0");
+    let sbom_bytes = sbom::cyclonedx_json(&req.app, version, &packages)?;
+    let sbom_digest = Digest::of(&sbom_bytes);
+    write_blob(&blobs, &sbom_digest, &sbom_bytes)?;
+    reporter.finished(Phase::Sbom, &format!("{} components", packages.len()));
+    timings.sbom = ms(t);
+
+    let signature = req.signing_key.as_ref().map(|key| SignatureOut {
+        key_id: key.public_key().key_id(),
+        value: key.sign(&digest, &req.namespace, &req.app),
+    });
+    timings.total = ms(started);
+
+    let outcome = PackOutcome {
+        app: req.app.clone(),
+        namespace: req.namespace.clone(),
+        digest,
+        manifest: BlobOut {
+            digest,
+            size: manifest_bytes.len() as u64,
+        },
+        layers: vec![
+            layer_out("deps", &deps, deps_cached, Some(key)),
+            layer_out("app", &app, false, None),
+        ],
+        sbom: SbomOut {
+            digest: sbom_digest,
+            size: sbom_bytes.len() as u64,
+            media_type: sbom::MEDIA_TYPE.into(),
+            components: packages.len(),
+        },
+        signature,
+        runtime: req.target.clone(),
+        entrypoint: req.project.entrypoint.clone(),
+        package_manager: req.project.manager.to_string(),
+        install_skipped: installed.cached,
+        out: req.out_dir.clone(),
+        timings_ms: timings,
+    };
+    let summary = serde_json::to_vec_pretty(&outcome).expect("the outcome serialises");
+    fs::write(req.out_dir.join("artifact.json"), summary).map_err(CliError::io("writing artifact.json"))?;
+    Ok(outcome)
+}
+
+fn ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}
+
+fn layer_detail(stats: &LayerStats, cached: bool) -> String {
+    let cached = if cached { ", cached" } else { "" };
+    format!("{} entries, {}{cached}", stats.entries, human_bytes(stats.size))
+}
+
+pub fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+fn descriptor(name: &str, s: &LayerStats, cache_key: Option<String>) -> LayerDescriptor {
+    LayerDescriptor {
+        name: name.into(),
+        media_type: LAYER_MEDIA_TYPE.into(),
+        digest: s.digest,
+        size: s.size,
+        entries: s.entries,
+        files_digest: s.files_digest,
+        cache_key,
+    }
+}
+
+fn layer_out(name: &str, s: &LayerStats, cached: bool, cache_key: Option<String>) -> LayerOut {
+    LayerOut {
+        name: name.into(),
+        digest: s.digest,
+        size: s.size,
+        entries: s.entries,
+        content_bytes: s.content_bytes,
+        cached,
+        cache_key,
+    }
+}
+
+/// Stats of a cached deps layer, stored next to it.
+#[derive(Serialize, Deserialize)]
+struct CachedLayer {
+    digest: Digest,
+    size: u64,
+    content_bytes: u64,
+    entries: u64,
+    files_digest: Digest,
+}
+
+/// The deps layer for an install folder, packed once and kept in the cache.
+fn pack_deps(
+    install_dir: &Path,
+    blobs: &Path,
+    options: &PackOptions,
+) -> Result<(LayerStats, bool), CliError> {
+    let meta_path = install_dir.join("layer.json");
+    if let Some(c) = fs::read(&meta_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<CachedLayer>(&b).ok())
+    {
+        let cached = install_dir.join("layer.tar.zst");
+        let target = blobs.join(c.digest.hex());
+        if target.is_file()
+            || fs::hard_link(&cached, &target)
+                .or_else(|_| fs::copy(&cached, &target).map(|_| ()))
+                .is_ok()
+        {
+            let stats = LayerStats {
+                digest: c.digest,
+                size: c.size,
+                content_bytes: c.content_bytes,
+                entries: c.entries,
+                files_digest: c.files_digest,
+            };
+            return Ok((stats, true));
+        }
+    }
+    let paths = layer::collect(install_dir, &mut |p, _| {
+        p == "node_modules" || p.starts_with("node_modules/")
+    })?;
+    let tmp =
+        tempfile::NamedTempFile::new_in(install_dir).map_err(CliError::io("creating the deps layer"))?;
+    let stats = layer::pack_layer(install_dir, &paths, tmp.as_file(), options)?;
+    let cached = install_dir.join("layer.tar.zst");
+    tmp.persist(&cached)
+        .map_err(|e| CliError::io("saving the deps layer")(e.error))?;
+    let meta = CachedLayer {
+        digest: stats.digest,
+        size: stats.size,
+        content_bytes: stats.content_bytes,
+        entries: stats.entries,
+        files_digest: stats.files_digest,
+    };
+    fs::write(&meta_path, serde_json::to_vec(&meta).expect("serialises"))
+        .map_err(CliError::io("saving layer.json"))?;
+    let target = blobs.join(stats.digest.hex());
+    if !target.is_file() {
+        fs::hard_link(&cached, &target)
+            .or_else(|_| fs::copy(&cached, &target).map(|_| ()))
+            .map_err(CliError::io("writing the deps blob"))?;
+    }
+    Ok((stats, false))
+}
+
+/// The app layer's paths: everything not ignored by `.aetherignore` (or, without
+/// one, `.gitignore`) and not [`always_excluded`]. Ignored folders are pruned.
+pub fn app_paths(root: &Path, out_dir: &Path) -> Result<Vec<String>, CliError> {
+    let mut builder = ignore::WalkBuilder::new(root);
+    builder
+        .hidden(false)
+        .parents(false)
+        .ignore(false)
+        .git_global(false)
+        .git_exclude(false)
+        .require_git(false);
+    if root.join(".aetherignore").is_file() {
+        builder
+            .git_ignore(false)
+            .add_custom_ignore_filename(".aetherignore");
+    } else {
+        builder.git_ignore(true);
+    }
+    let out_dir = out_dir.to_path_buf();
+    builder.filter_entry(move |e| {
+        !always_excluded(&e.file_name().to_string_lossy()) && e.path() != out_dir.as_path()
+    });
+    let mut paths = Vec::new();
+    for entry in builder.build() {
+        let entry =
+            entry.map_err(|e| CliError::io("listing the project")(std::io::Error::other(e.to_string())))?;
+        if entry.depth() == 0 {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .expect("walk stays under the root");
+        let rel = rel.to_str().ok_or_else(|| aether_artifact::PackError::NotUtf8 {
+            path: entry.path().into(),
+        })?;
+        paths.push(rel.to_string());
+    }
+    paths.sort_unstable();
+    Ok(paths)
+}
+
+fn write_layer(
+    root: &Path,
+    paths: &[String],
+    blobs: &Path,
+    options: &PackOptions,
+) -> Result<LayerStats, CliError> {
+    let tmp = tempfile::NamedTempFile::new_in(blobs).map_err(CliError::io("creating the app layer"))?;
+    let stats = layer::pack_layer(root, paths, tmp.as_file(), options)?;
+    tmp.persist(blobs.join(stats.digest.hex()))
+        .map_err(|e| CliError::io("saving the app layer")(e.error))?;
+    Ok(stats)
+}
+
+fn write_blob(blobs: &Path, digest: &Digest, bytes: &[u8]) -> Result<(), CliError> {
+    fs::write(blobs.join(digest.hex()), bytes).map_err(CliError::io("writing a blob"))
+}
+
+/// The git revision and whether the project folder has uncommitted changes.
+fn source_info(root: &Path) -> Option<SourceDescriptor> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let revision = git(&["rev-parse", "HEAD"])?;
+    let dirty = git(&["status", "--porcelain", "--", "."]).is_none_or(|s| !s.is_empty());
+    Some(SourceDescriptor {
+        revision: Some(revision),
+        dirty,
+    })
+}
