@@ -1,6 +1,8 @@
 //! The CLI as a user meets it, on small fixture projects with no dependencies (no
 //! registry access needed).
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod common;
 
 use std::fs;

@@ -1,6 +1,8 @@
 //! `aether pack` on the real example app (real dependencies from the npm registry):
 //! reproducible across clean caches, and a code change moves only the app layer.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod common;
 
 use std::path::Path;
