@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -146,6 +146,10 @@ pub struct Unpacker {
     links: HashMap<String, String>,
     entries: u64,
     summary: Summary,
+    /// The parent directory most recently checked: entries arrive sorted, so most
+    /// share it and need no further checks.
+    last_parent: String,
+    buf: Vec<u8>,
 }
 
 impl Unpacker {
@@ -163,6 +167,8 @@ impl Unpacker {
             links: HashMap::new(),
             entries: 0,
             summary: Summary::default(),
+            last_parent: String::new(),
+            buf: vec![0; 1 << 18],
         })
     }
 
@@ -357,6 +363,18 @@ impl Unpacker {
 
     /// Every proper prefix of `parts` must be a directory (created here if missing).
     fn check_parents(&mut self, parts: &[&str]) -> Result<(), UnpackError> {
+        if parts.len() > 1 {
+            let parent = parts[..parts.len() - 1].join("/");
+            if parent == self.last_parent {
+                return Ok(());
+            }
+            self.check_prefixes(parts)?;
+            self.last_parent = parent;
+        }
+        Ok(())
+    }
+
+    fn check_prefixes(&mut self, parts: &[&str]) -> Result<(), UnpackError> {
         for end in 1..parts.len() {
             let prefix = &parts[..end];
             let key = path::collision_key(prefix);
@@ -459,9 +477,18 @@ impl Unpacker {
                 path: rel.into(),
                 source,
             })?;
-        let copied = io::copy(&mut data.take(size), &mut file).map_err(|e| stream_error(e, rel))?;
-        if copied != size {
-            return Err(UnpackError::Truncated { path: rel.into() });
+        // Read whole chunks before writing: one write for most files.
+        let mut remaining = size;
+        while remaining > 0 {
+            let want = remaining.min(self.buf.len() as u64) as usize;
+            data.read_exact(&mut self.buf[..want])
+                .map_err(|e| stream_error(e, rel))?;
+            file.write_all(&self.buf[..want])
+                .map_err(|source| UnpackError::Io {
+                    path: rel.into(),
+                    source,
+                })?;
+            remaining -= want as u64;
         }
         self.summary.files += 1;
         self.summary.bytes += size;
