@@ -2,7 +2,7 @@
 # a fresh Debian machine (packages, Kubernetes and Garage builds, the local cluster).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help up down status demo test unit e2e lint crds
+.PHONY: help up down status demo test unit e2e lint crds bench fuzz
 
 # The local cluster's environment (KUBECONFIG, storage, images), for targets that
 # default to it. `make e2e` alone uses whatever environment you give it.
@@ -27,7 +27,8 @@ demo: up ## fresh machine -> local cluster + storage up (the app deploy comes wi
 	@echo "The local cluster is up: eval \"\$$(hack/cluster.sh env)\" to use it."
 	@echo "Deploying the example app needs the operator and 'aether push' (not built yet)."
 
-test: lint unit up ## every test: lint, unit, and e2e on the local cluster
+test: lint unit up ## every test: lint, unit, a short fuzz run, and e2e on the local cluster
+	$(MAKE) fuzz FUZZ_SECONDS=30
 	$(LOCAL_ENV) && $(MAKE) e2e
 
 unit: ## unit and integration tests that need no cluster
@@ -42,3 +43,10 @@ lint: ## rustfmt and clippy, warnings are errors
 
 crds: ## regenerate config/crd from the Rust types
 	cargo run -q -p aether-crds --bin crdgen -- config/crd/aether.dev.yaml
+
+bench: ## pack/unpack speed vs tar|zstd on the example app's dependencies
+	hack/bench.sh
+
+FUZZ_SECONDS ?= 60
+fuzz: ## fuzz the unpacker (cargo-fuzz, nightly) for FUZZ_SECONDS
+	hack/fuzz.sh $(FUZZ_SECONDS)
