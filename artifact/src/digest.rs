@@ -16,6 +16,11 @@ impl Digest {
         Self(Sha256::digest(bytes).into())
     }
 
+    /// A digest from the 32 bytes of a sha256 computed elsewhere.
+    pub const fn from_raw(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     pub fn hex(&self) -> String {
         hex::encode(self.0)
     }

@@ -26,3 +26,34 @@ pub async fn get(host: &str, port: u16, path: &str) -> anyhow::Result<(u16, Stri
     .await
     .with_context(|| format!("GET http://{host}:{port}{path} timed out"))?
 }
+
+/// PUT `body` to an `http://` URL (e.g. a presigned upload URL); returns status and body.
+pub async fn put(url: &str, body: Vec<u8>) -> anyhow::Result<(u16, String)> {
+    let uri: hyper::Uri = url.parse().with_context(|| format!("not a URL: {url}"))?;
+    anyhow::ensure!(
+        uri.scheme_str() == Some("http"),
+        "only http:// URLs are supported here: {url}"
+    );
+    let host = uri.host().context("URL without a host")?.to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let len = body.len();
+        let req = hyper::Request::put(path)
+            .header(hyper::header::HOST, format!("{host}:{port}"))
+            .header(hyper::header::CONTENT_LENGTH, len)
+            .body(http_body_util::Full::new(Bytes::from(body)))?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let text = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&text).into_owned()))
+    })
+    .await
+    .with_context(|| format!("PUT {} timed out", uri.path()))?
+}

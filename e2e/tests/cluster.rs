@@ -331,12 +331,12 @@ fn is_pod_finished(pod: Option<&Pod>) -> bool {
 async fn storage_answers_sigv4_requests_from_the_host_and_from_a_pod() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     with_temp_ns("storage", |client, ns| async move {
-        let storage = &settings.storage;
-        let s3 = storage.host_client();
+        let host = settings.storage.host();
+        let (s3, bucket) = (host.client(), host.bucket().to_string());
         let key = format!("e2e/{ns}/from-host");
         let written = format!("written by the host for {ns}");
         s3.put_object()
-            .bucket(&storage.bucket)
+            .bucket(&bucket)
             .key(&key)
             .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
             .body(written.clone().into_bytes().into())
@@ -345,7 +345,7 @@ async fn storage_answers_sigv4_requests_from_the_host_and_from_a_pod() -> anyhow
             .context("PUT from the host")?;
         let got = s3
             .get_object()
-            .bucket(&storage.bucket)
+            .bucket(&bucket)
             .key(&key)
             .send()
             .await
@@ -354,12 +354,12 @@ async fn storage_answers_sigv4_requests_from_the_host_and_from_a_pod() -> anyhow
         assert_eq!(got, written.as_bytes());
 
         // Wrong credentials are refused: the server really checks signatures.
-        let mut wrong = storage.clone();
+        let mut wrong = settings.storage.config.clone();
         wrong.access_key_id = "GK000000000000000000000000".into();
-        let err = wrong
-            .host_client()
+        let err = aether_storage::Storage::new(&wrong)
+            .client()
             .get_object()
-            .bucket(&storage.bucket)
+            .bucket(&bucket)
             .key(&key)
             .send()
             .await;
@@ -368,17 +368,18 @@ async fn storage_answers_sigv4_requests_from_the_host_and_from_a_pod() -> anyhow
         // From a pod: fetch what the host wrote, upload something back, both with
         // SigV4-presigned URLs addressed to the endpoint pods use.
         let presign = aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(300))?;
-        let pod_s3 = storage.pod_client();
+        let pod_storage = settings.storage.pod();
+        let pod_s3 = pod_storage.client();
         let get_url = pod_s3
             .get_object()
-            .bucket(&storage.bucket)
+            .bucket(&bucket)
             .key(&key)
             .presigned(presign.clone())
             .await?;
         let pod_key = format!("e2e/{ns}/from-pod");
         let put_url = pod_s3
             .put_object()
-            .bucket(&storage.bucket)
+            .bucket(&bucket)
             .key(&pod_key)
             .presigned(presign)
             .await?;
@@ -433,7 +434,7 @@ lib(process.env.GET_URL).get(process.env.GET_URL, res => {
 
         let back = s3
             .get_object()
-            .bucket(&storage.bucket)
+            .bucket(&bucket)
             .key(&pod_key)
             .send()
             .await

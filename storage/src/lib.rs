@@ -1,0 +1,530 @@
+//! Content-addressed blobs on S3-compatible storage, shared by the operator (presigns
+//! uploads, verifies, deletes), the in-pod runtime (fetches) and the CLI's direct mode.
+//!
+//! Every blob lives at `<prefix>/blobs/sha256/<hex>`, so identical layers are stored
+//! once. Presigning, multipart and retries (bounded, exponential backoff with jitter)
+//! come from the AWS SDK; nothing here signs requests by hand.
+
+use std::time::Duration;
+
+use aether_artifact::Digest;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_smithy_http_client::{Builder, tls};
+use sha2::{Digest as _, Sha256};
+
+/// Where blobs live and how to reach them.
+#[derive(Clone)]
+pub struct StorageConfig {
+    /// e.g. `http://10.88.0.1:3900`; None means AWS's regional endpoint.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    /// Key prefix, e.g. `aether` → `aether/blobs/sha256/<hex>`.
+    pub prefix: String,
+    /// Path-style addressing (`endpoint/bucket/key`), which self-hosted servers need.
+    pub path_style: bool,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Attempts per request (first try included) on throttling, 5xx and timeouts.
+    pub max_attempts: u32,
+    /// Deadline for one whole operation, retries included.
+    pub operation_timeout: Duration,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl StorageConfig {
+    /// From `AETHER_S3_{ENDPOINT,REGION,BUCKET,PREFIX,PATH_STYLE}` and the standard
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    pub fn from_env() -> Result<Self, StorageError> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let required = |k: &str| var(k).ok_or_else(|| StorageError::NotConfigured(k.to_string()));
+        Ok(Self {
+            endpoint: var("AETHER_S3_ENDPOINT"),
+            region: var("AETHER_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+            bucket: required("AETHER_S3_BUCKET")?,
+            prefix: var("AETHER_S3_PREFIX").unwrap_or_default(),
+            path_style: var("AETHER_S3_PATH_STYLE").is_none_or(|v| v != "false"),
+            access_key_id: required("AWS_ACCESS_KEY_ID")?,
+            secret_access_key: required("AWS_SECRET_ACCESS_KEY")?,
+            max_attempts: 5,
+            operation_timeout: Duration::from_secs(300),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage is not configured: {0} is not set")]
+    NotConfigured(String),
+    /// 404: retrying will not help.
+    #[error("blob {0} is not in storage")]
+    NotFound(Digest),
+    #[error("storage refused the credentials ({code}): check the access key, its secret and the clock")]
+    Unauthorized { code: String },
+    #[error("storage is unavailable: {0}")]
+    Unavailable(String),
+    #[error("blob {digest} in storage does not match: {source}")]
+    Mismatch {
+        digest: Digest,
+        #[source]
+        source: aether_artifact::digest::VerifyError,
+    },
+    #[error("storage request failed: {0}")]
+    Other(String),
+}
+
+impl StorageError {
+    /// CamelCase reason for conditions and Events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotConfigured(_) => "StorageNotConfigured",
+            Self::NotFound(_) => "ArtifactNotFound",
+            Self::Unauthorized { .. } => "StorageUnauthorized",
+            Self::Unavailable(_) => "StorageUnavailable",
+            Self::Mismatch { .. } => "DigestMismatch",
+            Self::Other(_) => "StorageError",
+        }
+    }
+
+    fn from_sdk<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        digest: &Digest,
+        err: SdkError<E, HttpResponse>,
+    ) -> Self {
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let code = err.code().unwrap_or_default().to_string();
+        match (status, code.as_str()) {
+            (Some(404), _) | (_, "NoSuchKey" | "NotFound" | "NoSuchUpload") => Self::NotFound(*digest),
+            (Some(401 | 403), _)
+            | (_, "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "RequestTimeTooSkewed") => {
+                Self::Unauthorized {
+                    code: if code.is_empty() {
+                        format!("HTTP {}", status.unwrap_or(403))
+                    } else {
+                        code
+                    },
+                }
+            }
+            (Some(s), _) if s >= 500 => Self::Unavailable(format!("HTTP {s} {code}")),
+            _ if matches!(err, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)) => {
+                Self::Unavailable(format!("{}", aws_sdk_s3::error::DisplayErrorContext(&err)))
+            }
+            _ => Self::Other(format!("{}", aws_sdk_s3::error::DisplayErrorContext(&err))),
+        }
+    }
+}
+
+/// `<prefix>/blobs/sha256/<hex>`, with the prefix's slashes tidied.
+pub fn blob_key(prefix: &str, digest: &Digest) -> String {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        format!("blobs/sha256/{}", digest.hex())
+    } else {
+        format!("{prefix}/blobs/sha256/{}", digest.hex())
+    }
+}
+
+/// One part of a multipart upload: S3 numbers parts from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartPlan {
+    pub number: i32,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// S3's limits: parts of at least 5 MiB (but the last), at most 10,000 parts.
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+pub const MAX_PARTS: u64 = 10_000;
+
+/// Split `size` bytes into parts of `part_size` (raised to S3's minimum, and further
+/// if the blob would need more than 10,000 parts).
+pub fn plan_parts(size: u64, part_size: u64) -> Vec<PartPlan> {
+    let mut part = part_size.max(MIN_PART_SIZE);
+    if size.div_ceil(part) > MAX_PARTS {
+        part = size.div_ceil(MAX_PARTS);
+    }
+    let mut plans = Vec::new();
+    let mut offset = 0;
+    while offset < size || plans.is_empty() {
+        let len = part.min(size - offset);
+        plans.push(PartPlan {
+            number: plans.len() as i32 + 1,
+            offset,
+            len,
+        });
+        offset += len;
+        if len == 0 {
+            break;
+        }
+    }
+    plans
+}
+
+#[derive(Debug, Clone)]
+pub struct Storage {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+}
+
+impl Storage {
+    pub fn new(config: &StorageConfig) -> Self {
+        let http = Builder::new()
+            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .build_https();
+        let mut builder = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()))
+            .credentials_provider(Credentials::new(
+                &config.access_key_id,
+                &config.secret_access_key,
+                None,
+                None,
+                "aether",
+            ))
+            .force_path_style(config.path_style)
+            .http_client(http)
+            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts.max(1)))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_timeout(config.operation_timeout)
+                    .build(),
+            );
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        Self {
+            client: aws_sdk_s3::Client::from_conf(builder.build()),
+            bucket: config.bucket.clone(),
+            prefix: config.prefix.clone(),
+        }
+    }
+
+    /// The underlying SDK client, for what this crate does not wrap.
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn key(&self, digest: &Digest) -> String {
+        blob_key(&self.prefix, digest)
+    }
+
+    /// The blob's size, or None if it is not stored.
+    pub async fn head(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.key(digest))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) => match StorageError::from_sdk(digest, e) {
+                StorageError::NotFound(_) => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// A URL that lets its holder PUT exactly this blob (`size` bytes) until it expires.
+    pub async fn presign_put(
+        &self,
+        digest: &Digest,
+        size: u64,
+        expires: Duration,
+    ) -> Result<String, StorageError> {
+        let config = presigning(expires)?;
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(digest))
+            .content_length(size as i64)
+            .presigned(config)
+            .await
+            .map_err(|e| StorageError::from_sdk(digest, e))?;
+        Ok(req.uri().to_string())
+    }
+
+    pub async fn start_multipart(&self, digest: &Digest) -> Result<String, StorageError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.key(digest))
+            .send()
+            .await
+            .map_err(|e| StorageError::from_sdk(digest, e))?;
+        out.upload_id()
+            .map(String::from)
+            .ok_or_else(|| StorageError::Other("no upload id returned".into()))
+    }
+
+    pub async fn presign_part(
+        &self,
+        digest: &Digest,
+        upload_id: &str,
+        part: &PartPlan,
+        expires: Duration,
+    ) -> Result<String, StorageError> {
+        let req = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(self.key(digest))
+            .upload_id(upload_id)
+            .part_number(part.number)
+            .content_length(part.len as i64)
+            .presigned(presigning(expires)?)
+            .await
+            .map_err(|e| StorageError::from_sdk(digest, e))?;
+        Ok(req.uri().to_string())
+    }
+
+    /// Complete a multipart upload from the parts the server holds (the uploader
+    /// needs no credentials to report ETags).
+    pub async fn complete_multipart(&self, digest: &Digest, upload_id: &str) -> Result<(), StorageError> {
+        let key = self.key(digest);
+        let listed = self
+            .client
+            .list_parts()
+            .bucket(&self.bucket)
+            .key(&key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| StorageError::from_sdk(digest, e))?;
+        let parts = listed
+            .parts()
+            .iter()
+            .map(|p| {
+                CompletedPart::builder()
+                    .set_part_number(p.part_number())
+                    .set_e_tag(p.e_tag().map(String::from))
+                    .build()
+            })
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| StorageError::from_sdk(digest, e))?;
+        Ok(())
+    }
+
+    pub async fn abort_multipart(&self, digest: &Digest, upload_id: &str) -> Result<(), StorageError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.key(digest))
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| StorageError::from_sdk(digest, e))?;
+        Ok(())
+    }
+
+    /// Upload bytes directly (the CLI's direct mode, tests).
+    pub async fn put(&self, digest: &Digest, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(digest))
+            .body(bytes.into())
+            .send()
+            .await
+            .map_err(|e| StorageError::from_sdk(digest, e))?;
+        Ok(())
+    }
+
+    /// Stream the blob back and check its size and sha256, reading at most
+    /// `size + 1` bytes: a stored object cannot make this read without bound.
+    pub async fn verify(&self, digest: &Digest, size: u64) -> Result<(), StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(digest))
+            .send()
+            .await
+            .map_err(|e| StorageError::from_sdk(digest, e))?;
+        let mut body = out.body;
+        let mut hasher = Sha256::new();
+        let mut read = 0u64;
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?
+        {
+            read += chunk.len() as u64;
+            if read > size {
+                break;
+            }
+            hasher.update(&chunk);
+        }
+        let mismatch = |source| StorageError::Mismatch {
+            digest: *digest,
+            source,
+        };
+        if read != size {
+            use aether_artifact::digest::VerifyError;
+            return Err(mismatch(VerifyError::SizeMismatch {
+                expected: size,
+                actual: read,
+                more: read > size,
+            }));
+        }
+        let actual = Digest::from_raw(hasher.finalize().into());
+        if actual != *digest {
+            use aether_artifact::digest::VerifyError;
+            return Err(mismatch(VerifyError::DigestMismatch {
+                expected: *digest,
+                actual,
+            }));
+        }
+        Ok(())
+    }
+
+    pub async fn delete(&self, digest: &Digest) -> Result<(), StorageError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.key(digest))
+            .send()
+            .await
+            .map_err(|e| StorageError::from_sdk(digest, e))?;
+        Ok(())
+    }
+}
+
+fn presigning(expires: Duration) -> Result<PresigningConfig, StorageError> {
+    PresigningConfig::expires_in(expires).map_err(|e| StorageError::Other(format!("presigning: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_content_addressed_under_the_prefix() {
+        let d = Digest::of(b"layer");
+        assert_eq!(blob_key("", &d), format!("blobs/sha256/{}", d.hex()));
+        assert_eq!(
+            blob_key("/team/aether/", &d),
+            format!("team/aether/blobs/sha256/{}", d.hex())
+        );
+    }
+
+    #[test]
+    fn parts_cover_the_blob_exactly() {
+        let plans = plan_parts(12 << 20, 5 << 20);
+        assert_eq!(plans.len(), 3);
+        assert_eq!(
+            plans[0],
+            PartPlan {
+                number: 1,
+                offset: 0,
+                len: 5 << 20
+            }
+        );
+        assert_eq!(
+            plans[2],
+            PartPlan {
+                number: 3,
+                offset: 10 << 20,
+                len: 2 << 20
+            }
+        );
+        assert_eq!(plans.iter().map(|p| p.len).sum::<u64>(), 12 << 20);
+        // Below S3's minimum the part size is raised.
+        assert_eq!(plan_parts(12 << 20, 1 << 20).len(), 3);
+        // Huge blobs stay within 10,000 parts.
+        let huge = plan_parts(100 << 30, 5 << 20);
+        assert!(huge.len() as u64 <= MAX_PARTS);
+        assert_eq!(huge.iter().map(|p| p.len).sum::<u64>(), 100 << 30);
+        // An empty blob is one empty part.
+        assert_eq!(
+            plan_parts(0, 5 << 20),
+            [PartPlan {
+                number: 1,
+                offset: 0,
+                len: 0
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn presigned_urls_name_the_blob_expire_and_never_carry_the_secret() {
+        let config = StorageConfig {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: "garage".into(),
+            bucket: "aether".into(),
+            prefix: "p".into(),
+            path_style: true,
+            access_key_id: "GKTESTKEY".into(),
+            secret_access_key: "very-secret".into(),
+            max_attempts: 1,
+            operation_timeout: Duration::from_secs(1),
+        };
+        let storage = Storage::new(&config);
+        let d = Digest::of(b"x");
+        let url = storage
+            .presign_put(&d, 1234, Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert!(
+            url.starts_with(&format!("http://127.0.0.1:9/aether/p/blobs/sha256/{}?", d.hex())),
+            "{url}"
+        );
+        assert!(url.contains("X-Amz-Expires=600"), "{url}");
+        assert!(url.contains("X-Amz-Credential=GKTESTKEY%2F"), "{url}");
+        assert!(url.contains("content-length"), "the size is signed: {url}");
+        assert!(!url.contains("very-secret"));
+        let part = storage
+            .presign_part(
+                &d,
+                "upload-1",
+                &PartPlan {
+                    number: 2,
+                    offset: 5 << 20,
+                    len: 100,
+                },
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert!(
+            part.contains("partNumber=2") && part.contains("uploadId=upload-1"),
+            "{part}"
+        );
+        assert!(format!("{config:?}").contains("<redacted>"));
+    }
+}
