@@ -95,6 +95,18 @@ pub struct Layer {
     /// e.g. `application/vnd.aether.layer.v1.tar+zstd`.
     #[schemars(length(min = 1, max = 255))]
     pub media_type: String,
+    /// Entries in the tar (files, directories, symlinks).
+    #[schemars(range(min = 0))]
+    pub entries: i64,
+    /// Digest of the layer's file list (path, mode, size and sha256 of every file).
+    #[schemars(length(max = 71))]
+    #[x_kube(validation = Rule::new(crate::validation::DIGEST_RULE).message(crate::validation::DIGEST_MESSAGE))]
+    pub files_digest: String,
+    /// For `deps`: hash of what the installed tree depends on (lockfile, Node major,
+    /// platform, libc). A push with the same key reuses this layer without installing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub cache_key: Option<String>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -182,4 +194,51 @@ pub struct AetherArtifactStatus {
     /// When every blob was last checked against its digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified_at: Option<Time>,
+    /// Where to upload the blobs storage does not have yet, while `Uploaded` is False.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadInstructions>,
 }
+
+/// Presigned, short-lived upload URLs: the only storage access a developer gets.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadInstructions {
+    /// After this, ask for new URLs with the `aether.dev/reissue-upload` annotation.
+    pub expires_at: Time,
+    /// Only the blobs that are missing; an empty list means nothing to upload.
+    #[serde(default)]
+    #[schemars(length(max = 8))]
+    pub blobs: Vec<BlobUpload>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BlobUpload {
+    pub digest: String,
+    pub size: i64,
+    /// Single PUT of the whole blob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Multipart upload: PUT each part to its URL; the operator completes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_size: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10000))]
+    pub parts: Vec<PartUpload>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PartUpload {
+    pub number: i32,
+    pub url: String,
+}
+
+/// Set by the uploader when every blob in `status.upload` is in storage; the
+/// operator then completes multipart uploads and verifies. Its value is the
+/// `status.upload.expiresAt` the uploads were made against.
+pub const UPLOAD_COMPLETE_ANNOTATION: &str = "aether.dev/upload-complete";
+/// Set (any value) to ask for fresh upload URLs after they expired.
+pub const REISSUE_UPLOAD_ANNOTATION: &str = "aether.dev/reissue-upload";

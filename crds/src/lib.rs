@@ -12,6 +12,7 @@
 mod app;
 mod artifact;
 pub mod condition;
+pub mod manifest;
 pub mod validation;
 
 pub use app::*;

@@ -33,12 +33,18 @@ fn artifact(name: &str, app: &str) -> AetherArtifact {
                     digest: digest('b'),
                     size: 1000,
                     media_type: "application/vnd.aether.layer.v1.tar+zstd".into(),
+                    entries: 10,
+                    files_digest: digest('d'),
+                    cache_key: Some("e".repeat(64)),
                 },
                 Layer {
                     name: LayerName::App,
                     digest: digest('c'),
                     size: 10,
                     media_type: "application/vnd.aether.layer.v1.tar+zstd".into(),
+                    entries: 2,
+                    files_digest: digest('f'),
+                    cache_key: None,
                 },
             ],
             runtime: Runtime {
