@@ -34,8 +34,8 @@ test: lint unit up ## every test: lint, unit, a short fuzz run, and e2e on the l
 unit: ## unit and integration tests that need no cluster
 	cargo test --workspace
 
-e2e: ## e2e tests against the cluster in KUBECONFIG (storage from AETHER_S3_*)
-	cargo test -p aether-e2e -- --ignored --test-threads=$(E2E_THREADS)
+e2e: ## e2e tests against the cluster in KUBECONFIG (storage from AETHER_S3_*), operator run alongside
+	hack/with-operator.sh cargo test -p aether-e2e -- --ignored --test-threads=$(E2E_THREADS)
 
 lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check

@@ -17,17 +17,18 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// Namespace the artifact is signed for and deployed to.
-    #[arg(
-        short = 'n',
-        long,
-        global = true,
-        env = "AETHER_NAMESPACE",
-        default_value = "default"
-    )]
-    pub namespace: String,
+    /// Namespace the artifact is signed for and deployed to [default: the kubeconfig
+    /// context's namespace, else "default"].
+    #[arg(short = 'n', long, global = true, env = "AETHER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Kubeconfig context to use [default: the current context].
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Kubeconfig file [default: $KUBECONFIG, else ~/.kube/config].
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
     /// Output format: human-readable messages on stderr, or JSON on stdout.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
@@ -46,6 +47,8 @@ pub enum OutputFormat {
 pub enum Command {
     /// Pack a Node.js project into a signed, content-addressed artifact.
     Pack(PackArgs),
+    /// Pack the project, upload what storage lacks, and record it as an AetherArtifact.
+    Push(PushArgs),
     /// Manage signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -83,6 +86,18 @@ pub struct PackArgs {
     /// Cache of installed dependencies and packed deps layers.
     #[arg(long, env = "AETHER_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    pub pack: PackArgs,
+    /// Stop once the artifact is uploaded and verified (do not create or update the app).
+    #[arg(long)]
+    pub no_deploy: bool,
+    /// Give up waiting for the cluster after this long.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_seconds: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -100,6 +100,66 @@ pub enum CliError {
     )]
     KeyExists(PathBuf),
 
+    #[error("no usable kubeconfig: {0}")]
+    #[diagnostic(
+        code(aether::no_kubeconfig),
+        help(
+            "point KUBECONFIG (or --kubeconfig) at your cluster's kubeconfig, and pick a context with --context"
+        )
+    )]
+    NoKubeconfig(String),
+
+    #[error("you may not {verb} aetherartifacts in namespace {namespace}")]
+    #[diagnostic(
+        code(aether::forbidden),
+        help(
+            "ask a cluster admin to bind you to the aether-editor ClusterRole in {namespace} (config/rbac), or use -n for a namespace you can write to"
+        )
+    )]
+    Forbidden { verb: String, namespace: String },
+
+    #[error("the Kubernetes API refused {what}: {source}")]
+    #[diagnostic(
+        code(aether::kube),
+        help(
+            "check that the cluster is reachable and the Aether CRDs are installed (kubectl get crd aetherartifacts.aether.dev)"
+        )
+    )]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("uploading {digest} failed: {detail}")]
+    #[diagnostic(
+        code(aether::upload_failed),
+        help(
+            "storage may be down or the upload URL expired; run the same command again (finished uploads are not repeated)"
+        )
+    )]
+    UploadFailed { digest: String, detail: String },
+
+    #[error("artifact {name} is not usable: {reason}: {message}")]
+    #[diagnostic(
+        code(aether::artifact_failed),
+        help("push again; if it persists, `kubectl describe aart {name}` shows the operator's events")
+    )]
+    ArtifactFailed {
+        name: String,
+        reason: String,
+        message: String,
+    },
+
+    #[error("timed out after {seconds}s waiting for {what}")]
+    #[diagnostic(
+        code(aether::timeout),
+        help(
+            "is the Aether operator running? `kubectl get pods -n aether-system`; raise --timeout-seconds for slow storage"
+        )
+    )]
+    Timeout { what: String, seconds: u64 },
+
     #[error("{context}: {source}")]
     #[diagnostic(code(aether::io))]
     Io {
@@ -121,6 +181,10 @@ impl CliError {
             Self::InstallFailed { .. } | Self::NoPackageManager { .. } => 4,
             Self::NativeMismatch { .. } | Self::Pack(_) => 5,
             Self::Key { .. } | Self::KeyExists(_) => 6,
+            Self::NoKubeconfig(_) | Self::Forbidden { .. } | Self::Kube { .. } => 7,
+            Self::UploadFailed { .. } => 8,
+            Self::ArtifactFailed { .. } => 9,
+            Self::Timeout { .. } => 10,
             Self::Io { .. } => 1,
         }
     }

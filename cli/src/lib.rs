@@ -18,6 +18,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     let printer = Printer::new(cli.global.output, cli.global.quiet);
     match &cli.command {
         Command::Pack(args) => commands::pack::run(args, &cli.global, &printer).map(|_| ()),
+        Command::Push(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::io("starting the async runtime"))?;
+            runtime
+                .block_on(commands::push::run(args, &cli.global, &printer))
+                .map(|_| ())
+        }
         Command::Keys(KeysCommand::Generate(args)) => commands::keys::generate(args, &printer),
     }
 }

@@ -1,2 +1,3 @@
 pub mod keys;
 pub mod pack;
+pub mod push;

@@ -8,6 +8,13 @@ use crate::printer::Printer;
 use crate::project;
 
 pub fn run(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Result<PackOutcome, CliError> {
+    let outcome = pack_only(args, global, printer)?;
+    print(&outcome, printer);
+    Ok(outcome)
+}
+
+/// Pack without printing the result (`aether push` prints its own).
+pub fn pack_only(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Result<PackOutcome, CliError> {
     let project = project::detect(&args.dir, args.allow_no_lockfile)?;
     if project.lockfile.is_none() {
         printer.warn(
@@ -15,7 +22,7 @@ pub fn run(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Result<Pa
         );
     }
     let app = match &args.app {
-        Some(a) if aether_crds_dns_label(a) => a.clone(),
+        Some(a) if aether_crds::validation::is_dns_label(a) => a.clone(),
         Some(a) => return Err(CliError::BadAppName(a.clone())),
         None => {
             let name = project.package_json["name"].as_str().unwrap_or_default();
@@ -61,7 +68,7 @@ pub fn run(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Result<Pa
     let request = PackRequest {
         project: &project,
         app,
-        namespace: global.namespace.clone(),
+        namespace: global.namespace.clone().unwrap_or_else(|| "default".into()),
         target,
         out_dir,
         cache_dir: args.cache_dir.clone().unwrap_or_else(install::default_cache_dir),
@@ -71,9 +78,12 @@ pub fn run(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Result<Pa
         "Packing {} ({}, Node {}, {})",
         request.app, project.manager, request.target.node_major, request.target.platform
     ));
-    let outcome = pack::pack(&request, printer)?;
+    pack::pack(&request, printer)
+}
+
+fn print(outcome: &PackOutcome, printer: &Printer) {
     match printer.format {
-        OutputFormat::Json => printer.json(&outcome),
+        OutputFormat::Json => printer.json(outcome),
         OutputFormat::Human => {
             for l in &outcome.layers {
                 printer.info(format!(
@@ -98,7 +108,6 @@ pub fn run(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Result<Pa
             printer.data(&outcome.digest.to_string());
         }
     }
-    Ok(outcome)
 }
 
 fn local_node_major() -> u32 {
@@ -115,14 +124,4 @@ fn local_node_major() -> u32 {
                 .and_then(|m| m.parse().ok())
         })
         .unwrap_or(20)
-}
-
-fn aether_crds_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[b.len() - 1] != b'-'
 }

@@ -1,0 +1,365 @@
+//! `aether push`: pack → AetherArtifact → upload what storage lacks (through the
+//! presigned URLs the operator writes into status) → wait until it is verified.
+//! The developer needs a kubeconfig allowed to create AetherArtifacts; storage
+//! credentials stay with the operator.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aether_crds::condition::READY;
+use aether_crds::{
+    AetherArtifact, AetherArtifactSpec, Blob, BlobUpload, REISSUE_UPLOAD_ANNOTATION, Signature,
+    UPLOAD_COMPLETE_ANNOTATION,
+};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, ResourceExt};
+use serde::Serialize;
+
+use crate::args::{GlobalArgs, OutputFormat, PushArgs};
+use crate::errors::CliError;
+use crate::pack::{PackOutcome, human_bytes};
+use crate::printer::Printer;
+
+/// What `aether push -o json` prints.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushOutcome {
+    pub app: String,
+    pub namespace: String,
+    pub artifact: String,
+    pub digest: String,
+    /// Bytes sent to storage by this push (0 when everything was already there).
+    pub bytes_uploaded: u64,
+    pub blobs_uploaded: usize,
+    /// True when an identical, verified artifact already existed.
+    pub reused: bool,
+    pub install_skipped: bool,
+    pub timings_ms: PushTimings,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushTimings {
+    pub pack: u64,
+    pub upload: u64,
+    pub verify: u64,
+    pub total: u64,
+}
+
+pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Result<PushOutcome, CliError> {
+    let started = Instant::now();
+    let (client, namespace) = connect(global).await?;
+    let global = GlobalArgs {
+        namespace: Some(namespace.clone()),
+        ..global.clone()
+    };
+
+    let t = Instant::now();
+    let packed = tokio::task::block_in_place(|| super::pack::pack_only(&args.pack, &global, printer))?;
+    let mut timings = PushTimings {
+        pack: ms(t),
+        ..Default::default()
+    };
+
+    let name = artifact_name(&packed);
+    let api: Api<AetherArtifact> = Api::namespaced(client, &namespace);
+    let timeout = Duration::from_secs(args.timeout_seconds);
+    let wanted = artifact_for(&packed)?;
+
+    let existing = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| kube_error(e, "get", &namespace))?;
+    let reused = existing
+        .as_ref()
+        .is_some_and(|a| a.spec.digest == wanted.spec.digest && ready(a).is_some_and(|r| r));
+    let mut bytes_uploaded = 0;
+    let mut blobs_uploaded = 0;
+    if reused {
+        printer.info(format!("Artifact {name} is already uploaded and verified"));
+    } else {
+        match &existing {
+            None => match api.create(&PostParams::default(), &wanted).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {} // created meanwhile
+                Err(e) => return Err(kube_error(e, "create", &namespace)),
+            },
+            // An earlier push failed part-way (or its URLs expired): ask for fresh ones.
+            Some(_) => {
+                let patch = serde_json::json!({"metadata": {"annotations": {REISSUE_UPLOAD_ANNOTATION: "aether push"}}});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|e| kube_error(e, "update", &namespace))?;
+            }
+        }
+        let t = Instant::now();
+        let art = wait(
+            &api,
+            &name,
+            timeout,
+            "upload instructions from the operator",
+            |a| {
+                let status = a.status.as_ref()?;
+                let pending = a.annotations().contains_key(REISSUE_UPLOAD_ANNOTATION);
+                (!pending && (ready(a) == Some(true) || status.upload.is_some())).then(|| a.clone())
+            },
+        )
+        .await?;
+        if let Some(upload) = art.status.as_ref().and_then(|s| s.upload.as_ref())
+            && ready(&art) != Some(true)
+        {
+            let blobs_dir = packed.out.join("blobs").join("sha256");
+            for blob in &upload.blobs {
+                printer.info(format!(
+                    "  uploading {} ({})",
+                    blob.digest,
+                    human_bytes(blob.size as u64)
+                ));
+                bytes_uploaded += upload_blob(&blobs_dir, blob).await?;
+                blobs_uploaded += 1;
+            }
+            let expires = serde_json::to_value(&upload.expires_at).unwrap_or_default();
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                UPLOAD_COMPLETE_ANNOTATION: expires.as_str().unwrap_or("done"),
+            }}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| kube_error(e, "update", &namespace))?;
+        }
+        timings.upload = ms(t);
+
+        let t = Instant::now();
+        let art = wait(&api, &name, timeout, "the operator to verify the upload", |a| {
+            let c = a.status.as_ref()?.conditions.iter().find(|c| c.type_ == READY)?;
+            let settled = c.status == "True" || !matches!(c.reason.as_str(), "AwaitingUpload" | "Verifying");
+            settled.then(|| a.clone())
+        })
+        .await?;
+        if ready(&art) != Some(true) {
+            let c = art
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
+            return Err(CliError::ArtifactFailed {
+                name,
+                reason: c.map(|c| c.reason.clone()).unwrap_or_default(),
+                message: c.map(|c| c.message.clone()).unwrap_or_default(),
+            });
+        }
+        timings.verify = ms(t);
+    }
+    timings.total = ms(started);
+
+    let outcome = PushOutcome {
+        app: packed.app.clone(),
+        namespace,
+        artifact: name,
+        digest: packed.digest.to_string(),
+        bytes_uploaded,
+        blobs_uploaded,
+        reused,
+        install_skipped: packed.install_skipped,
+        timings_ms: timings,
+    };
+    match printer.format {
+        OutputFormat::Json => printer.json(&outcome),
+        OutputFormat::Human => {
+            printer.info(format!(
+                "Artifact {} ready in {}: {} uploaded in {:.1}s",
+                outcome.artifact,
+                outcome.namespace,
+                human_bytes(outcome.bytes_uploaded),
+                outcome.timings_ms.total as f64 / 1000.0
+            ));
+            if !args.no_deploy {
+                printer.info("Deploying needs the AetherApp controller, which is not built yet: the artifact is ready for it.");
+            }
+            printer.data(&outcome.artifact);
+        }
+    }
+    Ok(outcome)
+}
+
+fn ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}
+
+/// `<app>-<first 12 hex digits of the digest>`: the short digest is the name.
+pub fn artifact_name(packed: &PackOutcome) -> String {
+    format!("{}-{}", packed.app, &packed.digest.hex()[..12])
+}
+
+fn artifact_for(packed: &PackOutcome) -> Result<AetherArtifact, CliError> {
+    let manifest_path = packed.out.join("blobs").join("sha256").join(packed.digest.hex());
+    let bytes = std::fs::read(&manifest_path).map_err(CliError::io("reading the packed manifest"))?;
+    let manifest = aether_artifact::Manifest::from_json(&bytes)
+        .map_err(|e| CliError::io("reading the packed manifest")(std::io::Error::other(e)))?;
+    let mut spec = AetherArtifactSpec::from_manifest(&packed.app, &manifest)
+        .map_err(|e| CliError::io("describing the artifact")(std::io::Error::other(e.to_string())))?;
+    spec.sbom = Some(Blob {
+        digest: packed.sbom.digest.to_string(),
+        size: packed.sbom.size as i64,
+        media_type: packed.sbom.media_type.clone(),
+    });
+    spec.signature = packed.signature.as_ref().map(|s| Signature {
+        key_id: s.key_id.clone(),
+        value: s.value.clone(),
+    });
+    let mut art = AetherArtifact::new(&artifact_name(packed), spec);
+    art.metadata.labels = Some(
+        [
+            ("app.kubernetes.io/name".to_string(), packed.app.clone()),
+            ("app.kubernetes.io/managed-by".to_string(), "aether".to_string()),
+        ]
+        .into(),
+    );
+    Ok(art)
+}
+
+fn ready(a: &AetherArtifact) -> Option<bool> {
+    let c = a.status.as_ref()?.conditions.iter().find(|c| c.type_ == READY)?;
+    Some(c.status == "True")
+}
+
+/// The client for the chosen kubeconfig and context, and the namespace to use.
+async fn connect(global: &GlobalArgs) -> Result<(Client, String), CliError> {
+    let options = KubeConfigOptions {
+        context: global.context.clone(),
+        ..Default::default()
+    };
+    let config = match &global.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|e| CliError::NoKubeconfig(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(kc, &options).await
+        }
+        None => kube::Config::from_kubeconfig(&options).await,
+    }
+    .map_err(|e| CliError::NoKubeconfig(e.to_string()))?;
+    let namespace = global
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).map_err(|e| CliError::NoKubeconfig(e.to_string()))?;
+    Ok((client, namespace))
+}
+
+fn kube_error(e: kube::Error, verb: &str, namespace: &str) -> CliError {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => CliError::Forbidden {
+            verb: verb.into(),
+            namespace: namespace.into(),
+        },
+        e => CliError::Kube {
+            what: format!("{verb} aetherartifacts in {namespace}"),
+            source: e,
+        },
+    }
+}
+
+/// Poll the artifact until `done` returns a value.
+async fn wait<T>(
+    api: &Api<AetherArtifact>,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&AetherArtifact) -> Option<T>,
+) -> Result<T, CliError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(art) = api
+            .get_opt(name)
+            .await
+            .map_err(|e| kube_error(e, "get", "the namespace"))?
+            && let Some(value) = done(&art)
+        {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::Timeout {
+                what: what.into(),
+                seconds: timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+fn http_client() -> Result<HttpClient, CliError> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(CliError::io("loading the system's CA certificates"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https))
+}
+
+/// Upload one blob (whole, or part by part) from the packed output; returns bytes sent.
+async fn upload_blob(blobs_dir: &Path, blob: &BlobUpload) -> Result<u64, CliError> {
+    let hex = blob.digest.trim_start_matches("sha256:");
+    let data =
+        std::fs::read(blobs_dir.join(hex)).map_err(CliError::io(format!("reading blob {}", blob.digest)))?;
+    let client = http_client()?;
+    let fail = |detail: String| CliError::UploadFailed {
+        digest: blob.digest.clone(),
+        detail,
+    };
+    if let Some(url) = &blob.url {
+        put_with_retries(&client, url, Bytes::from(data.clone()))
+            .await
+            .map_err(fail)?;
+        return Ok(data.len() as u64);
+    }
+    let part_size = blob.part_size.unwrap_or(0).max(1) as usize;
+    let mut sent = 0;
+    for part in &blob.parts {
+        let start = (part.number as usize - 1) * part_size;
+        let end = (start + part_size).min(data.len());
+        let chunk = Bytes::copy_from_slice(
+            data.get(start..end)
+                .ok_or_else(|| fail("part out of range".into()))?,
+        );
+        sent += chunk.len() as u64;
+        put_with_retries(&client, &part.url, chunk).await.map_err(fail)?;
+    }
+    Ok(sent)
+}
+
+/// PUT with bounded retries (4 attempts) and jittered exponential backoff on
+/// connection errors and 5xx; 4xx (expired or wrong URL) fails at once.
+async fn put_with_retries(client: &HttpClient, url: &str, body: Bytes) -> Result<(), String> {
+    let mut delay = Duration::from_millis(300);
+    let mut last = String::new();
+    for attempt in 1..=4 {
+        let req = hyper::Request::put(url)
+            .header(hyper::header::CONTENT_LENGTH, body.len())
+            .body(Full::new(body.clone()))
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(Duration::from_secs(120), client.request(req)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => return Ok(()),
+            Ok(Ok(resp)) if resp.status().is_client_error() => {
+                return Err(format!(
+                    "storage answered {} (the URL may have expired)",
+                    resp.status()
+                ));
+            }
+            Ok(Ok(resp)) => last = format!("storage answered {}", resp.status()),
+            Ok(Err(e)) => last = format!("connection failed: {e}"),
+            Err(_) => last = "no answer within 120 s".into(),
+        }
+        if attempt < 4 {
+            let jitter = Duration::from_millis(fastrand::u64(0..delay.as_millis() as u64));
+            tokio::time::sleep(delay + jitter).await;
+            delay *= 2;
+        }
+    }
+    Err(format!("{last} (after 4 attempts)"))
+}

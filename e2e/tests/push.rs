@@ -1,0 +1,353 @@
+//! The upload conversation: `aether push --no-deploy` → AetherArtifact → operator
+//! → presigned uploads → verified, with only the missing blobs sent.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use aether_crds::condition::READY;
+use aether_crds::{AetherArtifact, UPLOAD_COMPLETE_ANNOTATION};
+use aether_e2e::{http, storage::StorageSettings, wait_for, with_temp_ns};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+
+fn aether_bin() -> PathBuf {
+    std::env::var_os("AETHER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/aether"))
+}
+
+/// A small project with no dependencies (no registry access needed).
+fn project(dir: &Path, greeting: &str) {
+    std::fs::write(
+        dir.join("package.json"),
+        r#"{"name":"hello","version":"1.0.0","scripts":{"start":"node server.js"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("package-lock.json"),
+        r#"{"name":"hello","version":"1.0.0","lockfileVersion":3,"requires":true,"packages":{"":{"name":"hello","version":"1.0.0"}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("server.js"),
+        format!("require('http').createServer((q, s) => s.end('{greeting}')).listen(process.env.PORT)\n"),
+    )
+    .unwrap();
+}
+
+fn push(dir: &Path, cache: &Path, ns: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let out = Command::new(aether_bin())
+        .args([
+            "push",
+            "--no-deploy",
+            "--no-sign",
+            "-n",
+            ns,
+            "-o",
+            "json",
+            "--timeout-seconds",
+            "60",
+        ])
+        .args(extra)
+        .current_dir(dir)
+        .env("AETHER_CACHE_DIR", cache)
+        .output()
+        .expect("running aether (build it: cargo build -p aether-cli)");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code(), json, stderr)
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster and the operator: run `make e2e`"]
+async fn push_uploads_what_is_missing_and_nothing_twice() -> anyhow::Result<()> {
+    with_temp_ns("push", |client, ns| async move {
+        let dir = tempfile::tempdir()?;
+        let cache = tempfile::tempdir()?;
+        project(dir.path(), &format!("hello {ns}"));
+
+        let (code, first, err) = push(dir.path(), cache.path(), &ns, &[]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(first["bytesUploaded"].as_u64().unwrap() > 0, "{first}");
+        let name = first["artifact"].as_str().unwrap().to_string();
+        let art: Api<AetherArtifact> = Api::namespaced(client.clone(), &ns);
+        let a = art.get(&name).await?;
+        let ready = a
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == READY)
+            .unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Verified")
+        );
+
+        // Same code again: nothing to upload.
+        let (code, second, err) = push(dir.path(), cache.path(), &ns, &[]);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(second["bytesUploaded"], 0, "{second}");
+        assert_eq!(second["artifact"], first["artifact"]);
+
+        // One changed line: only the app layer travels.
+        project(dir.path(), &format!("hello again {ns}"));
+        let (code, third, err) = push(dir.path(), cache.path(), &ns, &[]);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(third["blobsUploaded"], 1, "{third}");
+        assert_ne!(third["artifact"], first["artifact"]);
+        println!("first {first}\nsecond {second}\nthird {third}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster and the operator: run `make e2e`"]
+async fn wrong_bytes_are_caught_reported_and_deleted() -> anyhow::Result<()> {
+    let storage = StorageSettings::from_env()?.host();
+    with_temp_ns("mismatch", |client, ns| async move {
+        // Pack (not push) to get a real artifact, then create it by hand and upload
+        // corrupted bytes of the right length through the operator's URLs.
+        let dir = tempfile::tempdir()?;
+        let cache = tempfile::tempdir()?;
+        project(dir.path(), &format!("mismatch {ns}"));
+        let out = Command::new(aether_bin())
+            .args(["pack", "--no-sign", "-n", &ns, "-o", "json"])
+            .current_dir(dir.path())
+            .env("AETHER_CACHE_DIR", cache.path())
+            .output()?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let packed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let blobs = dir.path().join(".aether/out/blobs/sha256");
+        let manifest = aether_artifact::Manifest::from_json(&std::fs::read(
+            blobs.join(&packed["digest"].as_str().unwrap()[7..]),
+        )?)?;
+        let spec = aether_crds::AetherArtifactSpec::from_manifest("hello", &manifest)?;
+        let art: Api<AetherArtifact> = Api::namespaced(client.clone(), &ns);
+        art.create(
+            &PostParams::default(),
+            &AetherArtifact::new("hello-corrupt", spec),
+        )
+        .await?;
+
+        let a = wait_for(
+            art.clone(),
+            "hello-corrupt",
+            "upload instructions",
+            Duration::from_secs(60),
+            |a: Option<&AetherArtifact>| {
+                a.and_then(|a| a.status.as_ref())
+                    .is_some_and(|s| s.upload.is_some())
+            },
+        )
+        .await?;
+        let upload = a.status.unwrap().upload.unwrap();
+        let mut corrupted_digest = None;
+        for b in &upload.blobs {
+            let mut bytes = std::fs::read(blobs.join(&b.digest[7..]))?;
+            if corrupted_digest.is_none() {
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x01; // one flipped bit
+                corrupted_digest = Some(b.digest.clone());
+            }
+            let (status, body) = http::put(b.url.as_ref().unwrap(), bytes).await?;
+            assert_eq!(status, 200, "{body}");
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {UPLOAD_COMPLETE_ANNOTATION: "now"}}});
+        art.patch("hello-corrupt", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+
+        let a = wait_for(
+            art.clone(),
+            "hello-corrupt",
+            "a verdict",
+            Duration::from_secs(60),
+            |a: Option<&AetherArtifact>| {
+                a.and_then(|a| a.status.as_ref())
+                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+                    .is_some_and(|c| c.reason == "DigestMismatch")
+            },
+        )
+        .await?;
+        let ready = a
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == READY)
+            .unwrap();
+        println!("Ready={} {}: {}", ready.status, ready.reason, ready.message);
+        assert_eq!(ready.status, "False");
+        let bad: aether_artifact::Digest = corrupted_digest.unwrap().parse()?;
+        assert!(ready.message.contains(&bad.to_string()), "{}", ready.message);
+        assert_eq!(
+            storage.head(&bad).await?,
+            None,
+            "the corrupted object was not deleted"
+        );
+        let events = Command::new("kubectl")
+            .args(["get", "events", "-n", &ns, "-o", "json"])
+            .output()?;
+        assert!(
+            String::from_utf8_lossy(&events.stdout).contains("DigestMismatch"),
+            "no DigestMismatch event"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster and the operator: run `make e2e`"]
+async fn a_user_without_create_permission_gets_a_clear_error() -> anyhow::Result<()> {
+    with_temp_ns("rbac", |client, ns| async move {
+        // A ServiceAccount that may read AetherArtifacts but not create them.
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        let mut sa = ServiceAccount::default();
+        sa.metadata.name = Some("reader".into());
+        sas.create(&PostParams::default(), &sa).await?;
+        let mut role = Role::default();
+        role.metadata.name = Some("aart-reader".into());
+        role.rules = Some(vec![PolicyRule {
+            api_groups: Some(vec!["aether.dev".into()]),
+            resources: Some(vec!["aetherartifacts".into()]),
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
+            ..Default::default()
+        }]);
+        Api::<Role>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &role)
+            .await?;
+        let binding = RoleBinding {
+            metadata: kube::api::ObjectMeta {
+                name: Some("reader".into()),
+                ..Default::default()
+            },
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: "aart-reader".into(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: "reader".into(),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            }]),
+        };
+        Api::<RoleBinding>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &binding)
+            .await?;
+        let token = Command::new("kubectl")
+            .args(["create", "token", "reader", "-n", &ns])
+            .output()?;
+        assert!(
+            token.status.success(),
+            "{}",
+            String::from_utf8_lossy(&token.stderr)
+        );
+        let token = String::from_utf8(token.stdout)?.trim().to_string();
+
+        // A kubeconfig for that account, next to the admin's.
+        let dir = tempfile::tempdir()?;
+        let kubeconfig = dir.path().join("reader.kubeconfig");
+        let admin = std::env::var("KUBECONFIG")?;
+        let run = |args: &[&str]| {
+            let ok = Command::new("kubectl")
+                .args(args)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .output()
+                .unwrap();
+            assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+        };
+        let view = Command::new("kubectl")
+            .args([
+                "config",
+                "view",
+                "--raw",
+                "--minify",
+                "--kubeconfig",
+                &admin,
+                "-o",
+                "json",
+            ])
+            .output()?;
+        let view: serde_json::Value = serde_json::from_slice(&view.stdout)?;
+        let server = view["clusters"][0]["cluster"]["server"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ca = view["clusters"][0]["cluster"]["certificate-authority-data"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        std::fs::write(dir.path().join("ca.crt"), base64_decode(&ca))?;
+        let ca_path = dir.path().join("ca.crt").to_string_lossy().into_owned();
+        run(&[
+            "config",
+            "set-cluster",
+            "c",
+            "--server",
+            &server,
+            "--certificate-authority",
+            &ca_path,
+        ]);
+        run(&["config", "set-credentials", "reader", "--token", &token]);
+        run(&[
+            "config",
+            "set-context",
+            "reader",
+            "--cluster",
+            "c",
+            "--user",
+            "reader",
+            "--namespace",
+            &ns,
+        ]);
+        run(&["config", "use-context", "reader"]);
+
+        let project_dir = tempfile::tempdir()?;
+        let cache = tempfile::tempdir()?;
+        project(project_dir.path(), "forbidden");
+        let kc = kubeconfig.to_string_lossy().into_owned();
+        let (code, _, err) = push(project_dir.path(), cache.path(), &ns, &["--kubeconfig", &kc]);
+        println!("{err}");
+        assert_eq!(code, Some(7), "{err}");
+        assert!(
+            err.contains("may not create aetherartifacts in namespace"),
+            "{err}"
+        );
+        assert!(
+            err.contains("aether-editor"),
+            "the hint names the role to ask for: {err}"
+        );
+        let left = Api::<AetherArtifact>::namespaced(client, &ns)
+            .list(&Default::default())
+            .await?;
+        assert!(
+            left.items.is_empty(),
+            "nothing half-written: {:?}",
+            left.items.iter().map(|a| a.name_any()).collect::<Vec<_>>()
+        );
+        Ok(())
+    })
+    .await
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let out = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    out.stdin.as_ref().unwrap().write_all(s.as_bytes()).unwrap();
+    out.wait_with_output().unwrap().stdout
+}

@@ -1,0 +1,537 @@
+//! The AetherArtifact controller: the storage side of `aether push`.
+//!
+//! validate (the spec reproduces its digest) → look at storage (HEAD every blob) →
+//! either hand out presigned upload URLs for the missing blobs (`Uploaded=False`,
+//! `AwaitingUpload`) or, once everything is there, re-hash every blob in storage
+//! (`Verified`, `Ready`). Wrong bytes are deleted and reported as `DigestMismatch`.
+//! Developers never hold storage credentials: URLs travel through `status.upload`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aether_artifact::Digest;
+use aether_crds::condition::{READY, STALLED, UPLOADED, VERIFIED};
+use aether_crds::{
+    AetherArtifact, AetherArtifactSpec, AetherArtifactStatus, BlobUpload, PartUpload,
+    REISSUE_UPLOAD_ANNOTATION, UPLOAD_COMPLETE_ANNOTATION, UploadInstructions,
+};
+use aether_storage::{Storage, StorageError, plan_parts};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Resource, ResourceExt};
+use tracing::{info, instrument, warn};
+
+use crate::conditions;
+
+/// Field manager for everything this controller writes.
+pub const MANAGER: &str = "aether-operator";
+
+/// What the artifact controller needs.
+pub struct Context {
+    pub client: kube::Client,
+    pub storage: Storage,
+    pub recorder: Recorder,
+    pub upload: UploadPolicy,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("storage", &self.storage)
+            .field("upload", &self.upload)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UploadPolicy {
+    pub url_ttl: Duration,
+    pub multipart_threshold: u64,
+    pub part_size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Storage(e) => e.reason(),
+            Error::Kube(_) => "KubeError",
+        }
+    }
+}
+
+/// A blob the artifact needs in storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobRef {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// Layers and SBOM, each once (layers shared between artifacts are stored once).
+pub fn blobs(spec: &AetherArtifactSpec) -> Result<Vec<BlobRef>, String> {
+    let mut out: Vec<BlobRef> = Vec::new();
+    let sbom = spec.sbom.as_ref().map(|s| (&s.digest, s.size));
+    for (digest, size) in spec.layers.iter().map(|l| (&l.digest, l.size)).chain(sbom) {
+        let digest: Digest = digest.parse().map_err(|e| format!("{e}"))?;
+        let size = u64::try_from(size).map_err(|_| format!("{digest}: negative size"))?;
+        if !out.iter().any(|b| b.digest == digest) {
+            out.push(BlobRef { digest, size });
+        }
+    }
+    Ok(out)
+}
+
+/// Are these upload instructions still usable for at least `margin`?
+pub fn still_valid(upload: &UploadInstructions, now: Timestamp, margin: Duration) -> bool {
+    let margin = SignedDuration::try_from(margin).unwrap_or(SignedDuration::ZERO);
+    upload.expires_at.0 > now.checked_add(margin).unwrap_or(now)
+}
+
+/// URLs are renewed this long before they expire: a quarter of their lifetime, at
+/// most 30 s, so short lifetimes do not make every loop issue new ones.
+pub fn renewal_margin(ttl: Duration) -> Duration {
+    (ttl / 4).min(Duration::from_secs(30))
+}
+
+#[instrument(skip_all, fields(artifact = %art.name_any(), ns = art.namespace().unwrap_or_default()))]
+pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = art.namespace().unwrap_or_default();
+    let api: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), &ns);
+    let generation = art.metadata.generation;
+    let old = art.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    status.observed_generation = generation;
+    let annotations = art.annotations();
+    let reissue = annotations.contains_key(REISSUE_UPLOAD_ANNOTATION);
+    let completed = annotations.contains_key(UPLOAD_COMPLETE_ANNOTATION);
+
+    // Validate: a spec that does not reproduce its digest, or names bad blobs, waits
+    // for the user (it is immutable, so in practice: for a new artifact).
+    let blobs = match art
+        .spec
+        .verified_manifest()
+        .map_err(|e| e.to_string())
+        .and_then(|_| blobs(&art.spec))
+    {
+        Ok(b) => b,
+        Err(message) => {
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                false,
+                "InvalidSpec",
+                &message,
+                generation,
+            );
+            conditions::set(
+                &mut status.conditions,
+                STALLED,
+                true,
+                "InvalidSpec",
+                &message,
+                generation,
+            );
+            publish_on_change(
+                &ctx,
+                &art,
+                &old,
+                &status,
+                EventType::Warning,
+                "InvalidSpec",
+                &message,
+            )
+            .await;
+            patch_status(&api, &art, &status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    if conditions::is_true(&old.conditions, READY) && old.observed_generation == generation && !reissue {
+        return Ok(Action::await_change());
+    }
+    // A verdict on bad bytes stands until the uploader asks for new URLs: otherwise
+    // the next loop would hand out fresh ones and hide it.
+    let rejected = old
+        .conditions
+        .iter()
+        .any(|c| c.type_ == READY && c.reason == "DigestMismatch");
+    if rejected && old.observed_generation == generation && !reissue {
+        return Ok(Action::await_change());
+    }
+
+    // The uploader says it is done: finish multipart uploads first.
+    if completed
+        && !reissue
+        && let Some(upload) = &old.upload
+    {
+        for b in upload.blobs.iter().filter(|b| b.upload_id.is_some()) {
+            let digest: Digest = b
+                .digest
+                .parse()
+                .map_err(|_| StorageError::Other("bad digest in status".into()))?;
+            match ctx
+                .storage
+                .complete_multipart(&digest, b.upload_id.as_deref().unwrap_or_default())
+                .await
+            {
+                Ok(()) | Err(StorageError::NotFound(_)) => {} // completed earlier
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    let mut missing = Vec::new();
+    for b in &blobs {
+        match ctx.storage.head(&b.digest).await? {
+            Some(size) if size == b.size => {}
+            Some(size) => {
+                warn!(digest = %b.digest, size, expected = b.size, "stored blob has the wrong size; deleting it");
+                ctx.storage.delete(&b.digest).await?;
+                missing.push(*b);
+            }
+            None => missing.push(*b),
+        }
+    }
+
+    if missing.is_empty() {
+        return verify(&api, &ctx, &art, old, status, &blobs).await;
+    }
+
+    let now = Timestamp::now();
+    let margin = renewal_margin(ctx.upload.url_ttl);
+    let usable = old.upload.as_ref().is_some_and(|u| still_valid(u, now, margin));
+    if completed && usable && !reissue {
+        let list: Vec<String> = missing.iter().map(|b| b.digest.to_string()).collect();
+        let message = format!("upload marked complete, but storage lacks {}", list.join(", "));
+        conditions::set(
+            &mut status.conditions,
+            UPLOADED,
+            false,
+            "UploadIncomplete",
+            &message,
+            generation,
+        );
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            false,
+            "UploadIncomplete",
+            &message,
+            generation,
+        );
+        patch_status(&api, &art, &status).await?;
+        clear_annotations(&api, &art).await?;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    if !usable || reissue {
+        status.upload = Some(instructions(&ctx, &missing, now).await?);
+        if reissue || completed {
+            clear_annotations(&api, &art).await?;
+        }
+    }
+    let bytes: u64 = missing.iter().map(|b| b.size).sum();
+    let message = format!("{} blob(s), {bytes} bytes, to upload", missing.len());
+    conditions::set(
+        &mut status.conditions,
+        UPLOADED,
+        false,
+        "AwaitingUpload",
+        &message,
+        generation,
+    );
+    conditions::set(
+        &mut status.conditions,
+        READY,
+        false,
+        "AwaitingUpload",
+        &message,
+        generation,
+    );
+    conditions::set(
+        &mut status.conditions,
+        STALLED,
+        false,
+        "AwaitingUpload",
+        "",
+        generation,
+    );
+    patch_status(&api, &art, &status).await?;
+    info!(missing = missing.len(), bytes, "awaiting upload");
+    // Come back shortly before the URLs expire, to hand out fresh ones if still needed.
+    Ok(Action::requeue(
+        ctx.upload
+            .url_ttl
+            .saturating_sub(margin)
+            .max(Duration::from_secs(1)),
+    ))
+}
+
+/// Every blob is stored: check each against its digest.
+async fn verify(
+    api: &Api<AetherArtifact>,
+    ctx: &Context,
+    art: &AetherArtifact,
+    old: AetherArtifactStatus,
+    mut status: AetherArtifactStatus,
+    blobs: &[BlobRef],
+) -> Result<Action, Error> {
+    let generation = art.metadata.generation;
+    for b in blobs {
+        match ctx.storage.verify(&b.digest, b.size).await {
+            Ok(()) => {}
+            Err(e @ StorageError::Mismatch { .. }) => {
+                let message = e.to_string();
+                warn!(%message, "deleting a blob that does not match its digest");
+                ctx.storage.delete(&b.digest).await?;
+                status.upload = None;
+                conditions::set(
+                    &mut status.conditions,
+                    UPLOADED,
+                    false,
+                    "DigestMismatch",
+                    &message,
+                    generation,
+                );
+                conditions::set(
+                    &mut status.conditions,
+                    VERIFIED,
+                    false,
+                    "DigestMismatch",
+                    &message,
+                    generation,
+                );
+                conditions::set(
+                    &mut status.conditions,
+                    READY,
+                    false,
+                    "DigestMismatch",
+                    &message,
+                    generation,
+                );
+                publish_on_change(
+                    ctx,
+                    art,
+                    &old,
+                    &status,
+                    EventType::Warning,
+                    "DigestMismatch",
+                    &message,
+                )
+                .await;
+                patch_status(api, art, &status).await?;
+                clear_annotations(api, art).await?;
+                return Ok(Action::await_change());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let message = format!("{} blob(s) stored and verified", blobs.len());
+    status.upload = None;
+    status.verified_at = Some(Time(Timestamp::now()));
+    conditions::set(
+        &mut status.conditions,
+        UPLOADED,
+        true,
+        "Uploaded",
+        "every blob is in storage",
+        generation,
+    );
+    conditions::set(
+        &mut status.conditions,
+        VERIFIED,
+        true,
+        "Verified",
+        &message,
+        generation,
+    );
+    conditions::set(
+        &mut status.conditions,
+        READY,
+        true,
+        "Verified",
+        &message,
+        generation,
+    );
+    conditions::set(&mut status.conditions, STALLED, false, "Verified", "", generation);
+    publish_on_change(ctx, art, &old, &status, EventType::Normal, "Verified", &message).await;
+    patch_status(api, art, &status).await?;
+    clear_annotations(api, art).await?;
+    info!("verified");
+    Ok(Action::await_change())
+}
+
+async fn instructions(
+    ctx: &Context,
+    missing: &[BlobRef],
+    now: Timestamp,
+) -> Result<UploadInstructions, Error> {
+    let ttl = ctx.upload.url_ttl;
+    let mut blobs = Vec::with_capacity(missing.len());
+    for b in missing {
+        if b.size > ctx.upload.multipart_threshold {
+            let upload_id = ctx.storage.start_multipart(&b.digest).await?;
+            let plans = plan_parts(b.size, ctx.upload.part_size);
+            let mut parts = Vec::with_capacity(plans.len());
+            for p in &plans {
+                parts.push(PartUpload {
+                    number: p.number,
+                    url: ctx.storage.presign_part(&b.digest, &upload_id, p, ttl).await?,
+                });
+            }
+            blobs.push(BlobUpload {
+                digest: b.digest.to_string(),
+                size: b.size as i64,
+                url: None,
+                upload_id: Some(upload_id),
+                part_size: plans.first().map(|p| p.len as i64),
+                parts,
+            });
+        } else {
+            blobs.push(BlobUpload {
+                digest: b.digest.to_string(),
+                size: b.size as i64,
+                url: Some(ctx.storage.presign_put(&b.digest, b.size, ttl).await?),
+                upload_id: None,
+                part_size: None,
+                parts: Vec::new(),
+            });
+        }
+    }
+    let ttl = SignedDuration::try_from(ttl).unwrap_or(SignedDuration::from_secs(900));
+    Ok(UploadInstructions {
+        expires_at: Time(now.checked_add(ttl).unwrap_or(now)),
+        blobs,
+    })
+}
+
+async fn patch_status(
+    api: &Api<AetherArtifact>,
+    art: &AetherArtifact,
+    status: &AetherArtifactStatus,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "apiVersion": "aether.dev/v1alpha1",
+        "kind": "AetherArtifact",
+        "status": status,
+    });
+    api.patch_status(
+        &art.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The upload signals are consumed once acted upon.
+async fn clear_annotations(api: &Api<AetherArtifact>, art: &AetherArtifact) -> Result<(), Error> {
+    let a = art.annotations();
+    if !a.contains_key(UPLOAD_COMPLETE_ANNOTATION) && !a.contains_key(REISSUE_UPLOAD_ANNOTATION) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        UPLOAD_COMPLETE_ANNOTATION: null,
+        REISSUE_UPLOAD_ANNOTATION: null,
+    }}});
+    api.patch(&art.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Events on transitions of Ready, not on every loop.
+async fn publish_on_change(
+    ctx: &Context,
+    art: &AetherArtifact,
+    old: &AetherArtifactStatus,
+    new: &AetherArtifactStatus,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let ready = |s: &AetherArtifactStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    if ready(old) == ready(new) {
+        return;
+    }
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &art.object_ref(&())).await {
+        warn!(error = %e, "could not publish an event");
+    }
+}
+
+pub fn error_policy(art: Arc<AetherArtifact>, err: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(artifact = %art.name_any(), reason = err.metric_label(), error = %err, "reconcile failed; retrying");
+    match err {
+        Error::Storage(StorageError::Unauthorized { .. } | StorageError::NotConfigured(_)) => {
+            Action::requeue(Duration::from_secs(60))
+        }
+        _ => Action::requeue(Duration::from_secs(5)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aether_crds::{AetherArtifactSpec, Blob};
+
+    fn spec() -> AetherArtifactSpec {
+        serde_json::from_value(serde_json::json!({
+            "app": "web",
+            "digest": format!("sha256:{}", "a".repeat(64)),
+            "layers": [
+                {"name": "deps", "digest": format!("sha256:{}", "b".repeat(64)), "size": 100, "mediaType": "x", "entries": 1, "filesDigest": format!("sha256:{}", "c".repeat(64))},
+                {"name": "app", "digest": format!("sha256:{}", "b".repeat(64)), "size": 100, "mediaType": "x", "entries": 1, "filesDigest": format!("sha256:{}", "c".repeat(64))}
+            ],
+            "runtime": {"nodeMajor": 20, "platform": "linux/amd64", "libc": "Glibc"},
+            "entrypoint": ["node", "server.js"]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn blobs_are_listed_once_with_the_sbom() {
+        let mut s = spec();
+        assert_eq!(blobs(&s).unwrap().len(), 1, "identical layers are one blob");
+        s.sbom = Some(Blob {
+            digest: format!("sha256:{}", "d".repeat(64)),
+            size: 5,
+            media_type: "x".into(),
+        });
+        let b = blobs(&s).unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[1].size, 5);
+    }
+
+    #[test]
+    fn instructions_expire() {
+        let now = Timestamp::now();
+        let upload = |secs: i64| UploadInstructions {
+            expires_at: Time(now.checked_add(SignedDuration::from_secs(secs)).unwrap()),
+            blobs: vec![],
+        };
+        assert!(still_valid(&upload(600), now, Duration::from_secs(30)));
+        assert!(!still_valid(&upload(10), now, Duration::from_secs(30)));
+        assert!(!still_valid(&upload(-5), now, Duration::ZERO));
+        assert_eq!(renewal_margin(Duration::from_secs(900)), Duration::from_secs(30));
+        assert_eq!(renewal_margin(Duration::from_secs(20)), Duration::from_secs(5));
+    }
+}
