@@ -78,6 +78,11 @@ pub fn default_cache_dir() -> PathBuf {
         .join("aether")
 }
 
+/// Does the local cache hold a finished install for `key`?
+pub fn is_installed(key: &str, cache: &Path) -> bool {
+    cache.join("deps").join(key).join(".complete").is_file()
+}
+
 /// A finished install: `dir/node_modules` is the deps layer's content.
 #[derive(Debug)]
 pub struct Installed {
@@ -89,7 +94,7 @@ pub struct Installed {
 /// Install (or find in the cache) the production dependencies of `project`.
 pub fn ensure_installed(project: &Project, key: &str, cache: &Path) -> Result<Installed, CliError> {
     let dir = cache.join("deps").join(key);
-    if dir.join(".complete").is_file() {
+    if is_installed(key, cache) {
         return Ok(Installed { dir, cached: true });
     }
     let parent = cache.join("deps");

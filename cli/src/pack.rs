@@ -44,14 +44,25 @@ pub trait Reporter {
 }
 
 #[derive(Debug)]
-pub struct PackRequest<'a> {
-    pub project: &'a Project,
+pub struct PackRequest {
+    pub project: Project,
     pub app: String,
     pub namespace: String,
     pub target: Target,
     pub out_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub signing_key: Option<SigningKey>,
+    /// A deps layer already in storage for the same cache key (from a Ready
+    /// artifact): used instead of installing when the local cache lacks it.
+    pub remote_deps: Option<RemoteDeps>,
+}
+
+/// A deps layer (and the SBOM that goes with it) another artifact already stored.
+#[derive(Debug, Clone)]
+pub struct RemoteDeps {
+    pub artifact: String,
+    pub layer: LayerDescriptor,
+    pub sbom: SbomOut,
 }
 
 /// What `aether pack -o json` prints.
@@ -69,8 +80,10 @@ pub struct PackOutcome {
     pub runtime: Target,
     pub entrypoint: Vec<String>,
     pub package_manager: String,
-    /// True when no package manager ran (the install came from the cache).
+    /// True when no package manager ran.
     pub install_skipped: bool,
+    /// Where the deps layer came from: `installed`, `local-cache` or `remote:<artifact>`.
+    pub deps_source: String,
     /// Folder holding `blobs/sha256/<hex>` and `artifact.json`.
     pub out: PathBuf,
     pub timings_ms: Timings,
@@ -130,7 +143,7 @@ fn always_excluded(name: &str) -> bool {
     matches!(name, ".git" | "node_modules" | ".aether" | ".npmrc") || name.starts_with(".env")
 }
 
-pub fn pack(req: &PackRequest<'_>, reporter: &dyn Reporter) -> Result<PackOutcome, CliError> {
+pub fn pack(req: &PackRequest, reporter: &dyn Reporter) -> Result<PackOutcome, CliError> {
     let started = Instant::now();
     let mut timings = Timings::default();
     let blobs = req.out_dir.join("blobs").join("sha256");
@@ -138,17 +151,50 @@ pub fn pack(req: &PackRequest<'_>, reporter: &dyn Reporter) -> Result<PackOutcom
     let options = PackOptions::default();
 
     // Dependencies: installed and packed once per cache key.
-    let key = install::cache_key(req.project, &req.target)?;
+    let key = install::cache_key(&req.project, &req.target)?;
     let t = Instant::now();
     reporter.started(Phase::Install);
-    let installed = install::ensure_installed(req.project, &key, &req.cache_dir)?;
-    install::check_native_modules(&installed.dir.join("node_modules"), &req.target)?;
-    reporter.finished(Phase::Install, if installed.cached { "cached" } else { "done" });
+    let local = match &req.remote_deps {
+        // Storage already has this exact deps layer: install and pack nothing.
+        Some(remote) if !install::is_installed(&key, &req.cache_dir) => {
+            reporter.finished(
+                Phase::Install,
+                &format!("skipped: deps layer of {} reused", remote.artifact),
+            );
+            None
+        }
+        _ => {
+            let installed = install::ensure_installed(&req.project, &key, &req.cache_dir)?;
+            install::check_native_modules(&installed.dir.join("node_modules"), &req.target)?;
+            reporter.finished(Phase::Install, if installed.cached { "cached" } else { "done" });
+            Some(installed)
+        }
+    };
     timings.install = ms(t);
 
     let t = Instant::now();
     reporter.started(Phase::PackDeps);
-    let (deps, deps_cached) = pack_deps(&installed.dir, &blobs, &options)?;
+    let (deps, deps_cached, deps_source) = match (&local, &req.remote_deps) {
+        (Some(installed), _) => {
+            let (stats, cached) = pack_deps(&installed.dir, &blobs, &options)?;
+            (
+                stats,
+                cached,
+                if installed.cached {
+                    "local-cache"
+                } else {
+                    "installed"
+                }
+                .to_string(),
+            )
+        }
+        (None, Some(remote)) => (
+            stats_of(&remote.layer),
+            true,
+            format!("remote:{}", remote.artifact),
+        ),
+        (None, None) => unreachable!("without remote deps the install always runs"),
+    };
     reporter.finished(Phase::PackDeps, &layer_detail(&deps, deps_cached));
     timings.pack_deps = ms(t);
 
@@ -181,17 +227,29 @@ pub fn pack(req: &PackRequest<'_>, reporter: &dyn Reporter) -> Result<PackOutcom
 
     let t = Instant::now();
     reporter.started(Phase::Sbom);
-    let packages = match (&req.project.manager, &req.project.lockfile) {
-        (PackageManager::Npm, Some(lock)) => {
-            sbom::from_npm_lockfile(&fs::read_to_string(lock).map_err(CliError::io("reading the lockfile"))?)?
+    let sbom = match (&local, &req.remote_deps) {
+        (None, Some(remote)) => remote.sbom.clone(),
+        _ => {
+            let packages = match (&req.project.manager, &req.project.lockfile, &local) {
+                (PackageManager::Npm, Some(lock), _) => sbom::from_npm_lockfile(
+                    &fs::read_to_string(lock).map_err(CliError::io("reading the lockfile"))?,
+                )?,
+                (_, _, Some(installed)) => sbom::from_installed_tree(&installed.dir.join("node_modules")),
+                _ => Vec::new(),
+            };
+            let version = req.project.package_json["version"].as_str().unwrap_or("0.0.0");
+            let bytes = sbom::cyclonedx_json(&req.app, version, &packages)?;
+            let digest = Digest::of(&bytes);
+            write_blob(&blobs, &digest, &bytes)?;
+            SbomOut {
+                digest,
+                size: bytes.len() as u64,
+                media_type: sbom::MEDIA_TYPE.into(),
+                components: packages.len(),
+            }
         }
-        _ => sbom::from_installed_tree(&installed.dir.join("node_modules")),
     };
-    let version = req.project.package_json["version"].as_str().unwrap_or("0.0.0");
-    let sbom_bytes = sbom::cyclonedx_json(&req.app, version, &packages)?;
-    let sbom_digest = Digest::of(&sbom_bytes);
-    write_blob(&blobs, &sbom_digest, &sbom_bytes)?;
-    reporter.finished(Phase::Sbom, &format!("{} components", packages.len()));
+    reporter.finished(Phase::Sbom, &format!("{} components", sbom.components));
     timings.sbom = ms(t);
 
     let signature = req.signing_key.as_ref().map(|key| SignatureOut {
@@ -212,17 +270,13 @@ pub fn pack(req: &PackRequest<'_>, reporter: &dyn Reporter) -> Result<PackOutcom
             layer_out("deps", &deps, deps_cached, Some(key)),
             layer_out("app", &app, false, None),
         ],
-        sbom: SbomOut {
-            digest: sbom_digest,
-            size: sbom_bytes.len() as u64,
-            media_type: sbom::MEDIA_TYPE.into(),
-            components: packages.len(),
-        },
+        sbom,
         signature,
         runtime: req.target.clone(),
         entrypoint: req.project.entrypoint.clone(),
         package_manager: req.project.manager.to_string(),
-        install_skipped: installed.cached,
+        install_skipped: local.as_ref().is_none_or(|i| i.cached),
+        deps_source,
         out: req.out_dir.clone(),
         timings_ms: timings,
     };
@@ -257,6 +311,17 @@ fn descriptor(name: &str, s: &LayerStats, cache_key: Option<String>) -> LayerDes
         entries: s.entries,
         files_digest: s.files_digest,
         cache_key,
+    }
+}
+
+/// Layer stats from a descriptor (content size is not recorded there).
+fn stats_of(l: &LayerDescriptor) -> LayerStats {
+    LayerStats {
+        digest: l.digest,
+        size: l.size,
+        content_bytes: 0,
+        entries: l.entries,
+        files_digest: l.files_digest,
     }
 }
 

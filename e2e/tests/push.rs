@@ -101,7 +101,24 @@ async fn push_uploads_what_is_missing_and_nothing_twice() -> anyhow::Result<()> 
         assert_eq!(code, Some(0), "{err}");
         assert_eq!(third["blobsUploaded"], 1, "{third}");
         assert_ne!(third["artifact"], first["artifact"]);
-        println!("first {first}\nsecond {second}\nthird {third}");
+
+        // A clean machine (empty local cache) with the same lockfile: the deps layer of
+        // a Ready artifact is reused, nothing is installed, only the app layer travels.
+        project(dir.path(), &format!("hello from a clean machine {ns}"));
+        let clean_cache = tempfile::tempdir()?;
+        let (code, fourth, err) = push(dir.path(), clean_cache.path(), &ns, &[]);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(fourth["installSkipped"], true, "{fourth}");
+        assert!(
+            fourth["depsSource"].as_str().unwrap().starts_with("remote:"),
+            "{fourth}"
+        );
+        assert_eq!(fourth["blobsUploaded"], 1, "{fourth}");
+        assert!(
+            !clean_cache.path().join("deps").exists(),
+            "an install ran on the clean machine"
+        );
+        println!("first {first}\nsecond {second}\nthird {third}\nclean machine {fourth}");
         Ok(())
     })
     .await

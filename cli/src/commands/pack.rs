@@ -15,6 +15,22 @@ pub fn run(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Result<Pa
 
 /// Pack without printing the result (`aether push` prints its own).
 pub fn pack_only(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Result<PackOutcome, CliError> {
+    let request = request(args, global, printer)?;
+    run_request(&request, printer)
+}
+
+/// Pack a prepared request, announcing it.
+pub fn run_request(request: &PackRequest, printer: &Printer) -> Result<PackOutcome, CliError> {
+    printer.info(format!(
+        "Packing {} ({}, Node {}, {})",
+        request.app, request.project.manager, request.target.node_major, request.target.platform
+    ));
+    pack::pack(request, printer)
+}
+
+/// Everything `aether pack` decides before packing: project, app name, target
+/// runtime, signing key, output and cache folders.
+pub fn request(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Result<PackRequest, CliError> {
     let project = project::detect(&args.dir, args.allow_no_lockfile)?;
     if project.lockfile.is_none() {
         printer.warn(
@@ -65,20 +81,16 @@ pub fn pack_only(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Res
         .out
         .clone()
         .unwrap_or_else(|| project.root.join(".aether").join("out"));
-    let request = PackRequest {
-        project: &project,
+    Ok(PackRequest {
+        project,
         app,
         namespace: global.namespace.clone().unwrap_or_else(|| "default".into()),
         target,
         out_dir,
         cache_dir: args.cache_dir.clone().unwrap_or_else(install::default_cache_dir),
         signing_key,
-    };
-    printer.info(format!(
-        "Packing {} ({}, Node {}, {})",
-        request.app, project.manager, request.target.node_major, request.target.platform
-    ));
-    pack::pack(&request, printer)
+        remote_deps: None,
+    })
 }
 
 fn print(outcome: &PackOutcome, printer: &Printer) {

@@ -8,19 +8,19 @@ use std::time::{Duration, Instant};
 
 use aether_crds::condition::READY;
 use aether_crds::{
-    AetherArtifact, AetherArtifactSpec, Blob, BlobUpload, REISSUE_UPLOAD_ANNOTATION, Signature,
+    AetherArtifact, AetherArtifactSpec, Blob, BlobUpload, LayerName, REISSUE_UPLOAD_ANNOTATION, Signature,
     UPLOAD_COMPLETE_ANNOTATION,
 };
 use http_body_util::Full;
 use hyper::body::Bytes;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
 use crate::args::{GlobalArgs, OutputFormat, PushArgs};
 use crate::errors::CliError;
-use crate::pack::{PackOutcome, human_bytes};
+use crate::pack::{PackOutcome, RemoteDeps, SbomOut, human_bytes};
 use crate::printer::Printer;
 
 /// What `aether push -o json` prints.
@@ -37,6 +37,9 @@ pub struct PushOutcome {
     /// True when an identical, verified artifact already existed.
     pub reused: bool,
     pub install_skipped: bool,
+    /// `installed`, `local-cache`, or `remote:<artifact>` when a Ready artifact with
+    /// the same dependencies supplied the deps layer.
+    pub deps_source: String,
     pub timings_ms: PushTimings,
 }
 
@@ -57,15 +60,22 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
         ..global.clone()
     };
 
+    let api: Api<AetherArtifact> = Api::namespaced(client, &namespace);
     let t = Instant::now();
-    let packed = tokio::task::block_in_place(|| super::pack::pack_only(&args.pack, &global, printer))?;
+    let mut request = super::pack::request(&args.pack, &global, printer)?;
+    let key = crate::install::cache_key(&request.project, &request.target)?;
+    if !crate::install::is_installed(&key, &request.cache_dir) {
+        request.remote_deps = remote_deps(&api, &request.app, &key)
+            .await
+            .map_err(|e| kube_error(e, "list", &namespace))?;
+    }
+    let packed = tokio::task::block_in_place(|| super::pack::run_request(&request, printer))?;
     let mut timings = PushTimings {
         pack: ms(t),
         ..Default::default()
     };
 
     let name = artifact_name(&packed);
-    let api: Api<AetherArtifact> = Api::namespaced(client, &namespace);
     let timeout = Duration::from_secs(args.timeout_seconds);
     let wanted = artifact_for(&packed)?;
 
@@ -162,6 +172,7 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
         blobs_uploaded,
         reused,
         install_skipped: packed.install_skipped,
+        deps_source: packed.deps_source.clone(),
         timings_ms: timings,
     };
     match printer.format {
@@ -217,6 +228,58 @@ fn artifact_for(packed: &PackOutcome) -> Result<AetherArtifact, CliError> {
         .into(),
     );
     Ok(art)
+}
+
+/// The deps layer (and SBOM) of the newest Ready artifact of `app` whose dependencies
+/// have the same cache key: a clean machine with an unchanged lockfile then installs
+/// and uploads nothing for them.
+async fn remote_deps(
+    api: &Api<AetherArtifact>,
+    app: &str,
+    key: &str,
+) -> Result<Option<RemoteDeps>, kube::Error> {
+    let lp = ListParams::default().labels(&format!("app.kubernetes.io/name={app}"));
+    let mut candidates: Vec<AetherArtifact> = api
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .filter(|a| a.spec.app == app && ready(a) == Some(true))
+        .collect();
+    candidates.sort_by_key(|a| std::cmp::Reverse(a.metadata.creation_timestamp.clone()));
+    for a in candidates {
+        let Some(layer) = a
+            .spec
+            .layers
+            .iter()
+            .find(|l| l.name == LayerName::Deps && l.cache_key.as_deref() == Some(key))
+        else {
+            continue;
+        };
+        let (Ok(manifest), Some(sbom)) = (a.spec.manifest(), a.spec.sbom.as_ref()) else {
+            continue;
+        };
+        let (Some(descriptor), Ok(sbom_digest)) = (
+            manifest
+                .layers
+                .into_iter()
+                .find(|l| l.digest.to_string() == layer.digest),
+            sbom.digest.parse(),
+        ) else {
+            continue;
+        };
+        return Ok(Some(RemoteDeps {
+            artifact: a.name_any(),
+            layer: descriptor,
+            sbom: SbomOut {
+                digest: sbom_digest,
+                size: sbom.size.max(0) as u64,
+                media_type: sbom.media_type.clone(),
+                components: 0,
+            },
+        }));
+    }
+    Ok(None)
 }
 
 fn ready(a: &AetherArtifact) -> Option<bool> {
