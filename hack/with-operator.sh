@@ -5,6 +5,8 @@
 source "$(dirname "$0")/lib.sh"
 cargo build -q -p aether-operator -p aether-cli
 log_file="${TMPDIR:-/tmp}/aether-operator-e2e.log"
+# Short-lived upload URLs, so tests can watch them expire and be renewed.
+export AETHER_UPLOAD_URL_TTL_SECONDS="${AETHER_UPLOAD_URL_TTL_SECONDS:-20}"
 "$REPO_ROOT/target/debug/aether-operator" > "$log_file" 2>&1 &
 operator_pid=$!
 trap 'kill "$operator_pid" 2>/dev/null || true; wait "$operator_pid" 2>/dev/null || true' EXIT

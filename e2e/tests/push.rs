@@ -129,29 +129,10 @@ async fn push_uploads_what_is_missing_and_nothing_twice() -> anyhow::Result<()> 
 async fn wrong_bytes_are_caught_reported_and_deleted() -> anyhow::Result<()> {
     let storage = StorageSettings::from_env()?.host();
     with_temp_ns("mismatch", |client, ns| async move {
-        // Pack (not push) to get a real artifact, then create it by hand and upload
-        // corrupted bytes of the right length through the operator's URLs.
+        // A real artifact created by hand, so the test can upload wrong bytes of the
+        // right length through the operator's URLs.
         let dir = tempfile::tempdir()?;
-        let cache = tempfile::tempdir()?;
-        project(dir.path(), &format!("mismatch {ns}"));
-        let out = Command::new(aether_bin())
-            .args(["pack", "--no-sign", "-n", &ns, "-o", "json"])
-            .current_dir(dir.path())
-            .env("AETHER_CACHE_DIR", cache.path())
-            .output()?;
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let packed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        let blobs = dir.path().join(".aether/out/blobs/sha256");
-        let manifest = aether_artifact::Manifest::from_json(&std::fs::read(
-            blobs.join(&packed["digest"].as_str().unwrap()[7..]),
-        )?)?;
-        let spec = aether_crds::AetherArtifactSpec::from_manifest("hello", &manifest)?;
-        let art: Api<AetherArtifact> = Api::namespaced(client.clone(), &ns);
-        art.create(
-            &PostParams::default(),
-            &AetherArtifact::new("hello-corrupt", spec),
-        )
-        .await?;
+        let (art, blobs) = create_packed_artifact(&client, &ns, dir.path(), "hello-corrupt").await?;
 
         let a = wait_for(
             art.clone(),
@@ -352,6 +333,139 @@ async fn a_user_without_create_permission_gets_a_clear_error() -> anyhow::Result
             "nothing half-written: {:?}",
             left.items.iter().map(|a| a.name_any()).collect::<Vec<_>>()
         );
+        Ok(())
+    })
+    .await
+}
+
+/// Pack a unique project and create its AetherArtifact directly (no upload yet);
+/// returns the API and the folder holding the packed blobs.
+async fn create_packed_artifact(
+    client: &kube::Client,
+    ns: &str,
+    dir: &Path,
+    name: &str,
+) -> anyhow::Result<(Api<AetherArtifact>, PathBuf)> {
+    let cache = dir.join("cache");
+    let project_dir = dir.join("project");
+    std::fs::create_dir_all(&project_dir)?;
+    project(&project_dir, &format!("{name} in {ns}"));
+    let out = Command::new(aether_bin())
+        .args(["pack", "--no-sign", "-n", ns, "-o", "json"])
+        .current_dir(&project_dir)
+        .env("AETHER_CACHE_DIR", &cache)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let packed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let blobs = project_dir.join(".aether/out/blobs/sha256");
+    let digest = packed["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let manifest = aether_artifact::Manifest::from_json(&std::fs::read(blobs.join(digest))?)?;
+    let spec = aether_crds::AetherArtifactSpec::from_manifest("hello", &manifest)?;
+    let art: Api<AetherArtifact> = Api::namespaced(client.clone(), ns);
+    art.create(&PostParams::default(), &AetherArtifact::new(name, spec))
+        .await?;
+    Ok((art, blobs))
+}
+
+fn upload_expiry(a: &AetherArtifact) -> Option<String> {
+    let upload = a.status.as_ref()?.upload.as_ref()?;
+    serde_json::to_value(&upload.expires_at)
+        .ok()?
+        .as_str()
+        .map(String::from)
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster and the operator: run `make e2e`"]
+async fn expired_upload_urls_are_renewed_and_old_ones_refused() -> anyhow::Result<()> {
+    let ttl: u64 = std::env::var("AETHER_UPLOAD_URL_TTL_SECONDS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(900);
+    anyhow::ensure!(
+        ttl <= 60,
+        "run with a short URL lifetime (make e2e sets AETHER_UPLOAD_URL_TTL_SECONDS=20)"
+    );
+    with_temp_ns("expiry", move |client, ns| async move {
+        let dir = tempfile::tempdir()?;
+        let (art, blobs) = create_packed_artifact(&client, &ns, dir.path(), "hello-expiry").await?;
+        let has_upload = |a: Option<&AetherArtifact>| a.and_then(upload_expiry).is_some();
+        let first = wait_for(
+            art.clone(),
+            "hello-expiry",
+            "upload instructions",
+            Duration::from_secs(30),
+            has_upload,
+        )
+        .await?;
+        let first_expiry = upload_expiry(&first).unwrap();
+        let old = first.status.unwrap().upload.unwrap();
+
+        // Nobody uploads: before they expire the operator hands out new URLs.
+        let seen = first_expiry.clone();
+        let renewed_cond =
+            move |a: Option<&AetherArtifact>| a.and_then(upload_expiry).is_some_and(|e| e != seen);
+        let renewed = wait_for(
+            art.clone(),
+            "hello-expiry",
+            "renewed URLs",
+            Duration::from_secs(ttl * 3),
+            renewed_cond,
+        )
+        .await?;
+        println!(
+            "URLs expiring {first_expiry} renewed to expire {}",
+            upload_expiry(&renewed).unwrap()
+        );
+        let new = renewed.status.unwrap().upload.unwrap();
+
+        // Once past its expiry, an old URL is refused by storage.
+        let deadline = old.expires_at.0;
+        aether_e2e::wait_until(
+            "the first URLs to expire",
+            Duration::from_secs(ttl * 2),
+            || async move {
+                let past = deadline.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(2))?;
+                Ok((k8s_openapi::jiff::Timestamp::now() > past).then_some(()))
+            },
+        )
+        .await?;
+        let stale = &old.blobs[0];
+        let (status, body) = http::put(
+            stale.url.as_ref().unwrap(),
+            std::fs::read(blobs.join(&stale.digest[7..]))?,
+        )
+        .await?;
+        println!("expired URL: HTTP {status}: {body}");
+        assert!(
+            (400..500).contains(&status),
+            "storage accepted an expired URL: {status}"
+        );
+
+        // The renewed URLs work, and the artifact becomes Ready.
+        for b in &new.blobs {
+            let (status, body) = http::put(
+                b.url.as_ref().unwrap(),
+                std::fs::read(blobs.join(&b.digest[7..]))?,
+            )
+            .await?;
+            assert_eq!(status, 200, "{body}");
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {UPLOAD_COMPLETE_ANNOTATION: "now"}}});
+        art.patch("hello-expiry", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let is_ready = |a: Option<&AetherArtifact>| {
+            a.and_then(|a| a.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == READY && c.status == "True")
+            })
+        };
+        wait_for(art, "hello-expiry", "Ready", Duration::from_secs(30), is_ready).await?;
         Ok(())
     })
     .await

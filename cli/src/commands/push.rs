@@ -98,38 +98,52 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
                 Err(e) => return Err(kube_error(e, "create", &namespace)),
             },
             // An earlier push failed part-way (or its URLs expired): ask for fresh ones.
-            Some(_) => {
-                let patch = serde_json::json!({"metadata": {"annotations": {REISSUE_UPLOAD_ANNOTATION: "aether push"}}});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(|e| kube_error(e, "update", &namespace))?;
-            }
+            Some(_) => request_reissue(&api, &name, &namespace).await?,
         }
         let t = Instant::now();
-        let art = wait(
-            &api,
-            &name,
-            timeout,
-            "upload instructions from the operator",
-            |a| {
-                let status = a.status.as_ref()?;
-                let pending = a.annotations().contains_key(REISSUE_UPLOAD_ANNOTATION);
-                (!pending && (ready(a) == Some(true) || status.upload.is_some())).then(|| a.clone())
-            },
-        )
-        .await?;
-        if let Some(upload) = art.status.as_ref().and_then(|s| s.upload.as_ref())
-            && ready(&art) != Some(true)
-        {
-            let blobs_dir = packed.out.join("blobs").join("sha256");
+        let art = wait_for_instructions(&api, &name, timeout).await?;
+        // Upload what the operator asks for. URLs that expired meanwhile (storage
+        // answers 403) are renewed once through the reissue annotation.
+        let mut art = art;
+        let blobs_dir = packed.out.join("blobs").join("sha256");
+        for round in 0..2 {
+            let Some(upload) = art
+                .status
+                .as_ref()
+                .and_then(|s| s.upload.clone())
+                .filter(|_| ready(&art) != Some(true))
+            else {
+                break;
+            };
+            let mut expired = false;
             for blob in &upload.blobs {
                 printer.info(format!(
                     "  uploading {} ({})",
                     blob.digest,
                     human_bytes(blob.size as u64)
                 ));
-                bytes_uploaded += upload_blob(&blobs_dir, blob).await?;
-                blobs_uploaded += 1;
+                match upload_blob(&blobs_dir, blob).await {
+                    Ok(n) => {
+                        bytes_uploaded += n;
+                        blobs_uploaded += 1;
+                    }
+                    Err(PutError { expired: true, .. }) if round == 0 => {
+                        printer.info("  upload URLs expired; asking the operator for new ones");
+                        expired = true;
+                        break;
+                    }
+                    Err(e) => {
+                        return Err(CliError::UploadFailed {
+                            digest: blob.digest.clone(),
+                            detail: e.detail,
+                        });
+                    }
+                }
+            }
+            if expired {
+                request_reissue(&api, &name, &namespace).await?;
+                art = wait_for_instructions(&api, &name, timeout).await?;
+                continue;
             }
             let expires = serde_json::to_value(&upload.expires_at).unwrap_or_default();
             let patch = serde_json::json!({"metadata": {"annotations": {
@@ -138,6 +152,7 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map_err(|e| kube_error(e, "update", &namespace))?;
+            break;
         }
         timings.upload = ms(t);
 
@@ -322,6 +337,28 @@ fn kube_error(e: kube::Error, verb: &str, namespace: &str) -> CliError {
     }
 }
 
+async fn request_reissue(api: &Api<AetherArtifact>, name: &str, namespace: &str) -> Result<(), CliError> {
+    let patch = serde_json::json!({"metadata": {"annotations": {REISSUE_UPLOAD_ANNOTATION: "aether push"}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| kube_error(e, "update", namespace))?;
+    Ok(())
+}
+
+/// Wait until the operator has answered: upload URLs (after any pending reissue), or Ready.
+async fn wait_for_instructions(
+    api: &Api<AetherArtifact>,
+    name: &str,
+    timeout: Duration,
+) -> Result<AetherArtifact, CliError> {
+    wait(api, name, timeout, "upload instructions from the operator", |a| {
+        let status = a.status.as_ref()?;
+        let pending = a.annotations().contains_key(REISSUE_UPLOAD_ANNOTATION);
+        (!pending && (ready(a) == Some(true) || status.upload.is_some())).then(|| a.clone())
+    })
+    .await
+}
+
 /// Poll the artifact until `done` returns a value.
 async fn wait<T>(
     api: &Api<AetherArtifact>,
@@ -365,54 +402,62 @@ fn http_client() -> Result<HttpClient, CliError> {
     Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https))
 }
 
+/// A failed PUT; `expired` when storage refused the URL (400/403), which new URLs fix.
+#[derive(Debug)]
+struct PutError {
+    expired: bool,
+    detail: String,
+}
+
+fn put_error(detail: impl Into<String>) -> PutError {
+    PutError {
+        expired: false,
+        detail: detail.into(),
+    }
+}
+
 /// Upload one blob (whole, or part by part) from the packed output; returns bytes sent.
-async fn upload_blob(blobs_dir: &Path, blob: &BlobUpload) -> Result<u64, CliError> {
+async fn upload_blob(blobs_dir: &Path, blob: &BlobUpload) -> Result<u64, PutError> {
     let hex = blob.digest.trim_start_matches("sha256:");
     let data =
-        std::fs::read(blobs_dir.join(hex)).map_err(CliError::io(format!("reading blob {}", blob.digest)))?;
-    let client = http_client()?;
-    let fail = |detail: String| CliError::UploadFailed {
-        digest: blob.digest.clone(),
-        detail,
-    };
+        std::fs::read(blobs_dir.join(hex)).map_err(|e| put_error(format!("reading the packed blob: {e}")))?;
+    let client = http_client().map_err(|e| put_error(e.to_string()))?;
     if let Some(url) = &blob.url {
-        put_with_retries(&client, url, Bytes::from(data.clone()))
-            .await
-            .map_err(fail)?;
+        put_with_retries(&client, url, Bytes::from(data.clone())).await?;
         return Ok(data.len() as u64);
     }
     let part_size = blob.part_size.unwrap_or(0).max(1) as usize;
     let mut sent = 0;
     for part in &blob.parts {
-        let start = (part.number as usize - 1) * part_size;
+        let start = (part.number.max(1) as usize - 1) * part_size;
         let end = (start + part_size).min(data.len());
-        let chunk = Bytes::copy_from_slice(
-            data.get(start..end)
-                .ok_or_else(|| fail("part out of range".into()))?,
-        );
+        let chunk = data
+            .get(start..end)
+            .ok_or_else(|| put_error("part out of range"))?;
         sent += chunk.len() as u64;
-        put_with_retries(&client, &part.url, chunk).await.map_err(fail)?;
+        put_with_retries(&client, &part.url, Bytes::copy_from_slice(chunk)).await?;
     }
     Ok(sent)
 }
 
 /// PUT with bounded retries (4 attempts) and jittered exponential backoff on
 /// connection errors and 5xx; 4xx (expired or wrong URL) fails at once.
-async fn put_with_retries(client: &HttpClient, url: &str, body: Bytes) -> Result<(), String> {
+async fn put_with_retries(client: &HttpClient, url: &str, body: Bytes) -> Result<(), PutError> {
     let mut delay = Duration::from_millis(300);
     let mut last = String::new();
     for attempt in 1..=4 {
         let req = hyper::Request::put(url)
             .header(hyper::header::CONTENT_LENGTH, body.len())
             .body(Full::new(body.clone()))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| put_error(e.to_string()))?;
         match tokio::time::timeout(Duration::from_secs(120), client.request(req)).await {
             Ok(Ok(resp)) if resp.status().is_success() => return Ok(()),
             Ok(Ok(resp)) if resp.status().is_client_error() => {
-                return Err(format!(
-                    "storage answered {} (the URL may have expired)",
-                    resp.status()
-                ));
+                return Err(PutError {
+                    // S3 says 403 for an expired URL, Garage 400: new URLs fix both.
+                    expired: matches!(resp.status().as_u16(), 400 | 403),
+                    detail: format!("storage answered {} (the URL may have expired)", resp.status()),
+                });
             }
             Ok(Ok(resp)) => last = format!("storage answered {}", resp.status()),
             Ok(Err(e)) => last = format!("connection failed: {e}"),
@@ -424,5 +469,5 @@ async fn put_with_retries(client: &HttpClient, url: &str, body: Bytes) -> Result
             delay *= 2;
         }
     }
-    Err(format!("{last} (after 4 attempts)"))
+    Err(put_error(format!("{last} (after 4 attempts)")))
 }
