@@ -77,13 +77,7 @@ async fn push_uploads_what_is_missing_and_nothing_twice() -> anyhow::Result<()> 
         let name = first["artifact"].as_str().unwrap().to_string();
         let art: Api<AetherArtifact> = Api::namespaced(client.clone(), &ns);
         let a = art.get(&name).await?;
-        let ready = a
-            .status
-            .unwrap()
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == READY)
-            .unwrap();
+        let ready = ready_condition(&a);
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
             ("True", "Verified")
@@ -173,13 +167,7 @@ async fn wrong_bytes_are_caught_reported_and_deleted() -> anyhow::Result<()> {
             },
         )
         .await?;
-        let ready = a
-            .status
-            .unwrap()
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == READY)
-            .unwrap();
+        let ready = ready_condition(&a);
         println!("Ready={} {}: {}", ready.status, ready.reason, ready.message);
         assert_eq!(ready.status, "False");
         let bad: aether_artifact::Digest = corrupted_digest.unwrap().parse()?;
@@ -469,6 +457,18 @@ async fn expired_upload_urls_are_renewed_and_old_ones_refused() -> anyhow::Resul
         Ok(())
     })
     .await
+}
+
+fn ready_condition(a: &AetherArtifact) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let conditions = a
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    conditions
+        .into_iter()
+        .find(|c| c.type_ == READY)
+        .expect("a Ready condition")
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {

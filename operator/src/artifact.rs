@@ -212,17 +212,9 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
     if completed && usable && !reissue {
         let list: Vec<String> = missing.iter().map(|b| b.digest.to_string()).collect();
         let message = format!("upload marked complete, but storage lacks {}", list.join(", "));
-        conditions::set(
+        conditions::set_all(
             &mut status.conditions,
-            UPLOADED,
-            false,
-            "UploadIncomplete",
-            &message,
-            generation,
-        );
-        conditions::set(
-            &mut status.conditions,
-            READY,
+            &[UPLOADED, READY],
             false,
             "UploadIncomplete",
             &message,
@@ -240,17 +232,9 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
     }
     let bytes: u64 = missing.iter().map(|b| b.size).sum();
     let message = format!("{} blob(s), {bytes} bytes, to upload", missing.len());
-    conditions::set(
+    conditions::set_all(
         &mut status.conditions,
-        UPLOADED,
-        false,
-        "AwaitingUpload",
-        &message,
-        generation,
-    );
-    conditions::set(
-        &mut status.conditions,
-        READY,
+        &[UPLOADED, READY],
         false,
         "AwaitingUpload",
         &message,
@@ -293,25 +277,9 @@ async fn verify(
                 warn!(%message, "deleting a blob that does not match its digest");
                 ctx.storage.delete(&b.digest).await?;
                 status.upload = None;
-                conditions::set(
+                conditions::set_all(
                     &mut status.conditions,
-                    UPLOADED,
-                    false,
-                    "DigestMismatch",
-                    &message,
-                    generation,
-                );
-                conditions::set(
-                    &mut status.conditions,
-                    VERIFIED,
-                    false,
-                    "DigestMismatch",
-                    &message,
-                    generation,
-                );
-                conditions::set(
-                    &mut status.conditions,
-                    READY,
+                    &[UPLOADED, VERIFIED, READY],
                     false,
                     "DigestMismatch",
                     &message,
@@ -345,17 +313,9 @@ async fn verify(
         "every blob is in storage",
         generation,
     );
-    conditions::set(
+    conditions::set_all(
         &mut status.conditions,
-        VERIFIED,
-        true,
-        "Verified",
-        &message,
-        generation,
-    );
-    conditions::set(
-        &mut status.conditions,
-        READY,
+        &[VERIFIED, READY],
         true,
         "Verified",
         &message,

@@ -34,6 +34,21 @@ pub fn set(
     }
 }
 
+/// [`set`] for several condition types that share one state (e.g. `Uploaded` and
+/// `Ready` both False because an upload is awaited).
+pub fn set_all(
+    conditions: &mut Vec<Condition>,
+    types: &[&str],
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) {
+    for type_ in types {
+        set(conditions, type_, status, reason, message, generation);
+    }
+}
+
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
 }
