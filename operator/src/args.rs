@@ -11,6 +11,10 @@ pub struct Args {
     /// S3 endpoint; empty for AWS's regional endpoint.
     #[arg(long, env = "AETHER_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
+    /// Endpoint put into presigned upload URLs, when developers reach storage at
+    /// another address than the operator does [default: --s3-endpoint].
+    #[arg(long, env = "AETHER_S3_PUBLIC_ENDPOINT")]
+    pub s3_public_endpoint: Option<String>,
     #[arg(long, env = "AETHER_S3_REGION", default_value = "us-east-1")]
     pub s3_region: String,
     #[arg(long, env = "AETHER_S3_BUCKET")]
@@ -38,6 +42,7 @@ impl Args {
     pub fn storage(&self) -> StorageConfig {
         StorageConfig {
             endpoint: self.s3_endpoint.clone().filter(|e| !e.is_empty()),
+            public_endpoint: self.s3_public_endpoint.clone().filter(|e| !e.is_empty()),
             region: self.s3_region.clone(),
             bucket: self.s3_bucket.clone(),
             prefix: self.s3_prefix.clone(),

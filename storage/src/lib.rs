@@ -23,6 +23,9 @@ use sha2::{Digest as _, Sha256};
 pub struct StorageConfig {
     /// e.g. `http://10.88.0.1:3900`; None means AWS's regional endpoint.
     pub endpoint: Option<String>,
+    /// Endpoint written into presigned URLs, when uploaders reach storage at another
+    /// address than this process does (an in-cluster Service vs. a public hostname).
+    pub public_endpoint: Option<String>,
     pub region: String,
     pub bucket: String,
     /// Key prefix, e.g. `aether` → `aether/blobs/sha256/<hex>`.
@@ -41,6 +44,7 @@ impl std::fmt::Debug for StorageConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StorageConfig")
             .field("endpoint", &self.endpoint)
+            .field("public_endpoint", &self.public_endpoint)
             .field("region", &self.region)
             .field("bucket", &self.bucket)
             .field("prefix", &self.prefix)
@@ -59,6 +63,7 @@ impl StorageConfig {
         let required = |k: &str| var(k).ok_or_else(|| StorageError::NotConfigured(k.to_string()));
         Ok(Self {
             endpoint: var("AETHER_S3_ENDPOINT"),
+            public_endpoint: var("AETHER_S3_PUBLIC_ENDPOINT"),
             region: var("AETHER_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
             bucket: required("AETHER_S3_BUCKET")?,
             prefix: var("AETHER_S3_PREFIX").unwrap_or_default(),
@@ -181,39 +186,22 @@ pub fn plan_parts(size: u64, part_size: u64) -> Vec<PartPlan> {
 #[derive(Debug, Clone)]
 pub struct Storage {
     client: aws_sdk_s3::Client,
+    /// Signs URLs for uploaders: `client`, or one aimed at the public endpoint.
+    presigner: aws_sdk_s3::Client,
     bucket: String,
     prefix: String,
 }
 
 impl Storage {
     pub fn new(config: &StorageConfig) -> Self {
-        let http = Builder::new()
-            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-            .build_https();
-        let mut builder = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(config.region.clone()))
-            .credentials_provider(Credentials::new(
-                &config.access_key_id,
-                &config.secret_access_key,
-                None,
-                None,
-                "aether",
-            ))
-            .force_path_style(config.path_style)
-            .http_client(http)
-            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts.max(1)))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .operation_timeout(config.operation_timeout)
-                    .build(),
-            );
-        if let Some(endpoint) = &config.endpoint {
-            builder = builder.endpoint_url(endpoint);
-        }
+        let client = sdk_client(config, config.endpoint.as_deref());
+        let presigner = match &config.public_endpoint {
+            Some(public) => sdk_client(config, Some(public)),
+            None => client.clone(),
+        };
         Self {
-            client: aws_sdk_s3::Client::from_conf(builder.build()),
+            client,
+            presigner,
             bucket: config.bucket.clone(),
             prefix: config.prefix.clone(),
         }
@@ -259,7 +247,7 @@ impl Storage {
     ) -> Result<String, StorageError> {
         let config = presigning(expires)?;
         let req = self
-            .client
+            .presigner
             .put_object()
             .bucket(&self.bucket)
             .key(self.key(digest))
@@ -292,7 +280,7 @@ impl Storage {
         expires: Duration,
     ) -> Result<String, StorageError> {
         let req = self
-            .client
+            .presigner
             .upload_part()
             .bucket(&self.bucket)
             .key(self.key(digest))
@@ -425,6 +413,35 @@ impl Storage {
     }
 }
 
+fn sdk_client(config: &StorageConfig, endpoint: Option<&str>) -> aws_sdk_s3::Client {
+    let http = Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https();
+    let mut builder = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(config.region.clone()))
+        .credentials_provider(Credentials::new(
+            &config.access_key_id,
+            &config.secret_access_key,
+            None,
+            None,
+            "aether",
+        ))
+        .force_path_style(config.path_style)
+        .http_client(http)
+        .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts.max(1)))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_timeout(config.operation_timeout)
+                .build(),
+        );
+    if let Some(endpoint) = endpoint {
+        builder = builder.endpoint_url(endpoint);
+    }
+    aws_sdk_s3::Client::from_conf(builder.build())
+}
+
 fn presigning(expires: Duration) -> Result<PresigningConfig, StorageError> {
     PresigningConfig::expires_in(expires).map_err(|e| StorageError::Other(format!("presigning: {e}")))
 }
@@ -485,6 +502,7 @@ mod tests {
     async fn presigned_urls_name_the_blob_expire_and_never_carry_the_secret() {
         let config = StorageConfig {
             endpoint: Some("http://127.0.0.1:9".into()),
+            public_endpoint: None,
             region: "garage".into(),
             bucket: "aether".into(),
             prefix: "p".into(),
@@ -526,5 +544,16 @@ mod tests {
             "{part}"
         );
         assert!(format!("{config:?}").contains("<redacted>"));
+
+        // Uploaders get URLs for the public address; the operator keeps its own.
+        let public = Storage::new(&StorageConfig {
+            public_endpoint: Some("https://s3.example.test".into()),
+            ..config
+        });
+        let url = public.presign_put(&d, 1, Duration::from_secs(60)).await.unwrap();
+        assert!(
+            url.starts_with("https://s3.example.test/aether/p/blobs/sha256/"),
+            "{url}"
+        );
     }
 }
