@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
 use std::process::Command;
 use std::time::Duration;
 
@@ -273,7 +275,10 @@ async fn a_user_without_create_permission_gets_a_clear_error() -> anyhow::Result
             .as_str()
             .unwrap()
             .to_string();
-        std::fs::write(dir.path().join("ca.crt"), base64_decode(&ca))?;
+        std::fs::write(
+            dir.path().join("ca.crt"),
+            base64::engine::general_purpose::STANDARD.decode(&ca)?,
+        )?;
         let ca_path = dir.path().join("ca.crt").to_string_lossy().into_owned();
         run(&[
             "config",
@@ -469,16 +474,4 @@ fn ready_condition(a: &AetherArtifact) -> k8s_openapi::apimachinery::pkg::apis::
         .into_iter()
         .find(|c| c.type_ == READY)
         .expect("a Ready condition")
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    let out = Command::new("base64")
-        .arg("-d")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    out.stdin.as_ref().unwrap().write_all(s.as_bytes()).unwrap();
-    out.wait_with_output().unwrap().stdout
 }

@@ -106,6 +106,7 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
         // answers 403) are renewed once through the reissue annotation.
         let mut art = art;
         let blobs_dir = packed.out.join("blobs").join("sha256");
+        let http = http_client()?;
         for round in 0..2 {
             let Some(upload) = art
                 .status
@@ -122,7 +123,7 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
                     blob.digest,
                     human_bytes(blob.size as u64)
                 ));
-                match upload_blob(&blobs_dir, blob).await {
+                match upload_blob(&http, &blobs_dir, blob).await {
                     Ok(n) => {
                         bytes_uploaded += n;
                         blobs_uploaded += 1;
@@ -417,13 +418,12 @@ fn put_error(detail: impl Into<String>) -> PutError {
 }
 
 /// Upload one blob (whole, or part by part) from the packed output; returns bytes sent.
-async fn upload_blob(blobs_dir: &Path, blob: &BlobUpload) -> Result<u64, PutError> {
+async fn upload_blob(client: &HttpClient, blobs_dir: &Path, blob: &BlobUpload) -> Result<u64, PutError> {
     let hex = blob.digest.trim_start_matches("sha256:");
     let data =
         std::fs::read(blobs_dir.join(hex)).map_err(|e| put_error(format!("reading the packed blob: {e}")))?;
-    let client = http_client().map_err(|e| put_error(e.to_string()))?;
     if let Some(url) = &blob.url {
-        put_with_retries(&client, url, Bytes::from(data.clone())).await?;
+        put_with_retries(client, url, Bytes::from(data.clone())).await?;
         return Ok(data.len() as u64);
     }
     let part_size = blob.part_size.unwrap_or(0).max(1) as usize;
@@ -435,7 +435,7 @@ async fn upload_blob(blobs_dir: &Path, blob: &BlobUpload) -> Result<u64, PutErro
             .get(start..end)
             .ok_or_else(|| put_error("part out of range"))?;
         sent += chunk.len() as u64;
-        put_with_retries(&client, &part.url, Bytes::copy_from_slice(chunk)).await?;
+        put_with_retries(client, &part.url, Bytes::copy_from_slice(chunk)).await?;
     }
     Ok(sent)
 }
