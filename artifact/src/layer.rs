@@ -42,7 +42,7 @@ impl Default for PackOptions {
 }
 
 /// What a packed layer is, for the manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerStats {
     /// sha256 of the compressed bytes.
     pub digest: Digest,

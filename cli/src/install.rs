@@ -91,8 +91,15 @@ pub struct Installed {
     pub cached: bool,
 }
 
-/// Install (or find in the cache) the production dependencies of `project`.
-pub fn ensure_installed(project: &Project, key: &str, cache: &Path) -> Result<Installed, CliError> {
+/// Install (or find in the cache) the production dependencies of `project` for
+/// `target`. Native modules are checked once, before the install is cached: the
+/// target is part of the key, so a cached install has passed the check.
+pub fn ensure_installed(
+    project: &Project,
+    target: &Target,
+    key: &str,
+    cache: &Path,
+) -> Result<Installed, CliError> {
     let dir = cache.join("deps").join(key);
     if is_installed(key, cache) {
         return Ok(Installed { dir, cached: true });
@@ -117,6 +124,7 @@ pub fn ensure_installed(project: &Project, key: &str, cache: &Path) -> Result<In
         std::fs::create_dir(staging.path().join("node_modules"))
             .map_err(CliError::io("creating node_modules"))?;
     }
+    check_native_modules(&staging.path().join("node_modules"), target)?;
     std::fs::write(staging.path().join(".complete"), key)
         .map_err(CliError::io("marking the install complete"))?;
     let staged = staging.keep();

@@ -10,7 +10,7 @@ use aether_artifact::layer::{self, LayerStats, PackOptions};
 use aether_artifact::manifest::{LayerDescriptor, Manifest, RuntimeDescriptor, SourceDescriptor};
 use aether_artifact::signature::SigningKey;
 use aether_artifact::{Digest, LAYER_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::errors::CliError;
 use crate::install::{self, Target};
@@ -152,51 +152,42 @@ pub fn pack(req: &PackRequest, reporter: &dyn Reporter) -> Result<PackOutcome, C
 
     // Dependencies: installed and packed once per cache key.
     let key = install::cache_key(&req.project, &req.target)?;
+    // Where the deps layer comes from: a layer storage already has for this key (when
+    // the local cache lacks it), or a local install, packed once per key.
     let t = Instant::now();
     reporter.started(Phase::Install);
-    let local = match &req.remote_deps {
-        // Storage already has this exact deps layer: install and pack nothing.
+    let (local, deps, deps_cached, deps_source) = match &req.remote_deps {
         Some(remote) if !install::is_installed(&key, &req.cache_dir) => {
             reporter.finished(
                 Phase::Install,
                 &format!("skipped: deps layer of {} reused", remote.artifact),
             );
-            None
-        }
-        _ => {
-            let installed = install::ensure_installed(&req.project, &key, &req.cache_dir)?;
-            install::check_native_modules(&installed.dir.join("node_modules"), &req.target)?;
-            reporter.finished(Phase::Install, if installed.cached { "cached" } else { "done" });
-            Some(installed)
-        }
-    };
-    timings.install = ms(t);
-
-    let t = Instant::now();
-    reporter.started(Phase::PackDeps);
-    let (deps, deps_cached, deps_source) = match (&local, &req.remote_deps) {
-        (Some(installed), _) => {
-            let (stats, cached) = pack_deps(&installed.dir, &blobs, &options)?;
+            timings.install = ms(t);
+            reporter.started(Phase::PackDeps);
             (
-                stats,
-                cached,
-                if installed.cached {
-                    "local-cache"
-                } else {
-                    "installed"
-                }
-                .to_string(),
+                None,
+                stats_of(&remote.layer),
+                true,
+                format!("remote:{}", remote.artifact),
             )
         }
-        (None, Some(remote)) => (
-            stats_of(&remote.layer),
-            true,
-            format!("remote:{}", remote.artifact),
-        ),
-        (None, None) => unreachable!("without remote deps the install always runs"),
+        _ => {
+            let installed = install::ensure_installed(&req.project, &req.target, &key, &req.cache_dir)?;
+            reporter.finished(Phase::Install, if installed.cached { "cached" } else { "done" });
+            timings.install = ms(t);
+            reporter.started(Phase::PackDeps);
+            let t = Instant::now();
+            let (stats, cached) = pack_deps(&installed.dir, &blobs, &options)?;
+            timings.pack_deps = ms(t);
+            let source = if installed.cached {
+                "local-cache"
+            } else {
+                "installed"
+            };
+            (Some(installed), stats, cached, source.to_string())
+        }
     };
     reporter.finished(Phase::PackDeps, &layer_detail(&deps, deps_cached));
-    timings.pack_deps = ms(t);
 
     let t = Instant::now();
     reporter.started(Phase::PackApp);
@@ -337,43 +328,21 @@ fn layer_out(name: &str, s: &LayerStats, cached: bool, cache_key: Option<String>
     }
 }
 
-/// Stats of a cached deps layer, stored next to it.
-#[derive(Serialize, Deserialize)]
-struct CachedLayer {
-    digest: Digest,
-    size: u64,
-    content_bytes: u64,
-    entries: u64,
-    files_digest: Digest,
-}
-
-/// The deps layer for an install folder, packed once and kept in the cache.
+/// The deps layer for an install folder, packed once and kept in the cache next to
+/// its stats (`layer.json`).
 fn pack_deps(
     install_dir: &Path,
     blobs: &Path,
     options: &PackOptions,
 ) -> Result<(LayerStats, bool), CliError> {
     let meta_path = install_dir.join("layer.json");
-    if let Some(c) = fs::read(&meta_path)
+    let cached = install_dir.join("layer.tar.zst");
+    if let Some(stats) = fs::read(&meta_path)
         .ok()
-        .and_then(|b| serde_json::from_slice::<CachedLayer>(&b).ok())
+        .and_then(|b| serde_json::from_slice::<LayerStats>(&b).ok())
+        && link_or_copy(&cached, &blobs.join(stats.digest.hex())).is_ok()
     {
-        let cached = install_dir.join("layer.tar.zst");
-        let target = blobs.join(c.digest.hex());
-        if target.is_file()
-            || fs::hard_link(&cached, &target)
-                .or_else(|_| fs::copy(&cached, &target).map(|_| ()))
-                .is_ok()
-        {
-            let stats = LayerStats {
-                digest: c.digest,
-                size: c.size,
-                content_bytes: c.content_bytes,
-                entries: c.entries,
-                files_digest: c.files_digest,
-            };
-            return Ok((stats, true));
-        }
+        return Ok((stats, true));
     }
     let paths = layer::collect(install_dir, &mut |p, _| {
         p == "node_modules" || p.starts_with("node_modules/")
@@ -381,25 +350,21 @@ fn pack_deps(
     let tmp =
         tempfile::NamedTempFile::new_in(install_dir).map_err(CliError::io("creating the deps layer"))?;
     let stats = layer::pack_layer(install_dir, &paths, tmp.as_file(), options)?;
-    let cached = install_dir.join("layer.tar.zst");
     tmp.persist(&cached)
         .map_err(|e| CliError::io("saving the deps layer")(e.error))?;
-    let meta = CachedLayer {
-        digest: stats.digest,
-        size: stats.size,
-        content_bytes: stats.content_bytes,
-        entries: stats.entries,
-        files_digest: stats.files_digest,
-    };
-    fs::write(&meta_path, serde_json::to_vec(&meta).expect("serialises"))
+    fs::write(&meta_path, serde_json::to_vec(&stats).expect("serialises"))
         .map_err(CliError::io("saving layer.json"))?;
-    let target = blobs.join(stats.digest.hex());
-    if !target.is_file() {
-        fs::hard_link(&cached, &target)
-            .or_else(|_| fs::copy(&cached, &target).map(|_| ()))
-            .map_err(CliError::io("writing the deps blob"))?;
-    }
+    link_or_copy(&cached, &blobs.join(stats.digest.hex())).map_err(CliError::io("writing the deps blob"))?;
     Ok((stats, false))
+}
+
+/// Put `src` at `dst` unless something is there already: a hard link when both are on
+/// one filesystem (instant), else a copy.
+fn link_or_copy(src: &Path, dst: &Path) -> std::io::Result<()> {
+    if dst.is_file() {
+        return Ok(());
+    }
+    fs::hard_link(src, dst).or_else(|_| fs::copy(src, dst).map(|_| ()))
 }
 
 /// The app layer's paths: everything not ignored by `.aetherignore` (or, without

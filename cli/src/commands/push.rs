@@ -360,6 +360,10 @@ async fn wait_for_instructions(
     .await
 }
 
+fn api_namespace(api: &Api<AetherArtifact>) -> &str {
+    api.namespace().unwrap_or("default")
+}
+
 /// Poll the artifact until `done` returns a value.
 async fn wait<T>(
     api: &Api<AetherArtifact>,
@@ -373,7 +377,7 @@ async fn wait<T>(
         if let Some(art) = api
             .get_opt(name)
             .await
-            .map_err(|e| kube_error(e, "get", "the namespace"))?
+            .map_err(|e| kube_error(e, "get", api_namespace(api)))?
             && let Some(value) = done(&art)
         {
             return Ok(value);
