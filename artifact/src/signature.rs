@@ -138,6 +138,84 @@ pub fn verify(
         .map_err(|_| SignatureError::Mismatch)
 }
 
+/// Every public key in a text holding any number of PEM blocks (a ConfigMap entry
+/// may list several); other block types are refused rather than ignored.
+pub fn public_keys_from_pem_bundle(text: &str) -> Result<Vec<PublicKey>, SignatureError> {
+    let blocks = pem::parse_many(text).map_err(|e| SignatureError::BadPublicKey(e.to_string()))?;
+    blocks
+        .iter()
+        .map(|p| PublicKey::from_pem(&pem::encode(p)))
+        .collect()
+}
+
+/// What an app demands of an artifact's signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Unsigned or wrongly signed artifacts do not run.
+    Enforce,
+    /// They run, and the caller warns.
+    Warn,
+    /// Signatures are not checked (digests still are).
+    Off,
+}
+
+/// The outcome of [`check`] when the artifact may run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Signed by the trusted key with this id.
+    Verified { key_id: String },
+    /// Runs without a valid signature (policy `Warn`): the reason to warn with.
+    Unverified(PolicyRefusal),
+    /// Policy `Off`.
+    NotChecked,
+}
+
+/// Why an artifact's signature is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyRefusal {
+    #[error("the artifact is not signed")]
+    Unsigned,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl PolicyRefusal {
+    /// CamelCase reason for conditions, Events and termination messages.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unsigned => "ArtifactUnsigned",
+            Self::Invalid(_) => "SignatureRejected",
+        }
+    }
+}
+
+/// Apply `policy` to an artifact's optional `(key_id, signature)`. The operator (before
+/// rolling out) and the in-pod runtime (before extracting) both call this, so they
+/// cannot disagree.
+pub fn check(
+    policy: Policy,
+    trusted: &[PublicKey],
+    signature: Option<(&str, &str)>,
+    digest: &Digest,
+    namespace: &str,
+    app: &str,
+) -> Result<Verdict, PolicyRefusal> {
+    if policy == Policy::Off {
+        return Ok(Verdict::NotChecked);
+    }
+    let result = match signature {
+        None => Err(PolicyRefusal::Unsigned),
+        Some((key_id, value)) => verify(trusted, key_id, value, digest, namespace, app)
+            .map(|()| key_id.to_string())
+            .map_err(|e| PolicyRefusal::Invalid(e.to_string())),
+    };
+    match (result, policy) {
+        (Ok(key_id), _) => Ok(Verdict::Verified { key_id }),
+        (Err(refusal), Policy::Warn) => Ok(Verdict::Unverified(refusal)),
+        (Err(refusal), _) => Err(refusal),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +290,50 @@ mod tests {
         let signing = SigningKey::from_pem(&std::fs::read_to_string(&key).unwrap()).unwrap();
         let public = PublicKey::from_pem(&String::from_utf8(pub_pem.stdout).unwrap()).unwrap();
         assert_eq!(signing.public_key(), public);
+    }
+
+    #[test]
+    fn policy_decides_what_runs() {
+        let key = SigningKey::from_pem(&SigningKey::generate_pem().unwrap()).unwrap();
+        let trusted = public_keys_from_pem_bundle(&format!(
+            "{}\n{}",
+            key.public_key().to_pem(),
+            SigningKey::from_pem(&SigningKey::generate_pem().unwrap())
+                .unwrap()
+                .public_key()
+                .to_pem()
+        ))
+        .unwrap();
+        assert_eq!(trusted.len(), 2);
+        let d = Digest::of(b"artifact");
+        let id = key.public_key().key_id();
+        let sig = key.sign(&d, "ns", "web");
+        let good = Some((id.as_str(), sig.as_str()));
+
+        assert_eq!(
+            check(Policy::Enforce, &trusted, good, &d, "ns", "web"),
+            Ok(Verdict::Verified { key_id: id.clone() })
+        );
+        assert_eq!(
+            check(Policy::Enforce, &trusted, None, &d, "ns", "web"),
+            Err(PolicyRefusal::Unsigned)
+        );
+        let replayed = check(Policy::Enforce, &trusted, good, &d, "ns", "api").unwrap_err();
+        assert_eq!(replayed.reason(), "SignatureRejected");
+        assert!(matches!(
+            check(Policy::Warn, &trusted, None, &d, "ns", "web"),
+            Ok(Verdict::Unverified(PolicyRefusal::Unsigned))
+        ));
+        assert_eq!(
+            check(Policy::Off, &[], None, &d, "ns", "web"),
+            Ok(Verdict::NotChecked)
+        );
+        // An untrusted key is refused by name.
+        let refusal = check(Policy::Enforce, &trusted[1..], good, &d, "ns", "web").unwrap_err();
+        assert!(refusal.to_string().contains(&id), "{refusal}");
+        assert!(
+            public_keys_from_pem_bundle("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+                .is_err()
+        );
     }
 }

@@ -356,6 +356,25 @@ impl Storage {
     /// Stream the blob back and check its size and sha256, reading at most
     /// `size + 1` bytes: a stored object cannot make this read without bound.
     pub async fn verify(&self, digest: &Digest, size: u64) -> Result<(), StorageError> {
+        self.read_checked(digest, size, |_| {}).await
+    }
+
+    /// Download the blob into memory, checked like [`Storage::verify`]: the bytes
+    /// returned are exactly the ones the digest names.
+    pub async fn fetch(&self, digest: &Digest, size: u64) -> Result<Vec<u8>, StorageError> {
+        let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 30));
+        self.read_checked(digest, size, |chunk| out.extend_from_slice(chunk))
+            .await?;
+        Ok(out)
+    }
+
+    async fn read_checked(
+        &self,
+        digest: &Digest,
+        size: u64,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<(), StorageError> {
+        use aether_artifact::digest::VerifyError;
         let out = self
             .client
             .get_object()
@@ -377,13 +396,13 @@ impl Storage {
                 break;
             }
             hasher.update(&chunk);
+            sink(&chunk);
         }
         let mismatch = |source| StorageError::Mismatch {
             digest: *digest,
             source,
         };
         if read != size {
-            use aether_artifact::digest::VerifyError;
             return Err(mismatch(VerifyError::SizeMismatch {
                 expected: size,
                 actual: read,
@@ -392,7 +411,6 @@ impl Storage {
         }
         let actual = Digest::from_raw(hasher.finalize().into());
         if actual != *digest {
-            use aether_artifact::digest::VerifyError;
             return Err(mismatch(VerifyError::DigestMismatch {
                 expected: *digest,
                 actual,

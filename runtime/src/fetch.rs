@@ -1,0 +1,243 @@
+//! `aether-runtime fetch`: the init container.
+//!
+//! Everything it needs comes from the pod template the operator wrote: the manifest
+//! (canonical JSON) and its digest, the signature and the trusted public keys, the
+//! storage location, and read-only credentials from a Secret. No presigned URL is
+//! involved, so a pod rescheduled days later still starts.
+//!
+//! Order matters: nothing is extracted before every check passed. Failures end the
+//! container with a distinct exit code and a `Reason: detail` termination message,
+//! which Kubernetes shows in the pod status (and `aether status` shows to users).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use aether_artifact::signature::{self, Policy, PolicyRefusal, PublicKey, Verdict};
+use aether_artifact::{Digest, Limits, Manifest, UnpackError, Unpacker};
+use aether_storage::{Storage, StorageConfig, StorageError};
+
+/// Where, under `--into`, the app is extracted and the runtime copies itself.
+pub const APP_DIR: &str = "app";
+pub const BIN_DIR: &str = "bin";
+pub const BINARY_NAME: &str = "aether-runtime";
+
+#[derive(Debug, clap::Args)]
+pub struct FetchArgs {
+    /// The artifact manifest, canonical JSON.
+    #[arg(long, env = "AETHER_MANIFEST", hide_env_values = true)]
+    pub manifest: String,
+    /// The digest the manifest must have.
+    #[arg(long, env = "AETHER_ARTIFACT_DIGEST")]
+    pub digest: String,
+    /// Namespace and app the signature must be made for.
+    #[arg(long, env = "AETHER_NAMESPACE")]
+    pub namespace: String,
+    #[arg(long, env = "AETHER_APP")]
+    pub app: String,
+    /// Signature policy: enforce, warn or off.
+    #[arg(long, env = "AETHER_VERIFY_MODE", default_value = "enforce", value_parser = parse_policy)]
+    pub verify: Policy,
+    #[arg(long, env = "AETHER_SIGNATURE_KEY_ID", default_value = "")]
+    pub signature_key_id: String,
+    #[arg(long, env = "AETHER_SIGNATURE", default_value = "")]
+    pub signature: String,
+    /// Trusted public keys, PEM (any number of blocks).
+    #[arg(long, env = "AETHER_TRUSTED_KEYS", default_value = "", hide_env_values = true)]
+    pub trusted_keys: String,
+    /// The shared volume: the app goes to `INTO/app`, this binary to `INTO/bin`.
+    #[arg(long, default_value = "/aether")]
+    pub into: PathBuf,
+    /// Give up after this long, retries included.
+    #[arg(long, env = "AETHER_FETCH_DEADLINE_SECONDS", default_value_t = 300)]
+    pub deadline_seconds: u64,
+    /// Where Kubernetes reads the container's termination message.
+    #[arg(long, env = "AETHER_TERMINATION_LOG", default_value = "/dev/termination-log")]
+    pub termination_log: PathBuf,
+}
+
+fn parse_policy(s: &str) -> Result<Policy, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "enforce" => Ok(Policy::Enforce),
+        "warn" => Ok(Policy::Warn),
+        "off" => Ok(Policy::Off),
+        _ => Err(format!("{s}: expected enforce, warn or off")),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("the manifest does not have digest {expected} (it has {actual})")]
+    ManifestMismatch { expected: Digest, actual: Digest },
+    #[error(transparent)]
+    Signature(#[from] PolicyRefusal),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[error("extracting: {0}")]
+    Unpack(#[from] UnpackError),
+    #[error("preparing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not done within {0} s")]
+    Deadline(u64),
+}
+
+impl FetchError {
+    /// CamelCase reason: the first word of the termination message.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "InvalidConfiguration",
+            Self::ManifestMismatch { .. } => "DigestMismatch",
+            Self::Signature(r) => r.reason(),
+            Self::Storage(e) => e.reason(),
+            Self::Unpack(e) => e.reason(),
+            Self::Io { .. } => "ExtractFailed",
+            Self::Deadline(_) => "FetchDeadlineExceeded",
+        }
+    }
+
+    /// Distinct exit codes, so the reason survives even without the message.
+    pub fn exit_code(&self) -> u8 {
+        match self.reason() {
+            "InvalidConfiguration" => 2,
+            "ArtifactNotFound" => 10,
+            "DigestMismatch" => 11,
+            "ArtifactUnsigned" | "SignatureRejected" => 12,
+            "StorageUnavailable" | "StorageUnauthorized" | "StorageError" | "StorageNotConfigured" => 13,
+            "FetchDeadlineExceeded" => 14,
+            _ => 15,
+        }
+    }
+}
+
+/// What a successful fetch did, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub verdict: Verdict,
+    pub bytes: u64,
+    pub files: u64,
+    pub download: Duration,
+    pub extract: Duration,
+}
+
+pub async fn main(args: FetchArgs) -> ExitCode {
+    let started = Instant::now();
+    let deadline = Duration::from_secs(args.deadline_seconds);
+    let result = match tokio::time::timeout(deadline, fetch(&args)).await {
+        Ok(result) => result,
+        Err(_) => Err(FetchError::Deadline(args.deadline_seconds)),
+    };
+    match result {
+        Ok(done) => {
+            if let Verdict::Unverified(why) = &done.verdict {
+                eprintln!("aether-runtime: warning: running an unverified artifact: {why}");
+            }
+            eprintln!(
+                "aether-runtime: fetched {} bytes in {} ms, extracted {} files in {} ms, total {} ms",
+                done.bytes,
+                done.download.as_millis(),
+                done.files,
+                done.extract.as_millis(),
+                started.elapsed().as_millis()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let message = format!("{}: {e}", e.reason());
+            eprintln!("aether-runtime: {message}");
+            // Best effort: the log line above carries the same text.
+            let _ = std::fs::write(&args.termination_log, &message);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// The checks that need no network: the manifest is the one the digest names, and
+/// the signature satisfies the policy.
+pub fn check(args: &FetchArgs) -> Result<(Manifest, Verdict), FetchError> {
+    let expected: Digest = args
+        .digest
+        .parse()
+        .map_err(|e| FetchError::Config(format!("--digest: {e}")))?;
+    let manifest = Manifest::from_json(args.manifest.as_bytes())
+        .map_err(|e| FetchError::Config(format!("--manifest: {e}")))?;
+    let actual = manifest.digest();
+    if actual != expected {
+        return Err(FetchError::ManifestMismatch { expected, actual });
+    }
+    let trusted: Vec<PublicKey> = signature::public_keys_from_pem_bundle(&args.trusted_keys)
+        .map_err(|e| FetchError::Config(format!("--trusted-keys: {e}")))?;
+    let sig =
+        (!args.signature.is_empty()).then_some((args.signature_key_id.as_str(), args.signature.as_str()));
+    let verdict = signature::check(args.verify, &trusted, sig, &expected, &args.namespace, &args.app)?;
+    Ok((manifest, verdict))
+}
+
+async fn fetch(args: &FetchArgs) -> Result<Fetched, FetchError> {
+    let (manifest, verdict) = check(args)?;
+    let storage = Storage::new(&StorageConfig::from_env()?);
+
+    let t = Instant::now();
+    // All layers at once; each is checked against its digest as it arrives.
+    let downloads = manifest
+        .layers
+        .iter()
+        .map(|layer| storage.fetch(&layer.digest, layer.size));
+    let layers: Vec<Vec<u8>> = futures::future::try_join_all(downloads).await?;
+    let download = t.elapsed();
+    let bytes = layers.iter().map(|l| l.len() as u64).sum();
+
+    let t = Instant::now();
+    let into = args.into.clone();
+    let files = tokio::task::spawn_blocking(move || extract(&into, &layers))
+        .await
+        .map_err(|e| FetchError::Config(format!("extraction task: {e}")))??;
+    Ok(Fetched {
+        verdict,
+        bytes,
+        files,
+        download,
+        extract: t.elapsed(),
+    })
+}
+
+/// Extract verified layers (in manifest order) into a fresh `into/app`, and copy this
+/// binary to `into/bin`. An earlier, failed attempt of this init container may have
+/// left a partial tree: it is removed first. Returns the number of files.
+pub fn extract(into: &Path, layers: &[Vec<u8>]) -> Result<u64, FetchError> {
+    let app = into.join(APP_DIR);
+    if app.exists() {
+        std::fs::remove_dir_all(&app).map_err(io(&app))?;
+    }
+    std::fs::create_dir_all(&app).map_err(io(&app))?;
+    let mut unpacker = Unpacker::new(&app, Limits::default())?;
+    for layer in layers {
+        unpacker.unpack_layer(layer.as_slice())?;
+    }
+    let summary = unpacker.finish()?;
+    install_self(&into.join(BIN_DIR))?;
+    Ok(summary.files)
+}
+
+/// Copy the running binary to `dir/aether-runtime` (atomically, 0755), for the main
+/// container's `supervise`.
+fn install_self(dir: &Path) -> Result<(), FetchError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
+    let tmp = dir.join(format!(".{BINARY_NAME}.tmp"));
+    std::fs::copy(&exe, &tmp).map_err(io(&tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(io(&tmp))?;
+    let dest = dir.join(BINARY_NAME);
+    std::fs::rename(&tmp, &dest).map_err(io(&dest))
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError {
+    let path = path.to_path_buf();
+    move |source| FetchError::Io { path, source }
+}

@@ -1,0 +1,137 @@
+//! The init container's offline half: what it refuses before touching storage, and
+//! extraction into the shared volume (including after a failed earlier attempt).
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use aether_artifact::layer::{PackOptions, collect, pack_layer};
+use aether_artifact::manifest::{LayerDescriptor, RuntimeDescriptor};
+use aether_artifact::signature::{Policy, SigningKey, Verdict};
+use aether_artifact::{Digest, Manifest};
+use aether_runtime::fetch::{FetchArgs, FetchError, check, extract};
+
+fn layer(root: &Path, files: &[(&str, &str)]) -> (Vec<u8>, LayerDescriptor) {
+    for (path, text) in files {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let paths = collect(root, &mut |_, _| true).unwrap();
+    let mut out = Vec::new();
+    let stats = pack_layer(root, &paths, &mut out, &PackOptions::default()).unwrap();
+    let descriptor = LayerDescriptor {
+        name: String::new(),
+        media_type: aether_artifact::LAYER_MEDIA_TYPE.into(),
+        digest: stats.digest,
+        size: stats.size,
+        entries: stats.entries,
+        files_digest: stats.files_digest,
+        cache_key: None,
+    };
+    (out, descriptor)
+}
+
+fn manifest(layers: Vec<LayerDescriptor>) -> Manifest {
+    Manifest {
+        schema_version: 1,
+        media_type: aether_artifact::MANIFEST_MEDIA_TYPE.into(),
+        layers,
+        runtime: RuntimeDescriptor {
+            node_major: 20,
+            platform: "linux/amd64".into(),
+            libc: "glibc".into(),
+        },
+        entrypoint: vec!["node".into(), "server.js".into()],
+        source: None,
+    }
+}
+
+fn args(manifest: &Manifest, digest: Digest, policy: Policy) -> FetchArgs {
+    FetchArgs {
+        manifest: String::from_utf8(manifest.to_canonical_json()).unwrap(),
+        digest: digest.to_string(),
+        namespace: "team-a".into(),
+        app: "web".into(),
+        verify: policy,
+        signature_key_id: String::new(),
+        signature: String::new(),
+        trusted_keys: String::new(),
+        into: "/nonexistent".into(),
+        deadline_seconds: 10,
+        termination_log: "/dev/null".into(),
+    }
+}
+
+#[test]
+fn refuses_a_manifest_other_than_the_pinned_digest() {
+    let m = manifest(vec![]);
+    let e = check(&args(&m, Digest::of(b"another build"), Policy::Off)).unwrap_err();
+    assert!(matches!(e, FetchError::ManifestMismatch { .. }), "{e}");
+    assert_eq!((e.reason(), e.exit_code()), ("DigestMismatch", 11));
+}
+
+#[test]
+fn applies_the_signature_policy_before_any_download() {
+    let m = manifest(vec![]);
+    let digest = m.digest();
+    let key = SigningKey::from_pem(&SigningKey::generate_pem().unwrap()).unwrap();
+
+    let unsigned = check(&args(&m, digest, Policy::Enforce)).unwrap_err();
+    assert_eq!(
+        (unsigned.reason(), unsigned.exit_code()),
+        ("ArtifactUnsigned", 12)
+    );
+    assert!(matches!(
+        check(&args(&m, digest, Policy::Warn)).unwrap().1,
+        Verdict::Unverified(_)
+    ));
+
+    let mut signed = args(&m, digest, Policy::Enforce);
+    signed.signature_key_id = key.public_key().key_id();
+    signed.signature = key.sign(&digest, "team-a", "web");
+    // Signed, but the key is not among the trusted ones.
+    let e = check(&signed).unwrap_err();
+    assert_eq!(e.reason(), "SignatureRejected");
+    assert!(e.to_string().contains("not trusted"), "{e}");
+    signed.trusted_keys = key.public_key().to_pem();
+    assert!(matches!(check(&signed).unwrap().1, Verdict::Verified { .. }));
+    // The same signature for another app is a replay.
+    signed.app = "api".into();
+    assert_eq!(check(&signed).unwrap_err().reason(), "SignatureRejected");
+}
+
+#[test]
+fn extracts_layers_and_itself_and_replaces_a_partial_earlier_attempt() {
+    let src = tempfile::tempdir().unwrap();
+    let (deps, ..) = layer(
+        &src.path().join("d"),
+        &[("node_modules/left-pad/index.js", "module.exports = 1;\n")],
+    );
+    let (app, ..) = layer(&src.path().join("a"), &[("server.js", "console.log('hi')\n")]);
+    let vol = tempfile::tempdir().unwrap();
+    // A crashed earlier attempt left a partial tree.
+    std::fs::create_dir_all(vol.path().join("app/node_modules")).unwrap();
+    std::fs::write(vol.path().join("app/stale.js"), "old").unwrap();
+
+    let files = extract(vol.path(), &[deps, app]).unwrap();
+    assert_eq!(files, 2);
+    assert_eq!(
+        std::fs::read_to_string(vol.path().join("app/server.js")).unwrap(),
+        "console.log('hi')\n"
+    );
+    assert!(vol.path().join("app/node_modules/left-pad/index.js").is_file());
+    assert!(!vol.path().join("app/stale.js").exists());
+    let bin = vol.path().join("bin/aether-runtime");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&bin).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+}
+
+#[test]
+fn corrupt_layers_are_refused_with_a_reason() {
+    let vol = tempfile::tempdir().unwrap();
+    let e = extract(vol.path(), &[b"not zstd at all".to_vec()]).unwrap_err();
+    assert_eq!(e.reason(), "ArtifactCorrupt");
+}
