@@ -12,7 +12,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Download, verify and extract an artifact (the init container).
-    Fetch(aether_runtime::fetch::FetchArgs),
+    Fetch(Box<aether_runtime::fetch::FetchArgs>),
     /// Run the app, forwarding signals; exits with its code (the main container).
     Supervise {
         /// The app's argv, e.g. `node server.js`.
@@ -24,7 +24,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Fetch(args) => aether_runtime::fetch::main(args).await,
+        Command::Fetch(args) => aether_runtime::fetch::main(*args).await,
         Command::Supervise { argv } => aether_runtime::supervise::run(&argv).await,
     }
 }
