@@ -36,9 +36,78 @@ pub struct Args {
     pub multipart_threshold_bytes: u64,
     #[arg(long, env = "AETHER_PART_SIZE_BYTES", default_value_t = 16 << 20)]
     pub part_size_bytes: u64,
+
+    /// The operator's namespace: its Lease, default trusted keys and the storage
+    /// credentials for pods live there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "aether-system")]
+    pub namespace: String,
+    /// Image of the in-pod runtime (the `fetch` init container).
+    #[arg(long, env = "AETHER_RUNTIME_IMAGE", default_value = concat!("ghcr.io/aether-dev/aether-runtime:", env!("CARGO_PKG_VERSION")))]
+    pub runtime_image: String,
+    /// Image that runs the app; `{major}` becomes the artifact's Node major version.
+    #[arg(long, env = "AETHER_NODE_IMAGE", default_value = "node:{major}-slim")]
+    pub node_image: String,
+    #[arg(long, env = "AETHER_IMAGE_PULL_POLICY", default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub image_pull_policy: String,
+    /// Storage endpoint as pods reach it [default: --s3-endpoint].
+    #[arg(long, env = "AETHER_RUNTIME_S3_ENDPOINT")]
+    pub runtime_s3_endpoint: Option<String>,
+    /// Secret in --namespace with read-only AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+    /// for pods; each app gets a copy. Empty: pods use workload identity instead.
+    #[arg(
+        long,
+        env = "AETHER_RUNTIME_CREDENTIALS_SECRET",
+        default_value = "aether-storage-reader"
+    )]
+    pub runtime_credentials_secret: String,
+    /// The init container gives up after this long.
+    #[arg(long, env = "AETHER_FETCH_DEADLINE_SECONDS", default_value_t = 300)]
+    pub fetch_deadline_seconds: i64,
+    /// ConfigMap in --namespace whose entries are the public keys trusted by apps
+    /// that name no `verify.keysRef`.
+    #[arg(
+        long,
+        env = "AETHER_TRUSTED_KEYS_CONFIGMAP",
+        default_value = "aether-trusted-keys"
+    )]
+    pub trusted_keys_configmap: String,
+    /// What `status.url` holds.
+    #[arg(long, env = "AETHER_URL_MODE", value_enum, default_value = "service-dns")]
+    pub url_mode: crate::app::UrlMode,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "AETHER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Hold a Lease so that only one replica reconciles at a time.
+    #[arg(long, env = "AETHER_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
 }
 
 impl Args {
+    pub fn app_config(&self) -> crate::app::AppConfig {
+        let storage = self.storage();
+        crate::app::AppConfig {
+            pod: crate::app::build::PodConfig {
+                runtime_image: self.runtime_image.clone(),
+                node_image: self.node_image.clone(),
+                image_pull_policy: self.image_pull_policy.clone(),
+                s3_endpoint: self
+                    .runtime_s3_endpoint
+                    .clone()
+                    .filter(|e| !e.is_empty())
+                    .or(storage.endpoint),
+                s3_region: storage.region,
+                s3_bucket: storage.bucket,
+                s3_prefix: storage.prefix,
+                s3_path_style: storage.path_style,
+                fetch_deadline_seconds: self.fetch_deadline_seconds,
+            },
+            operator_namespace: self.namespace.clone(),
+            credentials_secret: Some(self.runtime_credentials_secret.clone()).filter(|s| !s.is_empty()),
+            trusted_keys_configmap: self.trusted_keys_configmap.clone(),
+            url_mode: self.url_mode,
+        }
+    }
+
     pub fn storage(&self) -> StorageConfig {
         StorageConfig {
             endpoint: self.s3_endpoint.clone().filter(|e| !e.is_empty()),

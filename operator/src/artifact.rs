@@ -20,14 +20,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
-use crate::conditions;
+use crate::metrics::{ControllerLabels, Metrics};
+use crate::{conditions, events};
 
-/// Field manager for everything this controller writes.
+/// Field manager for everything the operator writes.
 pub const MANAGER: &str = "aether-operator";
+const CONTROLLER: &str = "aetherartifact";
 
 /// What the artifact controller needs.
 pub struct Context {
@@ -35,6 +37,7 @@ pub struct Context {
     pub storage: Storage,
     pub recorder: Recorder,
     pub upload: UploadPolicy,
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Context {
@@ -105,6 +108,20 @@ pub fn renewal_margin(ttl: Duration) -> Duration {
 
 #[instrument(skip_all, fields(artifact = %art.name_any(), ns = art.namespace().unwrap_or_default()))]
 pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let labels = ControllerLabels {
+        controller: CONTROLLER,
+    };
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
+    let result = reconcile_inner(art, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error> {
     let ns = art.namespace().unwrap_or_default();
     let api: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), &ns);
     let generation = art.metadata.generation;
@@ -142,7 +159,7 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
                 generation,
             );
             publish_on_change(
-                &ctx,
+                ctx,
                 &art,
                 &old,
                 &status,
@@ -203,7 +220,7 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
     }
 
     if missing.is_empty() {
-        return verify(&api, &ctx, &art, old, status, &blobs).await;
+        return verify(&api, ctx, &art, old, status, &blobs).await;
     }
 
     let now = Timestamp::now();
@@ -225,7 +242,7 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
     if !usable || reissue {
-        status.upload = Some(instructions(&ctx, &missing, now).await?);
+        status.upload = Some(instructions(ctx, &missing, now).await?);
         if reissue || completed {
             clear_annotations(&api, &art).await?;
         }
@@ -417,29 +434,14 @@ async fn publish_on_change(
     reason: &str,
     note: &str,
 ) {
-    let ready = |s: &AetherArtifactStatus| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == READY)
-            .map(|c| (c.status.clone(), c.reason.clone()))
-    };
-    if ready(old) == ready(new) {
-        return;
-    }
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &art.object_ref(&())).await {
-        warn!(error = %e, "could not publish an event");
+    if events::ready_changed(&old.conditions, &new.conditions) {
+        events::publish(&ctx.recorder, &art.object_ref(&()), type_, reason, note).await;
     }
 }
 
-pub fn error_policy(art: Arc<AetherArtifact>, err: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(art: Arc<AetherArtifact>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(artifact = %art.name_any(), reason = err.metric_label(), error = %err, "reconcile failed; retrying");
+    ctx.metrics.failed(CONTROLLER, err.metric_label());
     match err {
         Error::Storage(StorageError::Unauthorized { .. } | StorageError::NotConfigured(_)) => {
             Action::requeue(Duration::from_secs(60))

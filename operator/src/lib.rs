@@ -1,25 +1,51 @@
-//! Aether's operator. One controller per custom resource; this build reconciles
-//! AetherArtifacts (the upload conversation). `main.rs` only parses flags.
+//! Aether's operator: one controller per custom resource.
+//! - [`artifact`]: the storage side of `aether push` (upload conversation, verification);
+//! - [`app`]: AetherApp → Deployment, Service, ServiceAccount, credentials Secret.
+//!
+//! `main.rs` only parses flags. [`run`] serves metrics and health, takes the Lease
+//! (when leader election is on) and then runs both controllers until a signal, or
+//! until the Lease is lost (the process then exits and is restarted as a standby).
 
+pub mod app;
 pub mod args;
 pub mod artifact;
 pub mod conditions;
+pub mod events;
+pub mod http;
+pub mod metrics;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use aether_crds::AetherArtifact;
+use aether_crds::{AetherApp, AetherArtifact};
 use anyhow::Context as _;
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
 pub async fn run(args: args::Args) -> anyhow::Result<()> {
-    info!(version = env!("CARGO_PKG_VERSION"), "aether-operator starting");
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        namespace = %args.namespace,
+        leader_election = args.leader_election,
+        "aether-operator starting"
+    );
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let state = Arc::new(http::State {
+        metrics: metrics.clone(),
+        ..Default::default()
+    });
+    let server = tokio::spawn(http::serve(args.metrics_addr, state.clone()));
+
     let artifacts: Api<AetherArtifact> = Api::all(client.clone());
     artifacts
         .list(&kube::api::ListParams::default().limit(1))
@@ -27,32 +53,112 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         .context(
             "listing AetherArtifacts: are the CRDs installed (kubectl apply --server-side -k config/crd)?",
         )?;
+    state.ready.store(true, Ordering::Relaxed);
 
-    let ctx = Arc::new(artifact::Context {
+    let mut leadership = if args.leader_election {
+        Some(lead(&client, &args.namespace).await?)
+    } else {
+        None
+    };
+    let lost = async {
+        match leadership.as_mut() {
+            Some(rx) => while rx.changed().await.is_ok() && *rx.borrow() {},
+            None => std::future::pending().await,
+        }
+    };
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: artifact::MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let artifact_ctx = Arc::new(artifact::Context {
         client: client.clone(),
         storage: aether_storage::Storage::new(&args.storage()),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: artifact::MANAGER.into(),
-                instance: None,
-            },
-        ),
+        recorder: recorder.clone(),
         upload: artifact::UploadPolicy {
-            url_ttl: std::time::Duration::from_secs(args.upload_url_ttl_seconds),
+            url_ttl: Duration::from_secs(args.upload_url_ttl_seconds),
             multipart_threshold: args.multipart_threshold_bytes,
             part_size: args.part_size_bytes,
         },
+        metrics: metrics.clone(),
     });
-    Controller::new(artifacts, watcher::Config::default())
+    let app_ctx = Arc::new(app::Context {
+        client: client.clone(),
+        recorder,
+        metrics,
+        config: args.app_config(),
+    });
+
+    let artifact_controller = Controller::new(artifacts.clone(), watcher::Config::default())
         .shutdown_on_signal()
-        .run(artifact::reconcile, artifact::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "reconcile error");
-            }
+        .run(artifact::reconcile, artifact::error_policy, artifact_ctx)
+        .for_each(log_result);
+    // Children are watched by the label every one of them carries.
+    let owned = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by={}",
+        app::build::MANAGED_BY
+    ));
+    let app_controller = Controller::new(Api::<AetherApp>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
+        .owns(Api::<Secret>::all(client.clone()), owned)
+        // An artifact names its app: a push (or a verdict) wakes that app.
+        .watches(artifacts, watcher::Config::default(), |art: AetherArtifact| {
+            let ns = art.namespace()?;
+            Some(ObjectRef::<AetherApp>::new(&art.spec.app).within(&ns))
         })
-        .await;
-    info!("aether-operator stopped");
+        .shutdown_on_signal()
+        .run(app::reconcile, app::error_policy, app_ctx)
+        .for_each(log_result);
+
+    tokio::select! {
+        _ = futures::future::join(artifact_controller, app_controller) => {
+            info!("aether-operator stopped");
+        }
+        _ = lost => {
+            anyhow::bail!("lost the leader Lease: exiting so that another replica takes over");
+        }
+        r = server => {
+            anyhow::bail!("the metrics server stopped: {r:?}");
+        }
+    }
     Ok(())
+}
+
+async fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(e) = result {
+        warn!(error = %e, "reconcile error");
+    }
+}
+
+/// Wait until this process holds the `aether-operator` Lease in `namespace`; the
+/// receiver turns false if it is lost.
+async fn lead(client: &Client, namespace: &str) -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "aether-operator".into()),
+            std::process::id()
+        )
+    });
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "aether-operator")
+        .with_namespace(namespace)
+        .with_identity(&identity)
+        .with_duration(15)
+        .with_grace(5)
+        .with_field_manager(artifact::MANAGER)
+        .build()
+        .await
+        .with_context(|| format!("setting up the leader Lease in namespace {namespace}"))?;
+    let (mut rx, _task) = manager.watch().await;
+    info!(%identity, "waiting for the leader Lease");
+    while !*rx.borrow_and_update() {
+        rx.changed().await.context("the leader election task stopped")?;
+    }
+    info!(%identity, "holding the leader Lease");
+    Ok(rx)
 }

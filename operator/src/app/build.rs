@@ -1,0 +1,441 @@
+//! AetherApp + validated artifact → the children the operator applies. Pure: the same
+//! inputs always give the same objects (no clocks, no randomness), so re-applying
+//! them after an operator restart changes nothing and rolls nothing.
+
+use std::collections::BTreeMap;
+
+use aether_artifact::signature::Policy;
+use aether_crds::AetherApp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use super::validate::Validated;
+
+/// Pod-template annotation holding the artifact digest: a new artifact changes the
+/// template, so the Deployment rolls exactly once.
+pub const DIGEST_ANNOTATION: &str = "aether.dev/artifact-digest";
+pub const ARTIFACT_ANNOTATION: &str = "aether.dev/artifact";
+pub const MANAGED_BY: &str = "aether-operator";
+/// Keys copied from the operator's read-only credentials Secret.
+pub const CREDENTIAL_KEYS: [&str; 2] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
+/// The shared volume: the init container extracts into it, the app runs from it.
+const VOLUME_PATH: &str = "/aether";
+/// The non-root user every container runs as.
+const UID: i64 = 10001;
+
+/// How pods get their runtime and reach storage: operator configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodConfig {
+    pub runtime_image: String,
+    /// `{major}` is replaced by the artifact's Node major version.
+    pub node_image: String,
+    pub image_pull_policy: String,
+    /// Storage as pods reach it; credentials come from the app's `<app>-storage` Secret.
+    pub s3_endpoint: Option<String>,
+    pub s3_region: String,
+    pub s3_bucket: String,
+    pub s3_prefix: String,
+    pub s3_path_style: bool,
+    pub fetch_deadline_seconds: i64,
+}
+
+/// Everything built for one app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Children {
+    pub service_account: ServiceAccount,
+    /// Read-only storage credentials; None when pods get them another way
+    /// (workload identity), in which case a stale one is pruned.
+    pub secret: Option<Secret>,
+    pub deployment: Deployment,
+    pub service: Service,
+}
+
+/// `app.kubernetes.io/*` labels of every child; the first two also select the pods.
+pub fn labels(app: &str) -> BTreeMap<String, String> {
+    [
+        ("app.kubernetes.io/name", app),
+        ("app.kubernetes.io/instance", app),
+        ("app.kubernetes.io/managed-by", MANAGED_BY),
+        ("app.kubernetes.io/part-of", "aether"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+pub fn selector_labels(app: &str) -> BTreeMap<String, String> {
+    labels(app)
+        .into_iter()
+        .filter(|(k, _)| k == "app.kubernetes.io/name" || k == "app.kubernetes.io/instance")
+        .collect()
+}
+
+/// The selector as a string, for the scale subresource and pod lists.
+pub fn selector_string(app: &str) -> String {
+    selector_labels(app)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn secret_name(app: &str) -> String {
+    format!("{app}-storage")
+}
+
+pub fn node_image(app: &AetherApp, release: &Validated, config: &PodConfig) -> String {
+    app.spec
+        .runtime
+        .as_ref()
+        .and_then(|r| r.image.clone())
+        .unwrap_or_else(|| {
+            config
+                .node_image
+                .replace("{major}", &release.node_major.to_string())
+        })
+}
+
+pub fn build(
+    app: &AetherApp,
+    release: &Validated,
+    credentials: Option<&BTreeMap<String, ByteString>>,
+    config: &PodConfig,
+) -> Children {
+    let name = app.name_any();
+    let meta = || ObjectMeta {
+        name: Some(name.clone()),
+        namespace: app.namespace(),
+        labels: Some(labels(&name)),
+        owner_references: app.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    };
+    let secret = credentials.map(|data| Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name(&name)),
+            ..meta()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(
+            data.iter()
+                .filter(|(k, _)| CREDENTIAL_KEYS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        ..Default::default()
+    });
+    Children {
+        service_account: ServiceAccount {
+            metadata: meta(),
+            // The app does not talk to the API unless dev-hot mode needs it to.
+            automount_service_account_token: Some(app.spec.dev_hot),
+            ..Default::default()
+        },
+        deployment: Deployment {
+            metadata: meta(),
+            spec: Some(DeploymentSpec {
+                replicas: Some(app.spec.replicas),
+                selector: LabelSelector {
+                    match_labels: Some(selector_labels(&name)),
+                    ..Default::default()
+                },
+                // Surge one new pod and keep every old one until it is Ready: a
+                // release that fails to start never takes the app down.
+                strategy: Some(DeploymentStrategy {
+                    type_: Some("RollingUpdate".into()),
+                    rolling_update: Some(RollingUpdateDeployment {
+                        max_surge: Some(IntOrString::Int(1)),
+                        max_unavailable: Some(IntOrString::Int(0)),
+                    }),
+                }),
+                revision_history_limit: Some(5),
+                progress_deadline_seconds: Some(300),
+                template: pod_template(app, release, secret.is_some(), config),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        service: Service {
+            metadata: meta(),
+            spec: Some(ServiceSpec {
+                type_: Some("ClusterIP".into()),
+                selector: Some(selector_labels(&name)),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    target_port: Some(IntOrString::String("http".into())),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        secret,
+    }
+}
+
+fn pod_template(
+    app: &AetherApp,
+    release: &Validated,
+    has_secret: bool,
+    config: &PodConfig,
+) -> PodTemplateSpec {
+    let name = app.name_any();
+    let mut labels = labels(&name);
+    labels.retain(|k, _| k != "app.kubernetes.io/managed-by");
+    let annotations = [
+        (DIGEST_ANNOTATION.to_string(), release.digest.to_string()),
+        (ARTIFACT_ANNOTATION.to_string(), release.artifact.clone()),
+    ]
+    .into();
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(name.clone()),
+            automount_service_account_token: Some(app.spec.dev_hot),
+            enable_service_links: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(UID),
+                run_as_group: Some(UID),
+                fs_group: Some(UID),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            init_containers: Some(vec![fetch_container(app, release, has_secret, config)]),
+            containers: vec![app_container(app, release, config)],
+            volumes: Some(vec![
+                // In memory: extracting ~20k files of node_modules to this kind of
+                // disk took ~14 s, to tmpfs well under one.
+                Volume {
+                    name: "aether".into(),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        medium: Some("Memory".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                Volume {
+                    name: "tmp".into(),
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+    }
+}
+
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn fetch_container(app: &AetherApp, release: &Validated, has_secret: bool, config: &PodConfig) -> Container {
+    let name = app.name_any();
+    let mut vars = vec![
+        env("AETHER_APP", &name),
+        EnvVar {
+            name: "AETHER_NAMESPACE".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.namespace".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        env("AETHER_ARTIFACT_DIGEST", release.digest.to_string()),
+        env("AETHER_MANIFEST", &release.manifest_json),
+        env(
+            "AETHER_VERIFY_MODE",
+            match release.policy {
+                Policy::Enforce => "enforce",
+                Policy::Warn => "warn",
+                Policy::Off => "off",
+            },
+        ),
+    ];
+    if let Some((key_id, value)) = &release.signature {
+        vars.push(env("AETHER_SIGNATURE_KEY_ID", key_id));
+        vars.push(env("AETHER_SIGNATURE", value));
+    }
+    if release.policy != Policy::Off {
+        vars.push(env("AETHER_TRUSTED_KEYS", &release.trusted_pem));
+    }
+    if let Some(endpoint) = &config.s3_endpoint {
+        vars.push(env("AETHER_S3_ENDPOINT", endpoint));
+    }
+    vars.extend([
+        env("AETHER_S3_REGION", &config.s3_region),
+        env("AETHER_S3_BUCKET", &config.s3_bucket),
+        env("AETHER_S3_PREFIX", &config.s3_prefix),
+        env("AETHER_S3_PATH_STYLE", config.s3_path_style.to_string()),
+        env(
+            "AETHER_FETCH_DEADLINE_SECONDS",
+            config.fetch_deadline_seconds.to_string(),
+        ),
+    ]);
+    if has_secret {
+        vars.extend(CREDENTIAL_KEYS.iter().map(|key| EnvVar {
+            name: (*key).into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret_name(&name),
+                    key: (*key).into(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+    }
+    Container {
+        name: "fetch".into(),
+        image: Some(config.runtime_image.clone()),
+        image_pull_policy: Some(config.image_pull_policy.clone()),
+        args: Some(vec!["fetch".into(), "--into".into(), VOLUME_PATH.into()]),
+        env: Some(vars),
+        // Layers are held in memory while checked, then decompressed.
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&[("cpu", "100m"), ("memory", "64Mi")])),
+            limits: Some(quantities(&[("memory", "1Gi")])),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "aether".into(),
+            mount_path: VOLUME_PATH.into(),
+            ..Default::default()
+        }]),
+        // The runtime writes `Reason: detail` there; logs if it could not.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(restricted()),
+        ..Default::default()
+    }
+}
+
+fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+        .collect()
+}
+
+fn app_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Container {
+    let argv = app
+        .spec
+        .command
+        .clone()
+        .unwrap_or_else(|| release.entrypoint.clone());
+    let mut command = vec![
+        format!("{VOLUME_PATH}/bin/aether-runtime"),
+        "supervise".into(),
+        "--".into(),
+    ];
+    command.extend(argv);
+    // Defaults the app's own env may override (names must be unique for apply).
+    let mut vars: Vec<EnvVar> = [
+        ("PORT", app.spec.port.to_string()),
+        ("NODE_ENV", "production".into()),
+        ("HOME", "/tmp".into()),
+    ]
+    .into_iter()
+    .filter(|(k, _)| !app.spec.env.iter().any(|e| e.name == *k))
+    .map(|(k, v)| env(k, v))
+    .collect();
+    vars.extend(app.spec.env.iter().cloned());
+    let probe = |period: i32, failures: i32| {
+        let port = IntOrString::String("http".into());
+        Probe {
+            http_get: app.spec.health_check.as_ref().map(|h| HTTPGetAction {
+                path: Some(h.path.clone()),
+                port: port.clone(),
+                ..Default::default()
+            }),
+            // Without a health path, "accepts connections" is all we can know.
+            tcp_socket: app.spec.health_check.is_none().then(|| TCPSocketAction {
+                port,
+                ..Default::default()
+            }),
+            period_seconds: Some(period),
+            failure_threshold: Some(failures),
+            timeout_seconds: Some(2),
+            ..Default::default()
+        }
+    };
+    Container {
+        name: "app".into(),
+        image: Some(node_image(app, release, config)),
+        image_pull_policy: Some(config.image_pull_policy.clone()),
+        command: Some(command),
+        working_dir: Some(format!("{VOLUME_PATH}/app")),
+        env: Some(vars),
+        env_from: (!app.spec.env_from.is_empty()).then(|| app.spec.env_from.clone()),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: app.spec.port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        // Probed every second while starting (for up to two minutes) so a new release
+        // takes traffic as soon as it answers; liveness is calmer.
+        startup_probe: Some(probe(1, 120)),
+        readiness_probe: Some(probe(1, 3)),
+        liveness_probe: Some(probe(10, 3)),
+        resources: app.spec.resources.clone(),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "aether".into(),
+                mount_path: VOLUME_PATH.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..Default::default()
+            },
+        ]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(restricted()),
+        ..Default::default()
+    }
+}

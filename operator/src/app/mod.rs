@@ -1,0 +1,473 @@
+//! The AetherApp controller: dereference → validate → build → apply → update_status.
+//!
+//! Only `dereference`, `apply` and the status patch touch the API; [`validate`],
+//! [`build`] and [`status`] are pure and tested from fixtures. An invalid release
+//! (missing artifact, another app's artifact, a signature the policy refuses) changes
+//! nothing that runs: the app reports `Stalled` with the reason and the previous
+//! Deployment keeps serving.
+
+pub mod build;
+pub mod status;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aether_artifact::signature::{PolicyRefusal, Verdict, public_keys_from_pem_bundle};
+use aether_crds::{AetherApp, AetherAppStatus, AetherArtifact, KeysKind, VerifyMode};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{EventType, Recorder};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, instrument, warn};
+
+use self::build::{Children, MANAGED_BY, PodConfig};
+use self::validate::{Invalid, TrustedKeys, Validated};
+use crate::events;
+use crate::metrics::{ControllerLabels, Metrics, PhaseLabels};
+
+const CONTROLLER: &str = "aetherapp";
+
+/// Operator settings for apps.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub pod: PodConfig,
+    /// Namespace of the operator: default trusted keys, storage credentials, Lease.
+    pub operator_namespace: String,
+    /// Secret there with read-only storage credentials, copied next to each app.
+    pub credentials_secret: Option<String>,
+    /// ConfigMap there whose entries are trusted public keys (PEM).
+    pub trusted_keys_configmap: String,
+    pub url_mode: UrlMode,
+}
+
+/// What `status.url` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UrlMode {
+    /// `http://<name>.<namespace>.svc`, reachable inside the cluster.
+    ServiceDns,
+    /// `http://<cluster IP>`, for clusters whose host routes the service network
+    /// (the local cluster).
+    ClusterIp,
+}
+
+pub struct Context {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub config: AppConfig,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("config", &self.config).finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {what}: {source}")]
+    Dereference {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("applying {what}: {source}")]
+    Apply {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("updating status: {0}")]
+    UpdateStatus(#[source] kube::Error),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Dereference { .. } => "Dereference",
+            Error::Apply { .. } => "Apply",
+            Error::UpdateStatus(_) => "UpdateStatus",
+        }
+    }
+}
+
+fn dereference_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Dereference { what, source }
+}
+
+/// What the reconcile reads before deciding anything.
+struct Dereferenced {
+    artifact: Option<AetherArtifact>,
+    trusted: Result<TrustedKeys, Invalid>,
+    credentials: Option<BTreeMap<String, ByteString>>,
+    running: Option<Deployment>,
+}
+
+#[instrument(skip_all, fields(app = %app.name_any(), ns = app.namespace().unwrap_or_default()))]
+pub async fn reconcile(app: Arc<AetherApp>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let labels = ControllerLabels {
+        controller: CONTROLLER,
+    };
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
+    let result = reconcile_inner(&app, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error> {
+    let ns = app.namespace().unwrap_or_default();
+    let generation = app.metadata.generation;
+    let old = app.status.clone().unwrap_or_default();
+    if app.spec.suspend {
+        patch_status(ctx, app, &status::suspended(&old, generation)).await?;
+        return Ok(Action::await_change());
+    }
+
+    let d = dereference(ctx, app, &ns).await?;
+    let valid = d
+        .trusted
+        .and_then(|trusted| validate::validate(app, d.artifact.as_ref(), &trusted));
+    let release = match valid {
+        Ok(release) => release,
+        Err(invalid) => {
+            let new = status::invalid(&old, generation, &invalid, d.running.as_ref());
+            let type_ = if invalid.waiting {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            announce(ctx, app, &old, &new, type_).await;
+            patch_status(ctx, app, &new).await?;
+            info!(reason = invalid.reason, "release not applied");
+            return Ok(if invalid.waiting {
+                Action::requeue(Duration::from_secs(2))
+            } else {
+                Action::requeue(Duration::from_secs(300))
+            });
+        }
+    };
+
+    let children = build::build(app, &release, d.credentials.as_ref(), &ctx.config.pod);
+    let (deployment, service) = apply(ctx, &ns, &children).await?;
+    let applied_at = Timestamp::now();
+    if children.secret.is_none() {
+        prune_secret(ctx, app, &ns).await?;
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = build::selector_string(&app.name_any());
+    let pods = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(dereference_error("pods"))?
+        .items;
+    let url = url(ctx.config.url_mode, &app.name_any(), &ns, &service);
+    let observed = status::Observed {
+        deployment: &deployment,
+        pods: &pods,
+        url,
+        selector,
+        applied_at,
+    };
+    let new = status::applied(&old, generation, &release, &observed, Timestamp::now());
+    record_phases(&ctx.metrics, &old, &new);
+    warn_if_unverified(ctx, app, &old, &release).await;
+    announce(ctx, app, &old, &new, EventType::Normal).await;
+    patch_status(ctx, app, &new).await?;
+
+    let rollout = status::rollout(&deployment, &pods, &release.digest.to_string());
+    Ok(match rollout {
+        status::Rollout::Complete { .. } => Action::requeue(Duration::from_secs(300)),
+        // Pods are not watched: look again soon while the rollout moves.
+        status::Rollout::Progressing { .. } => Action::requeue(Duration::from_secs(2)),
+        status::Rollout::Failed { .. } => Action::requeue(Duration::from_secs(10)),
+    })
+}
+
+async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Dereferenced, Error> {
+    let artifacts: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), ns);
+    let artifact = artifacts
+        .get_opt(&app.spec.artifact_ref.name)
+        .await
+        .map_err(dereference_error("the artifact"))?;
+    let trusted = trusted_keys(ctx, app, ns).await?;
+    let credentials = match &ctx.config.credentials_secret {
+        Some(name) => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.operator_namespace);
+            let secret = secrets.get(name).await.map_err(dereference_error(format!(
+                "storage credentials Secret {}/{name}",
+                ctx.config.operator_namespace
+            )))?;
+            Some(secret.data.unwrap_or_default())
+        }
+        None => None,
+    };
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let running = deployments
+        .get_opt(&app.name_any())
+        .await
+        .map_err(dereference_error("the Deployment"))?;
+    Ok(Dereferenced {
+        artifact,
+        trusted,
+        credentials,
+        running,
+    })
+}
+
+/// The app's `verify.keysRef`, else the operator's default ConfigMap. A missing
+/// source means no trusted keys (Enforce then refuses, and says where it looked).
+async fn trusted_keys(
+    ctx: &Context,
+    app: &AetherApp,
+    ns: &str,
+) -> Result<Result<TrustedKeys, Invalid>, Error> {
+    if app.spec.verify.mode == VerifyMode::Off {
+        return Ok(Ok(TrustedKeys::default()));
+    }
+    let (source, texts): (String, Option<Vec<String>>) = match &app.spec.verify.keys_ref {
+        Some(r) if r.kind == KeysKind::Secret => {
+            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+            let secret = api
+                .get_opt(&r.name)
+                .await
+                .map_err(dereference_error("trusted keys"))?;
+            (
+                format!("Secret {ns}/{}", r.name),
+                secret.map(|s| {
+                    s.data
+                        .unwrap_or_default()
+                        .into_values()
+                        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                        .collect()
+                }),
+            )
+        }
+        Some(r) => (
+            format!("ConfigMap {ns}/{}", r.name),
+            configmap_values(ctx, ns, &r.name).await?,
+        ),
+        None => {
+            let ons = &ctx.config.operator_namespace;
+            let name = &ctx.config.trusted_keys_configmap;
+            (
+                format!("ConfigMap {ons}/{name}"),
+                configmap_values(ctx, ons, name).await?,
+            )
+        }
+    };
+    let Some(texts) = texts else {
+        return Ok(Ok(TrustedKeys {
+            source: format!("{source} (not found)"),
+            ..Default::default()
+        }));
+    };
+    let pem = texts.join("\n");
+    Ok(match public_keys_from_pem_bundle(&pem) {
+        Ok(keys) => Ok(TrustedKeys { source, pem, keys }),
+        Err(e) => Err(Invalid {
+            reason: "InvalidTrustedKeys",
+            message: format!("{source}: {e}"),
+            waiting: false,
+        }),
+    })
+}
+
+async fn configmap_values(ctx: &Context, ns: &str, name: &str) -> Result<Option<Vec<String>>, Error> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let cm = api
+        .get_opt(name)
+        .await
+        .map_err(dereference_error("trusted keys"))?;
+    Ok(cm.map(|c| c.data.unwrap_or_default().into_values().collect()))
+}
+
+/// Server-side apply of every child with the operator's field manager, forcing
+/// conflicts on the fields it owns.
+async fn apply(ctx: &Context, ns: &str, children: &Children) -> Result<(Deployment, Service), Error> {
+    apply_one(ctx, ns, &children.service_account).await?;
+    if let Some(secret) = &children.secret {
+        apply_one(ctx, ns, secret).await?;
+    }
+    let service = apply_one(ctx, ns, &children.service).await?;
+    let deployment = apply_one(ctx, ns, &children.deployment).await?;
+    Ok((deployment, service))
+}
+
+async fn apply_one<K>(ctx: &Context, ns: &str, object: &K) -> Result<K, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let name = object.meta().name.clone().unwrap_or_default();
+    let mut body = serde_json::to_value(object).unwrap_or_default();
+    // Typed objects serialise without apiVersion/kind, which apply needs.
+    body["apiVersion"] = K::api_version(&()).as_ref().into();
+    body["kind"] = K::kind(&()).as_ref().into();
+    api.patch(
+        &name,
+        &PatchParams::apply(crate::artifact::MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        what: format!("{} {ns}/{name}", K::kind(&())),
+        source,
+    })
+}
+
+/// The credentials Secret is only built when the operator has one to copy.
+async fn prune_secret(ctx: &Context, app: &AetherApp, ns: &str) -> Result<(), Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let name = build::secret_name(&app.name_any());
+    let ours = api
+        .get_opt(&name)
+        .await
+        .map_err(dereference_error("the credentials Secret"))?
+        .is_some_and(|s| {
+            s.labels().get("app.kubernetes.io/managed-by").map(String::as_str) == Some(MANAGED_BY)
+        });
+    if ours {
+        api.delete(&name, &DeleteParams::default())
+            .await
+            .map_err(|source| Error::Apply {
+                what: format!("pruning Secret {ns}/{name}"),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+fn url(mode: UrlMode, name: &str, ns: &str, service: &Service) -> Option<String> {
+    match mode {
+        UrlMode::ServiceDns => Some(format!("http://{name}.{ns}.svc")),
+        UrlMode::ClusterIp => service
+            .spec
+            .as_ref()?
+            .cluster_ip
+            .as_ref()
+            .filter(|ip| !ip.is_empty() && *ip != "None")
+            .map(|ip| format!("http://{ip}")),
+    }
+}
+
+/// Deploy phase durations, observed once each, when they first appear.
+fn record_phases(metrics: &Metrics, old: &AetherAppStatus, new: &AetherAppStatus) {
+    let Some(t) = &new.last_deploy else { return };
+    let before = old.last_deploy.as_ref().filter(|o| o.artifact == t.artifact);
+    let phases = [
+        (
+            "applied",
+            t.applied_after_milliseconds,
+            before.and_then(|o| o.applied_after_milliseconds),
+        ),
+        (
+            "ready",
+            t.ready_after_milliseconds,
+            before.and_then(|o| o.ready_after_milliseconds),
+        ),
+    ];
+    for (phase, now, then) in phases {
+        if let (Some(ms), None) = (now, then) {
+            metrics
+                .deploy_phase
+                .get_or_create(&PhaseLabels { phase })
+                .observe(ms as f64 / 1000.0);
+        }
+    }
+}
+
+/// Policy `Warn` runs an unverified artifact, once per new artifact, with a Warning.
+async fn warn_if_unverified(ctx: &Context, app: &AetherApp, old: &AetherAppStatus, release: &Validated) {
+    let Verdict::Unverified(why) = &release.verdict else {
+        return;
+    };
+    let new_artifact = old
+        .artifact
+        .as_ref()
+        .is_none_or(|a| a.digest != release.digest.to_string());
+    if new_artifact {
+        let reason = match why {
+            PolicyRefusal::Unsigned => "UnsignedArtifact",
+            PolicyRefusal::Invalid(_) => "UnverifiedArtifact",
+        };
+        let note = format!("verify policy Warn: running {} anyway: {why}", release.artifact);
+        events::publish(
+            &ctx.recorder,
+            &app.object_ref(&()),
+            EventType::Warning,
+            reason,
+            &note,
+        )
+        .await;
+    }
+}
+
+/// An Event when Ready changes: Normal for progress, Warning for failures.
+async fn announce(
+    ctx: &Context,
+    app: &AetherApp,
+    old: &AetherAppStatus,
+    new: &AetherAppStatus,
+    type_: EventType,
+) {
+    if !events::ready_changed(&old.conditions, &new.conditions) {
+        return;
+    }
+    let Some(ready) = new
+        .conditions
+        .iter()
+        .find(|c| c.type_ == aether_crds::condition::READY)
+    else {
+        return;
+    };
+    let stalled = crate::conditions::is_true(&new.conditions, aether_crds::condition::STALLED);
+    let type_ = if stalled { EventType::Warning } else { type_ };
+    events::publish(
+        &ctx.recorder,
+        &app.object_ref(&()),
+        type_,
+        &ready.reason,
+        &ready.message,
+    )
+    .await;
+}
+
+async fn patch_status(ctx: &Context, app: &AetherApp, status: &AetherAppStatus) -> Result<(), Error> {
+    let api: Api<AetherApp> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "aether.dev/v1alpha1",
+        "kind": "AetherApp",
+        "status": status,
+    });
+    api.patch_status(
+        &app.name_any(),
+        &PatchParams::apply(crate::artifact::MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::UpdateStatus)?;
+    Ok(())
+}
+
+pub fn error_policy(app: Arc<AetherApp>, err: &Error, ctx: Arc<Context>) -> Action {
+    warn!(app = %app.name_any(), reason = err.metric_label(), error = %err, "reconcile failed; retrying");
+    ctx.metrics.failed(CONTROLLER, err.metric_label());
+    Action::requeue(Duration::from_secs(5))
+}

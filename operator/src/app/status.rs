@@ -1,0 +1,288 @@
+//! AetherApp status, derived from what was applied and what the cluster reports
+//! (the Deployment and its pods), never from what was hoped for. Pure.
+
+use aether_crds::condition::{READY, RECONCILING, STALLED};
+use aether_crds::{AetherAppStatus, DeployTimings, DeployedArtifact, Release};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use super::build::DIGEST_ANNOTATION;
+use super::validate::{Invalid, Validated};
+use crate::conditions;
+
+/// Releases kept in `status.history`.
+pub const HISTORY: usize = 10;
+
+/// Where the current release's rollout stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rollout {
+    /// Every replica runs the current template and is available.
+    Complete {
+        ready: i32,
+        desired: i32,
+    },
+    Progressing {
+        message: String,
+    },
+    /// New pods cannot start; old ones (if any) keep serving.
+    Failed {
+        reason: String,
+        message: String,
+    },
+}
+
+/// Rollout state of `deployment` (as last read), whose pods are `pods`.
+pub fn rollout(deployment: &Deployment, pods: &[Pod], digest: &str) -> Rollout {
+    let desired = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let generation = deployment.metadata.generation.unwrap_or(0);
+    let status = deployment.status.clone().unwrap_or_default();
+    let observed = status.observed_generation.unwrap_or(0) >= generation;
+    let updated = status.updated_replicas.unwrap_or(0);
+    let total = status.replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    let ready = status.ready_replicas.unwrap_or(0);
+
+    // Failures of the new release's pods say more than any count.
+    for pod in pods.iter().filter(|p| pod_digest(p) == Some(digest)) {
+        if let Some((reason, message)) = pod_failure(pod) {
+            return Rollout::Failed { reason, message };
+        }
+    }
+    if let Some(c) = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+    {
+        return Rollout::Failed {
+            reason: "ProgressDeadlineExceeded".into(),
+            message: c.message.clone().unwrap_or_default(),
+        };
+    }
+    if observed && updated == desired && total == desired && available == desired {
+        return Rollout::Complete { ready, desired };
+    }
+    Rollout::Progressing {
+        message: format!("{updated} of {desired} pod(s) updated, {available} available, {total} in total"),
+    }
+}
+
+fn pod_digest(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(DIGEST_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// The init container failed (its termination message says why), or the app keeps
+/// crashing.
+fn pod_failure(pod: &Pod) -> Option<(String, String)> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let status = pod.status.as_ref()?;
+    for c in status.init_container_statuses.iter().flatten() {
+        if let Some(message) = failed_with(c) {
+            // The runtime writes `Reason: detail`.
+            let reason = message
+                .split_once(':')
+                .map(|(r, _)| r.trim())
+                .filter(|r| !r.is_empty() && r.chars().all(|ch| ch.is_ascii_alphanumeric()))
+                .unwrap_or("FetchFailed")
+                .to_string();
+            return Some((
+                reason,
+                format!("pod {name}: init container {}: {message}", c.name),
+            ));
+        }
+    }
+    for c in status.container_statuses.iter().flatten() {
+        if c.restart_count >= 2
+            && let Some(message) = failed_with(c)
+        {
+            return Some((
+                "AppCrashing".into(),
+                format!(
+                    "pod {name}: {} restarted {} times: {message}",
+                    c.name, c.restart_count
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// The message of the container's current or last non-zero exit.
+fn failed_with(c: &ContainerStatus) -> Option<String> {
+    let current = c.state.as_ref().and_then(|s| s.terminated.as_ref());
+    let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+    let t = current
+        .filter(|t| t.exit_code != 0)
+        .or(last.filter(|t| t.exit_code != 0))?;
+    let message = t.message.as_deref().unwrap_or_default().trim();
+    Some(if message.is_empty() {
+        format!("exit code {}", t.exit_code)
+    } else {
+        message.chars().take(1000).collect()
+    })
+}
+
+/// What was observed after applying a valid release.
+#[derive(Debug)]
+pub struct Observed<'a> {
+    pub deployment: &'a Deployment,
+    pub pods: &'a [Pod],
+    pub url: Option<String>,
+    pub selector: String,
+    /// When the apply of this reconcile finished.
+    pub applied_at: Timestamp,
+}
+
+pub fn applied(
+    old: &AetherAppStatus,
+    generation: Option<i64>,
+    release: &Validated,
+    observed: &Observed<'_>,
+    now: Timestamp,
+) -> AetherAppStatus {
+    let mut s = old.clone();
+    s.observed_generation = generation;
+    s.selector = Some(observed.selector.clone());
+    s.url = observed.url.clone();
+    let dep_status = observed.deployment.status.clone().unwrap_or_default();
+    s.replicas = dep_status.replicas.unwrap_or(0);
+    s.ready_replicas = dep_status.ready_replicas.unwrap_or(0);
+    s.artifact = Some(DeployedArtifact {
+        name: release.artifact.clone(),
+        digest: release.digest.to_string(),
+    });
+
+    // Timings run from the first reconcile that saw this artifact.
+    let mut timings = match old.last_deploy.clone() {
+        Some(t) if t.artifact == release.artifact => t,
+        _ => DeployTimings {
+            artifact: release.artifact.clone(),
+            started_at: Time(observed.applied_at),
+            applied_after_milliseconds: None,
+            ready_after_milliseconds: None,
+        },
+    };
+    let since_start = |t: Timestamp| (t.as_millisecond() - timings.started_at.0.as_millisecond()).max(0);
+    if timings.applied_after_milliseconds.is_none() {
+        timings.applied_after_milliseconds = Some(since_start(observed.applied_at));
+    }
+
+    let digest = release.digest.to_string();
+    match rollout(observed.deployment, observed.pods, &digest) {
+        Rollout::Complete { ready, desired } => {
+            if timings.ready_after_milliseconds.is_none() {
+                timings.ready_after_milliseconds = Some(since_start(now));
+            }
+            let message = format!("{ready}/{desired} pod(s) ready running {}", release.artifact);
+            conditions::set(&mut s.conditions, READY, true, "Deployed", &message, generation);
+            conditions::set(&mut s.conditions, RECONCILING, false, "Deployed", "", generation);
+            conditions::set(&mut s.conditions, STALLED, false, "Deployed", "", generation);
+            if s.history.first().is_none_or(|r| r.digest != digest) {
+                s.history.insert(
+                    0,
+                    Release {
+                        artifact: release.artifact.clone(),
+                        digest,
+                        deployed_at: Time(now),
+                    },
+                );
+                s.history.truncate(HISTORY);
+            }
+        }
+        Rollout::Progressing { message } => {
+            conditions::set(
+                &mut s.conditions,
+                READY,
+                false,
+                "RollingOut",
+                &message,
+                generation,
+            );
+            conditions::set(
+                &mut s.conditions,
+                RECONCILING,
+                true,
+                "RollingOut",
+                &message,
+                generation,
+            );
+            conditions::set(&mut s.conditions, STALLED, false, "RollingOut", "", generation);
+        }
+        Rollout::Failed { reason, message } => {
+            let message = format!("{message}; the previous release keeps serving");
+            conditions::set(&mut s.conditions, READY, false, &reason, &message, generation);
+            conditions::set(&mut s.conditions, RECONCILING, false, &reason, "", generation);
+            conditions::set(&mut s.conditions, STALLED, true, &reason, &message, generation);
+        }
+    }
+    s.last_deploy = Some(timings);
+    s
+}
+
+/// The release cannot be applied: say why, keep reporting the running Deployment.
+pub fn invalid(
+    old: &AetherAppStatus,
+    generation: Option<i64>,
+    invalid: &Invalid,
+    running: Option<&Deployment>,
+) -> AetherAppStatus {
+    let mut s = old.clone();
+    s.observed_generation = generation;
+    if let Some(status) = running.and_then(|d| d.status.as_ref()) {
+        s.replicas = status.replicas.unwrap_or(0);
+        s.ready_replicas = status.ready_replicas.unwrap_or(0);
+    }
+    let message = if running.is_some() {
+        format!("{}; the running release is unchanged", invalid.message)
+    } else {
+        invalid.message.clone()
+    };
+    conditions::set(
+        &mut s.conditions,
+        READY,
+        false,
+        invalid.reason,
+        &message,
+        generation,
+    );
+    conditions::set(
+        &mut s.conditions,
+        RECONCILING,
+        invalid.waiting,
+        invalid.reason,
+        if invalid.waiting { message.as_str() } else { "" },
+        generation,
+    );
+    conditions::set(
+        &mut s.conditions,
+        STALLED,
+        !invalid.waiting,
+        invalid.reason,
+        if invalid.waiting { "" } else { message.as_str() },
+        generation,
+    );
+    s
+}
+
+/// `spec.suspend`: nothing is changed, and status says so.
+pub fn suspended(old: &AetherAppStatus, generation: Option<i64>) -> AetherAppStatus {
+    let mut s = old.clone();
+    s.observed_generation = generation;
+    let message = "spec.suspend is true: the operator leaves this app as it is";
+    conditions::set(
+        &mut s.conditions,
+        RECONCILING,
+        false,
+        "Suspended",
+        message,
+        generation,
+    );
+    conditions::set(&mut s.conditions, STALLED, false, "Suspended", "", generation);
+    s
+}

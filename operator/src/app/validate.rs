@@ -1,0 +1,150 @@
+//! Is the referenced artifact one this app may run? Pure: the caller has read the
+//! artifact and the trusted keys.
+
+use aether_artifact::Digest;
+use aether_artifact::signature::{self, Policy, PublicKey, Verdict};
+use aether_crds::condition::READY;
+use aether_crds::{AetherApp, AetherArtifact, VerifyMode};
+use kube::ResourceExt;
+
+/// The trusted public keys for an app, and where they came from (for messages).
+#[derive(Debug, Clone, Default)]
+pub struct TrustedKeys {
+    pub source: String,
+    /// Every key as PEM, handed to the init container.
+    pub pem: String,
+    pub keys: Vec<PublicKey>,
+}
+
+/// An artifact the app may run, with what the pod needs to check it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validated {
+    pub artifact: String,
+    pub digest: Digest,
+    /// Canonical manifest JSON: the init container recomputes the digest from it.
+    pub manifest_json: String,
+    pub entrypoint: Vec<String>,
+    pub node_major: i32,
+    pub verdict: Verdict,
+    pub policy: Policy,
+    pub signature: Option<(String, String)>,
+    pub trusted_pem: String,
+}
+
+/// Why the app cannot run its artifact (yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// CamelCase, for conditions and Events.
+    pub reason: &'static str,
+    pub message: String,
+    /// True while the artifact is still being uploaded: progress, not a failure.
+    pub waiting: bool,
+}
+
+impl Invalid {
+    fn stalled(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            waiting: false,
+        }
+    }
+}
+
+pub fn policy(mode: VerifyMode) -> Policy {
+    match mode {
+        VerifyMode::Enforce => Policy::Enforce,
+        VerifyMode::Warn => Policy::Warn,
+        VerifyMode::Off => Policy::Off,
+    }
+}
+
+pub fn validate(
+    app: &AetherApp,
+    artifact: Option<&AetherArtifact>,
+    trusted: &TrustedKeys,
+) -> Result<Validated, Invalid> {
+    let name = &app.spec.artifact_ref.name;
+    let namespace = app.namespace().unwrap_or_default();
+    let Some(artifact) = artifact else {
+        return Err(Invalid::stalled(
+            "ArtifactNotFound",
+            format!("AetherArtifact {name} does not exist in {namespace}"),
+        ));
+    };
+    if artifact.spec.app != app.name_any() {
+        return Err(Invalid::stalled(
+            "ArtifactOfAnotherApp",
+            format!(
+                "AetherArtifact {name} was built for app {}, not {}",
+                artifact.spec.app,
+                app.name_any()
+            ),
+        ));
+    }
+    let ready = artifact
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
+    match ready {
+        Some(c) if c.status == "True" => {}
+        Some(c)
+            if !matches!(
+                c.reason.as_str(),
+                "AwaitingUpload" | "Verifying" | "UploadIncomplete"
+            ) =>
+        {
+            return Err(Invalid::stalled(
+                "ArtifactFailed",
+                format!("AetherArtifact {name} is not Ready: {}: {}", c.reason, c.message),
+            ));
+        }
+        _ => {
+            return Err(Invalid {
+                reason: "AwaitingArtifact",
+                message: format!("waiting for AetherArtifact {name} to be uploaded and verified"),
+                waiting: true,
+            });
+        }
+    }
+    let (manifest, digest) = artifact
+        .spec
+        .verified_manifest()
+        .map_err(|e| Invalid::stalled("InvalidArtifact", format!("AetherArtifact {name}: {e}")))?;
+    let policy = policy(app.spec.verify.mode);
+    let signature = artifact
+        .spec
+        .signature
+        .as_ref()
+        .map(|s| (s.key_id.clone(), s.value.clone()));
+    let verdict = signature::check(
+        policy,
+        &trusted.keys,
+        signature.as_ref().map(|(k, v)| (k.as_str(), v.as_str())),
+        &digest,
+        &namespace,
+        &app.name_any(),
+    )
+    .map_err(|refusal| {
+        let hint = if trusted.keys.is_empty() {
+            format!(" (no trusted keys: {} holds none)", trusted.source)
+        } else {
+            format!(" (trusted keys from {})", trusted.source)
+        };
+        Invalid::stalled(
+            refusal.reason(),
+            format!("verify policy Enforce refuses AetherArtifact {name}: {refusal}{hint}"),
+        )
+    })?;
+    Ok(Validated {
+        artifact: name.clone(),
+        digest,
+        manifest_json: String::from_utf8_lossy(&manifest.to_canonical_json()).into_owned(),
+        entrypoint: manifest.entrypoint.clone(),
+        node_major: artifact.spec.runtime.node_major,
+        verdict,
+        policy,
+        signature,
+        trusted_pem: trusted.pem.clone(),
+    })
+}

@@ -1,0 +1,86 @@
+//! Prometheus metrics (prometheus-client), prefixed `aether_operator_`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub controller: &'static str,
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// `applied` (artifact seen → Deployment applied) or `ready` (→ pods Ready).
+    pub phase: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub reconciles: Family<ControllerLabels, Counter>,
+    pub failures: Family<FailureLabels, Counter>,
+    pub reconcile_duration: Histograms<ControllerLabels>,
+    pub deploy_phase: Histograms<PhaseLabels>,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("aether_operator");
+        let reconciles = Family::<ControllerLabels, Counter>::default();
+        let failures = Family::<FailureLabels, Counter>::default();
+        let reconcile_duration: Histograms<ControllerLabels> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 12)));
+        let deploy_phase: Histograms<PhaseLabels> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.1, 2.0, 12)));
+        registry.register("reconciles", "Reconcile runs", reconciles.clone());
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that returned an error",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "deploy_phase_seconds",
+            "Time from first seeing a new artifact to each deploy phase",
+            deploy_phase.clone(),
+        );
+        Self {
+            reconciles,
+            failures,
+            reconcile_duration,
+            deploy_phase,
+            registry,
+        }
+    }
+}
+
+impl Metrics {
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn failed(&self, controller: &'static str, error: &'static str) {
+        self.failures
+            .get_or_create(&FailureLabels { controller, error })
+            .inc();
+    }
+}

@@ -1,0 +1,448 @@
+//! The AetherApp controller's pure steps (validate → build → status), from fixtures.
+#![allow(clippy::unwrap_used)]
+
+use aether_artifact::Manifest;
+use aether_artifact::manifest::{LayerDescriptor, RuntimeDescriptor};
+use aether_artifact::signature::{SigningKey, Verdict};
+use aether_artifact::{Digest, LAYER_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+use aether_crds::condition::{READY, RECONCILING, STALLED};
+use aether_crds::{AetherApp, AetherAppStatus, AetherArtifact, AetherArtifactSpec, Signature, VerifyMode};
+use aether_operator::app::build::{self, Children, PodConfig};
+use aether_operator::app::status::{self, Observed, Rollout};
+use aether_operator::app::validate::{TrustedKeys, Validated, validate};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn app() -> AetherApp {
+    fixture("app.yaml")
+}
+
+fn config() -> PodConfig {
+    PodConfig {
+        runtime_image: "registry.example/aether-runtime:1".into(),
+        node_image: "node:{major}-slim".into(),
+        image_pull_policy: "IfNotPresent".into(),
+        s3_endpoint: Some("http://s3.example:3900".into()),
+        s3_region: "garage".into(),
+        s3_bucket: "aether".into(),
+        s3_prefix: "".into(),
+        s3_path_style: true,
+        fetch_deadline_seconds: 300,
+    }
+}
+
+/// A Ready artifact for `app` whose code is `code`, signed by `key` if given.
+fn artifact(app: &str, code: &str, key: Option<&SigningKey>) -> AetherArtifact {
+    let layer = |name: &str, seed: &str| LayerDescriptor {
+        name: name.into(),
+        media_type: LAYER_MEDIA_TYPE.into(),
+        digest: Digest::of(seed.as_bytes()),
+        size: 100,
+        entries: 3,
+        files_digest: Digest::of(format!("files {seed}").as_bytes()),
+        cache_key: None,
+    };
+    let manifest = Manifest {
+        schema_version: 1,
+        media_type: MANIFEST_MEDIA_TYPE.into(),
+        layers: vec![layer("deps", "deps"), layer("app", code)],
+        runtime: RuntimeDescriptor {
+            node_major: 20,
+            platform: "linux/amd64".into(),
+            libc: "glibc".into(),
+        },
+        entrypoint: vec!["node".into(), "server.js".into()],
+        source: None,
+    };
+    let mut spec = AetherArtifactSpec::from_manifest(app, &manifest).unwrap();
+    spec.signature = key.map(|k| Signature {
+        key_id: k.public_key().key_id(),
+        value: k.sign(&manifest.digest(), "team-a", app),
+    });
+    let mut art = AetherArtifact::new("web-0123456789ab", spec);
+    art.metadata.namespace = Some("team-a".into());
+    art.status = Some(
+        serde_json::from_value(serde_json::json!({
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Verified", "message": "",
+                            "lastTransitionTime": "2026-11-27T08:00:00Z"}]
+        }))
+        .unwrap(),
+    );
+    art
+}
+
+fn key() -> SigningKey {
+    SigningKey::from_pem(&SigningKey::generate_pem().unwrap()).unwrap()
+}
+
+fn trusting(key: &SigningKey) -> TrustedKeys {
+    let pem = key.public_key().to_pem();
+    TrustedKeys {
+        source: "ConfigMap aether-system/aether-trusted-keys".into(),
+        keys: vec![key.public_key()],
+        pem,
+    }
+}
+
+fn release(code: &str) -> (Validated, SigningKey) {
+    let k = key();
+    let v = validate(&app(), Some(&artifact("web", code, Some(&k))), &trusting(&k)).unwrap();
+    (v, k)
+}
+
+fn build_for(app: &AetherApp, code: &str) -> Children {
+    build::build(app, &release(code).0, None, &config())
+}
+
+fn env_of<'a>(c: &'a Container, name: &str) -> Option<&'a EnvVar> {
+    c.env.iter().flatten().find(|e| e.name == name)
+}
+
+#[test]
+fn validate_refuses_what_must_not_run_and_says_why() {
+    let app = app();
+    let k = key();
+    let trusted = trusting(&k);
+
+    let missing = validate(&app, None, &trusted).unwrap_err();
+    assert_eq!(missing.reason, "ArtifactNotFound");
+    assert!(missing.message.contains("web-0123456789ab") && !missing.waiting);
+
+    let other = validate(&app, Some(&artifact("api", "v1", Some(&k))), &trusted).unwrap_err();
+    assert_eq!(other.reason, "ArtifactOfAnotherApp");
+
+    let mut uploading = artifact("web", "v1", Some(&k));
+    uploading.status.as_mut().unwrap().conditions[0] = Condition {
+        status: "False".into(),
+        reason: "AwaitingUpload".into(),
+        ..uploading.status.as_ref().unwrap().conditions[0].clone()
+    };
+    let waiting = validate(&app, Some(&uploading), &trusted).unwrap_err();
+    assert_eq!((waiting.reason, waiting.waiting), ("AwaitingArtifact", true));
+
+    let unsigned = validate(&app, Some(&artifact("web", "v1", None)), &trusted).unwrap_err();
+    assert_eq!(unsigned.reason, "ArtifactUnsigned");
+    assert!(unsigned.message.contains("Enforce"), "{}", unsigned.message);
+
+    // Signed by a key nobody trusts: the message says where trusted keys come from.
+    let stranger = validate(&app, Some(&artifact("web", "v1", Some(&key()))), &trusted).unwrap_err();
+    assert_eq!(stranger.reason, "SignatureRejected");
+    assert!(
+        stranger.message.contains("aether-trusted-keys"),
+        "{}",
+        stranger.message
+    );
+    let none = validate(
+        &app,
+        Some(&artifact("web", "v1", Some(&k))),
+        &TrustedKeys::default(),
+    )
+    .unwrap_err();
+    assert!(none.message.contains("no trusted keys"), "{}", none.message);
+
+    // Warn runs it anyway (the controller emits a Warning event); a good signature verifies.
+    let mut warn = app.clone();
+    warn.spec.verify.mode = VerifyMode::Warn;
+    let v = validate(&warn, Some(&artifact("web", "v1", None)), &trusted).unwrap();
+    assert!(matches!(v.verdict, Verdict::Unverified(_)));
+    let v = validate(&app, Some(&artifact("web", "v1", Some(&k))), &trusted).unwrap();
+    assert_eq!(
+        v.verdict,
+        Verdict::Verified {
+            key_id: k.public_key().key_id()
+        }
+    );
+    assert_eq!(
+        Manifest::from_json(v.manifest_json.as_bytes()).unwrap().digest(),
+        v.digest
+    );
+}
+
+#[test]
+fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
+    let app = app();
+    let (release, _) = release("v1");
+    let creds = [
+        (
+            "AWS_ACCESS_KEY_ID".to_string(),
+            k8s_openapi::ByteString(b"GK1".to_vec()),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY".to_string(),
+            k8s_openapi::ByteString(b"s".to_vec()),
+        ),
+        ("unrelated".to_string(), k8s_openapi::ByteString(b"x".to_vec())),
+    ]
+    .into();
+    let c = build::build(&app, &release, Some(&creds), &config());
+
+    // Every child: same name, the app's labels, owned by the app.
+    for meta in [
+        &c.deployment.metadata,
+        &c.service.metadata,
+        &c.service_account.metadata,
+    ] {
+        assert_eq!(meta.name.as_deref(), Some("web"));
+        assert_eq!(meta.namespace.as_deref(), Some("team-a"));
+        assert_eq!(
+            meta.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+            "aether-operator"
+        );
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.controller), ("AetherApp", Some(true)));
+    }
+    let secret = c.secret.as_ref().unwrap();
+    assert_eq!(secret.metadata.name.as_deref(), Some("web-storage"));
+    assert_eq!(
+        secret.data.as_ref().unwrap().len(),
+        2,
+        "only the credential keys are copied"
+    );
+    assert_eq!(c.service_account.automount_service_account_token, Some(false));
+
+    let spec = c.deployment.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let rolling = spec.strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
+    assert_eq!(
+        serde_json::to_value(rolling).unwrap(),
+        serde_json::json!({"maxSurge": 1, "maxUnavailable": 0}),
+        "old pods serve until new ones are Ready"
+    );
+    let template = &spec.template;
+    let annotations = template.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
+    assert_eq!(annotations[build::DIGEST_ANNOTATION], release.digest.to_string());
+    let pod = template.spec.as_ref().unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let psc = pod.security_context.as_ref().unwrap();
+    assert_eq!((psc.run_as_non_root, psc.run_as_user), (Some(true), Some(10001)));
+    assert_eq!(psc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+
+    let fetch = &pod.init_containers.as_ref().unwrap()[0];
+    assert_eq!(fetch.image.as_deref(), Some("registry.example/aether-runtime:1"));
+    assert_eq!(
+        env_of(fetch, "AETHER_ARTIFACT_DIGEST").unwrap().value.as_deref(),
+        Some(release.digest.to_string().as_str())
+    );
+    let manifest = env_of(fetch, "AETHER_MANIFEST").unwrap().value.clone().unwrap();
+    assert_eq!(
+        Manifest::from_json(manifest.as_bytes()).unwrap().digest(),
+        release.digest
+    );
+    assert!(env_of(fetch, "AETHER_SIGNATURE").is_some());
+    assert!(
+        env_of(fetch, "AETHER_TRUSTED_KEYS")
+            .unwrap()
+            .value
+            .as_ref()
+            .unwrap()
+            .contains("PUBLIC KEY")
+    );
+    let key_ref = env_of(fetch, "AWS_SECRET_ACCESS_KEY")
+        .unwrap()
+        .value_from
+        .as_ref()
+        .unwrap();
+    assert_eq!(key_ref.secret_key_ref.as_ref().unwrap().name, "web-storage");
+    // Never a presigned URL in the template: a pod rescheduled days later must start.
+    let template_text = serde_json::to_string(template).unwrap();
+    assert!(!template_text.contains("X-Amz-Signature"), "{template_text}");
+
+    let main = &pod.containers[0];
+    assert_eq!(main.image.as_deref(), Some("node:20-slim"));
+    assert_eq!(
+        main.command.as_ref().unwrap(),
+        &[
+            "/aether/bin/aether-runtime",
+            "supervise",
+            "--",
+            "node",
+            "server.js"
+        ]
+    );
+    assert_eq!(main.working_dir.as_deref(), Some("/aether/app"));
+    assert_eq!(env_of(main, "PORT").unwrap().value.as_deref(), Some("8080"));
+    // The app's own NODE_ENV wins over the default, once (apply needs unique names).
+    let node_env: Vec<_> = main
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| e.name == "NODE_ENV")
+        .collect();
+    assert_eq!(node_env.len(), 1);
+    assert_eq!(node_env[0].value.as_deref(), Some("staging"));
+    for probe in [&main.readiness_probe, &main.liveness_probe, &main.startup_probe] {
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(get.path.as_deref(), Some("/healthz"));
+    }
+    for container in [fetch, main] {
+        let sc = container.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_ref().unwrap(), &["ALL"]);
+    }
+    let port = &c.service.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+    assert_eq!(port.port, 80);
+}
+
+#[test]
+fn the_pod_template_changes_exactly_when_a_rollout_is_due() {
+    let app = app();
+    let (release, _) = release("v1");
+    let one = build::build(&app, &release, None, &config());
+    let again = build::build(&app, &release, None, &config());
+    assert_eq!(
+        one, again,
+        "same inputs, same objects: a restarted operator rolls nothing"
+    );
+    assert!(one.secret.is_none());
+
+    let template =
+        |c: &Children| serde_json::to_value(&c.deployment.spec.as_ref().unwrap().template).unwrap();
+    let code_change = build_for(&app, "v2");
+    assert_ne!(template(&one), template(&code_change), "a new artifact rolls");
+
+    let mut scaled = app.clone();
+    scaled.spec.replicas = 5;
+    assert_eq!(
+        template(&one),
+        template(&build_for_release(&scaled, &release)),
+        "scaling does not roll"
+    );
+
+    let mut configured = app.clone();
+    configured.spec.env[0].value = Some("bonjour".into());
+    assert_ne!(
+        template(&one),
+        template(&build_for_release(&configured, &release)),
+        "env changes roll"
+    );
+
+    // Without a health path, probes only check that the port accepts connections.
+    let mut bare = app.clone();
+    bare.spec.health_check = None;
+    let c = build_for_release(&bare, &release);
+    let probe = c.deployment.spec.unwrap().template.spec.unwrap().containers[0]
+        .readiness_probe
+        .clone()
+        .unwrap();
+    assert!(probe.http_get.is_none() && probe.tcp_socket.is_some());
+}
+
+fn build_for_release(app: &AetherApp, release: &Validated) -> Children {
+    build::build(app, release, None, &config())
+}
+
+fn pods(digest: &Digest) -> Vec<Pod> {
+    let path = format!(
+        "{}/tests/fixtures/pods-init-failed.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("${DIGEST}", &digest.to_string());
+    let list: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    serde_json::from_value(list["items"].clone()).unwrap()
+}
+
+fn observe<'a>(deployment: &'a Deployment, pods: &'a [Pod], applied_at: Timestamp) -> Observed<'a> {
+    Observed {
+        deployment,
+        pods,
+        url: Some("http://10.96.0.20".into()),
+        selector: build::selector_string("web"),
+        applied_at,
+    }
+}
+
+fn condition<'a>(s: &'a AetherAppStatus, type_: &str) -> &'a Condition {
+    s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+}
+
+#[test]
+fn status_follows_the_rollout_and_reports_init_failures() {
+    let (release, _) = release("v1");
+    let digest = release.digest.to_string();
+    let rolling: Deployment = fixture("deployment-rolling.yaml");
+    let complete: Deployment = fixture("deployment-complete.yaml");
+    let t0 = Timestamp::now();
+    let later = |ms: i64| t0.checked_add(SignedDuration::from_millis(ms)).unwrap();
+    let (rolling, complete, no_pods) = (&rolling, &complete, &[][..]);
+
+    let s1 = status::applied(
+        &AetherAppStatus::default(),
+        Some(3),
+        &release,
+        &observe(rolling, no_pods, t0),
+        t0,
+    );
+    assert_eq!(condition(&s1, READY).status, "False");
+    assert_eq!(condition(&s1, RECONCILING).status, "True");
+    assert_eq!(s1.artifact.as_ref().unwrap().name, "web-0123456789ab");
+    assert_eq!(
+        s1.selector.as_deref(),
+        Some("app.kubernetes.io/instance=web,app.kubernetes.io/name=web")
+    );
+    assert_eq!(s1.last_deploy.as_ref().unwrap().ready_after_milliseconds, None);
+
+    let s2 = status::applied(
+        &s1,
+        Some(3),
+        &release,
+        &observe(complete, no_pods, later(500)),
+        later(1800),
+    );
+    assert_eq!(condition(&s2, READY).status, "True");
+    assert_eq!(condition(&s2, STALLED).status, "False");
+    let timings = s2.last_deploy.as_ref().unwrap();
+    assert_eq!(
+        timings.applied_after_milliseconds,
+        Some(0),
+        "kept from the first apply"
+    );
+    assert_eq!(timings.ready_after_milliseconds, Some(1800));
+    assert_eq!(s2.history.len(), 1);
+    assert_eq!(
+        (s2.ready_replicas, s2.url.as_deref()),
+        (2, Some("http://10.96.0.20"))
+    );
+    // Re-observing the same release adds no history.
+    let s3 = status::applied(
+        &s2,
+        Some(3),
+        &release,
+        &observe(complete, no_pods, later(9000)),
+        later(9000),
+    );
+    assert_eq!(s3.history.len(), 1);
+    assert_eq!(s3.last_deploy, s2.last_deploy);
+
+    // The new release's init container failed: Stalled with the runtime's reason.
+    let failing = &pods(&release.digest)[..];
+    assert!(matches!(
+        status::rollout(rolling, failing, &digest),
+        Rollout::Failed { ref reason, .. } if reason == "DigestMismatch"
+    ));
+    let s4 = status::applied(
+        &s3,
+        Some(4),
+        &release,
+        &observe(rolling, failing, later(10)),
+        later(10),
+    );
+    let stalled = condition(&s4, STALLED);
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "DigestMismatch")
+    );
+    assert!(stalled.message.contains("web-7d9f-new") && stalled.message.contains("keeps serving"));
+    // A failure of another release's pods is not this release's.
+    let other = status::rollout(rolling, failing, &Digest::of(b"other").to_string());
+    assert!(matches!(other, Rollout::Progressing { .. }));
+}
