@@ -11,28 +11,9 @@
 # address except on the pod bridge this script creates.
 source "$(dirname "$0")/lib.sh"
 
-NODE_NAME="aether-local"
-BRIDGE="aether0"
-BRIDGE_IP="10.88.0.1"
-POD_CIDR="10.88.0.0/16"
-SERVICE_CIDR="10.96.0.0/16"
-API_SERVICE_IP="10.96.0.1"
-API_URL="https://$BRIDGE_IP:6443"
-S3_ENDPOINT="http://$BRIDGE_IP:3900"
-S3_REGION="garage"
-S3_BUCKET="aether"
-
-RUN_DIR="/run/aether-local"              # sockets and netns: tmpfs, gone on reboot
-PKI="$STATE_DIR/pki"
-PIDS="$STATE_DIR/pids"
-LOGS="$STATE_DIR/logs"
-KUBECONFIG_ADMIN="$STATE_DIR/kubeconfig"
-CONTAINERD_SOCK="$RUN_DIR/containerd/containerd.sock"
-CGROUP_ROOT="aether"                     # every pod lives under /<cgroup>/aether/...
 # Stop order is the reverse of start order.
 SERVICES=(containerd etcd garage kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
-kubectl_admin() { kubectl --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 
 # ---------------------------------------------------------------- processes --
 
@@ -321,7 +302,12 @@ EOF
   garage key import --yes -n aether-local "$key_id" "$secret" >/dev/null
   garage bucket allow --read --write --owner "$S3_BUCKET" --key "$key_id" >/dev/null
   printf 'AWS_ACCESS_KEY_ID=%s\nAWS_SECRET_ACCESS_KEY=%s\n' "$key_id" "$secret" > "$STATE_DIR/garage/credentials"
-  chmod 600 "$STATE_DIR/garage/credentials"
+  # A read-only key for app pods (the init container only downloads).
+  key_id="GK$(openssl rand -hex 12)"; secret="$(openssl rand -hex 32)"
+  garage key import --yes -n aether-reader "$key_id" "$secret" >/dev/null
+  garage bucket allow --read "$S3_BUCKET" --key "$key_id" >/dev/null
+  printf 'AWS_ACCESS_KEY_ID=%s\nAWS_SECRET_ACCESS_KEY=%s\n' "$key_id" "$secret" > "$STATE_DIR/garage/reader-credentials"
+  chmod 600 "$STATE_DIR/garage/credentials" "$STATE_DIR/garage/reader-credentials"
   wait_for "garage s3 api" 30 curl -s -o /dev/null "$S3_ENDPOINT"
 }
 

@@ -18,6 +18,27 @@ K8S_BIN="$AETHER_CACHE/kubernetes-$K8S_VERSION/bin"
 ETCD_BIN="$AETHER_CACHE/etcd-$ETCD_VERSION/bin"
 GARAGE_BIN="$AETHER_CACHE/garage-$GARAGE_VERSION/bin"
 
+# The local cluster (hack/cluster.sh): addresses and paths other scripts share.
+NODE_NAME="aether-local"
+BRIDGE="aether0"
+BRIDGE_IP="10.88.0.1"
+POD_CIDR="10.88.0.0/16"
+SERVICE_CIDR="10.96.0.0/16"
+API_SERVICE_IP="10.96.0.1"
+API_URL="https://$BRIDGE_IP:6443"
+S3_ENDPOINT="http://$BRIDGE_IP:3900"
+S3_REGION="garage"
+S3_BUCKET="aether"
+
+RUN_DIR="/run/aether-local"              # sockets and netns: tmpfs, gone on reboot
+PKI="$STATE_DIR/pki"
+PIDS="$STATE_DIR/pids"
+LOGS="$STATE_DIR/logs"
+KUBECONFIG_ADMIN="$STATE_DIR/kubeconfig"
+CONTAINERD_SOCK="$RUN_DIR/containerd/containerd.sock"
+CGROUP_ROOT="aether"                     # every pod lives under /<cgroup>/aether/...
+kubectl_admin() { kubectl --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
+
 log() { printf '\033[1m[%s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 

@@ -47,8 +47,10 @@ pub enum OutputFormat {
 pub enum Command {
     /// Pack a Node.js project into a signed, content-addressed artifact.
     Pack(PackArgs),
-    /// Pack the project, upload what storage lacks, and record it as an AetherArtifact.
+    /// Pack, upload what storage lacks, deploy, and wait until the new version serves.
     Push(PushArgs),
+    /// An app's conditions, artifact, pods and recent events, in one view.
+    Status(StatusArgs),
     /// Manage signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -95,15 +97,39 @@ pub struct PushArgs {
     /// Stop once the artifact is uploaded and verified (do not create or update the app).
     #[arg(long)]
     pub no_deploy: bool,
+    /// Wait until the new version serves (the default).
+    #[arg(long, overrides_with = "no_wait")]
+    pub wait: bool,
+    /// Return once the app points at the new artifact, without waiting for its pods.
+    #[arg(long, overrides_with = "wait")]
+    pub no_wait: bool,
     /// Give up waiting for the cluster after this long.
     #[arg(long, default_value_t = 300)]
     pub timeout_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The app [default: the name of the Node.js project in the current folder].
+    pub app: Option<String>,
+    /// Recent events shown.
+    #[arg(long, default_value_t = 10)]
+    pub events: usize,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Generate an Ed25519 signing key pair.
     Generate(KeysGenerateArgs),
+    /// Show a key's id and public key (what a cluster admin adds to the trusted keys).
+    Show(KeysShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysShowArgs {
+    /// Private or public key file [default: ~/.config/aether/signing-key.pem].
+    #[arg(long, env = "AETHER_SIGNING_KEY")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -109,14 +109,18 @@ pub enum CliError {
     )]
     NoKubeconfig(String),
 
-    #[error("you may not {verb} aetherartifacts in namespace {namespace}")]
+    #[error("you may not {verb} {resource} in namespace {namespace}")]
     #[diagnostic(
         code(aether::forbidden),
         help(
             "ask a cluster admin to bind you to the aether-editor ClusterRole in {namespace} (config/rbac), or use -n for a namespace you can write to"
         )
     )]
-    Forbidden { verb: String, namespace: String },
+    Forbidden {
+        verb: String,
+        resource: String,
+        namespace: String,
+    },
 
     #[error("the Kubernetes API refused {what}: {source}")]
     #[diagnostic(
@@ -151,11 +155,21 @@ pub enum CliError {
         message: String,
     },
 
+    #[error("app {app} did not deploy {artifact}: {reason}: {message}")]
+    #[diagnostic(code(aether::deploy_failed), help("{hint}"))]
+    DeployFailed {
+        app: String,
+        artifact: String,
+        reason: String,
+        message: String,
+        hint: String,
+    },
+
     #[error("timed out after {seconds}s waiting for {what}")]
     #[diagnostic(
         code(aether::timeout),
         help(
-            "is the Aether operator running? `kubectl get pods -n aether-system`; raise --timeout-seconds for slow storage"
+            "is the Aether operator running? `kubectl get pods -n aether-system`; `aether status` shows the app's pods and events; raise --timeout-seconds if the cluster is slow"
         )
     )]
     Timeout { what: String, seconds: u64 },
@@ -185,6 +199,7 @@ impl CliError {
             Self::UploadFailed { .. } => 8,
             Self::ArtifactFailed { .. } => 9,
             Self::Timeout { .. } => 10,
+            Self::DeployFailed { .. } => 11,
             Self::Io { .. } => 1,
         }
     }

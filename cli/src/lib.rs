@@ -2,6 +2,7 @@
 //! command lives in `commands/`, the pack pipeline in `pack`.
 
 pub mod args;
+pub mod cluster;
 pub mod commands;
 pub mod errors;
 pub mod install;
@@ -18,15 +19,17 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     let printer = Printer::new(cli.global.output, cli.global.quiet);
     match &cli.command {
         Command::Pack(args) => commands::pack::run(args, &cli.global, &printer).map(|_| ()),
-        Command::Push(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(CliError::io("starting the async runtime"))?;
-            runtime
-                .block_on(commands::push::run(args, &cli.global, &printer))
-                .map(|_| ())
-        }
+        Command::Push(args) => block_on(commands::push::run(args, &cli.global, &printer)).map(|_| ()),
+        Command::Status(args) => block_on(commands::status::run(args, &cli.global, &printer)),
         Command::Keys(KeysCommand::Generate(args)) => commands::keys::generate(args, &printer),
+        Command::Keys(KeysCommand::Show(args)) => commands::keys::show(args, &printer),
     }
+}
+
+fn block_on<T>(future: impl Future<Output = Result<T, CliError>>) -> Result<T, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::io("starting the async runtime"))?
+        .block_on(future)
 }

@@ -120,6 +120,26 @@ pub fn engines_node_major(pkg: &serde_json::Value) -> Option<u32> {
 }
 
 /// A DNS-label app name from package.json's name: `@acme/Web_API` → `web-api`.
+/// The app name: `explicit` if given (it must be a DNS label), else from
+/// package.json's name, else from the folder's name.
+pub fn app_name(project: &Project, explicit: Option<&str>) -> Result<String, CliError> {
+    match explicit {
+        Some(a) if aether_crds::validation::is_dns_label(a) => Ok(a.to_string()),
+        Some(a) => Err(CliError::BadAppName(a.to_string())),
+        None => {
+            let name = project.package_json["name"].as_str().unwrap_or_default();
+            let dir_name = project
+                .root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            app_name_from(name)
+                .or_else(|| app_name_from(&dir_name))
+                .ok_or_else(|| CliError::BadAppName(name.to_string()))
+        }
+    }
+}
+
 pub fn app_name_from(pkg_name: &str) -> Option<String> {
     let base = pkg_name
         .rsplit('/')

@@ -62,7 +62,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     };
     let lost = async {
         match leadership.as_mut() {
-            Some(rx) => while rx.changed().await.is_ok() && *rx.borrow() {},
+            Some((rx, _)) => while rx.changed().await.is_ok() && *rx.borrow() {},
             None => std::future::pending().await,
         }
     };
@@ -115,18 +115,21 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         .run(app::reconcile, app::error_policy, app_ctx)
         .for_each(log_result);
 
-    tokio::select! {
+    let result = tokio::select! {
         _ = futures::future::join(artifact_controller, app_controller) => {
             info!("aether-operator stopped");
+            Ok(())
         }
-        _ = lost => {
-            anyhow::bail!("lost the leader Lease: exiting so that another replica takes over");
-        }
-        r = server => {
-            anyhow::bail!("the metrics server stopped: {r:?}");
-        }
+        _ = lost => Err(anyhow::anyhow!("lost the leader Lease: exiting so that another replica takes over")),
+        r = server => Err(anyhow::anyhow!("the metrics server stopped: {r:?}")),
+    };
+    // Hand the Lease over now rather than letting a successor wait for it to expire:
+    // closing the receiver makes the lease task release it.
+    if let Some((rx, task)) = leadership {
+        drop(rx);
+        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
     }
-    Ok(())
+    result
 }
 
 async fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) {
@@ -135,9 +138,14 @@ async fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, 
     }
 }
 
-/// Wait until this process holds the `aether-operator` Lease in `namespace`; the
-/// receiver turns false if it is lost.
-async fn lead(client: &Client, namespace: &str) -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+/// The leader Lease's state (false once lost) and the task that renews it.
+type Leadership = (
+    tokio::sync::watch::Receiver<bool>,
+    tokio::task::JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>,
+);
+
+/// Wait until this process holds the `aether-operator` Lease in `namespace`.
+async fn lead(client: &Client, namespace: &str) -> anyhow::Result<Leadership> {
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
         format!(
             "{}-{}",
@@ -154,11 +162,11 @@ async fn lead(client: &Client, namespace: &str) -> anyhow::Result<tokio::sync::w
         .build()
         .await
         .with_context(|| format!("setting up the leader Lease in namespace {namespace}"))?;
-    let (mut rx, _task) = manager.watch().await;
+    let (mut rx, task) = manager.watch().await;
     info!(%identity, "waiting for the leader Lease");
     while !*rx.borrow_and_update() {
         rx.changed().await.context("the leader election task stopped")?;
     }
     info!(%identity, "holding the leader Lease");
-    Ok(rx)
+    Ok((rx, task))
 }

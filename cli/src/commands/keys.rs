@@ -2,9 +2,9 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use aether_artifact::signature::SigningKey;
+use aether_artifact::signature::{PublicKey, SigningKey};
 
-use crate::args::{KeysGenerateArgs, OutputFormat};
+use crate::args::{KeysGenerateArgs, KeysShowArgs, OutputFormat};
 use crate::errors::CliError;
 use crate::printer::Printer;
 
@@ -75,6 +75,36 @@ pub fn generate(args: &KeysGenerateArgs, printer: &Printer) -> Result<(), CliErr
                 pub_path.display()
             ));
             printer.data(&public.key_id());
+        }
+    }
+    Ok(())
+}
+
+/// `aether keys show`: the id and public half of a key, private or public.
+pub fn show(args: &KeysShowArgs, printer: &Printer) -> Result<(), CliError> {
+    let path = args.key.clone().unwrap_or_else(default_key_path);
+    let text = std::fs::read_to_string(&path).map_err(CliError::io(format!("reading {}", path.display())))?;
+    let key_error = |source| CliError::Key {
+        path: path.clone(),
+        source,
+    };
+    let public = if text.contains("PUBLIC KEY") {
+        PublicKey::from_pem(&text).map_err(key_error)?
+    } else {
+        SigningKey::from_pem(&text).map_err(key_error)?.public_key()
+    };
+    match printer.format {
+        OutputFormat::Json => printer.json(&serde_json::json!({
+            "keyId": public.key_id(),
+            "publicKeyPem": public.to_pem(),
+        })),
+        OutputFormat::Human => {
+            printer.info(format!(
+                "Key {}: a cluster admin trusts it with\n  kubectl -n aether-system create configmap aether-trusted-keys --from-file={}.pem=<this public key> (or add it to the existing one)",
+                public.key_id(),
+                public.key_id()
+            ));
+            printer.data(public.to_pem().trim_end());
         }
     }
     Ok(())

@@ -1,3 +1,5 @@
+pub mod deploy;
 pub mod keys;
 pub mod pack;
 pub mod push;
+pub mod status;

@@ -37,21 +37,7 @@ pub fn request(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Resul
             "packing without a lockfile: dependencies are resolved now and the artifact is not reproducible",
         );
     }
-    let app = match &args.app {
-        Some(a) if aether_crds::validation::is_dns_label(a) => a.clone(),
-        Some(a) => return Err(CliError::BadAppName(a.clone())),
-        None => {
-            let name = project.package_json["name"].as_str().unwrap_or_default();
-            let dir_name = project
-                .root
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            project::app_name_from(name)
-                .or_else(|| project::app_name_from(&dir_name))
-                .ok_or_else(|| CliError::BadAppName(name.to_string()))?
-        }
-    };
+    let app = project::app_name(&project, args.app.as_deref())?;
     let node_major = args
         .node
         .or_else(|| project::engines_node_major(&project.package_json))

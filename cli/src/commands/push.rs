@@ -1,7 +1,8 @@
 //! `aether push`: pack → AetherArtifact → upload what storage lacks (through the
-//! presigned URLs the operator writes into status) → wait until it is verified.
-//! The developer needs a kubeconfig allowed to create AetherArtifacts; storage
-//! credentials stay with the operator.
+//! presigned URLs the operator writes into status) → wait until it is verified →
+//! point the AetherApp at it and wait until it serves ([`super::deploy`]).
+//! The developer needs a kubeconfig allowed to create AetherArtifacts and
+//! AetherApps (the aether-editor role); storage credentials stay with the operator.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -14,8 +15,7 @@ use aether_crds::{
 use http_body_util::Full;
 use hyper::body::Bytes;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde::Serialize;
 
 use crate::args::{GlobalArgs, OutputFormat, PushArgs};
@@ -40,6 +40,11 @@ pub struct PushOutcome {
     /// `installed`, `local-cache`, or `remote:<artifact>` when a Ready artifact with
     /// the same dependencies supplied the deps layer.
     pub deps_source: String,
+    /// Where the app answers (absent with --no-deploy).
+    pub url: Option<String>,
+    /// The deploy, as the operator measured it (absent with --no-deploy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<super::deploy::Deployed>,
     pub timings_ms: PushTimings,
 }
 
@@ -49,18 +54,20 @@ pub struct PushTimings {
     pub pack: u64,
     pub upload: u64,
     pub verify: u64,
+    /// From pointing the app at the artifact to the new version serving.
+    pub deploy: u64,
     pub total: u64,
 }
 
 pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Result<PushOutcome, CliError> {
     let started = Instant::now();
-    let (client, namespace) = connect(global).await?;
+    let (client, namespace) = crate::cluster::connect(global).await?;
     let global = GlobalArgs {
         namespace: Some(namespace.clone()),
         ..global.clone()
     };
 
-    let api: Api<AetherArtifact> = Api::namespaced(client, &namespace);
+    let api: Api<AetherArtifact> = Api::namespaced(client.clone(), &namespace);
     let t = Instant::now();
     let mut request = super::pack::request(&args.pack, &global, printer)?;
     let key = crate::install::cache_key(&request.project, &request.target)?;
@@ -177,6 +184,24 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
         }
         timings.verify = ms(t);
     }
+
+    let deploy = if args.no_deploy {
+        None
+    } else {
+        let t = Instant::now();
+        let deployed = super::deploy::deploy(
+            client,
+            &namespace,
+            &packed.app,
+            &name,
+            !args.no_wait,
+            timeout,
+            printer,
+        )
+        .await?;
+        timings.deploy = ms(t);
+        Some(deployed)
+    };
     timings.total = ms(started);
 
     let outcome = PushOutcome {
@@ -189,22 +214,37 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
         reused,
         install_skipped: packed.install_skipped,
         deps_source: packed.deps_source.clone(),
+        url: deploy.as_ref().and_then(|d| d.url.clone()),
+        deploy,
         timings_ms: timings,
     };
     match printer.format {
         OutputFormat::Json => printer.json(&outcome),
         OutputFormat::Human => {
+            let t = &outcome.timings_ms;
             printer.info(format!(
-                "Artifact {} ready in {}: {} uploaded in {:.1}s",
+                "Artifact {} ready in {}: {} uploaded (pack {:.1}s, upload {:.1}s, verify {:.1}s)",
                 outcome.artifact,
                 outcome.namespace,
                 human_bytes(outcome.bytes_uploaded),
-                outcome.timings_ms.total as f64 / 1000.0
+                t.pack as f64 / 1000.0,
+                t.upload as f64 / 1000.0,
+                t.verify as f64 / 1000.0,
             ));
-            if !args.no_deploy {
-                printer.info("Deploying needs the AetherApp controller, which is not built yet: the artifact is ready for it.");
+            match &outcome.deploy {
+                Some(d) if d.serving => {
+                    printer.info(format!(
+                        "{} serves {} at {} (deploy {:.1}s, total {:.1}s)",
+                        outcome.app,
+                        outcome.artifact,
+                        d.url.as_deref().unwrap_or("(no URL yet)"),
+                        t.deploy as f64 / 1000.0,
+                        t.total as f64 / 1000.0
+                    ));
+                    printer.data(d.url.as_deref().unwrap_or(&outcome.artifact));
+                }
+                _ => printer.data(&outcome.artifact),
             }
-            printer.data(&outcome.artifact);
         }
     }
     Ok(outcome)
@@ -303,39 +343,8 @@ fn ready(a: &AetherArtifact) -> Option<bool> {
     Some(c.status == "True")
 }
 
-/// The client for the chosen kubeconfig and context, and the namespace to use.
-async fn connect(global: &GlobalArgs) -> Result<(Client, String), CliError> {
-    let options = KubeConfigOptions {
-        context: global.context.clone(),
-        ..Default::default()
-    };
-    let config = match &global.kubeconfig {
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path).map_err(|e| CliError::NoKubeconfig(e.to_string()))?;
-            kube::Config::from_custom_kubeconfig(kc, &options).await
-        }
-        None => kube::Config::from_kubeconfig(&options).await,
-    }
-    .map_err(|e| CliError::NoKubeconfig(e.to_string()))?;
-    let namespace = global
-        .namespace
-        .clone()
-        .unwrap_or_else(|| config.default_namespace.clone());
-    let client = Client::try_from(config).map_err(|e| CliError::NoKubeconfig(e.to_string()))?;
-    Ok((client, namespace))
-}
-
 fn kube_error(e: kube::Error, verb: &str, namespace: &str) -> CliError {
-    match e {
-        kube::Error::Api(s) if s.code == 403 => CliError::Forbidden {
-            verb: verb.into(),
-            namespace: namespace.into(),
-        },
-        e => CliError::Kube {
-            what: format!("{verb} aetherartifacts in {namespace}"),
-            source: e,
-        },
-    }
+    crate::cluster::kube_error(e, verb, "aetherartifacts", namespace)
 }
 
 async fn request_reissue(api: &Api<AetherArtifact>, name: &str, namespace: &str) -> Result<(), CliError> {

@@ -1,0 +1,131 @@
+//! The deploy half of `aether push`: point the AetherApp at the new artifact (created
+//! on first push, with the CRD's defaults) and follow its conditions until the new
+//! version serves, or the operator says why it cannot.
+
+use std::time::{Duration, Instant};
+
+use aether_crds::AetherApp;
+use aether_crds::condition::{READY, STALLED};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde::Serialize;
+
+use crate::errors::CliError;
+use crate::printer::Printer;
+
+/// Field manager of the CLI: it owns `spec.artifactRef` and nothing else, so
+/// `kubectl scale`, GitOps edits of env or replicas and the CLI do not fight.
+pub const FIELD_MANAGER: &str = "aether-cli";
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployed {
+    /// Where the app answers HTTP (the Service address the operator reports).
+    pub url: Option<String>,
+    /// False with --no-wait: the app points at the artifact, pods may still start.
+    pub serving: bool,
+    /// The operator's phase timings: first seeing the artifact → Deployment applied,
+    /// → pods Ready.
+    pub applied_after_ms: Option<i64>,
+    pub ready_after_ms: Option<i64>,
+}
+
+pub async fn deploy(
+    client: Client,
+    namespace: &str,
+    app: &str,
+    artifact: &str,
+    wait: bool,
+    timeout: Duration,
+    printer: &Printer,
+) -> Result<Deployed, CliError> {
+    let api: Api<AetherApp> = Api::namespaced(client, namespace);
+    let body = serde_json::json!({
+        "apiVersion": "aether.dev/v1alpha1",
+        "kind": "AetherApp",
+        "metadata": {
+            "name": app,
+            "labels": {"app.kubernetes.io/name": app, "app.kubernetes.io/managed-by": "aether"},
+        },
+        "spec": {"artifactRef": {"name": artifact}},
+    });
+    // Forced: `aether push` is an explicit request to run this artifact, even if
+    // another manager (a GitOps tool) set artifactRef before.
+    let applied = api
+        .patch(
+            app,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(|e| crate::cluster::kube_error(e, "apply", "aetherapps", namespace))?;
+    let generation = applied.metadata.generation.unwrap_or(0);
+    printer.info(format!("App {app} in {namespace} now runs {artifact}"));
+    if !wait {
+        return Ok(Deployed {
+            url: applied.status.and_then(|s| s.url),
+            ..Default::default()
+        });
+    }
+
+    let deadline = Instant::now() + timeout;
+    let mut last_message = String::new();
+    loop {
+        let current = api
+            .get(app)
+            .await
+            .map_err(|e| crate::cluster::kube_error(e, "get", "aetherapps", namespace))?;
+        let status = current.status.clone().unwrap_or_default();
+        let observed = status.observed_generation.unwrap_or(0) >= generation;
+        let condition = |t: &str| status.conditions.iter().find(|c| c.type_ == t);
+        let ready = condition(READY);
+        let ours = status.artifact.as_ref().is_some_and(|a| a.name == artifact);
+        if observed && ours && ready.is_some_and(|c| c.status == "True") {
+            let timings = status.last_deploy.filter(|t| t.artifact == artifact);
+            return Ok(Deployed {
+                url: status.url,
+                serving: true,
+                applied_after_ms: timings.as_ref().and_then(|t| t.applied_after_milliseconds),
+                ready_after_ms: timings.as_ref().and_then(|t| t.ready_after_milliseconds),
+            });
+        }
+        if observed && let Some(stalled) = condition(STALLED).filter(|c| c.status == "True") {
+            return Err(deploy_failed(
+                app,
+                namespace,
+                artifact,
+                &stalled.reason,
+                &stalled.message,
+            ));
+        }
+        if let Some(c) = ready.filter(|_| observed) {
+            let message = format!("  {}: {}", c.reason, c.message);
+            if message != last_message {
+                printer.info(&message);
+                last_message = message;
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::Timeout {
+                what: format!("app {app} to serve {artifact} (last: {})", last_message.trim()),
+                seconds: timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn deploy_failed(app: &str, namespace: &str, artifact: &str, reason: &str, message: &str) -> CliError {
+    let hint = match reason {
+        "ArtifactUnsigned" => "sign it (`aether keys generate`, then push without --no-sign), or set the app's spec.verify.mode".to_string(),
+        "SignatureRejected" => "ask a cluster admin to trust your key: `aether keys show` prints it for the aether-trusted-keys ConfigMap in aether-system (or the app's spec.verify.keysRef)".to_string(),
+        _ => format!("`aether status {app} -n {namespace}` shows the pods and events; the previous release keeps serving"),
+    };
+    CliError::DeployFailed {
+        app: app.into(),
+        artifact: artifact.into(),
+        reason: reason.into(),
+        message: message.into(),
+        hint,
+    }
+}

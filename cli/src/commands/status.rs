@@ -1,0 +1,269 @@
+//! `aether status [APP]`: what a developer asks after a push — is it serving, which
+//! artifact, where, and if not, why (conditions, the pods' own failure messages,
+//! recent events) — in one view.
+
+use aether_crds::AetherApp;
+use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+use serde::Serialize;
+
+use crate::args::{GlobalArgs, OutputFormat, StatusArgs};
+use crate::errors::CliError;
+use crate::printer::Printer;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppView {
+    pub app: String,
+    pub namespace: String,
+    pub ready: bool,
+    pub reason: String,
+    pub message: String,
+    pub artifact: Option<String>,
+    pub digest: Option<String>,
+    pub url: Option<String>,
+    pub replicas: i32,
+    pub ready_replicas: i32,
+    pub conditions: Vec<ConditionView>,
+    pub pods: Vec<PodView>,
+    pub events: Vec<EventView>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionView {
+    pub r#type: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodView {
+    pub name: String,
+    pub artifact: Option<String>,
+    pub phase: String,
+    pub ready: bool,
+    /// The last failure of a container (init or app), with its message.
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventView {
+    pub r#type: String,
+    pub reason: String,
+    pub object: String,
+    pub message: String,
+    pub count: i32,
+}
+
+pub async fn run(args: &StatusArgs, global: &GlobalArgs, printer: &Printer) -> Result<(), CliError> {
+    let app = match &args.app {
+        Some(a) => a.clone(),
+        None => {
+            let cwd = std::env::current_dir().map_err(CliError::io("reading the current folder"))?;
+            let project = crate::project::detect(&cwd, true)?;
+            crate::project::app_name(&project, None)?
+        }
+    };
+    let (client, namespace) = crate::cluster::connect(global).await?;
+    let view = gather(&client, &namespace, &app, args.events).await?;
+    match printer.format {
+        OutputFormat::Json => printer.json(&view),
+        OutputFormat::Human => printer.data(render(&view).trim_end()),
+    }
+    Ok(())
+}
+
+pub async fn gather(client: &kube::Client, ns: &str, app: &str, events: usize) -> Result<AppView, CliError> {
+    let err = |resource: &'static str| move |e| crate::cluster::kube_error(e, "get", resource, ns);
+    let apps: Api<AetherApp> = Api::namespaced(client.clone(), ns);
+    let a = apps.get(app).await.map_err(err("aetherapps"))?;
+    let status = a.status.clone().unwrap_or_default();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == aether_crds::condition::READY);
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("app.kubernetes.io/instance={app},app.kubernetes.io/name={app}");
+    let mut pods: Vec<PodView> = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(err("pods"))?
+        .items
+        .iter()
+        .map(pod_view)
+        .collect();
+    pods.sort_by(|x, y| x.name.cmp(&y.name));
+
+    // The app's events and its pods' (image, init and probe failures show there).
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    let mut list: Vec<Event> = api
+        .list(&ListParams::default())
+        .await
+        .map_err(err("events"))?
+        .items;
+    list.retain(|e| {
+        let o = &e.involved_object;
+        let name = o.name.as_deref().unwrap_or_default();
+        (o.kind.as_deref() == Some("AetherApp") && name == app) || pods.iter().any(|p| p.name == name)
+    });
+    list.sort_by_key(|e| {
+        std::cmp::Reverse(
+            e.last_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .or(e.event_time.as_ref().map(|t| t.0))
+                .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0)),
+        )
+    });
+    let events = list
+        .into_iter()
+        .take(events)
+        .map(|e| EventView {
+            r#type: e.type_.unwrap_or_default(),
+            reason: e.reason.unwrap_or_default(),
+            object: format!(
+                "{}/{}",
+                e.involved_object.kind.unwrap_or_default().to_lowercase(),
+                e.involved_object.name.unwrap_or_default()
+            ),
+            message: e.message.unwrap_or_default().trim().to_string(),
+            count: e.count.unwrap_or(1),
+        })
+        .collect();
+
+    Ok(AppView {
+        app: a.name_any(),
+        namespace: ns.into(),
+        ready: ready.is_some_and(|c| c.status == "True"),
+        reason: ready
+            .map(|c| c.reason.clone())
+            .unwrap_or_else(|| "Pending".into()),
+        message: ready.map(|c| c.message.clone()).unwrap_or_default(),
+        artifact: status.artifact.as_ref().map(|x| x.name.clone()),
+        digest: status.artifact.as_ref().map(|x| x.digest.clone()),
+        url: status.url.clone(),
+        replicas: status.replicas,
+        ready_replicas: status.ready_replicas,
+        conditions: status
+            .conditions
+            .iter()
+            .map(|c| ConditionView {
+                r#type: c.type_.clone(),
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            })
+            .collect(),
+        pods,
+        events,
+    })
+}
+
+fn pod_view(p: &Pod) -> PodView {
+    let status = p.status.clone().unwrap_or_default();
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let problem = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(container_problem);
+    PodView {
+        name: p.name_any(),
+        artifact: p.annotations().get("aether.dev/artifact").cloned(),
+        phase: status.phase.unwrap_or_default(),
+        ready,
+        problem,
+    }
+}
+
+/// `fetch: DigestMismatch: …` from a container's current or last failed exit, or
+/// its waiting reason (e.g. `ErrImageNeverPull`).
+fn container_problem(c: &ContainerStatus) -> Option<String> {
+    let terminated = |s: Option<&k8s_openapi::api::core::v1::ContainerState>| {
+        s.and_then(|s| s.terminated.clone()).filter(|t| t.exit_code != 0)
+    };
+    if let Some(t) = terminated(c.state.as_ref()).or_else(|| terminated(c.last_state.as_ref())) {
+        let message = t.message.unwrap_or_default();
+        let message = message.trim();
+        return Some(if message.is_empty() {
+            format!("{}: exit code {}", c.name, t.exit_code)
+        } else {
+            format!("{}: {message}", c.name)
+        });
+    }
+    let waiting = c.state.as_ref()?.waiting.as_ref()?;
+    let reason = waiting.reason.as_deref()?;
+    (!matches!(reason, "PodInitializing" | "ContainerCreating")).then(|| {
+        format!(
+            "{}: {reason} {}",
+            c.name,
+            waiting.message.as_deref().unwrap_or_default()
+        )
+        .trim()
+        .to_string()
+    })
+}
+
+pub fn render(v: &AppView) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let state = if v.ready { "Ready" } else { "Not ready" };
+    let _ = writeln!(
+        out,
+        "App {} in {}: {state} ({}) {}",
+        v.app, v.namespace, v.reason, v.message
+    );
+    let _ = writeln!(out, "  URL:      {}", v.url.as_deref().unwrap_or("-"));
+    let _ = writeln!(
+        out,
+        "  Artifact: {} {}",
+        v.artifact.as_deref().unwrap_or("-"),
+        v.digest.as_deref().unwrap_or("")
+    );
+    let _ = writeln!(out, "  Pods:     {}/{} ready", v.ready_replicas, v.replicas);
+    let _ = writeln!(out, "Conditions:");
+    for c in &v.conditions {
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<6} {:<24} {}",
+            c.r#type, c.status, c.reason, c.message
+        );
+    }
+    let _ = writeln!(out, "Pods:");
+    for p in &v.pods {
+        let _ = writeln!(
+            out,
+            "  {:<36} {:<10} {:<6} {:<24} {}",
+            p.name,
+            p.phase,
+            if p.ready { "ready" } else { "-" },
+            p.artifact.as_deref().unwrap_or("-"),
+            p.problem.as_deref().unwrap_or("")
+        );
+    }
+    let _ = writeln!(out, "Recent events:");
+    for e in &v.events {
+        let times = if e.count > 1 {
+            format!(" (x{})", e.count)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<22} {:<40} {}{times}",
+            e.r#type, e.reason, e.object, e.message
+        );
+    }
+    out
+}

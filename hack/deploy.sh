@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Deploy Aether into the local cluster (hack/cluster.sh up) the way a cluster admin
+# would: images built from target/debug and imported into its containerd, the
+# kustomize/overlays/local overlay, the storage Secrets from the running cluster's
+# credentials, and your signing key trusted. Idempotent; waits for the operator.
+source "$(dirname "$0")/lib.sh"
+[[ -f "$KUBECONFIG_ADMIN" && -f "$STATE_DIR/garage/reader-credentials" ]] \
+  || die "the local cluster is not up: run hack/cluster.sh up"
+export KUBECONFIG="$KUBECONFIG_ADMIN"
+
+phase "build operator, runtime and CLI" cargo build -q -p aether-operator -p aether-runtime -p aether-cli
+
+import_images() {
+  local tar
+  for tar in $("$HACK_DIR/images.sh" aether); do
+    ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --no-unpack=false "$tar" >/dev/null
+    IMAGE_KEYS+="$(basename "$tar" .tar) "
+  done
+}
+IMAGE_KEYS=""
+phase "images" import_images
+
+secret_from_env_file() { # NAME FILE
+  kubectl -n aether-system create secret generic "$1" --from-env-file "$2" --dry-run=client -o yaml \
+    | kubectl apply --server-side --field-manager aether-hack -f - >/dev/null
+}
+
+# The key `aether push` signs with; created if missing, then trusted cluster-wide
+# (in a real cluster an admin adds CI's and developers' public keys the same way).
+trust_signing_key() {
+  local aether="$REPO_ROOT/target/debug/aether"
+  local key="${AETHER_SIGNING_KEY:-$HOME/.config/aether/signing-key.pem}"
+  [[ -f "$key" ]] || "$aether" -q keys generate --out "$key" >/dev/null
+  local pub="${key%.pem}.pub.pem"
+  [[ -f "$pub" ]] || die "$pub is missing (expected next to $key)"
+  local id; id="$("$aether" keys show --key "$key" -o json | jq -r .keyId)"
+  kubectl -n aether-system create configmap aether-trusted-keys --from-file "$id.pem=$pub" --dry-run=client -o yaml \
+    | kubectl apply --server-side --field-manager aether-hack -f - >/dev/null
+  log "trusting signing key $id ($pub) in aether-system/aether-trusted-keys"
+}
+
+apply_all() {
+  kubectl apply --server-side --force-conflicts --field-manager aether-hack -k "$REPO_ROOT/kustomize/overlays/local" >/dev/null
+  secret_from_env_file aether-storage "$STATE_DIR/garage/credentials"
+  secret_from_env_file aether-storage-reader "$STATE_DIR/garage/reader-credentials"
+  trust_signing_key
+  # Same tag, new content: roll the operator when its image (or the runtime's) changed.
+  kubectl -n aether-system patch deployment aether-operator --field-manager aether-hack --type merge \
+    -p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"aether.dev/images\":\"${IMAGE_KEYS% }\"}}}}}" >/dev/null
+  kubectl -n aether-system rollout status deployment/aether-operator --timeout=180s >/dev/null
+}
+phase "operator in aether-system" apply_all
