@@ -2,7 +2,7 @@
 # a fresh Debian machine (packages, Kubernetes and Garage builds, the local cluster).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help up down status demo test unit e2e lint crds bench fuzz
+.PHONY: help up down status deploy demo test unit e2e lint crds bench fuzz
 
 # The local cluster's environment (KUBECONFIG, storage, images), for targets that
 # default to it. `make e2e` alone uses whatever environment you give it.
@@ -22,20 +22,22 @@ down: ## stop the local cluster and everything it started
 status: ## what runs, and the versions
 	hack/cluster.sh status
 
-demo: up ## fresh machine -> local cluster + storage up (the app deploy comes with the operator)
-	@$(LOCAL_ENV) && kubectl get nodes,crd
-	@echo "The local cluster is up: eval \"\$$(hack/cluster.sh env)\" to use it."
-	@echo "Deploying the example app needs the operator and 'aether push' (not built yet)."
+deploy: up ## build the operator and runtime images, run the operator in aether-system
+	hack/deploy.sh
 
-test: lint unit up ## every test: lint, unit, a short fuzz run, and e2e on the local cluster
+demo: deploy ## fresh machine -> cluster, storage, operator; push examples/express-api and curl it
+	hack/demo.sh
+
+test: lint unit deploy ## every test: lint, unit, a short fuzz run, and e2e on the local cluster
 	$(MAKE) fuzz FUZZ_SECONDS=30
 	$(LOCAL_ENV) && $(MAKE) e2e
 
 unit: ## unit and integration tests that need no cluster
 	cargo test --workspace
 
-e2e: ## e2e tests against the cluster in KUBECONFIG (storage from AETHER_S3_*), operator run alongside
-	hack/with-operator.sh cargo test -p aether-e2e -- --ignored --test-threads=$(E2E_THREADS)
+e2e: ## e2e tests against the cluster in KUBECONFIG with Aether installed (storage from AETHER_S3_*)
+	cargo build -q -p aether-cli
+	cargo test -p aether-e2e -- --ignored --test-threads=$(E2E_THREADS)
 
 lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check

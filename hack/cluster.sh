@@ -55,20 +55,6 @@ stop() {
   rm -f "$PIDS/$name.pid" "$PIDS/$name.exe"
 }
 
-# wait_for DESCRIPTION TIMEOUT_S CMD...: poll until CMD succeeds.
-wait_for() {
-  local what="$1" timeout="$2"; shift 2
-  local deadline=$((SECONDS + timeout))
-  until "$@" >/dev/null 2>&1; do
-    if (( SECONDS >= deadline )); then
-      log "timed out after ${timeout}s waiting for $what; last log lines:"
-      tail -n 20 "$LOGS"/*.log 2>/dev/null | tail -n 60 >&2
-      return 1
-    fi
-    sleep 0.5
-  done
-}
-
 # ------------------------------------------------------------------ cleanup --
 
 # Kill every process in our pod cgroups: containers of pods the kubelet started.

@@ -48,5 +48,14 @@ apply_all() {
   kubectl -n aether-system patch deployment aether-operator --field-manager aether-hack --type merge \
     -p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"aether.dev/images\":\"${IMAGE_KEYS% }\"}}}}}" >/dev/null
   kubectl -n aether-system rollout status deployment/aether-operator --timeout=180s >/dev/null
+  wait_for "the operator to hold its leader Lease" 60 operator_leads
+}
+
+# True when a Ready operator pod of the current template holds the Lease.
+operator_leads() {
+  local holder; holder="$(kubectl -n aether-system get lease aether-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null)"
+  [[ -n "$holder" ]] || return 1
+  kubectl -n aether-system get pod "$holder" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -qx True \
+    && [[ "$(kubectl -n aether-system get deployment aether-operator -o jsonpath='{.status.updatedReplicas}/{.status.replicas}')" == 1/1 ]]
 }
 phase "operator in aether-system" apply_all

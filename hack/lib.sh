@@ -50,3 +50,17 @@ phase() {
   "$@"
   log "$name done in $((SECONDS - start))s"
 }
+
+# wait_for DESCRIPTION TIMEOUT_S CMD...: poll until CMD succeeds.
+wait_for() {
+  local what="$1" timeout="$2"; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if (( SECONDS >= deadline )); then
+      log "timed out after ${timeout}s waiting for $what; last log lines:"
+      tail -n 20 "$LOGS"/*.log 2>/dev/null | tail -n 60 >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+}

@@ -44,3 +44,50 @@ pub fn kube_error(e: kube::Error, verb: &str, resource: &str, namespace: &str) -
         },
     }
 }
+
+/// Watch `name` until `done` returns a value (no polling: each change arrives as it
+/// happens). `what` names the wait in the timeout error.
+pub async fn wait_for<K, T>(
+    api: &kube::Api<K>,
+    name: &str,
+    timeout: std::time::Duration,
+    what: &str,
+    mut done: impl FnMut(&K) -> Option<T>,
+) -> Result<T, CliError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    use futures::StreamExt as _;
+    use kube::runtime::watcher::Error as WatchError;
+    let resource = K::plural(&K::DynamicType::default()).to_string();
+    let namespace = api.namespace().unwrap_or("default").to_string();
+    let watch = async {
+        let mut stream = std::pin::pin!(kube::runtime::watcher::watch_object(api.clone(), name));
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(Some(object)) => {
+                    if let Some(value) = done(&object) {
+                        return Ok(value);
+                    }
+                }
+                Ok(None) => {}
+                Err(WatchError::InitialListFailed(e) | WatchError::WatchStartFailed(e)) => {
+                    return Err(kube_error(e, "watch", &resource, &namespace));
+                }
+                // The watcher re-lists after transient errors; do not spin meanwhile.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+            }
+        }
+        Err(CliError::Timeout {
+            what: what.into(),
+            seconds: 0,
+        })
+    };
+    tokio::time::timeout(timeout, watch).await.unwrap_or_else(|_| {
+        Err(CliError::Timeout {
+            what: what.into(),
+            seconds: timeout.as_secs(),
+        })
+    })
+}

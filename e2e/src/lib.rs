@@ -15,6 +15,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::runtime::wait::{Condition, await_condition};
 use kube::{Api, Client, Resource};
 
+pub mod app;
 pub mod http;
 pub mod pods;
 pub mod storage;

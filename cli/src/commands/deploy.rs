@@ -2,7 +2,7 @@
 //! on first push, with the CRD's defaults) and follow its conditions until the new
 //! version serves, or the operator says why it cannot.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aether_crds::AetherApp;
 use aether_crds::condition::{READY, STALLED};
@@ -68,51 +68,88 @@ pub async fn deploy(
         });
     }
 
-    let deadline = Instant::now() + timeout;
     let mut last_message = String::new();
-    loop {
-        let current = api
-            .get(app)
-            .await
-            .map_err(|e| crate::cluster::kube_error(e, "get", "aetherapps", namespace))?;
-        let status = current.status.clone().unwrap_or_default();
-        let observed = status.observed_generation.unwrap_or(0) >= generation;
-        let condition = |t: &str| status.conditions.iter().find(|c| c.type_ == t);
-        let ready = condition(READY);
-        let ours = status.artifact.as_ref().is_some_and(|a| a.name == artifact);
-        if observed && ours && ready.is_some_and(|c| c.status == "True") {
-            let timings = status.last_deploy.filter(|t| t.artifact == artifact);
-            return Ok(Deployed {
-                url: status.url,
-                serving: true,
-                applied_after_ms: timings.as_ref().and_then(|t| t.applied_after_milliseconds),
-                ready_after_ms: timings.as_ref().and_then(|t| t.ready_after_milliseconds),
-            });
-        }
-        if observed && let Some(stalled) = condition(STALLED).filter(|c| c.status == "True") {
-            return Err(deploy_failed(
-                app,
-                namespace,
-                artifact,
-                &stalled.reason,
-                &stalled.message,
-            ));
-        }
-        if let Some(c) = ready.filter(|_| observed) {
-            let message = format!("  {}: {}", c.reason, c.message);
-            if message != last_message {
-                printer.info(&message);
-                last_message = message;
+    let outcome = crate::cluster::wait_for(
+        &api,
+        app,
+        timeout,
+        "the app to serve the new artifact",
+        |current| {
+            let status = current.status.as_ref()?;
+            let observed = status.observed_generation.unwrap_or(0) >= generation;
+            let condition = |t: &str| status.conditions.iter().find(|c| c.type_ == t);
+            let ready = condition(READY);
+            let ours = status.artifact.as_ref().is_some_and(|a| a.name == artifact);
+            if observed && ours && ready.is_some_and(|c| c.status == "True") {
+                let timings = status.last_deploy.as_ref().filter(|t| t.artifact == artifact);
+                return Some(Ok(Deployed {
+                    url: status.url.clone(),
+                    serving: true,
+                    applied_after_ms: timings.and_then(|t| t.applied_after_milliseconds),
+                    ready_after_ms: timings.and_then(|t| t.ready_after_milliseconds),
+                }));
             }
+            if observed && let Some(stalled) = condition(STALLED).filter(|c| c.status == "True") {
+                return Some(Err(deploy_failed(
+                    app,
+                    namespace,
+                    artifact,
+                    &stalled.reason,
+                    &stalled.message,
+                )));
+            }
+            if let Some(c) = ready.filter(|_| observed) {
+                let message = format!("  {}: {}", c.reason, c.message);
+                if message != last_message {
+                    printer.info(&message);
+                    last_message = message;
+                }
+            }
+            None
+        },
+    )
+    .await;
+    match outcome {
+        Ok(Ok(deployed)) => {
+            if let Some(url) = &deployed.url {
+                await_reachable(url, printer).await;
+            }
+            Ok(deployed)
         }
-        if Instant::now() >= deadline {
-            return Err(CliError::Timeout {
-                what: format!("app {app} to serve {artifact} (last: {})", last_message.trim()),
-                seconds: timeout.as_secs(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        Ok(Err(e)) => Err(e),
+        Err(CliError::Timeout { seconds, .. }) => Err(CliError::Timeout {
+            what: format!("app {app} to serve {artifact} (last: {})", last_message.trim()),
+            seconds,
+        }),
+        Err(e) => Err(e),
     }
+}
+
+/// The pods are Ready, but a brand-new Service's address may take kube-proxy up to
+/// a second to route: when the URL is an address this machine can reach (the local
+/// cluster's cluster IPs), wait until it accepts connections, so "serving" is true
+/// the moment it is printed. In-cluster names are not resolvable here: skipped.
+async fn await_reachable(url: &str, printer: &Printer) {
+    let Some(addr) = url
+        .strip_prefix("http://")
+        .map(|rest| rest.split('/').next().unwrap_or_default())
+        .and_then(|host| {
+            host.parse::<std::net::SocketAddr>()
+                .ok()
+                .or_else(|| host.parse::<std::net::IpAddr>().ok().map(|ip| (ip, 80).into()))
+        })
+    else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        let attempt = tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr));
+        if let Ok(Ok(_)) = attempt.await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    printer.warn(format!("{url} does not accept connections from this machine yet"));
 }
 
 fn deploy_failed(app: &str, namespace: &str, artifact: &str, reason: &str, message: &str) -> CliError {

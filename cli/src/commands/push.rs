@@ -108,10 +108,17 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
             Some(_) => request_reissue(&api, &name, &namespace).await?,
         }
         let t = Instant::now();
-        let art = wait_for_instructions(&api, &name, timeout).await?;
+        let mut art = wait_for_instructions(&api, &name, timeout).await?;
+        // Storage held wrong bytes under one of these digests (an earlier upload went
+        // wrong, or the object was damaged): the operator deleted them, so ask for URLs
+        // and upload the right ones.
+        if rejected(&art) {
+            printer.info("  storage held damaged copies of some blobs; uploading them again");
+            request_reissue(&api, &name, &namespace).await?;
+            art = wait_for_instructions(&api, &name, timeout).await?;
+        }
         // Upload what the operator asks for. URLs that expired meanwhile (storage
         // answers 403) are renewed once through the reissue annotation.
-        let mut art = art;
         let blobs_dir = packed.out.join("blobs").join("sha256");
         let http = http_client()?;
         for round in 0..2 {
@@ -364,16 +371,21 @@ async fn wait_for_instructions(
     wait(api, name, timeout, "upload instructions from the operator", |a| {
         let status = a.status.as_ref()?;
         let pending = a.annotations().contains_key(REISSUE_UPLOAD_ANNOTATION);
-        (!pending && (ready(a) == Some(true) || status.upload.is_some())).then(|| a.clone())
+        let answered = ready(a) == Some(true) || status.upload.is_some() || rejected(a);
+        (!pending && answered).then(|| a.clone())
     })
     .await
 }
 
-fn api_namespace(api: &Api<AetherArtifact>) -> &str {
-    api.namespace().unwrap_or("default")
+/// The operator found wrong bytes in storage (and deleted them).
+fn rejected(a: &AetherArtifact) -> bool {
+    a.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+        .is_some_and(|c| c.status == "False" && c.reason == "DigestMismatch")
 }
 
-/// Poll the artifact until `done` returns a value.
+/// Watch the artifact until `done` returns a value.
 async fn wait<T>(
     api: &Api<AetherArtifact>,
     name: &str,
@@ -381,24 +393,7 @@ async fn wait<T>(
     what: &str,
     done: impl Fn(&AetherArtifact) -> Option<T>,
 ) -> Result<T, CliError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(art) = api
-            .get_opt(name)
-            .await
-            .map_err(|e| kube_error(e, "get", api_namespace(api)))?
-            && let Some(value) = done(&art)
-        {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            return Err(CliError::Timeout {
-                what: what.into(),
-                seconds: timeout.as_secs(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    crate::cluster::wait_for(api, name, timeout, what, done).await
 }
 
 type HttpClient = hyper_util::client::legacy::Client<

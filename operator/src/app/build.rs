@@ -10,9 +10,9 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, SleepAction, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -32,6 +32,8 @@ pub const CREDENTIAL_KEYS: [&str; 2] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_
 const VOLUME_PATH: &str = "/aether";
 /// The non-root user every container runs as.
 const UID: i64 = 10001;
+/// How long a replaced pod keeps serving before it is stopped.
+const PRE_STOP_SECONDS: i64 = 3;
 
 /// How pods get their runtime and reach storage: operator configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -434,6 +436,17 @@ fn app_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Co
                 ..Default::default()
             },
         ]),
+        // A pod leaving a rollout keeps answering while kube-proxy and load balancers
+        // drop it from their rules; it gets SIGTERM afterwards.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SECONDS,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(restricted()),
         ..Default::default()
