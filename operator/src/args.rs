@@ -77,6 +77,17 @@ pub struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "AETHER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,
+    /// Releases kept per app besides the current one; older artifacts are deleted.
+    #[arg(long, env = "AETHER_KEEP_RELEASES", default_value_t = 5)]
+    pub keep_releases: usize,
+    /// An artifact no app ever deployed is deleted after this long (a GitOps change
+    /// referencing it may still be in review).
+    #[arg(long, env = "AETHER_UNREFERENCED_GRACE_SECONDS", default_value_t = 72 * 3600)]
+    pub unreferenced_grace_seconds: u64,
+    /// An upload never completed is abandoned (multipart uploads aborted, the
+    /// artifact deleted) after this long.
+    #[arg(long, env = "AETHER_ABANDONED_UPLOAD_SECONDS", default_value_t = 3600)]
+    pub abandoned_upload_seconds: u64,
     /// Hold a Lease so that only one replica reconciles at a time.
     #[arg(long, env = "AETHER_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
@@ -105,6 +116,14 @@ impl Args {
             credentials_secret: Some(self.runtime_credentials_secret.clone()).filter(|s| !s.is_empty()),
             trusted_keys_configmap: self.trusted_keys_configmap.clone(),
             url_mode: self.url_mode,
+        }
+    }
+
+    pub fn retention(&self) -> crate::retention::Policy {
+        crate::retention::Policy {
+            keep_releases: self.keep_releases,
+            unreferenced_grace: Duration::from_secs(self.unreferenced_grace_seconds),
+            abandoned_after: Duration::from_secs(self.abandoned_upload_seconds),
         }
     }
 

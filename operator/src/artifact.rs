@@ -12,20 +12,22 @@ use std::time::Duration;
 use aether_artifact::Digest;
 use aether_crds::condition::{READY, STALLED, UPLOADED, VERIFIED};
 use aether_crds::{
-    AetherArtifact, AetherArtifactSpec, AetherArtifactStatus, BlobUpload, PartUpload,
+    AetherApp, AetherArtifact, AetherArtifactSpec, AetherArtifactStatus, BlobUpload, PartUpload,
     REISSUE_UPLOAD_ANNOTATION, UPLOAD_COMPLETE_ANNOTATION, UploadInstructions,
 };
 use aether_storage::{Storage, StorageError, plan_parts};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::finalizer::Event as FinalizerEvent;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
+use crate::blobs::{self, BlobLocks};
 use crate::metrics::{ControllerLabels, Metrics};
-use crate::{conditions, events};
+use crate::{conditions, events, retention};
 
 /// Field manager for everything the operator writes.
 pub const MANAGER: &str = "aether-operator";
@@ -37,6 +39,8 @@ pub struct Context {
     pub storage: Storage,
     pub recorder: Recorder,
     pub upload: UploadPolicy,
+    pub retention: retention::Policy,
+    pub locks: BlobLocks,
     pub metrics: Arc<Metrics>,
 }
 
@@ -62,6 +66,8 @@ pub enum Error {
     Storage(#[from] StorageError),
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -69,9 +75,13 @@ impl Error {
         match self {
             Error::Storage(e) => e.reason(),
             Error::Kube(_) => "KubeError",
+            Error::Finalizer(_) => "Finalizer",
         }
     }
 }
+
+/// Held by every artifact until its blobs have been released (see [`crate::blobs`]).
+pub const FINALIZER: &str = "aether.dev/blobs";
 
 /// A blob the artifact needs in storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,12 +123,95 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
         controller: CONTROLLER,
     };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let result = reconcile_inner(art, &ctx).await;
+    let api: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), &art.namespace().unwrap_or_default());
+    let result = kube::runtime::finalizer::finalizer(&api, FINALIZER, art, |event| async {
+        match event {
+            FinalizerEvent::Apply(art) => apply(art, &ctx).await,
+            FinalizerEvent::Cleanup(art) => release_blobs(&art, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics
         .reconcile_duration
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// Retention first (an artifact past its time is deleted, and its finalizer frees
+/// the blobs), then the upload conversation.
+async fn apply(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error> {
+    let ns = art.namespace().unwrap_or_default();
+    let apps: Api<AetherApp> = Api::namespaced(ctx.client.clone(), &ns);
+    let apps = apps.list(&ListParams::default()).await?.items;
+    let now = Timestamp::now();
+    let decision = retention::decide(&art, &apps, &ctx.retention, now);
+    if let retention::Decision::Delete(reason) = decision {
+        info!(reason = reason.as_str(), "deleting the artifact (retention)");
+        let note = format!("deleted by retention: {}", reason.as_str());
+        events::publish(
+            &ctx.recorder,
+            &art.object_ref(&()),
+            EventType::Normal,
+            reason.as_str(),
+            &note,
+        )
+        .await;
+        let api: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), &ns);
+        match api.delete(&art.name_any(), &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(Action::await_change());
+    }
+    let action = reconcile_inner(art, ctx).await?;
+    // Come back when the retention grace ends, if that is sooner.
+    Ok(match decision {
+        retention::Decision::KeepUntil(t) => {
+            let wait =
+                Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO) + Duration::from_secs(1);
+            if action == Action::await_change() {
+                Action::requeue(wait)
+            } else {
+                action
+            }
+        }
+        _ => action,
+    })
+}
+
+/// The finalizer: abort unfinished multipart uploads, then delete every blob no
+/// other live artifact lists, under the blob locks.
+async fn release_blobs(art: &AetherArtifact, ctx: &Context) -> Result<Action, Error> {
+    if let Some(upload) = art.status.as_ref().and_then(|s| s.upload.as_ref()) {
+        for b in upload.blobs.iter().filter(|b| b.upload_id.is_some()) {
+            if let Ok(digest) = b.digest.parse::<Digest>() {
+                match ctx
+                    .storage
+                    .abort_multipart(&digest, b.upload_id.as_deref().unwrap_or_default())
+                    .await
+                {
+                    Ok(()) | Err(StorageError::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    let candidates = blobs::digests(art);
+    let _locks = ctx.locks.lock_all(candidates.iter().copied()).await;
+    let all = blobs::list_all(&ctx.client).await?;
+    let free = blobs::unreferenced(art, &candidates, &all);
+    for digest in &free {
+        ctx.storage.delete(digest).await?;
+    }
+    info!(
+        deleted = free.len(),
+        shared = candidates.len() - free.len(),
+        "released the artifact's blobs"
+    );
+    Ok(Action::await_change())
 }
 
 async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error> {
@@ -184,6 +277,10 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
     if rejected && old.observed_generation == generation && !reissue {
         return Ok(Action::await_change());
     }
+
+    // From the first HEAD to the verdict, no blob of this artifact may be collected
+    // (see crate::blobs).
+    let _locks = ctx.locks.lock_all(blobs.iter().map(|b| b.digest)).await;
 
     // The uploader says it is done: finish multipart uploads first.
     if completed

@@ -9,10 +9,12 @@
 pub mod app;
 pub mod args;
 pub mod artifact;
+pub mod blobs;
 pub mod conditions;
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod retention;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -83,6 +85,8 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
             multipart_threshold: args.multipart_threshold_bytes,
             part_size: args.part_size_bytes,
         },
+        retention: args.retention(),
+        locks: blobs::BlobLocks::default(),
         metrics: metrics.clone(),
     });
     let app_ctx = Arc::new(app::Context {
@@ -93,6 +97,18 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     });
 
     let artifact_controller = Controller::new(artifacts.clone(), watcher::Config::default())
+        // An app's new release may push an older one out of the kept releases.
+        .watches(
+            Api::<AetherApp>::all(client.clone()),
+            watcher::Config::default(),
+            |app: AetherApp| {
+                let ns = app.namespace().unwrap_or_default();
+                let history = app.status.map(|s| s.history).unwrap_or_default();
+                history
+                    .into_iter()
+                    .map(move |r| ObjectRef::<AetherArtifact>::new(&r.artifact).within(&ns))
+            },
+        )
         .shutdown_on_signal()
         .run(artifact::reconcile, artifact::error_policy, artifact_ctx)
         .for_each(log_result);

@@ -1,0 +1,242 @@
+//! Which AetherArtifacts to keep. Pure: the artifact controller reads the apps of the
+//! namespace and acts on the [`Decision`]; deleting an artifact then frees its blobs
+//! through the finalizer (see [`crate::blobs`]).
+//!
+//! - An artifact an app runs or points at (`spec.artifactRef`, `status.artifact`) is
+//!   kept, and so are the current and the last `keep_releases` releases of each app.
+//! - An artifact that was deployed and has since fallen out of those releases is
+//!   deleted: it was superseded.
+//! - An artifact no app has ever deployed is kept for `unreferenced_grace` (a GitOps
+//!   change that will reference it may be under review), then deleted.
+//! - An upload never completed (the artifact never became Ready) is abandoned after
+//!   `abandoned_after`: its multipart uploads are aborted and the artifact deleted.
+
+use std::time::Duration;
+
+use aether_crds::condition::READY;
+use aether_crds::{AetherApp, AetherArtifact};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Previous releases kept per app, besides the current one.
+    pub keep_releases: usize,
+    pub unreferenced_grace: Duration,
+    pub abandoned_after: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Keep,
+    /// Nothing refers to it yet: look again at this time.
+    KeepUntil(Timestamp),
+    Delete(Reason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Superseded,
+    NeverDeployed,
+    AbandonedUpload,
+}
+
+impl Reason {
+    /// CamelCase, for Events and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Superseded => "Superseded",
+            Self::NeverDeployed => "NeverDeployed",
+            Self::AbandonedUpload => "AbandonedUpload",
+        }
+    }
+}
+
+/// The fate of `artifact`, given every AetherApp of its namespace.
+pub fn decide(artifact: &AetherArtifact, apps: &[AetherApp], policy: &Policy, now: Timestamp) -> Decision {
+    let name = artifact.name_any();
+    let mut deployed_before = false;
+    for app in apps {
+        if app.spec.artifact_ref.name == name {
+            return Decision::Keep;
+        }
+        let Some(status) = &app.status else { continue };
+        if status.artifact.as_ref().is_some_and(|a| a.name == name) {
+            return Decision::Keep;
+        }
+        if let Some(position) = status.history.iter().position(|r| r.artifact == name) {
+            // history[0] is the current release; keep it and `keep_releases` more.
+            if position <= policy.keep_releases {
+                return Decision::Keep;
+            }
+            deployed_before = true;
+        }
+    }
+    if deployed_before {
+        return Decision::Delete(Reason::Superseded);
+    }
+    let created = artifact.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
+    let ready = artifact.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == READY && c.status == "True")
+    });
+    let (limit, reason) = if ready {
+        (policy.unreferenced_grace, Reason::NeverDeployed)
+    } else {
+        (policy.abandoned_after, Reason::AbandonedUpload)
+    };
+    let deadline = created
+        .checked_add(SignedDuration::try_from(limit).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX);
+    if now >= deadline {
+        Decision::Delete(reason)
+    } else {
+        Decision::KeepUntil(deadline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aether_crds::{AetherAppStatus, DeployedArtifact, Release};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            keep_releases: 2,
+            unreferenced_grace: Duration::from_secs(3600),
+            abandoned_after: Duration::from_secs(600),
+        }
+    }
+
+    fn artifact(name: &str, created: i64, ready: bool) -> AetherArtifact {
+        let mut a: AetherArtifact = serde_json::from_value(serde_json::json!({
+            "apiVersion": "aether.dev/v1alpha1", "kind": "AetherArtifact",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"app": "web", "digest": format!("sha256:{}", "a".repeat(64)), "layers": [],
+                     "runtime": {"nodeMajor": 20, "platform": "linux/amd64", "libc": "Glibc"},
+                     "entrypoint": ["node", "server.js"]}
+        }))
+        .unwrap();
+        a.metadata.creation_timestamp = Some(Time(at(created)));
+        a.status = Some(aether_crds::AetherArtifactStatus {
+            conditions: vec![Condition {
+                type_: READY.into(),
+                status: if ready { "True" } else { "False" }.into(),
+                reason: if ready { "Verified" } else { "AwaitingUpload" }.into(),
+                message: String::new(),
+                observed_generation: Some(1),
+                last_transition_time: Time(at(created)),
+            }],
+            ..Default::default()
+        });
+        a
+    }
+
+    /// An app pointing at `current`, having deployed `history` (newest first).
+    fn app(current: &str, history: &[&str]) -> AetherApp {
+        let mut app: AetherApp = serde_json::from_value(serde_json::json!({
+            "apiVersion": "aether.dev/v1alpha1", "kind": "AetherApp",
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"artifactRef": {"name": current}}
+        }))
+        .unwrap();
+        app.status = Some(AetherAppStatus {
+            artifact: history.first().map(|h| DeployedArtifact {
+                name: h.to_string(),
+                digest: String::new(),
+            }),
+            history: history
+                .iter()
+                .map(|h| Release {
+                    artifact: h.to_string(),
+                    digest: String::new(),
+                    deployed_at: Time(at(0)),
+                })
+                .collect(),
+            ..Default::default()
+        });
+        app
+    }
+
+    #[test]
+    fn the_current_and_last_releases_are_kept_older_ones_deleted() {
+        let apps = [app("v5", &["v5", "v4", "v3", "v2", "v1"])];
+        let now = at(100_000);
+        for kept in ["v5", "v4", "v3"] {
+            assert_eq!(
+                decide(&artifact(kept, 0, true), &apps, &policy(), now),
+                Decision::Keep,
+                "{kept}"
+            );
+        }
+        for gone in ["v2", "v1"] {
+            assert_eq!(
+                decide(&artifact(gone, 0, true), &apps, &policy(), now),
+                Decision::Delete(Reason::Superseded),
+                "{gone}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_an_app_points_at_is_kept_even_while_it_rolls_out_or_fails() {
+        // spec points at v6 (not yet in history), status still runs v5.
+        let apps = [app("v6", &["v5", "v4"])];
+        let now = at(100_000);
+        assert_eq!(
+            decide(&artifact("v6", 0, true), &apps, &policy(), now),
+            Decision::Keep
+        );
+        assert_eq!(
+            decide(&artifact("v5", 0, true), &apps, &policy(), now),
+            Decision::Keep
+        );
+        // Even an artifact far down the history stays while the spec names it (rollback).
+        let rollback = [app("v1", &["v5", "v4", "v3", "v2", "v1"])];
+        assert_eq!(
+            decide(&artifact("v1", 0, true), &rollback, &policy(), now),
+            Decision::Keep
+        );
+    }
+
+    #[test]
+    fn never_deployed_artifacts_wait_out_the_grace_period() {
+        let apps = [app("v2", &["v2"])];
+        let pushed = artifact("gitops-candidate", 0, true);
+        assert_eq!(
+            decide(&pushed, &apps, &policy(), at(60)),
+            Decision::KeepUntil(at(3600))
+        );
+        assert_eq!(
+            decide(&pushed, &apps, &policy(), at(3600)),
+            Decision::Delete(Reason::NeverDeployed)
+        );
+        // With no app at all (e.g. `push --no-deploy` for a GitOps repository), likewise.
+        assert_eq!(
+            decide(&pushed, &[], &policy(), at(60)),
+            Decision::KeepUntil(at(3600))
+        );
+    }
+
+    #[test]
+    fn uploads_never_completed_are_abandoned_sooner() {
+        let stuck = artifact("half-uploaded", 0, false);
+        assert_eq!(
+            decide(&stuck, &[], &policy(), at(599)),
+            Decision::KeepUntil(at(600))
+        );
+        assert_eq!(
+            decide(&stuck, &[], &policy(), at(600)),
+            Decision::Delete(Reason::AbandonedUpload)
+        );
+        // ... unless an app already points at it (a push is waiting for it).
+        let waiting = [app("half-uploaded", &[])];
+        assert_eq!(decide(&stuck, &waiting, &policy(), at(9999)), Decision::Keep);
+    }
+}
