@@ -106,6 +106,18 @@ pub struct PushArgs {
     /// Give up waiting for the cluster after this long.
     #[arg(long, default_value_t = 300)]
     pub timeout_seconds: u64,
+    /// How blobs reach storage: `presigned` URLs from the operator (only a kubeconfig
+    /// needed), or `direct` with your own bucket credentials (AETHER_S3_ENDPOINT,
+    /// AETHER_S3_BUCKET, AETHER_S3_REGION, AETHER_S3_PREFIX, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY).
+    #[arg(long, value_enum, default_value_t = StorageMode::Presigned, env = "AETHER_STORAGE")]
+    pub storage: StorageMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageMode {
+    Presigned,
+    Direct,
 }
 
 #[derive(Debug, Args)]

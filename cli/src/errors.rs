@@ -144,6 +144,15 @@ pub enum CliError {
     )]
     UploadFailed { digest: String, detail: String },
 
+    #[error("--storage direct needs bucket credentials: {0}")]
+    #[diagnostic(
+        code(aether::direct_storage),
+        help(
+            "set AETHER_S3_BUCKET (and AETHER_S3_ENDPOINT, AETHER_S3_REGION for non-AWS storage) and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or push without --storage direct"
+        )
+    )]
+    DirectStorage(String),
+
     #[error("artifact {name} is not usable: {reason}: {message}")]
     #[diagnostic(
         code(aether::artifact_failed),
@@ -196,7 +205,7 @@ impl CliError {
             Self::NativeMismatch { .. } | Self::Pack(_) => 5,
             Self::Key { .. } | Self::KeyExists(_) => 6,
             Self::NoKubeconfig(_) | Self::Forbidden { .. } | Self::Kube { .. } => 7,
-            Self::UploadFailed { .. } => 8,
+            Self::UploadFailed { .. } | Self::DirectStorage(_) => 8,
             Self::ArtifactFailed { .. } => 9,
             Self::Timeout { .. } => 10,
             Self::DeployFailed { .. } => 11,

@@ -17,6 +17,7 @@ pub mod validation;
 
 pub use app::*;
 pub use artifact::*;
+pub use manifest::BlobRef;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

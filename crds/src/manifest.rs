@@ -26,7 +26,28 @@ fn digest(field: &str, s: &str) -> Result<Digest, SpecError> {
     s.parse().map_err(|e| invalid(field, e))
 }
 
+/// A blob an artifact needs in storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobRef {
+    pub digest: Digest,
+    pub size: u64,
+}
+
 impl AetherArtifactSpec {
+    /// Layers and SBOM, each once (layers shared between artifacts are stored once).
+    pub fn blobs(&self) -> Result<Vec<BlobRef>, SpecError> {
+        let mut out: Vec<BlobRef> = Vec::new();
+        let sbom = self.sbom.as_ref().map(|s| (&s.digest, s.size));
+        for (digest, size) in self.layers.iter().map(|l| (&l.digest, l.size)).chain(sbom) {
+            let digest = self::digest("spec.layers[].digest", digest)?;
+            let size = u64::try_from(size).map_err(|_| invalid("spec.layers[].size", "negative size"))?;
+            if !out.iter().any(|b| b.digest == digest) {
+                out.push(BlobRef { digest, size });
+            }
+        }
+        Ok(out)
+    }
+
     /// The manifest this spec describes.
     pub fn manifest(&self) -> Result<Manifest, SpecError> {
         let layers = self

@@ -11,17 +11,12 @@ use std::time::Duration;
 
 use aether_crds::condition::READY;
 use aether_crds::{AetherArtifact, UPLOAD_COMPLETE_ANNOTATION};
+use aether_e2e::app::{aether_bin, copy_project};
 use aether_e2e::{http, storage::StorageSettings, wait_for, with_temp_ns};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-
-fn aether_bin() -> PathBuf {
-    std::env::var_os("AETHER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/aether"))
-}
 
 /// A small project with no dependencies (no registry access needed).
 fn project(dir: &Path, greeting: &str) {
@@ -332,22 +327,6 @@ async fn a_user_without_create_permission_gets_a_clear_error() -> anyhow::Result
 }
 
 /// Copy a project folder, leaving out installed dependencies and outputs.
-fn copy_project(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == "node_modules" || name == ".aether" {
-            continue;
-        }
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(to.join(&name)).unwrap();
-            copy_project(&entry.path(), &to.join(&name));
-        } else {
-            std::fs::copy(entry.path(), to.join(&name)).unwrap();
-        }
-    }
-}
-
 #[tokio::test]
 #[ignore = "needs a cluster, the operator and the npm registry: run `make e2e`"]
 async fn the_example_app_pushes_to_a_ready_artifact_and_repeats_upload_nothing() -> anyhow::Result<()> {
@@ -357,7 +336,7 @@ async fn the_example_app_pushes_to_a_ready_artifact_and_repeats_upload_nothing()
         copy_project(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/express-api"),
             dir.path(),
-        );
+        )?;
 
         // Storage may already hold these blobs from an earlier run: the first push
         // reports what it sent, whatever that is, and must end Ready.
@@ -525,4 +504,97 @@ fn ready_condition(a: &AetherArtifact) -> k8s_openapi::apimachinery::pkg::apis::
         .into_iter()
         .find(|c| c.type_ == READY)
         .expect("a Ready condition")
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster, the operator and storage credentials: run `make e2e`"]
+async fn direct_mode_uploads_with_the_developers_credentials_in_the_same_layout() -> anyhow::Result<()> {
+    let storage = StorageSettings::from_env()?.host();
+    with_temp_ns("direct", move |client, ns| async move {
+        let dir = tempfile::tempdir()?;
+        let cache = tempfile::tempdir()?;
+        project(dir.path(), &format!("direct to {ns}"));
+        // The e2e environment holds the bucket's credentials, as a developer in direct
+        // mode would.
+        let (code, out, err) = push(dir.path(), cache.path(), &ns, &["--storage", "direct"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out["bytesUploaded"].as_u64().unwrap() > 0, "{out}");
+        let art = Api::<AetherArtifact>::namespaced(client.clone(), &ns)
+            .get(out["artifact"].as_str().unwrap())
+            .await?;
+        assert_eq!(ready_condition(&art).status, "True", "the operator verified it");
+        for layer in &art.spec.layers {
+            let stored = storage.head(&layer.digest.parse()?).await?;
+            assert_eq!(
+                stored,
+                Some(layer.size as u64),
+                "{} at the usual key",
+                layer.digest
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster and the operator: run `make e2e`"]
+async fn storage_down_during_upload_fails_clearly_and_nothing_becomes_ready() -> anyhow::Result<()> {
+    with_temp_ns("outage", move |client, ns| async move {
+        let dir = tempfile::tempdir()?;
+        let cache = tempfile::tempdir()?;
+        project(dir.path(), &format!("outage in {ns}"));
+        // Storage that refuses every connection: a port nothing listens on.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let started = std::time::Instant::now();
+        let out = Command::new(aether_bin())
+            .args([
+                "push",
+                "--no-deploy",
+                "--no-sign",
+                "--storage",
+                "direct",
+                "-n",
+                &ns,
+            ])
+            .current_dir(dir.path())
+            .env("AETHER_CACHE_DIR", cache.path())
+            .env("AETHER_S3_ENDPOINT", format!("http://{closed}"))
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!(
+            "after {:?}: exit {:?}\n{stderr}",
+            started.elapsed(),
+            out.status.code()
+        );
+        // The report as one line, without miette's wrapping and gutter.
+        let stderr = stderr
+            .replace(['│', '×'], " ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(out.status.code(), Some(8), "{stderr}");
+        assert!(
+            stderr.contains("storage is unavailable"),
+            "a clear reason: {stderr}"
+        );
+        assert!(
+            stderr.contains("run the same command again"),
+            "what to do: {stderr}"
+        );
+        // The SDK retried with backoff before giving up (it did not fail at once).
+        assert!(started.elapsed() > Duration::from_millis(500));
+        let arts = Api::<AetherArtifact>::namespaced(client.clone(), &ns)
+            .list(&Default::default())
+            .await?;
+        assert!(
+            arts.items.iter().all(|a| a.status.as_ref().is_none_or(|s| s
+                .conditions
+                .iter()
+                .all(|c| c.type_ != READY || c.status != "True"))),
+            "nothing is Ready"
+        );
+        Ok(())
+    })
+    .await
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use aether_artifact::Digest;
 use aether_crds::condition::{READY, STALLED, UPLOADED, VERIFIED};
 use aether_crds::{
-    AetherApp, AetherArtifact, AetherArtifactSpec, AetherArtifactStatus, BlobUpload, PartUpload,
+    AetherApp, AetherArtifact, AetherArtifactStatus, BlobRef, BlobUpload, PartUpload,
     REISSUE_UPLOAD_ANNOTATION, UPLOAD_COMPLETE_ANNOTATION, UploadInstructions,
 };
 use aether_storage::{Storage, StorageError, plan_parts};
@@ -82,27 +82,6 @@ impl Error {
 
 /// Held by every artifact until its blobs have been released (see [`crate::blobs`]).
 pub const FINALIZER: &str = "aether.dev/blobs";
-
-/// A blob the artifact needs in storage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BlobRef {
-    pub digest: Digest,
-    pub size: u64,
-}
-
-/// Layers and SBOM, each once (layers shared between artifacts are stored once).
-pub fn blobs(spec: &AetherArtifactSpec) -> Result<Vec<BlobRef>, String> {
-    let mut out: Vec<BlobRef> = Vec::new();
-    let sbom = spec.sbom.as_ref().map(|s| (&s.digest, s.size));
-    for (digest, size) in spec.layers.iter().map(|l| (&l.digest, l.size)).chain(sbom) {
-        let digest: Digest = digest.parse().map_err(|e| format!("{e}"))?;
-        let size = u64::try_from(size).map_err(|_| format!("{digest}: negative size"))?;
-        if !out.iter().any(|b| b.digest == digest) {
-            out.push(BlobRef { digest, size });
-        }
-    }
-    Ok(out)
-}
 
 /// Are these upload instructions still usable for at least `margin`?
 pub fn still_valid(upload: &UploadInstructions, now: Timestamp, margin: Duration) -> bool {
@@ -231,7 +210,7 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
         .spec
         .verified_manifest()
         .map_err(|e| e.to_string())
-        .and_then(|_| blobs(&art.spec))
+        .and_then(|_| art.spec.blobs().map_err(|e| e.to_string()))
     {
         Ok(b) => b,
         Err(message) => {
@@ -569,13 +548,13 @@ mod tests {
     #[test]
     fn blobs_are_listed_once_with_the_sbom() {
         let mut s = spec();
-        assert_eq!(blobs(&s).unwrap().len(), 1, "identical layers are one blob");
+        assert_eq!(s.blobs().unwrap().len(), 1, "identical layers are one blob");
         s.sbom = Some(Blob {
             digest: format!("sha256:{}", "d".repeat(64)),
             size: 5,
             media_type: "x".into(),
         });
-        let b = blobs(&s).unwrap();
+        let b = s.blobs().unwrap();
         assert_eq!(b.len(), 2);
         assert_eq!(b[1].size, 5);
     }

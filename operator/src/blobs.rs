@@ -47,19 +47,13 @@ impl BlobLocks {
     }
 }
 
-/// The digests an artifact lists (layers and SBOM); unparsable ones are skipped (such
-/// a spec never passed validation, so nothing was stored under it).
+/// The digests an artifact lists (layers and SBOM); none for a spec that does not
+/// parse (it never passed validation, so nothing was stored for it).
 pub fn digests(art: &AetherArtifact) -> Vec<Digest> {
-    let sbom = art.spec.sbom.as_ref().map(|s| s.digest.as_str());
     art.spec
-        .layers
-        .iter()
-        .map(|l| l.digest.as_str())
-        .chain(sbom)
-        .filter_map(|d| d.parse().ok())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
+        .blobs()
+        .map(|b| b.into_iter().map(|b| b.digest).collect())
+        .unwrap_or_default()
 }
 
 /// Of `candidates`, those that no artifact in `all` other than `dying` (and none

@@ -57,14 +57,16 @@ impl std::fmt::Debug for StorageConfig {
 
 impl StorageConfig {
     /// From `AETHER_S3_{ENDPOINT,REGION,BUCKET,PREFIX,PATH_STYLE}` and the standard
-    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (and `AWS_REGION`).
     pub fn from_env() -> Result<Self, StorageError> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let required = |k: &str| var(k).ok_or_else(|| StorageError::NotConfigured(k.to_string()));
         Ok(Self {
             endpoint: var("AETHER_S3_ENDPOINT"),
             public_endpoint: var("AETHER_S3_PUBLIC_ENDPOINT"),
-            region: var("AETHER_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+            region: var("AETHER_S3_REGION")
+                .or_else(|| var("AWS_REGION"))
+                .unwrap_or_else(|| "us-east-1".into()),
             bucket: required("AETHER_S3_BUCKET")?,
             prefix: var("AETHER_S3_PREFIX").unwrap_or_default(),
             path_style: var("AETHER_S3_PATH_STYLE").is_none_or(|v| v != "false"),
@@ -129,12 +131,21 @@ impl StorageError {
                 }
             }
             (Some(s), _) if s >= 500 => Self::Unavailable(format!("HTTP {s} {code}")),
-            _ if matches!(err, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)) => {
-                Self::Unavailable(format!("{}", aws_sdk_s3::error::DisplayErrorContext(&err)))
-            }
+            _ if matches!(err, SdkError::TimeoutError(_)) => Self::Unavailable("no answer in time".into()),
+            // The innermost cause ("Connection refused", a DNS failure) is what a user
+            // can act on; the layers above it are the SDK's plumbing.
+            _ if matches!(err, SdkError::DispatchFailure(_)) => Self::Unavailable(root_cause(&err)),
             _ => Self::Other(format!("{}", aws_sdk_s3::error::DisplayErrorContext(&err))),
         }
     }
+}
+
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = err;
+    while let Some(source) = e.source() {
+        e = source;
+    }
+    e.to_string()
 }
 
 /// `<prefix>/blobs/sha256/<hex>`, with the prefix's slashes tidied.

@@ -9,19 +9,19 @@ use std::time::{Duration, Instant};
 
 use aether_crds::condition::READY;
 use aether_crds::{
-    AetherArtifact, AetherArtifactSpec, Blob, BlobUpload, LayerName, REISSUE_UPLOAD_ANNOTATION, Signature,
+    AetherArtifact, AetherArtifactSpec, Blob, LayerName, REISSUE_UPLOAD_ANNOTATION, Signature,
     UPLOAD_COMPLETE_ANNOTATION,
 };
-use http_body_util::Full;
-use hyper::body::Bytes;
+use aether_storage::{Storage, StorageConfig};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde::Serialize;
 
-use crate::args::{GlobalArgs, OutputFormat, PushArgs};
+use crate::args::{GlobalArgs, OutputFormat, PushArgs, StorageMode};
 use crate::errors::CliError;
 use crate::pack::{PackOutcome, RemoteDeps, SbomOut, human_bytes};
 use crate::printer::Printer;
+use crate::upload::{PutError, http_client, upload_blob};
 
 /// What `aether push -o json` prints.
 #[derive(Debug, Serialize)]
@@ -98,77 +98,20 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
     if reused {
         printer.info(format!("Artifact {name} is already uploaded and verified"));
     } else {
-        match &existing {
-            None => match api.create(&PostParams::default(), &wanted).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 => {} // created meanwhile
-                Err(e) => return Err(kube_error(e, "create", &namespace)),
-            },
-            // An earlier push failed part-way (or its URLs expired): ask for fresh ones.
-            Some(_) => request_reissue(&api, &name, &namespace).await?,
-        }
         let t = Instant::now();
-        let mut art = wait_for_instructions(&api, &name, timeout).await?;
-        // Storage held wrong bytes under one of these digests (an earlier upload went
-        // wrong, or the object was damaged): the operator deleted them, so ask for URLs
-        // and upload the right ones.
-        if rejected(&art) {
-            printer.info("  storage held damaged copies of some blobs; uploading them again");
-            request_reissue(&api, &name, &namespace).await?;
-            art = wait_for_instructions(&api, &name, timeout).await?;
-        }
-        // Upload what the operator asks for. URLs that expired meanwhile (storage
-        // answers 403) are renewed once through the reissue annotation.
         let blobs_dir = packed.out.join("blobs").join("sha256");
-        let http = http_client()?;
-        for round in 0..2 {
-            let Some(upload) = art
-                .status
-                .as_ref()
-                .and_then(|s| s.upload.clone())
-                .filter(|_| ready(&art) != Some(true))
-            else {
-                break;
-            };
-            let mut expired = false;
-            for blob in &upload.blobs {
-                printer.info(format!(
-                    "  uploading {} ({})",
-                    blob.digest,
-                    human_bytes(blob.size as u64)
-                ));
-                match upload_blob(&http, &blobs_dir, blob).await {
-                    Ok(n) => {
-                        bytes_uploaded += n;
-                        blobs_uploaded += 1;
-                    }
-                    Err(PutError { expired: true, .. }) if round == 0 => {
-                        printer.info("  upload URLs expired; asking the operator for new ones");
-                        expired = true;
-                        break;
-                    }
-                    Err(e) => {
-                        return Err(CliError::UploadFailed {
-                            digest: blob.digest.clone(),
-                            detail: e.detail,
-                        });
-                    }
-                }
-            }
-            if expired {
-                request_reissue(&api, &name, &namespace).await?;
-                art = wait_for_instructions(&api, &name, timeout).await?;
-                continue;
-            }
-            let expires = serde_json::to_value(&upload.expires_at).unwrap_or_default();
-            let patch = serde_json::json!({"metadata": {"annotations": {
-                UPLOAD_COMPLETE_ANNOTATION: expires.as_str().unwrap_or("done"),
-            }}});
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(|e| kube_error(e, "update", &namespace))?;
-            break;
-        }
+        let target = Target {
+            api: &api,
+            name: &name,
+            namespace: &namespace,
+            existing: existing.is_some(),
+            wanted: &wanted,
+            blobs_dir: &blobs_dir,
+        };
+        (bytes_uploaded, blobs_uploaded) = match args.storage {
+            StorageMode::Presigned => upload_presigned(&target, timeout, printer).await?,
+            StorageMode::Direct => upload_direct(&target, printer).await?,
+        };
         timings.upload = ms(t);
 
         let t = Instant::now();
@@ -255,6 +198,151 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
         }
     }
     Ok(outcome)
+}
+
+/// Where a push's blobs go: the artifact they belong to.
+struct Target<'a> {
+    api: &'a Api<AetherArtifact>,
+    name: &'a str,
+    namespace: &'a str,
+    /// An artifact of this name exists (an earlier push stopped part-way).
+    existing: bool,
+    wanted: &'a AetherArtifact,
+    blobs_dir: &'a Path,
+}
+
+/// The default: create the artifact, upload what the operator asks for through the
+/// presigned URLs it writes into status, then mark the upload complete. Returns bytes
+/// and blobs sent.
+async fn upload_presigned(
+    t: &Target<'_>,
+    timeout: Duration,
+    printer: &Printer,
+) -> Result<(u64, usize), CliError> {
+    let Target {
+        api,
+        name,
+        namespace,
+        existing,
+        wanted,
+        blobs_dir,
+    } = *t;
+    let (mut bytes_uploaded, mut blobs_uploaded) = (0, 0);
+    if existing {
+        // An earlier push failed part-way (or its URLs expired): ask for fresh ones.
+        request_reissue(api, name, namespace).await?;
+    } else {
+        create(api, wanted, namespace).await?;
+    }
+    let mut art = wait_for_instructions(api, name, timeout).await?;
+    // Storage held wrong bytes under one of these digests (an earlier upload went
+    // wrong, or the object was damaged): the operator deleted them, so ask for URLs
+    // and upload the right ones.
+    if rejected(&art) {
+        printer.info("  storage held damaged copies of some blobs; uploading them again");
+        request_reissue(api, name, namespace).await?;
+        art = wait_for_instructions(api, name, timeout).await?;
+    }
+    // Upload what the operator asks for. URLs that expired meanwhile (storage
+    // answers 403) are renewed once through the reissue annotation.
+    let http = http_client()?;
+    for round in 0..2 {
+        let Some(upload) = art
+            .status
+            .as_ref()
+            .and_then(|s| s.upload.clone())
+            .filter(|_| ready(&art) != Some(true))
+        else {
+            break;
+        };
+        let mut expired = false;
+        for blob in &upload.blobs {
+            printer.info(format!(
+                "  uploading {} ({})",
+                blob.digest,
+                human_bytes(blob.size as u64)
+            ));
+            match upload_blob(&http, blobs_dir, blob).await {
+                Ok(n) => {
+                    bytes_uploaded += n;
+                    blobs_uploaded += 1;
+                }
+                Err(PutError { expired: true, .. }) if round == 0 => {
+                    printer.info("  upload URLs expired; asking the operator for new ones");
+                    expired = true;
+                    break;
+                }
+                Err(e) => {
+                    return Err(CliError::UploadFailed {
+                        digest: blob.digest.clone(),
+                        detail: e.detail,
+                    });
+                }
+            }
+        }
+        if expired {
+            request_reissue(api, name, namespace).await?;
+            art = wait_for_instructions(api, name, timeout).await?;
+            continue;
+        }
+        let expires = serde_json::to_value(&upload.expires_at).unwrap_or_default();
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            UPLOAD_COMPLETE_ANNOTATION: expires.as_str().unwrap_or("done"),
+        }}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| kube_error(e, "update", namespace))?;
+        break;
+    }
+    Ok((bytes_uploaded, blobs_uploaded))
+}
+
+/// `--storage direct`: the developer holds bucket credentials (AETHER_S3_* and the
+/// standard AWS_* variables). Upload what the bucket lacks, same layout, then let the
+/// operator verify as usual (it still decides Ready). Returns bytes and blobs sent.
+async fn upload_direct(t: &Target<'_>, printer: &Printer) -> Result<(u64, usize), CliError> {
+    let config = StorageConfig::from_env().map_err(|e| CliError::DirectStorage(e.to_string()))?;
+    let storage = Storage::new(&config);
+    let blobs = t
+        .wanted
+        .spec
+        .blobs()
+        .map_err(|e| CliError::io("describing the artifact")(std::io::Error::other(e.to_string())))?;
+    let (mut bytes, mut count) = (0, 0);
+    for b in blobs {
+        let failed = |e: aether_storage::StorageError| CliError::UploadFailed {
+            digest: b.digest.to_string(),
+            detail: e.to_string(),
+        };
+        if storage.head(&b.digest).await.map_err(failed)? == Some(b.size) {
+            continue;
+        }
+        printer.info(format!(
+            "  uploading {} ({}) directly",
+            b.digest,
+            human_bytes(b.size)
+        ));
+        let data =
+            std::fs::read(t.blobs_dir.join(b.digest.hex())).map_err(CliError::io("reading a packed blob"))?;
+        storage.put(&b.digest, data).await.map_err(failed)?;
+        bytes += b.size;
+        count += 1;
+    }
+    if t.existing {
+        // The operator may hold an earlier verdict: ask it to look again.
+        request_reissue(t.api, t.name, t.namespace).await?;
+    } else {
+        create(t.api, t.wanted, t.namespace).await?;
+    }
+    Ok((bytes, count))
+}
+
+async fn create(api: &Api<AetherArtifact>, wanted: &AetherArtifact, namespace: &str) -> Result<(), CliError> {
+    match api.create(&PostParams::default(), wanted).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()), // created meanwhile
+        Err(e) => Err(kube_error(e, "create", namespace)),
+    }
 }
 
 fn ms(since: Instant) -> u64 {
@@ -394,88 +482,4 @@ async fn wait<T>(
     done: impl Fn(&AetherArtifact) -> Option<T>,
 ) -> Result<T, CliError> {
     crate::cluster::wait_for(api, name, timeout, what, done).await
-}
-
-type HttpClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Full<Bytes>,
->;
-
-fn http_client() -> Result<HttpClient, CliError> {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .map_err(CliError::io("loading the system's CA certificates"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https))
-}
-
-/// A failed PUT; `expired` when storage refused the URL (400/403), which new URLs fix.
-#[derive(Debug)]
-struct PutError {
-    expired: bool,
-    detail: String,
-}
-
-fn put_error(detail: impl Into<String>) -> PutError {
-    PutError {
-        expired: false,
-        detail: detail.into(),
-    }
-}
-
-/// Upload one blob (whole, or part by part) from the packed output; returns bytes sent.
-async fn upload_blob(client: &HttpClient, blobs_dir: &Path, blob: &BlobUpload) -> Result<u64, PutError> {
-    let hex = blob.digest.trim_start_matches("sha256:");
-    let data =
-        std::fs::read(blobs_dir.join(hex)).map_err(|e| put_error(format!("reading the packed blob: {e}")))?;
-    if let Some(url) = &blob.url {
-        put_with_retries(client, url, Bytes::from(data.clone())).await?;
-        return Ok(data.len() as u64);
-    }
-    let part_size = blob.part_size.unwrap_or(0).max(1) as usize;
-    let mut sent = 0;
-    for part in &blob.parts {
-        let start = (part.number.max(1) as usize - 1) * part_size;
-        let end = (start + part_size).min(data.len());
-        let chunk = data
-            .get(start..end)
-            .ok_or_else(|| put_error("part out of range"))?;
-        sent += chunk.len() as u64;
-        put_with_retries(client, &part.url, Bytes::copy_from_slice(chunk)).await?;
-    }
-    Ok(sent)
-}
-
-/// PUT with bounded retries (4 attempts) and jittered exponential backoff on
-/// connection errors and 5xx; 4xx (expired or wrong URL) fails at once.
-async fn put_with_retries(client: &HttpClient, url: &str, body: Bytes) -> Result<(), PutError> {
-    let mut delay = Duration::from_millis(300);
-    let mut last = String::new();
-    for attempt in 1..=4 {
-        let req = hyper::Request::put(url)
-            .header(hyper::header::CONTENT_LENGTH, body.len())
-            .body(Full::new(body.clone()))
-            .map_err(|e| put_error(e.to_string()))?;
-        match tokio::time::timeout(Duration::from_secs(120), client.request(req)).await {
-            Ok(Ok(resp)) if resp.status().is_success() => return Ok(()),
-            Ok(Ok(resp)) if resp.status().is_client_error() => {
-                return Err(PutError {
-                    // S3 says 403 for an expired URL, Garage 400: new URLs fix both.
-                    expired: matches!(resp.status().as_u16(), 400 | 403),
-                    detail: format!("storage answered {} (the URL may have expired)", resp.status()),
-                });
-            }
-            Ok(Ok(resp)) => last = format!("storage answered {}", resp.status()),
-            Ok(Err(e)) => last = format!("connection failed: {e}"),
-            Err(_) => last = "no answer within 120 s".into(),
-        }
-        if attempt < 4 {
-            let jitter = Duration::from_millis(fastrand::u64(0..delay.as_millis() as u64));
-            tokio::time::sleep(delay + jitter).await;
-            delay *= 2;
-        }
-    }
-    Err(put_error(format!("{last} (after 4 attempts)")))
 }

@@ -1,0 +1,95 @@
+//! Uploads through presigned URLs: plain HTTP PUTs (whole blobs or parts), with
+//! bounded retries and jittered backoff when storage is down or failing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use aether_crds::BlobUpload;
+use http_body_util::Full;
+use hyper::body::Bytes;
+
+use crate::errors::CliError;
+
+pub type HttpClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+pub fn http_client() -> Result<HttpClient, CliError> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(CliError::io("loading the system's CA certificates"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https))
+}
+
+/// A failed PUT; `expired` when storage refused the URL (400/403), which new URLs fix.
+#[derive(Debug)]
+pub struct PutError {
+    pub expired: bool,
+    pub detail: String,
+}
+
+fn put_error(detail: impl Into<String>) -> PutError {
+    PutError {
+        expired: false,
+        detail: detail.into(),
+    }
+}
+
+/// Upload one blob (whole, or part by part) from the packed output; returns bytes sent.
+pub async fn upload_blob(client: &HttpClient, blobs_dir: &Path, blob: &BlobUpload) -> Result<u64, PutError> {
+    let hex = blob.digest.trim_start_matches("sha256:");
+    let data =
+        std::fs::read(blobs_dir.join(hex)).map_err(|e| put_error(format!("reading the packed blob: {e}")))?;
+    if let Some(url) = &blob.url {
+        put_with_retries(client, url, Bytes::from(data.clone())).await?;
+        return Ok(data.len() as u64);
+    }
+    let part_size = blob.part_size.unwrap_or(0).max(1) as usize;
+    let mut sent = 0;
+    for part in &blob.parts {
+        let start = (part.number.max(1) as usize - 1) * part_size;
+        let end = (start + part_size).min(data.len());
+        let chunk = data
+            .get(start..end)
+            .ok_or_else(|| put_error("part out of range"))?;
+        sent += chunk.len() as u64;
+        put_with_retries(client, &part.url, Bytes::copy_from_slice(chunk)).await?;
+    }
+    Ok(sent)
+}
+
+/// PUT with bounded retries (4 attempts) and jittered exponential backoff on
+/// connection errors and 5xx; 4xx (expired or wrong URL) fails at once.
+pub async fn put_with_retries(client: &HttpClient, url: &str, body: Bytes) -> Result<(), PutError> {
+    let mut delay = Duration::from_millis(300);
+    let mut last = String::new();
+    for attempt in 1..=4 {
+        let req = hyper::Request::put(url)
+            .header(hyper::header::CONTENT_LENGTH, body.len())
+            .body(Full::new(body.clone()))
+            .map_err(|e| put_error(e.to_string()))?;
+        match tokio::time::timeout(Duration::from_secs(120), client.request(req)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => return Ok(()),
+            Ok(Ok(resp)) if resp.status().is_client_error() => {
+                return Err(PutError {
+                    // S3 says 403 for an expired URL, Garage 400: new URLs fix both.
+                    expired: matches!(resp.status().as_u16(), 400 | 403),
+                    detail: format!("storage answered {} (the URL may have expired)", resp.status()),
+                });
+            }
+            Ok(Ok(resp)) => last = format!("storage answered {}", resp.status()),
+            Ok(Err(e)) => last = format!("connection failed: {e}"),
+            Err(_) => last = "no answer within 120 s".into(),
+        }
+        if attempt < 4 {
+            let jitter = Duration::from_millis(fastrand::u64(0..delay.as_millis() as u64));
+            tokio::time::sleep(delay + jitter).await;
+            delay *= 2;
+        }
+    }
+    Err(put_error(format!("{last} (after 4 attempts)")))
+}

@@ -1,0 +1,87 @@
+//! Presigned uploads when storage is down or failing: bounded retries with backoff,
+//! then a clear error, against a local HTTP server playing a broken storage.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use aether_cli::upload::{http_client, put_with_retries};
+use hyper::body::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A server answering every request with `status`; returns its URL and a request count.
+async fn storage_answering(status: &'static str) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/bucket/blob?X-Amz-Signature=x",
+        listener.local_addr().unwrap()
+    );
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            seen.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0; 64 << 10];
+                let _ = conn.read(&mut buf).await;
+                let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (url, count)
+}
+
+#[tokio::test]
+async fn a_failing_storage_is_retried_with_backoff_then_reported() {
+    let (url, count) = storage_answering("503 Service Unavailable").await;
+    let started = Instant::now();
+    let err = put_with_retries(&http_client().unwrap(), &url, Bytes::from_static(b"blob"))
+        .await
+        .unwrap_err();
+    assert_eq!(count.load(Ordering::SeqCst), 4, "4 attempts");
+    assert!(!err.expired);
+    assert!(
+        err.detail.contains("503") && err.detail.contains("after 4 attempts"),
+        "{}",
+        err.detail
+    );
+    // 0.3 + 0.6 + 1.2 s of backoff at least (plus jitter).
+    assert!(
+        started.elapsed() >= Duration::from_millis(2100),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn storage_that_is_gone_is_reported_as_a_connection_failure() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = put_with_retries(
+        &http_client().unwrap(),
+        &format!("http://{closed}/bucket/blob"),
+        Bytes::from_static(b"blob"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.detail.contains("connection failed") && err.detail.contains("after 4 attempts"),
+        "{}",
+        err.detail
+    );
+}
+
+#[tokio::test]
+async fn an_expired_url_is_not_retried_but_flagged_for_renewal() {
+    let (url, count) = storage_answering("403 Forbidden").await;
+    let err = put_with_retries(&http_client().unwrap(), &url, Bytes::from_static(b"blob"))
+        .await
+        .unwrap_err();
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert!(err.expired, "the CLI asks the operator for new URLs");
+}
