@@ -46,8 +46,9 @@ lint: ## rustfmt and clippy, warnings are errors
 crds: ## regenerate config/crd from the Rust types
 	cargo run -q -p aether-crds --bin crdgen -- config/crd/aether.dev.yaml
 
-bench: ## pack/unpack speed vs tar|zstd on the example app's dependencies
+bench: ## pack/unpack speed vs tar|zstd; push -> serving (needs `make deploy`)
 	hack/bench.sh
+	hack/bench-deploy.sh
 
 FUZZ_SECONDS ?= 60
 fuzz: ## fuzz the unpacker (cargo-fuzz, nightly) for FUZZ_SECONDS

@@ -2,7 +2,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, ResourceRequirements};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -223,7 +223,9 @@ pub struct Release {
 #[serde(rename_all = "camelCase")]
 pub struct DeployTimings {
     pub artifact: String,
-    pub started_at: Time,
+    /// When the operator first applied this artifact (microseconds: the phases below
+    /// are often shorter than a second).
+    pub started_at: MicroTime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_after_milliseconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -5,7 +5,7 @@ use aether_crds::condition::{READY, RECONCILING, STALLED};
 use aether_crds::{AetherAppStatus, DeployTimings, DeployedArtifact, Release};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::build::DIGEST_ANNOTATION;
@@ -163,7 +163,7 @@ pub fn applied(
         Some(t) if t.artifact == release.artifact => t,
         _ => DeployTimings {
             artifact: release.artifact.clone(),
-            started_at: Time(observed.applied_at),
+            started_at: MicroTime(observed.applied_at),
             applied_after_milliseconds: None,
             ready_after_milliseconds: None,
         },
