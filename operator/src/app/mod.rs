@@ -108,7 +108,7 @@ fn dereference_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Err
 struct Dereferenced {
     artifact: Option<AetherArtifact>,
     trusted: Result<TrustedKeys, Invalid>,
-    credentials: Option<BTreeMap<String, ByteString>>,
+    credentials: Result<Option<BTreeMap<String, ByteString>>, Invalid>,
     running: Option<Deployment>,
 }
 
@@ -137,11 +137,13 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     }
 
     let d = dereference(ctx, app, &ns).await?;
-    let valid = d
-        .trusted
-        .and_then(|trusted| validate::validate(app, d.artifact.as_ref(), &trusted));
-    let release = match valid {
-        Ok(release) => release,
+    let valid = d.credentials.and_then(|credentials| {
+        d.trusted
+            .and_then(|trusted| validate::validate(app, d.artifact.as_ref(), &trusted))
+            .map(|release| (release, credentials))
+    });
+    let (release, credentials) = match valid {
+        Ok(valid) => valid,
         Err(invalid) => {
             let new = status::invalid(&old, generation, &invalid, d.running.as_ref());
             let type_ = if invalid.waiting {
@@ -160,7 +162,7 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         }
     };
 
-    let children = build::build(app, &release, d.credentials.as_ref(), &ctx.config.pod);
+    let children = build::build(app, &release, credentials.as_ref(), &ctx.config.pod);
     let (deployment, service) = apply(ctx, &ns, &children).await?;
     let applied_at = Timestamp::now();
     if children.secret.is_none() {
@@ -205,14 +207,23 @@ async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Derefer
     let trusted = trusted_keys(ctx, app, ns).await?;
     let credentials = match &ctx.config.credentials_secret {
         Some(name) => {
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.operator_namespace);
-            let secret = secrets.get(name).await.map_err(dereference_error(format!(
-                "storage credentials Secret {}/{name}",
-                ctx.config.operator_namespace
-            )))?;
-            Some(secret.data.unwrap_or_default())
+            let ons = &ctx.config.operator_namespace;
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ons);
+            match secrets.get_opt(name).await.map_err(dereference_error(format!(
+                "storage credentials Secret {ons}/{name}"
+            )))? {
+                Some(secret) => Ok(Some(secret.data.unwrap_or_default())),
+                // An installation gap, not the app's fault: say so on the app.
+                None => Err(Invalid {
+                    reason: "StorageCredentialsMissing",
+                    message: format!(
+                        "the Secret {ons}/{name} with read-only storage credentials for pods does not exist (see config/default)"
+                    ),
+                    waiting: false,
+                }),
+            }
         }
-        None => None,
+        None => Ok(None),
     };
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let running = deployments
