@@ -441,7 +441,12 @@ fn status_follows_the_rollout_and_reports_init_failures() {
         (stalled.status.as_str(), stalled.reason.as_str()),
         ("True", "DigestMismatch")
     );
-    assert!(stalled.message.contains("web-7d9f-new") && stalled.message.contains("keeps serving"));
+    assert!(stalled.message.contains("web-7d9f-new"), "{}", stalled.message);
+    assert!(
+        stalled.message.contains("web-0123456789ab keeps serving"),
+        "{}",
+        stalled.message
+    );
     // A failure of another release's pods is not this release's.
     let other = status::rollout(rolling, failing, &Digest::of(b"other").to_string());
     assert!(matches!(other, Rollout::Progressing { .. }));

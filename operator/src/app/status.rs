@@ -215,7 +215,10 @@ pub fn applied(
             conditions::set(&mut s.conditions, STALLED, false, "RollingOut", "", generation);
         }
         Rollout::Failed { reason, message } => {
-            let message = format!("{message}; the previous release keeps serving");
+            let message = match s.history.first() {
+                Some(previous) => format!("{message}; {} keeps serving", previous.artifact),
+                None => message,
+            };
             conditions::set(&mut s.conditions, READY, false, &reason, &message, generation);
             conditions::set(&mut s.conditions, RECONCILING, false, &reason, "", generation);
             conditions::set(&mut s.conditions, STALLED, true, &reason, &message, generation);
