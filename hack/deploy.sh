@@ -44,9 +44,11 @@ apply_all() {
   secret_from_env_file aether-storage "$STATE_DIR/garage/credentials"
   secret_from_env_file aether-storage-reader "$STATE_DIR/garage/reader-credentials"
   trust_signing_key
-  # Same tag, new content: roll the operator when its image (or the runtime's) changed.
+  # Same tags, new content: roll the operator when an image or its settings changed
+  # (it reads the ConfigMap at start).
+  local config; config="$(kubectl kustomize "$REPO_ROOT/kustomize/overlays/local" | sha256sum | cut -c1-12)"
   kubectl -n aether-system patch deployment aether-operator --field-manager aether-hack --type merge \
-    -p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"aether.dev/images\":\"${IMAGE_KEYS% }\"}}}}}" >/dev/null
+    -p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"aether.dev/images\":\"${IMAGE_KEYS% }\",\"aether.dev/config\":\"$config\"}}}}}" >/dev/null
   kubectl -n aether-system rollout status deployment/aether-operator --timeout=180s >/dev/null
   wait_for "the operator to hold its leader Lease" 60 operator_leads
 }

@@ -598,3 +598,56 @@ async fn storage_down_during_upload_fails_clearly_and_nothing_becomes_ready() ->
     })
     .await
 }
+
+#[tokio::test]
+#[ignore = "needs a cluster and the operator (abandoned uploads after AETHER_E2E_ABANDONED_SECONDS): run `make e2e`"]
+async fn an_upload_never_completed_is_abandoned_and_cleaned_up() -> anyhow::Result<()> {
+    // The operator's --abandoned-upload-seconds (the local overlay sets 120).
+    let ttl: u64 = std::env::var("AETHER_E2E_ABANDONED_SECONDS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(120);
+    with_temp_ns("abandoned", move |client, ns| async move {
+        let dir = tempfile::tempdir()?;
+        let (art, _) = create_packed_artifact(&client, &ns, dir.path(), "hello-abandoned").await?;
+        let created = std::time::Instant::now();
+        let has_upload = |a: Option<&AetherArtifact>| a.and_then(upload_expiry).is_some();
+        wait_for(
+            art.clone(),
+            "hello-abandoned",
+            "upload instructions",
+            Duration::from_secs(30),
+            has_upload,
+        )
+        .await?;
+        // Nobody uploads.
+        let api = art.clone();
+        aether_e2e::wait_until(
+            "the abandoned artifact to be deleted",
+            Duration::from_secs(ttl + 90),
+            || {
+                let api = api.clone();
+                async move { Ok(api.get_opt("hello-abandoned").await?.is_none().then_some(())) }
+            },
+        )
+        .await?;
+        let after = created.elapsed();
+        println!("abandoned upload deleted after {after:?} (limit {ttl} s)");
+        assert!(
+            after >= Duration::from_secs(ttl.saturating_sub(5)),
+            "not before its time: {after:?}"
+        );
+        let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns)
+            .list(&Default::default())
+            .await?;
+        assert!(
+            events
+                .items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("AbandonedUpload")),
+            "an Event says why"
+        );
+        Ok(())
+    })
+    .await
+}
