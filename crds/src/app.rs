@@ -217,8 +217,8 @@ pub struct Release {
     pub deployed_at: Time,
 }
 
-/// Phase timings of one deploy, measured from the moment the operator saw the new
-/// artifact Ready.
+/// Phase timings of one deploy, measured from the start of the reconcile that first
+/// applied the new artifact (which was then Ready).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DeployTimings {

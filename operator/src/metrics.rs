@@ -56,7 +56,7 @@ impl Default for Metrics {
         );
         registry.register(
             "deploy_phase_seconds",
-            "Time from first seeing a new artifact to each deploy phase",
+            "Time from the reconcile that first applies a new artifact to each deploy phase",
             deploy_phase.clone(),
         );
         Self {

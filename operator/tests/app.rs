@@ -357,6 +357,7 @@ fn observe<'a>(deployment: &'a Deployment, pods: &'a [Pod], applied_at: Timestam
         pods,
         url: Some("http://10.96.0.20".into()),
         selector: build::selector_string("web"),
+        began_at: applied_at.checked_sub(SignedDuration::from_millis(40)).unwrap(),
         applied_at,
     }
 }
@@ -403,10 +404,10 @@ fn status_follows_the_rollout_and_reports_init_failures() {
     let timings = s2.last_deploy.as_ref().unwrap();
     assert_eq!(
         timings.applied_after_milliseconds,
-        Some(0),
-        "kept from the first apply"
+        Some(40),
+        "reconcile start → applied, kept from the first apply"
     );
-    assert_eq!(timings.ready_after_milliseconds, Some(1800));
+    assert_eq!(timings.ready_after_milliseconds, Some(1840));
     assert_eq!(s2.history.len(), 1);
     assert_eq!(
         (s2.ready_replicas, s2.url.as_deref()),

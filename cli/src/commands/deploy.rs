@@ -24,8 +24,8 @@ pub struct Deployed {
     pub url: Option<String>,
     /// False with --no-wait: the app points at the artifact, pods may still start.
     pub serving: bool,
-    /// The operator's phase timings: first seeing the artifact → Deployment applied,
-    /// → pods Ready.
+    /// The operator's phase timings, from the start of its reconcile that first took
+    /// the (Ready) artifact: → Deployment applied, → pods Ready.
     pub applied_after_ms: Option<i64>,
     pub ready_after_ms: Option<i64>,
 }

@@ -128,6 +128,7 @@ pub async fn reconcile(app: Arc<AetherApp>, ctx: Arc<Context>) -> Result<Action,
 }
 
 async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error> {
+    let began_at = Timestamp::now();
     let ns = app.namespace().unwrap_or_default();
     let generation = app.metadata.generation;
     let old = app.status.clone().unwrap_or_default();
@@ -181,6 +182,7 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         pods: &pods,
         url,
         selector,
+        began_at,
         applied_at,
     };
     let new = status::applied(&old, generation, &release, &observed, Timestamp::now());

@@ -135,7 +135,9 @@ pub struct Observed<'a> {
     pub pods: &'a [Pod],
     pub url: Option<String>,
     pub selector: String,
-    /// When the apply of this reconcile finished.
+    /// When this reconcile began (it found the release valid) and when its apply
+    /// finished.
+    pub began_at: Timestamp,
     pub applied_at: Timestamp,
 }
 
@@ -158,12 +160,13 @@ pub fn applied(
         digest: release.digest.to_string(),
     });
 
-    // Timings run from the first reconcile that saw this artifact.
+    // Timings run from the start of the first reconcile that applied this artifact:
+    // the artifact was Ready and the app pointed at it.
     let mut timings = match old.last_deploy.clone() {
         Some(t) if t.artifact == release.artifact => t,
         _ => DeployTimings {
             artifact: release.artifact.clone(),
-            started_at: MicroTime(observed.applied_at),
+            started_at: MicroTime(observed.began_at),
             applied_after_milliseconds: None,
             ready_after_milliseconds: None,
         },
