@@ -20,6 +20,11 @@ use kube::{Api, Client};
 
 const APP: &str = "express-api";
 
+/// The restart test kills the operator, and a freshly started operator may act once on
+/// a cache older than the cluster: that test runs alone (write), the others together
+/// (read), so each asserts what a user sees from an operator that stays up.
+static OPERATOR: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn ok(run: &Run) -> &serde_json::Value {
     assert_eq!(run.code, Some(0), "aether failed:\n{}", run.stderr);
     &run.json
@@ -60,6 +65,7 @@ async fn serve(client: &Client, ns: &str, dir: &std::path::Path, greeting: &str)
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a cluster with Aether installed: run `make e2e`"]
 async fn push_serves_the_example_and_a_code_change_rolls_exactly_once() -> anyhow::Result<()> {
+    let _shared = OPERATOR.read().await;
     with_temp_ns("push", |client, ns| async move {
         let dir = tempfile::tempdir()?;
         example_app(dir.path(), "Hello from Aether!")?;
@@ -123,6 +129,7 @@ async fn push_serves_the_example_and_a_code_change_rolls_exactly_once() -> anyho
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a cluster with Aether installed: run `make e2e`"]
 async fn an_applied_aetherapp_yaml_deploys_an_existing_artifact() -> anyhow::Result<()> {
+    let _shared = OPERATOR.read().await;
     with_temp_ns("gitops", |client, ns| async move {
         let dir = tempfile::tempdir()?;
         example_app(dir.path(), "Hello, GitOps!")?;
@@ -168,6 +175,7 @@ async fn an_applied_aetherapp_yaml_deploys_an_existing_artifact() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a cluster with Aether installed: run `make e2e`"]
 async fn enforce_refuses_an_unsigned_artifact_and_the_old_version_keeps_serving() -> anyhow::Result<()> {
+    let _shared = OPERATOR.read().await;
     with_temp_ns("enforce", |client, ns| async move {
         let dir = tempfile::tempdir()?;
         example_app(dir.path(), "Signed release")?;
@@ -205,6 +213,7 @@ async fn enforce_refuses_an_unsigned_artifact_and_the_old_version_keeps_serving(
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a cluster with Aether installed and its storage: run `make e2e`"]
 async fn a_corrupted_blob_stops_the_new_pods_and_the_old_version_keeps_serving() -> anyhow::Result<()> {
+    let _shared = OPERATOR.read().await;
     let storage = StorageSettings::from_env()?.host();
     with_temp_ns("corrupt", move |client, ns| async move {
         let dir = tempfile::tempdir()?;
@@ -258,6 +267,7 @@ async fn a_corrupted_blob_stops_the_new_pods_and_the_old_version_keeps_serving()
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a cluster with Aether installed (restarts its operator): run `make e2e`"]
 async fn an_operator_restarted_mid_rollout_converges_without_an_extra_rollout() -> anyhow::Result<()> {
+    let _alone = OPERATOR.write().await;
     let operator_ns = std::env::var("AETHER_OPERATOR_NAMESPACE").unwrap_or_else(|_| "aether-system".into());
     with_temp_ns("restart", move |client, ns| async move {
         let dir = tempfile::tempdir()?;

@@ -296,6 +296,17 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
     }
 
     if missing.is_empty() {
+        // A cache can lag the API server (just after a leader change, say): if another
+        // reconcile already verified this artifact, do not re-hash it, or judge bytes
+        // that changed since (and that the pods will judge themselves).
+        let fresh = api.get(&art.name_any()).await?;
+        if fresh
+            .status
+            .as_ref()
+            .is_some_and(|s| conditions::is_true(&s.conditions, READY) && s.observed_generation == generation)
+        {
+            return Ok(Action::await_change());
+        }
         return verify(&api, ctx, &art, old, status, &blobs).await;
     }
 
