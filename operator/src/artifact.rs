@@ -305,6 +305,8 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
             .as_ref()
             .is_some_and(|s| conditions::is_true(&s.conditions, READY) && s.observed_generation == generation)
         {
+            // Answer any pending request: the artifact is ready as it is.
+            clear_annotations(&api, &art).await?;
             return Ok(Action::await_change());
         }
         return verify(&api, ctx, &art, old, status, &blobs).await;
