@@ -13,6 +13,7 @@ mod app;
 mod artifact;
 pub mod condition;
 pub mod manifest;
+pub mod pod;
 pub mod validation;
 
 pub use app::*;

@@ -115,7 +115,7 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
         timings.upload = ms(t);
 
         let t = Instant::now();
-        let art = wait(&api, &name, timeout, "the operator to verify the upload", |a| {
+        let art = crate::cluster::wait_for(&api, &name, timeout, "the operator to verify the upload", |a| {
             let c = a.status.as_ref()?.conditions.iter().find(|c| c.type_ == READY)?;
             let settled = c.status == "True" || !matches!(c.reason.as_str(), "AwaitingUpload" | "Verifying");
             settled.then(|| a.clone())
@@ -456,7 +456,7 @@ async fn wait_for_instructions(
     name: &str,
     timeout: Duration,
 ) -> Result<AetherArtifact, CliError> {
-    wait(api, name, timeout, "upload instructions from the operator", |a| {
+    crate::cluster::wait_for(api, name, timeout, "upload instructions from the operator", |a| {
         let status = a.status.as_ref()?;
         let pending = a.annotations().contains_key(REISSUE_UPLOAD_ANNOTATION);
         let answered = ready(a) == Some(true) || status.upload.is_some() || rejected(a);
@@ -471,15 +471,4 @@ fn rejected(a: &AetherArtifact) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
         .is_some_and(|c| c.status == "False" && c.reason == "DigestMismatch")
-}
-
-/// Watch the artifact until `done` returns a value.
-async fn wait<T>(
-    api: &Api<AetherArtifact>,
-    name: &str,
-    timeout: Duration,
-    what: &str,
-    done: impl Fn(&AetherArtifact) -> Option<T>,
-) -> Result<T, CliError> {
-    crate::cluster::wait_for(api, name, timeout, what, done).await
 }

@@ -89,7 +89,11 @@ pub async fn gather(client: &kube::Client, ns: &str, app: &str, events: usize) -
         .find(|c| c.type_ == aether_crds::condition::READY);
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let selector = format!("app.kubernetes.io/instance={app},app.kubernetes.io/name={app}");
+    // The operator publishes its pods' selector (for the scale subresource).
+    let selector = status
+        .selector
+        .clone()
+        .unwrap_or_else(|| format!("app.kubernetes.io/instance={app},app.kubernetes.io/name={app}"));
     let mut pods: Vec<PodView> = pods
         .list(&ListParams::default().labels(&selector))
         .await
@@ -180,7 +184,10 @@ fn pod_view(p: &Pod) -> PodView {
         .find_map(container_problem);
     PodView {
         name: p.name_any(),
-        artifact: p.annotations().get("aether.dev/artifact").cloned(),
+        artifact: p
+            .annotations()
+            .get(aether_crds::pod::ARTIFACT_ANNOTATION)
+            .cloned(),
         phase: status.phase.unwrap_or_default(),
         ready,
         problem,
@@ -190,17 +197,8 @@ fn pod_view(p: &Pod) -> PodView {
 /// `fetch: DigestMismatch: …` from a container's current or last failed exit, or
 /// its waiting reason (e.g. `ErrImageNeverPull`).
 fn container_problem(c: &ContainerStatus) -> Option<String> {
-    let terminated = |s: Option<&k8s_openapi::api::core::v1::ContainerState>| {
-        s.and_then(|s| s.terminated.clone()).filter(|t| t.exit_code != 0)
-    };
-    if let Some(t) = terminated(c.state.as_ref()).or_else(|| terminated(c.last_state.as_ref())) {
-        let message = t.message.unwrap_or_default();
-        let message = message.trim();
-        return Some(if message.is_empty() {
-            format!("{}: exit code {}", c.name, t.exit_code)
-        } else {
-            format!("{}: {message}", c.name)
-        });
+    if let Some(message) = aether_crds::pod::failure_message(c) {
+        return Some(format!("{}: {message}", c.name));
     }
     let waiting = c.state.as_ref()?.waiting.as_ref()?;
     let reason = waiting.reason.as_deref()?;

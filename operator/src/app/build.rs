@@ -21,10 +21,7 @@ use kube::{Resource, ResourceExt};
 
 use super::validate::Validated;
 
-/// Pod-template annotation holding the artifact digest: a new artifact changes the
-/// template, so the Deployment rolls exactly once.
-pub const DIGEST_ANNOTATION: &str = "aether.dev/artifact-digest";
-pub const ARTIFACT_ANNOTATION: &str = "aether.dev/artifact";
+pub use aether_crds::pod::{ARTIFACT_ANNOTATION, DIGEST_ANNOTATION};
 pub const MANAGED_BY: &str = "aether-operator";
 /// Keys copied from the operator's read-only credentials Secret.
 pub const CREDENTIAL_KEYS: [&str; 2] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];

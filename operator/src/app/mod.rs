@@ -191,12 +191,15 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     announce(ctx, app, &old, &new, EventType::Normal).await;
     patch_status(ctx, app, &new).await?;
 
-    let rollout = status::rollout(&deployment, &pods, &release.digest.to_string());
-    Ok(match rollout {
-        status::Rollout::Complete { .. } => Action::requeue(Duration::from_secs(300)),
+    // The rollout was judged once, into the status: its conditions say what comes next.
+    let condition = |t: &str| crate::conditions::is_true(&new.conditions, t);
+    Ok(if condition(aether_crds::condition::READY) {
+        Action::requeue(Duration::from_secs(300))
+    } else if condition(aether_crds::condition::STALLED) {
+        Action::requeue(Duration::from_secs(10))
+    } else {
         // Pods are not watched: look again soon while the rollout moves.
-        status::Rollout::Progressing { .. } => Action::requeue(Duration::from_secs(2)),
-        status::Rollout::Failed { .. } => Action::requeue(Duration::from_secs(10)),
+        Action::requeue(Duration::from_secs(2))
     })
 }
 

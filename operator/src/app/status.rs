@@ -4,13 +4,13 @@
 use aether_crds::condition::{READY, RECONCILING, STALLED};
 use aether_crds::{AetherAppStatus, DeployTimings, DeployedArtifact, Release};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use super::build::DIGEST_ANNOTATION;
 use super::validate::{Invalid, Validated};
 use crate::conditions;
+use aether_crds::pod::{DIGEST_ANNOTATION, failure_message};
 
 /// Releases kept in `status.history`.
 pub const HISTORY: usize = 10;
@@ -83,7 +83,7 @@ fn pod_failure(pod: &Pod) -> Option<(String, String)> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let status = pod.status.as_ref()?;
     for c in status.init_container_statuses.iter().flatten() {
-        if let Some(message) = failed_with(c) {
+        if let Some(message) = failure_message(c) {
             // The runtime writes `Reason: detail`.
             let reason = message
                 .split_once(':')
@@ -99,7 +99,7 @@ fn pod_failure(pod: &Pod) -> Option<(String, String)> {
     }
     for c in status.container_statuses.iter().flatten() {
         if c.restart_count >= 2
-            && let Some(message) = failed_with(c)
+            && let Some(message) = failure_message(c)
         {
             return Some((
                 "AppCrashing".into(),
@@ -111,21 +111,6 @@ fn pod_failure(pod: &Pod) -> Option<(String, String)> {
         }
     }
     None
-}
-
-/// The message of the container's current or last non-zero exit.
-fn failed_with(c: &ContainerStatus) -> Option<String> {
-    let current = c.state.as_ref().and_then(|s| s.terminated.as_ref());
-    let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
-    let t = current
-        .filter(|t| t.exit_code != 0)
-        .or(last.filter(|t| t.exit_code != 0))?;
-    let message = t.message.as_deref().unwrap_or_default().trim();
-    Some(if message.is_empty() {
-        format!("exit code {}", t.exit_code)
-    } else {
-        message.chars().take(1000).collect()
-    })
 }
 
 /// What was observed after applying a valid release.
