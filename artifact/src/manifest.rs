@@ -13,8 +13,13 @@ pub struct Manifest {
     /// In extraction order: `deps`, then `app`.
     pub layers: Vec<LayerDescriptor>,
     pub runtime: RuntimeDescriptor,
-    /// argv relative to the app root, e.g. `["node", "server.js"]`.
+    /// argv run in the working directory, e.g. `["node", "server.js"]`, or
+    /// `["/bin/sh", "-c", "<start script>"]`.
     pub entrypoint: Vec<String>,
+    /// The working directory relative to the app root, for a workspace package
+    /// (`apps/web`); absent means the root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceDescriptor>,
 }
@@ -131,6 +136,7 @@ mod tests {
                 libc: "glibc".into(),
             },
             entrypoint: vec!["node".into(), "server.js".into()],
+            workdir: None,
             source: None,
         }
     }

@@ -60,10 +60,17 @@ pub struct AetherArtifactSpec {
     /// What the artifact needs to run.
     pub runtime: Runtime,
 
-    /// The command that starts the app, relative to the extracted app root,
-    /// e.g. `["node", "server.js"]`.
+    /// The command that starts the app, run in `workdir`, e.g.
+    /// `["node", "server.js"]` or `["/bin/sh", "-c", "<start script>"]`.
     #[schemars(length(min = 1, max = 32))]
     pub entrypoint: Vec<String>,
+
+    /// The working directory relative to the extracted app root, for a workspace
+    /// package (e.g. `apps/web`); absent means the root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(crate::validation::WORKDIR_RULE).message(crate::validation::WORKDIR_MESSAGE))]
+    pub workdir: Option<String>,
 
     /// The CycloneDX SBOM describing the dependencies, stored next to the layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]

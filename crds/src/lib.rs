@@ -26,6 +26,11 @@ use kube::CustomResourceExt;
 /// API group of every Aether resource.
 pub const GROUP: &str = "aether.dev";
 
+/// The Node.js majors Aether runs: the maintained and recent LTS lines, for which
+/// the operator's image template (`node:{major}-slim`, or the local cluster's
+/// images) has an image. `aether pack` refuses any other.
+pub const NODE_MAJORS: [u32; 4] = [18, 20, 22, 24];
+
 /// Every CRD this crate defines, in the order they should be installed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![AetherArtifact::crd(), AetherApp::crd()]

@@ -86,6 +86,13 @@ impl AetherArtifactSpec {
                 },
             },
             entrypoint: self.entrypoint.clone(),
+            workdir: match &self.workdir {
+                Some(w) => {
+                    aether_artifact::path::components(w, 32).map_err(|e| invalid("spec.workdir", e))?;
+                    Some(w.clone())
+                }
+                None => None,
+            },
             source: self.source.as_ref().map(|s| SourceDescriptor {
                 revision: s.revision.clone(),
                 dirty: s.dirty,
@@ -151,6 +158,7 @@ impl AetherArtifactSpec {
             layers,
             runtime,
             entrypoint: manifest.entrypoint.clone(),
+            workdir: manifest.workdir.clone(),
             sbom: None,
             signature: None,
             source: manifest.source.as_ref().map(|s| Source {
@@ -185,6 +193,7 @@ mod tests {
                 libc: "glibc".into(),
             },
             entrypoint: vec!["node".into(), "server.js".into()],
+            workdir: None,
             source: Some(SourceDescriptor {
                 revision: Some("abc".into()),
                 dirty: false,

@@ -11,6 +11,12 @@ pub const DIGEST_RULE: &str = "self.matches('^sha256:[a-f0-9]{64}$')";
 pub const DIGEST_MESSAGE: &str =
     "must be a digest: 'sha256:' followed by 64 lowercase hexadecimal characters";
 
+/// A relative folder inside the artifact: no leading `/`, no `.` or `..` segments.
+pub const WORKDIR_RULE: &str =
+    "self.matches('^[A-Za-z0-9@_+-][A-Za-z0-9@._+-]*(/[A-Za-z0-9@_+-][A-Za-z0-9@._+-]*)*$')";
+pub const WORKDIR_MESSAGE: &str =
+    "must be a folder relative to the app root, such as apps/web (no '.' or '..' segments, no leading '/')";
+
 pub const DNS_LABEL_RULE: &str = "self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
 pub const DNS_LABEL_MESSAGE: &str = "must be a DNS label: lowercase letters, digits and '-', starting with a letter and ending with a letter or digit";
 

@@ -59,6 +59,7 @@ fn artifact(app: &str, code: &str, key: Option<&SigningKey>) -> AetherArtifact {
             libc: "glibc".into(),
         },
         entrypoint: vec!["node".into(), "server.js".into()],
+        workdir: None,
         source: None,
     };
     let mut spec = AetherArtifactSpec::from_manifest(app, &manifest).unwrap();

@@ -42,6 +42,7 @@ fn manifest(layers: Vec<LayerDescriptor>) -> Manifest {
             libc: "glibc".into(),
         },
         entrypoint: vec!["node".into(), "server.js".into()],
+        workdir: None,
         source: None,
     }
 }

@@ -405,7 +405,10 @@ fn app_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Co
         image: Some(node_image(app, release, config)),
         image_pull_policy: Some(config.image_pull_policy.clone()),
         command: Some(command),
-        working_dir: Some(format!("{VOLUME_PATH}/app")),
+        working_dir: Some(match &release.workdir {
+            Some(dir) => format!("{VOLUME_PATH}/app/{dir}"),
+            None => format!("{VOLUME_PATH}/app"),
+        }),
         env: Some(vars),
         env_from: (!app.spec.env_from.is_empty()).then(|| app.spec.env_from.clone()),
         ports: Some(vec![ContainerPort {

@@ -24,6 +24,8 @@ pub struct Validated {
     /// Canonical manifest JSON: the init container recomputes the digest from it.
     pub manifest_json: String,
     pub entrypoint: Vec<String>,
+    /// The working directory relative to the app root (a workspace package).
+    pub workdir: Option<String>,
     pub node_major: i32,
     pub verdict: Verdict,
     pub policy: Policy,
@@ -141,6 +143,7 @@ pub fn validate(
         digest,
         manifest_json: String::from_utf8_lossy(&manifest.to_canonical_json()).into_owned(),
         entrypoint: manifest.entrypoint.clone(),
+        workdir: manifest.workdir.clone(),
         node_major: artifact.spec.runtime.node_major,
         verdict,
         policy,
