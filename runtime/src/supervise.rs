@@ -1,11 +1,17 @@
 //! `aether-runtime supervise -- ARGV...`: the app's parent inside the container.
-//! Signals the kubelet sends (TERM on shutdown) reach the app; the container exits
-//! with the app's exit code, or 128 + the signal that killed it, as a shell would.
+//! It runs ARGV as `npm start` would: node_modules/.bin of the working directory
+//! and of each folder above it first on PATH, so a start script such as
+//! `fastify start -p ${PORT:-3000}` finds its CLI. Signals the kubelet sends (TERM
+//! on shutdown) reach the app's whole process group, so the server behind a
+//! `sh -c` script gets them too; the container exits with the app's exit code, or
+//! 128 + the signal that killed it, as a shell would.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
 
-use nix::sys::signal::{Signal, kill};
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::Command;
 use tokio::signal::unix::{SignalKind, signal};
@@ -41,8 +47,13 @@ pub async fn supervise(argv: &[String]) -> std::io::Result<u8> {
     for (kind, sig) in FORWARDED {
         streams.push((signal(kind)?, sig));
     }
+    let cwd = std::env::current_dir()?;
+    let path = search_path(&cwd, std::env::var_os("PATH").as_deref());
     let mut child = Command::new(program)
         .args(args)
+        .env("PATH", path)
+        // Its own process group, so a signal reaches a shell's children too.
+        .process_group(0)
         .spawn()
         .map_err(|e| std::io::Error::new(e.kind(), format!("starting {program}: {e}")))?;
     let pid = child.id().map(|id| Pid::from_raw(id as i32));
@@ -60,7 +71,7 @@ pub async fn supervise(argv: &[String]) -> std::io::Result<u8> {
             sig = received => {
                 if let Some(pid) = pid {
                     // The child may have exited meanwhile; wait() reports that next.
-                    let _ = kill(pid, sig);
+                    let _ = killpg(pid, sig);
                 }
             }
         }
@@ -78,4 +89,36 @@ async fn next_signal(streams: &mut [(tokio::signal::unix::Signal, Signal)]) -> S
         std::task::Poll::Pending
     })
     .await
+}
+
+/// PATH for the app: `node_modules/.bin` of `cwd` and of every folder above it,
+/// nearest first, then the inherited PATH (or the usual default).
+pub fn search_path(cwd: &Path, inherited: Option<&std::ffi::OsStr>) -> std::ffi::OsString {
+    let bins = cwd.ancestors().map(|d| d.join("node_modules").join(".bin"));
+    let inherited = inherited
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".as_ref());
+    let rest = std::env::split_paths(inherited).collect::<Vec<PathBuf>>();
+    std::env::join_paths(bins.chain(rest)).unwrap_or_else(|_| inherited.to_os_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_modules_bins_come_first_nearest_first() {
+        let path = search_path(Path::new("/aether/app/apps/web"), Some("/usr/bin:/bin".as_ref()));
+        assert_eq!(
+            path.to_str().unwrap(),
+            "/aether/app/apps/web/node_modules/.bin:/aether/app/apps/node_modules/.bin:\
+             /aether/app/node_modules/.bin:/aether/node_modules/.bin:/node_modules/.bin:/usr/bin:/bin"
+        );
+        assert!(
+            search_path(Path::new("/a"), None)
+                .to_str()
+                .unwrap()
+                .ends_with(":/usr/bin:/sbin:/bin")
+        );
+    }
 }

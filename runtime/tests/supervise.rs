@@ -48,3 +48,66 @@ fn forwards_sigterm_to_the_app() {
         .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(7));
 }
+
+#[test]
+fn sigterm_reaches_the_server_behind_a_start_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, stopped) = (dir.path().join("ready"), dir.path().join("stopped"));
+    // `sh -c` does not pass signals on to the command it waits for: the inner
+    // "server" only learns of TERM if the whole process group gets it.
+    let server = format!(
+        "trap 'touch {}; exit 0' TERM; touch {}; while true; do sleep 0.05; done",
+        stopped.display(),
+        ready.display()
+    );
+    let mut child = runtime()
+        .args([
+            "supervise",
+            "--",
+            "sh",
+            "-c",
+            &format!("sh -c \"{server}\"; echo done"),
+        ])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the app did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stopped.exists() {
+        assert!(Instant::now() < deadline, "the server never got TERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn start_scripts_find_clis_in_node_modules_bin() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("node_modules/.bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("hello-cli"), "#!/bin/sh\necho \"hello $1\"\n").unwrap();
+    std::fs::set_permissions(bin.join("hello-cli"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = dir.path().join("apps/web");
+    std::fs::create_dir_all(&app).unwrap();
+    // From a workspace package's folder, the root's node_modules/.bin counts too.
+    let out = runtime()
+        .args(["supervise", "--", "/bin/sh", "-c", "hello-cli ${NAME:-world}"])
+        .current_dir(&app)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\n");
+}
