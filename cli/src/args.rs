@@ -58,16 +58,23 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct PackArgs {
-    /// The project folder (with package.json and a lockfile).
+    /// The project folder (with package.json; the lockfile may be at a workspace root above it).
     #[arg(default_value = ".")]
     pub dir: PathBuf,
+    /// At a workspace root: the workspace package to deploy (package name or folder).
+    #[arg(short = 'w', long)]
+    pub workspace: Option<String>,
+    /// Do not run the project's "build" script (by default it runs, with dev
+    /// dependencies installed, and what it writes is packed).
+    #[arg(long)]
+    pub no_build: bool,
     /// Where to write the blobs and artifact.json [default: DIR/.aether/out].
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// App name [default: package.json "name", as a DNS label].
     #[arg(long)]
     pub app: Option<String>,
-    /// Node.js major version of the runtime [default: from engines.node, else this machine's].
+    /// Node.js major version of the runtime: 18, 20, 22 or 24 [default: from engines.node, else this machine's].
     #[arg(long)]
     pub node: Option<u32>,
     /// Target platform of the runtime.

@@ -25,13 +25,71 @@ pub enum CliError {
     NoLockfile(PathBuf),
 
     #[error(
-        "no entrypoint: package.json has no \"start\": \"node ...\" script or \"main\", and there is no server.js or index.js"
+        "no start command: package.json has no \"start\" script or \"main\", there is no Procfile with a web: line, and no server.js or index.js"
     )]
     #[diagnostic(
         code(aether::no_entrypoint),
         help("add \"scripts\": {{\"start\": \"node server.js\"}} to package.json")
     )]
     NoEntrypoint,
+
+    #[error("{root} is a workspace root, not an app")]
+    #[diagnostic(
+        code(aether::workspace_root),
+        help("run aether in the package's folder, or pass --workspace NAME (packages: {members})")
+    )]
+    WorkspaceRoot { root: PathBuf, members: String },
+
+    #[error("{0} declares no workspaces, so --workspace {1} names nothing")]
+    #[diagnostic(
+        code(aether::not_a_workspace),
+        help(
+            "run aether at the workspace root (the package.json with \"workspaces\", or pnpm-workspace.yaml), or drop --workspace"
+        )
+    )]
+    NotAWorkspace(PathBuf, String),
+
+    #[error("no workspace package is named {name}")]
+    #[diagnostic(
+        code(aether::unknown_workspace),
+        help("pass a package name or folder: {members}")
+    )]
+    UnknownWorkspace { name: String, members: String },
+
+    #[error("the start command {command:?} runs {missing}, which is not in the artifact")]
+    #[diagnostic(code(aether::start_missing), help("{hint}"))]
+    StartMissing {
+        command: String,
+        missing: String,
+        hint: String,
+    },
+
+    #[error("the build script failed (exit {code}): {script}\n{output}")]
+    #[diagnostic(
+        code(aether::build_failed),
+        help("run the build locally (`npm run build`) and fix it, or pack without it: --no-build")
+    )]
+    BuildFailed {
+        script: String,
+        code: String,
+        output: String,
+    },
+
+    #[error("could not fetch {tool} from the package registry\n{output}")]
+    #[diagnostic(
+        code(aether::tool_fetch),
+        help(
+            "check the registry is reachable (npm's own settings and .npmrc apply), or pin an existing version in package.json \"packageManager\""
+        )
+    )]
+    ToolFetch { tool: String, output: String },
+
+    #[error("Node {major} is not a runtime this cluster serves (it serves {available})")]
+    #[diagnostic(
+        code(aether::node_version),
+        help("set engines.node in package.json, or pass --node, to one of: {available}")
+    )]
+    UnsupportedNode { major: u32, available: String },
 
     #[error("cannot derive an app name from '{0}'")]
     #[diagnostic(
@@ -42,7 +100,7 @@ pub enum CliError {
     )]
     BadAppName(String),
 
-    #[error("{manager} could not install the production dependencies (exit {code})\n{output}")]
+    #[error("{manager} could not install the dependencies (exit {code})\n{output}")]
     #[diagnostic(
         code(aether::install_failed),
         help(
@@ -58,7 +116,7 @@ pub enum CliError {
     #[error("{manager} is not installed")]
     #[diagnostic(
         code(aether::no_package_manager),
-        help("install {manager} (e.g. `corepack enable`) or commit a package-lock.json for npm")
+        help("install Node.js with its bundled npm (Aether fetches yarn and pnpm itself)")
     )]
     NoPackageManager { manager: String },
 
@@ -200,8 +258,16 @@ impl CliError {
             | Self::BadPackageJson(_)
             | Self::NoLockfile(_)
             | Self::NoEntrypoint
+            | Self::WorkspaceRoot { .. }
+            | Self::NotAWorkspace(..)
+            | Self::UnknownWorkspace { .. }
+            | Self::StartMissing { .. }
+            | Self::UnsupportedNode { .. }
             | Self::BadAppName(_) => 3,
-            Self::InstallFailed { .. } | Self::NoPackageManager { .. } => 4,
+            Self::InstallFailed { .. }
+            | Self::NoPackageManager { .. }
+            | Self::BuildFailed { .. }
+            | Self::ToolFetch { .. } => 4,
             Self::NativeMismatch { .. } | Self::Pack(_) => 5,
             Self::Key { .. } | Self::KeyExists(_) => 6,
             Self::NoKubeconfig(_) | Self::Forbidden { .. } | Self::Kube { .. } => 7,

@@ -1,15 +1,26 @@
-//! Production dependencies, installed with the project's own package manager into a
-//! staging copy (never the user's node_modules), cached by what the installed tree
-//! depends on: lockfile, dependency fields of package.json, manager, Node major,
-//! platform and libc. A code-only change reinstalls nothing.
+//! Dependencies, installed with the project's own package manager into a staging
+//! copy (never the user's node_modules), cached by what the installed tree depends
+//! on: lockfile, dependency fields of every package.json involved, manager and its
+//! version, Node major, platform and libc. A code-only change reinstalls nothing.
+//! Production installs become the deps layer; full installs (dev dependencies too)
+//! serve only the build step and are cached under their own keys.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use sha2::{Digest as _, Sha256};
 
 use crate::errors::CliError;
 use crate::project::{PackageManager, Project};
+use crate::tools::{Tool, ToolSpec, tail};
+
+/// What an install is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Production dependencies only: the deps layer.
+    Production,
+    /// Dev dependencies too, for the build step; never packed.
+    Full,
+}
 
 /// The runtime the dependencies are installed for.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -20,45 +31,80 @@ pub struct Target {
     pub libc: String,
 }
 
-/// Files copied next to package.json for the install; `.npmrc` carries private
-/// registry settings and tokens, so it is used here and never packed.
-const INSTALL_INPUTS: [&str; 8] = [
+/// Files copied from the project root for the install; `.npmrc` and the yarn rc
+/// files carry private registry settings and tokens, so they are used here and
+/// never packed.
+const INSTALL_INPUTS: [&str; 10] = [
     "package.json",
     "package-lock.json",
     "npm-shrinkwrap.json",
     "yarn.lock",
     "pnpm-lock.yaml",
+    "pnpm-workspace.yaml",
+    ".pnpmfile.cjs",
     ".npmrc",
     ".yarnrc",
     ".yarnrc.yml",
 ];
 
+/// Folders the install may need: a berry project's own yarn release and plugins,
+/// and patches that yarn's `patch:` protocol or pnpm's patchedDependencies apply.
+const INSTALL_INPUT_DIRS: [&str; 4] = [".yarn/releases", ".yarn/plugins", ".yarn/patches", "patches"];
+
+/// Files the managers write next to the tree that record when and where it was
+/// installed: not needed to run, and they would make the layer differ per machine.
+const INSTALL_RECORDS: [&str; 5] = [
+    "node_modules/.modules.yaml",
+    "node_modules/.pnpm-workspace-state.json",
+    "node_modules/.pnpm-workspace-state-v1.json",
+    "node_modules/.yarn-integrity",
+    "node_modules/.yarn-state.yml",
+];
+
 /// The cache key of the deps layer: hex sha256 over everything the installed tree
 /// depends on.
-pub fn cache_key(project: &Project, target: &Target) -> Result<String, CliError> {
+pub fn cache_key(
+    project: &Project,
+    target: &Target,
+    tool: &ToolSpec,
+    mode: Mode,
+) -> Result<String, CliError> {
     let mut h = Sha256::new();
-    h.update(b"aether-deps-v1\n");
-    h.update(project.manager.to_string());
+    h.update(b"aether-deps-v2\n");
+    h.update(tool.describe());
+    if mode == Mode::Full {
+        h.update(b"\nfull");
+    }
     if let Some(lock) = &project.lockfile {
         h.update(std::fs::read(lock).map_err(CliError::io("reading the lockfile"))?);
     }
+    h.update(format!("\nmember {}\n", project.member));
     // Only the fields that change what gets installed, so a version bump or a new
-    // script does not force a reinstall.
-    for field in [
-        "dependencies",
-        "optionalDependencies",
-        "overrides",
-        "resolutions",
-        "pnpm",
-    ] {
-        h.update(field);
-        h.update(
-            project
-                .package_json
-                .get(field)
-                .map(|v| v.to_string())
-                .unwrap_or_default(),
-        );
+    // script does not force a reinstall; for a workspace, those of every package.
+    let mut manifests = vec![(String::new(), project.root_package_json.clone())];
+    for member in &project.members {
+        let text = std::fs::read_to_string(project.root.join(member).join("package.json"))
+            .map_err(CliError::io(format!("reading {member}/package.json")))?;
+        manifests.push((member.clone(), serde_json::from_str(&text).unwrap_or_default()));
+    }
+    for (member, pkg) in &manifests {
+        h.update(member);
+        for field in [
+            "name",
+            "dependencies",
+            "devDependencies",
+            "optionalDependencies",
+            "overrides",
+            "resolutions",
+            "pnpm",
+            "workspaces",
+        ] {
+            if field == "devDependencies" && mode == Mode::Production {
+                continue;
+            }
+            h.update(field);
+            h.update(pkg.get(field).map(|v| v.to_string()).unwrap_or_default());
+        }
     }
     h.update(format!(
         "\n{}\n{}\n{}",
@@ -91,12 +137,14 @@ pub struct Installed {
     pub cached: bool,
 }
 
-/// Install (or find in the cache) the production dependencies of `project` for
-/// `target`. Native modules are checked once, before the install is cached: the
-/// target is part of the key, so a cached install has passed the check.
+/// Install (or find in the cache) the dependencies of `project` for `target`.
+/// Native modules are checked once, before the install is cached: the target is
+/// part of the key, so a cached install has passed the check.
 pub fn ensure_installed(
     project: &Project,
     target: &Target,
+    tool: &Tool,
+    mode: Mode,
     key: &str,
     cache: &Path,
 ) -> Result<Installed, CliError> {
@@ -110,21 +158,22 @@ pub fn ensure_installed(
         .prefix(".install-")
         .tempdir_in(&parent)
         .map_err(CliError::io("creating a staging folder"))?;
-    for name in INSTALL_INPUTS {
-        let src = project.root.join(name);
-        if src.is_file() {
-            std::fs::copy(&src, staging.path().join(name))
-                .map_err(CliError::io(format!("copying {name}")))?;
-        }
-    }
-    run_install(project.manager, project.lockfile.is_some(), staging.path())?;
+    copy_install_inputs(project, staging.path())?;
+    run_install(project, tool, mode, cache, staging.path())?;
     // Secrets used for the install must not outlive it.
-    let _ = std::fs::remove_file(staging.path().join(".npmrc"));
+    for name in [".npmrc", ".yarnrc", ".yarnrc.yml"] {
+        let _ = std::fs::remove_file(staging.path().join(name));
+    }
+    for record in INSTALL_RECORDS {
+        let _ = std::fs::remove_file(staging.path().join(record));
+    }
     if !staging.path().join("node_modules").is_dir() {
         std::fs::create_dir(staging.path().join("node_modules"))
             .map_err(CliError::io("creating node_modules"))?;
     }
-    check_native_modules(&staging.path().join("node_modules"), target)?;
+    if mode == Mode::Production {
+        check_native_modules(&staging.path().join("node_modules"), target)?;
+    }
     std::fs::write(staging.path().join(".complete"), key)
         .map_err(CliError::io("marking the install complete"))?;
     let staged = staging.keep();
@@ -139,61 +188,134 @@ pub fn ensure_installed(
     Ok(Installed { dir, cached: false })
 }
 
-fn run_install(manager: PackageManager, frozen: bool, dir: &Path) -> Result<(), CliError> {
-    let (program, args): (&str, Vec<&str>) = match (manager, frozen) {
-        (PackageManager::Npm, true) => (
-            "npm",
-            vec!["ci", "--omit=dev", "--no-audit", "--no-fund", "--loglevel=error"],
-        ),
-        (PackageManager::Npm, false) => (
-            "npm",
-            vec![
-                "install",
-                "--omit=dev",
-                "--no-audit",
-                "--no-fund",
-                "--no-package-lock",
-            ],
-        ),
-        (PackageManager::YarnClassic, _) => (
-            "yarn",
-            vec![
-                "install",
-                "--frozen-lockfile",
-                "--production",
-                "--non-interactive",
-                "--silent",
-            ],
-        ),
-        (PackageManager::YarnBerry, _) => ("yarn", vec!["workspaces", "focus", "--all", "--production"]),
-        (PackageManager::Pnpm, _) => ("pnpm", vec!["install", "--frozen-lockfile", "--prod"]),
+/// The root's install inputs, and every workspace package's package.json at its
+/// place (the managers need them all to read the lockfile).
+fn copy_install_inputs(project: &Project, staging: &Path) -> Result<(), CliError> {
+    let copy = |rel: &str| -> Result<(), CliError> {
+        let src = project.root.join(rel);
+        if src.is_file() {
+            let dst = staging.join(rel);
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(CliError::io(format!("creating {}", parent.display())))?;
+            }
+            std::fs::copy(&src, &dst).map_err(CliError::io(format!("copying {rel}")))?;
+        }
+        Ok(())
     };
-    let mut cmd = Command::new(program);
-    cmd.args(&args).current_dir(dir).env("CI", "true");
-    if manager == PackageManager::YarnBerry {
-        // A node_modules tree is what the layer carries.
-        cmd.env("YARN_NODE_LINKER", "node-modules")
-            .env("YARN_ENABLE_IMMUTABLE_INSTALLS", "true");
+    for name in INSTALL_INPUTS {
+        copy(name)?;
+    }
+    for member in &project.members {
+        copy(&format!("{member}/package.json"))?;
+    }
+    for dir in INSTALL_INPUT_DIRS {
+        let Ok(entries) = std::fs::read_dir(project.root.join(dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                copy(&format!("{dir}/{}", entry.file_name().to_string_lossy()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The install command for a manager, mode and workspace package. Pure.
+pub fn install_args(manager: PackageManager, mode: Mode, frozen: bool, member: Option<&str>) -> Vec<String> {
+    let prod = mode == Mode::Production;
+    let mut args: Vec<&str> = match manager {
+        PackageManager::Npm if frozen => vec!["ci", "--no-audit", "--no-fund", "--loglevel=error"],
+        PackageManager::Npm => vec!["install", "--no-audit", "--no-fund", "--no-package-lock"],
+        PackageManager::YarnClassic => vec!["install", "--frozen-lockfile", "--non-interactive", "--silent"],
+        // `focus` installs one workspace (or all) and, unlike `install`, can leave
+        // dev dependencies out.
+        PackageManager::YarnBerry => vec!["workspaces", "focus"],
+        PackageManager::Pnpm => vec!["install", "--frozen-lockfile"],
+    };
+    match (manager, prod) {
+        (PackageManager::Npm, true) => args.push("--omit=dev"),
+        (PackageManager::YarnClassic | PackageManager::YarnBerry, true) => args.push("--production"),
+        (PackageManager::Pnpm, true) => args.push("--prod"),
+        _ => {}
+    }
+    let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+    match (manager, member) {
+        (PackageManager::Npm, Some(m)) => args.extend([
+            format!("--workspace={m}"),
+            "--include-workspace-root=false".into(),
+        ]),
+        (PackageManager::YarnBerry, Some(m)) => args.push(m.to_string()),
+        (PackageManager::YarnBerry, None) => args.push("--all".into()),
+        (PackageManager::Pnpm, Some(m)) => args.push(format!("--filter={{./{m}}}...")),
+        _ => {}
+    }
+    args
+}
+
+fn run_install(project: &Project, tool: &Tool, mode: Mode, cache: &Path, dir: &Path) -> Result<(), CliError> {
+    let member = (!project.member.is_empty()).then_some(project.member.as_str());
+    let mut cmd = tool.command();
+    cmd.args(install_args(
+        project.manager,
+        mode,
+        project.lockfile.is_some(),
+        member,
+    ))
+    .current_dir(dir)
+    .env("CI", "true")
+    // A production NODE_ENV would make yarn and pnpm leave out dev dependencies.
+    .env_remove("NODE_ENV");
+    if let Some(bin) = &tool.bin_dir {
+        cmd.env("PATH", path_with(std::slice::from_ref(bin)));
+    }
+    match project.manager {
+        PackageManager::YarnClassic => {
+            cmd.env("YARN_CACHE_FOLDER", cache.join("yarn-classic-cache"));
+        }
+        PackageManager::YarnBerry => {
+            // A node_modules tree is what the layer carries, PnP projects included.
+            cmd.env("YARN_NODE_LINKER", "node-modules")
+                .env(
+                    "YARN_ENABLE_IMMUTABLE_INSTALLS",
+                    project.lockfile.is_some().to_string(),
+                )
+                .env("YARN_ENABLE_GLOBAL_CACHE", "false")
+                .env("YARN_CACHE_FOLDER", cache.join("yarn-berry-cache"))
+                .env("YARN_ENABLE_TELEMETRY", "0");
+        }
+        PackageManager::Pnpm => {
+            cmd.arg(format!("--store-dir={}", cache.join("pnpm-store").display()))
+                .arg("--config.confirmModulesPurge=false");
+        }
+        PackageManager::Npm => {}
     }
     let output = match cmd.output() {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(CliError::NoPackageManager {
-                manager: manager.to_string(),
+                manager: project.manager.to_string(),
             });
         }
-        Err(e) => return Err(CliError::io(format!("running {program}"))(e)),
+        Err(e) => return Err(CliError::io(format!("running {}", tool.describe()))(e)),
     };
     if !output.status.success() {
-        let text = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        let mut text = output.stdout.clone();
+        text.extend_from_slice(&output.stderr);
         return Err(CliError::InstallFailed {
-            manager: manager.to_string(),
+            manager: tool.describe(),
             code: output.status.code().map_or("signal".into(), |c| c.to_string()),
-            output: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            output: tail(&text, 15),
         });
     }
     Ok(())
+}
+
+/// `$PATH` with `dirs` in front.
+pub fn path_with(dirs: &[PathBuf]) -> std::ffi::OsString {
+    let current = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(dirs.iter().cloned().chain(std::env::split_paths(&current))).unwrap_or(current)
 }
 
 /// Native addons (`*.node` ELF files) must match the runtime's architecture and libc.

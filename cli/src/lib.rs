@@ -10,6 +10,7 @@ pub mod pack;
 pub mod printer;
 pub mod project;
 pub mod sbom;
+pub mod tools;
 pub mod upload;
 
 use args::{Cli, Command, KeysCommand};

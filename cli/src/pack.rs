@@ -1,5 +1,6 @@
-//! `aether pack` as a pipeline: install (cached) → pack deps (cached) → pack app →
-//! manifest → SBOM → sign, writing content-addressed blobs to the output folder.
+//! `aether pack` as a pipeline: install (cached) → pack deps (cached) → build (when
+//! the project has a build script) → check the start command → pack app → manifest
+//! → SBOM → sign, writing content-addressed blobs to the output folder.
 //! Progress goes through [`Reporter`], so this module carries no UI code.
 
 use std::fs;
@@ -13,15 +14,17 @@ use aether_artifact::{Digest, LAYER_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
 use serde::Serialize;
 
 use crate::errors::CliError;
-use crate::install::{self, Target};
-use crate::project::{PackageManager, Project};
+use crate::install::{self, Installed, Mode, Target, path_with};
+use crate::project::{self, Missing, PackageManager, Project};
 use crate::sbom;
+use crate::tools::{Tool, ToolSpec, tail};
 
 /// Long-running steps, for progress display and timings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Install,
     PackDeps,
+    Build,
     PackApp,
     Sbom,
 }
@@ -31,6 +34,7 @@ impl Phase {
         match self {
             Phase::Install => "Installing production dependencies",
             Phase::PackDeps => "Packing dependencies",
+            Phase::Build => "Building",
             Phase::PackApp => "Packing app",
             Phase::Sbom => "Writing SBOM",
         }
@@ -46,6 +50,12 @@ pub trait Reporter {
 #[derive(Debug)]
 pub struct PackRequest {
     pub project: Project,
+    /// The package manager, at the release the project pins.
+    pub tool: ToolSpec,
+    /// Cache key of the production install (the deps layer).
+    pub deps_key: String,
+    /// Run the project's build script, if it has one.
+    pub build: bool,
     pub app: String,
     pub namespace: String,
     pub target: Target,
@@ -132,15 +142,28 @@ pub struct SignatureOut {
 pub struct Timings {
     pub install: u64,
     pub pack_deps: u64,
+    pub build: u64,
     pub pack_app: u64,
     pub sbom: u64,
     pub total: u64,
 }
 
-/// Names never packed into the app layer, wherever they appear: VCS data, secrets,
-/// installed dependencies (they are the deps layer) and Aether's own output.
+/// Names never packed into the app layer, wherever they appear: VCS data, secrets
+/// (registry tokens live in the rc files), installed dependencies and yarn's own
+/// state (the deps layer is the node_modules tree) and Aether's own output.
 fn always_excluded(name: &str) -> bool {
-    matches!(name, ".git" | "node_modules" | ".aether" | ".npmrc") || name.starts_with(".env")
+    matches!(
+        name,
+        ".git"
+            | "node_modules"
+            | ".aether"
+            | ".npmrc"
+            | ".yarnrc"
+            | ".yarnrc.yml"
+            | ".yarn"
+            | ".pnp.cjs"
+            | ".pnp.loader.mjs"
+    ) || name.starts_with(".env")
 }
 
 pub fn pack(req: &PackRequest, reporter: &dyn Reporter) -> Result<PackOutcome, CliError> {
@@ -150,10 +173,18 @@ pub fn pack(req: &PackRequest, reporter: &dyn Reporter) -> Result<PackOutcome, C
     fs::create_dir_all(&blobs).map_err(CliError::io(format!("creating {}", blobs.display())))?;
     let options = PackOptions::default();
 
-    // Dependencies: installed and packed once per cache key.
-    let key = install::cache_key(&req.project, &req.target)?;
     // Where the deps layer comes from: a layer storage already has for this key (when
     // the local cache lacks it), or a local install, packed once per key.
+    let key = req.deps_key.clone();
+    let mut tool: Option<Tool> = None;
+    let mut tool = |cache: &Path| -> Result<Tool, CliError> {
+        if let Some(t) = &tool {
+            return Ok(t.clone());
+        }
+        let t = req.tool.ensure(cache)?;
+        tool = Some(t.clone());
+        Ok(t)
+    };
     let t = Instant::now();
     reporter.started(Phase::Install);
     let (local, deps, deps_cached, deps_source) = match &req.remote_deps {
@@ -172,7 +203,22 @@ pub fn pack(req: &PackRequest, reporter: &dyn Reporter) -> Result<PackOutcome, C
             )
         }
         _ => {
-            let installed = install::ensure_installed(&req.project, &req.target, &key, &req.cache_dir)?;
+            let installed = if install::is_installed(&key, &req.cache_dir) {
+                Installed {
+                    dir: req.cache_dir.join("deps").join(&key),
+                    cached: true,
+                }
+            } else {
+                let tool = tool(&req.cache_dir)?;
+                install::ensure_installed(
+                    &req.project,
+                    &req.target,
+                    &tool,
+                    Mode::Production,
+                    &key,
+                    &req.cache_dir,
+                )?
+            };
             reporter.finished(Phase::Install, if installed.cached { "cached" } else { "done" });
             timings.install = ms(t);
             reporter.started(Phase::PackDeps);
@@ -189,11 +235,42 @@ pub fn pack(req: &PackRequest, reporter: &dyn Reporter) -> Result<PackOutcome, C
     };
     reporter.finished(Phase::PackDeps, &layer_detail(&deps, deps_cached));
 
+    let out_dir = req.out_dir.canonicalize().unwrap_or_else(|_| req.out_dir.clone());
+    let project = &req.project;
+    let sources = app_paths(&project.root, &out_dir, &project.local_packages)?;
+    // With a build, the app layer is packed from the build's folder: the sources
+    // plus everything the build wrote, whatever .gitignore says of it.
+    let built = match project.build_script().filter(|_| req.build) {
+        Some(script) => {
+            let t = Instant::now();
+            reporter.started(Phase::Build);
+            let tool = tool(&req.cache_dir)?;
+            let full_key = install::cache_key(project, &req.target, &req.tool, Mode::Full)?;
+            let full = install::ensure_installed(
+                project,
+                &req.target,
+                &tool,
+                Mode::Full,
+                &full_key,
+                &req.cache_dir,
+            )?;
+            let dir = build(project, script, &sources, &full, &tool, &req.cache_dir)?;
+            let paths = built_paths(dir.path(), &project.local_packages)?;
+            reporter.finished(Phase::Build, &format!("{} files", paths.len()));
+            timings.build = ms(t);
+            Some((dir, paths))
+        }
+        None => None,
+    };
+    let (layer_root, paths) = match &built {
+        Some((dir, paths)) => (dir.path(), paths),
+        None => (project.root.as_path(), &sources),
+    };
+    check_start(project, paths, local.as_ref())?;
+
     let t = Instant::now();
     reporter.started(Phase::PackApp);
-    let out_dir = req.out_dir.canonicalize().unwrap_or_else(|_| req.out_dir.clone());
-    let paths = app_paths(&req.project.root, &out_dir)?;
-    let app = write_layer(&req.project.root, &paths, &blobs, &options)?;
+    let app = write_layer(layer_root, paths, &blobs, &options)?;
     reporter.finished(Phase::PackApp, &layer_detail(&app, false));
     timings.pack_app = ms(t);
 
@@ -210,7 +287,8 @@ pub fn pack(req: &PackRequest, reporter: &dyn Reporter) -> Result<PackOutcome, C
             libc: req.target.libc.clone(),
         },
         entrypoint: req.project.entrypoint.clone(),
-        source: source_info(&req.project.root),
+        workdir: req.project.workdir(),
+        source: source_info(&req.project.dir()),
     };
     let manifest_bytes = manifest.to_canonical_json();
     let digest = Digest::of(&manifest_bytes);
@@ -265,7 +343,7 @@ pub fn pack(req: &PackRequest, reporter: &dyn Reporter) -> Result<PackOutcome, C
         signature,
         runtime: req.target.clone(),
         entrypoint: req.project.entrypoint.clone(),
-        package_manager: req.project.manager.to_string(),
+        package_manager: req.tool.describe(),
         install_skipped: local.as_ref().is_none_or(|i| i.cached),
         deps_source,
         out: req.out_dir.clone(),
@@ -344,9 +422,27 @@ fn pack_deps(
     {
         return Ok((stats, true));
     }
-    let paths = layer::collect(install_dir, &mut |p, _| {
-        p == "node_modules" || p.starts_with("node_modules/")
+    // Every node_modules folder: the root's, and a workspace's packages' own (the
+    // install folder holds nothing else but their package.json files), with the
+    // folders on the way to them.
+    let in_node_modules = |p: &str| p.split('/').any(|part| part == "node_modules");
+    let candidates = layer::collect(install_dir, &mut |p, is_dir| {
+        in_node_modules(p) || (is_dir && !p.starts_with('.'))
     })?;
+    let roots: Vec<&String> = candidates
+        .iter()
+        .filter(|p| p.rsplit('/').next() == Some("node_modules"))
+        .collect();
+    let paths: Vec<String> = candidates
+        .iter()
+        .filter(|p| {
+            in_node_modules(p)
+                || roots
+                    .iter()
+                    .any(|r| r.strip_prefix(p.as_str()).is_some_and(|s| s.starts_with('/')))
+        })
+        .cloned()
+        .collect();
     let tmp =
         tempfile::NamedTempFile::new_in(install_dir).map_err(CliError::io("creating the deps layer"))?;
     let stats = layer::pack_layer(install_dir, &paths, tmp.as_file(), options)?;
@@ -369,7 +465,7 @@ fn link_or_copy(src: &Path, dst: &Path) -> std::io::Result<()> {
 
 /// The app layer's paths: everything not ignored by `.aetherignore` (or, without
 /// one, `.gitignore`) and not [`always_excluded`]. Ignored folders are pruned.
-pub fn app_paths(root: &Path, out_dir: &Path) -> Result<Vec<String>, CliError> {
+pub fn app_paths(root: &Path, out_dir: &Path, scope: &[String]) -> Result<Vec<String>, CliError> {
     let mut builder = ignore::WalkBuilder::new(root);
     builder
         .hidden(false)
@@ -403,10 +499,189 @@ pub fn app_paths(root: &Path, out_dir: &Path) -> Result<Vec<String>, CliError> {
         let rel = rel.to_str().ok_or_else(|| aether_artifact::PackError::NotUtf8 {
             path: entry.path().into(),
         })?;
-        paths.push(rel.to_string());
+        if in_scope(rel, scope, entry.file_type().is_some_and(|t| t.is_dir())) {
+            paths.push(rel.to_string());
+        }
     }
     paths.sort_unstable();
     Ok(paths)
+}
+
+/// Whether a path belongs in a workspace package's artifact: the root's own files
+/// (configuration builds read, such as a shared tsconfig), the `scope` packages and
+/// the folders above them. An empty scope takes everything.
+fn in_scope(rel: &str, scope: &[String], is_dir: bool) -> bool {
+    scope.is_empty()
+        || (!is_dir && !rel.contains('/'))
+        || scope.iter().any(|p| {
+            rel == p
+                || rel.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('/'))
+                || p.strip_prefix(rel).is_some_and(|r| r.starts_with('/'))
+        })
+}
+
+/// Run the build in a copy of the sources whose node_modules folders point at the
+/// full install (dev dependencies included): `prebuild`, `build` and `postbuild`
+/// as npm would run them, with node_modules/.bin and the package manager on PATH.
+fn build(
+    project: &Project,
+    script: &str,
+    sources: &[String],
+    full: &Installed,
+    tool: &Tool,
+    cache: &Path,
+) -> Result<tempfile::TempDir, CliError> {
+    let parent = cache.join("builds");
+    fs::create_dir_all(&parent).map_err(CliError::io(format!("creating {}", parent.display())))?;
+    let dir = tempfile::Builder::new()
+        .prefix("build-")
+        .tempdir_in(&parent)
+        .map_err(CliError::io("creating the build folder"))?;
+    for rel in sources {
+        copy_entry(&project.root.join(rel), &dir.path().join(rel))
+            .map_err(CliError::io(format!("copying {rel}")))?;
+    }
+    let package_dir = dir.path().join(&project.member);
+    let mut bins = Vec::new();
+    for rel in std::iter::once("").chain(project.members.iter().map(String::as_str)) {
+        let installed = full.dir.join(rel).join("node_modules");
+        if installed.is_dir() {
+            let link = dir.path().join(rel).join("node_modules");
+            fs::create_dir_all(dir.path().join(rel)).map_err(CliError::io("creating the build folder"))?;
+            std::os::unix::fs::symlink(&installed, &link)
+                .map_err(CliError::io("linking node_modules for the build"))?;
+        }
+    }
+    if !project.member.is_empty() {
+        bins.push(package_dir.join("node_modules/.bin"));
+    }
+    bins.push(dir.path().join("node_modules/.bin"));
+    bins.extend(tool.bin_dir.clone());
+
+    let scripts = &project.package_json["scripts"];
+    let steps: Vec<&str> = [
+        scripts["prebuild"].as_str(),
+        Some(script),
+        scripts["postbuild"].as_str(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let command = steps.join(" && ");
+    let output = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&command)
+        .current_dir(&package_dir)
+        .env("PATH", path_with(&bins))
+        .env("npm_lifecycle_event", "build")
+        .env(
+            "npm_package_name",
+            project.package_json["name"].as_str().unwrap_or_default(),
+        )
+        .env(
+            "npm_package_version",
+            project.package_json["version"].as_str().unwrap_or_default(),
+        )
+        .env("INIT_CWD", &package_dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(CliError::io("running the build"))?;
+    if !output.status.success() {
+        let mut text = output.stdout.clone();
+        text.extend_from_slice(&output.stderr);
+        return Err(CliError::BuildFailed {
+            script: command,
+            code: output.status.code().map_or("signal".into(), |c| c.to_string()),
+            output: tail(&text, 30),
+        });
+    }
+    Ok(dir)
+}
+
+/// Copy a file, folder (not its content) or symlink as it is.
+fn copy_entry(src: &Path, dst: &Path) -> std::io::Result<()> {
+    let meta = fs::symlink_metadata(src)?;
+    if let Some(parent) = dst.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    if meta.is_dir() {
+        fs::create_dir_all(dst)
+    } else if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(src)?, dst)
+    } else {
+        fs::copy(src, dst).map(|_| ())
+    }
+}
+
+/// Everything in the build folder but node_modules and what is never packed.
+fn built_paths(dir: &Path, scope: &[String]) -> Result<Vec<String>, CliError> {
+    let mut builder = ignore::WalkBuilder::new(dir);
+    builder.standard_filters(false);
+    builder.filter_entry(|e| !always_excluded(&e.file_name().to_string_lossy()));
+    let mut paths = Vec::new();
+    for entry in builder.build() {
+        let entry = entry
+            .map_err(|e| CliError::io("listing the build output")(std::io::Error::other(e.to_string())))?;
+        if entry.depth() == 0 {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(dir).expect("walk stays under the root");
+        let rel = rel.to_str().ok_or_else(|| aether_artifact::PackError::NotUtf8 {
+            path: entry.path().into(),
+        })?;
+        if in_scope(rel, scope, entry.file_type().is_some_and(|t| t.is_dir())) {
+            paths.push(rel.to_string());
+        }
+    }
+    paths.sort_unstable();
+    Ok(paths)
+}
+
+/// Refuse, before anything is uploaded, a start command whose file or command the
+/// artifact lacks. Commands are looked up in the production install's .bin
+/// folders; a deps layer reused from storage was checked when it was packed.
+fn check_start(project: &Project, paths: &[String], deps: Option<&Installed>) -> Result<(), CliError> {
+    let prefix = if project.member.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", project.member)
+    };
+    let has_file = |f: &str| {
+        paths
+            .binary_search(&format!("{prefix}{}", f.trim_end_matches('/')))
+            .is_ok()
+    };
+    let has_bin = |name: &str| {
+        deps.is_none_or(|d| {
+            [d.dir.join(&project.member), d.dir.clone()]
+                .iter()
+                .any(|base| base.join("node_modules/.bin").join(name).exists())
+        })
+    };
+    let argv = &project.entrypoint;
+    project::check_start(argv, has_file, has_bin).map_err(|missing| {
+        let command = argv.last().cloned().unwrap_or_default();
+        let command = if argv.first().is_some_and(|a| a == "/bin/sh") {
+            command
+        } else {
+            argv.join(" ")
+        };
+        let (missing, hint) = match missing {
+            Missing::File(f) if project.build_script().is_some() => (
+                f,
+                "check the build writes it (the build ran in a clean copy of the project), or fix the start script".to_string(),
+            ),
+            Missing::File(f) => (
+                f,
+                "add a \"build\" script that produces it, or fix the start script (files ignored by .gitignore or .aetherignore are not packed)".to_string(),
+            ),
+            Missing::Command(c) => (
+                format!("`{c}`"),
+                format!("add the package that provides `{c}` to \"dependencies\" (dev dependencies are not installed for production)"),
+            ),
+        };
+        CliError::StartMissing { command, missing, hint }
+    })
 }
 
 fn write_layer(

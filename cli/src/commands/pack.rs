@@ -2,10 +2,11 @@ use aether_artifact::signature::SigningKey;
 
 use crate::args::{GlobalArgs, OutputFormat, PackArgs};
 use crate::errors::CliError;
-use crate::install::{self, Target};
+use crate::install::{self, Mode, Target};
 use crate::pack::{self, PackOutcome, PackRequest, human_bytes};
 use crate::printer::Printer;
 use crate::project;
+use crate::tools::ToolSpec;
 
 pub fn run(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Result<PackOutcome, CliError> {
     let outcome = pack_only(args, global, printer)?;
@@ -21,9 +22,17 @@ pub fn pack_only(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Res
 
 /// Pack a prepared request, announcing it.
 pub fn run_request(request: &PackRequest, printer: &Printer) -> Result<PackOutcome, CliError> {
+    let workspace = request
+        .project
+        .workdir()
+        .map(|w| format!(", workspace package {w}"))
+        .unwrap_or_default();
     printer.info(format!(
-        "Packing {} ({}, Node {}, {})",
-        request.app, request.project.manager, request.target.node_major, request.target.platform
+        "Packing {} ({}, Node {}, {}{workspace})",
+        request.app,
+        request.tool.describe(),
+        request.target.node_major,
+        request.target.platform
     ));
     pack::pack(request, printer)
 }
@@ -31,7 +40,7 @@ pub fn run_request(request: &PackRequest, printer: &Printer) -> Result<PackOutco
 /// Everything `aether pack` decides before packing: project, app name, target
 /// runtime, signing key, output and cache folders.
 pub fn request(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Result<PackRequest, CliError> {
-    let project = project::detect(&args.dir, args.allow_no_lockfile)?;
+    let project = project::detect(&args.dir, args.workspace.as_deref(), args.allow_no_lockfile)?;
     if project.lockfile.is_none() {
         printer.warn(
             "packing without a lockfile: dependencies are resolved now and the artifact is not reproducible",
@@ -41,7 +50,14 @@ pub fn request(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Resul
     let node_major = args
         .node
         .or_else(|| project::engines_node_major(&project.package_json))
+        .or_else(|| project::engines_node_major(&project.root_package_json))
         .unwrap_or_else(local_node_major);
+    if !aether_crds::NODE_MAJORS.contains(&node_major) {
+        return Err(CliError::UnsupportedNode {
+            major: node_major,
+            available: aether_crds::NODE_MAJORS.map(|m| m.to_string()).join(", "),
+        });
+    }
     let target = Target {
         node_major,
         platform: args.platform.clone(),
@@ -66,14 +82,20 @@ pub fn request(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Resul
     let out_dir = args
         .out
         .clone()
-        .unwrap_or_else(|| project.root.join(".aether").join("out"));
+        .unwrap_or_else(|| project.dir().join(".aether").join("out"));
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(install::default_cache_dir);
+    let tool = ToolSpec::for_project(&project);
+    let deps_key = install::cache_key(&project, &target, &tool, Mode::Production)?;
     Ok(PackRequest {
         project,
+        tool,
+        deps_key,
+        build: !args.no_build,
         app,
         namespace: global.namespace.clone().unwrap_or_else(|| "default".into()),
         target,
         out_dir,
-        cache_dir: args.cache_dir.clone().unwrap_or_else(install::default_cache_dir),
+        cache_dir,
         signing_key,
         remote_deps: None,
     })

@@ -70,7 +70,7 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
     let api: Api<AetherArtifact> = Api::namespaced(client.clone(), &namespace);
     let t = Instant::now();
     let mut request = super::pack::request(&args.pack, &global, printer)?;
-    let key = crate::install::cache_key(&request.project, &request.target)?;
+    let key = request.deps_key.clone();
     if !crate::install::is_installed(&key, &request.cache_dir) {
         request.remote_deps = remote_deps(&api, &request.app, &key)
             .await

@@ -65,7 +65,7 @@ pub async fn run(args: &StatusArgs, global: &GlobalArgs, printer: &Printer) -> R
         Some(a) => a.clone(),
         None => {
             let cwd = std::env::current_dir().map_err(CliError::io("reading the current folder"))?;
-            let project = crate::project::detect(&cwd, true)?;
+            let project = crate::project::detect(&cwd, None, true)?;
             crate::project::app_name(&project, None)?
         }
     };
