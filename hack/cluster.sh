@@ -7,12 +7,12 @@
 #
 # Components: containerd + runc + CNI bridge (Debian), etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubelet, kube-proxy (built from the
-# k8s.io/kubernetes module) and Garage (S3). Nothing listens on a non-loopback
-# address except on the pod bridge this script creates.
+# k8s.io/kubernetes module), CoreDNS (cluster DNS) and Garage (S3). Nothing
+# listens on a non-loopback address except on the pod bridge this script creates.
 source "$(dirname "$0")/lib.sh"
 
 # Stop order is the reverse of start order.
-SERVICES=(containerd etcd garage kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+SERVICES=(containerd etcd garage kube-apiserver kube-controller-manager kube-scheduler coredns kubelet kube-proxy)
 
 
 # ---------------------------------------------------------------- processes --
@@ -64,10 +64,11 @@ kill_pod_processes() {
     [[ -d "$d" ]] || continue
     find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u | xargs -r kill -KILL 2>/dev/null || true
   done
-  # containerd shims serving our socket (and nobody else's).
+  # containerd shims serving our socket (and nobody else's). stderr is redirected
+  # first so that a process gone since the glob goes unreported.
   local p
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qF -- "-address $CONTAINERD_SOCK "; then
+    if tr '\0' ' ' 2>/dev/null < "$p/cmdline" | grep -qF -- "-address $CONTAINERD_SOCK "; then
       kill -KILL "${p#/proc/}" 2>/dev/null || true
     fi
   done
@@ -163,8 +164,9 @@ make_pki() {
   cert controller-manager system:kube-controller-manager
   cert scheduler system:kube-scheduler
   cert proxy system:kube-proxy
+  cert coredns system:coredns
   kubeconfig admin "$KUBECONFIG_ADMIN"
-  local c; for c in kubelet controller-manager scheduler proxy; do kubeconfig "$c" "$STATE_DIR/$c.kubeconfig"; done
+  local c; for c in kubelet controller-manager scheduler proxy coredns; do kubeconfig "$c" "$STATE_DIR/$c.kubeconfig"; done
 }
 
 # ------------------------------------------------------------------- phases --
@@ -175,6 +177,7 @@ check_binaries() {
     [[ -x "$K8S_BIN/$b" ]] || die "missing $K8S_BIN/$b: run hack/build-components.sh"
   done
   [[ -x "$ETCD_BIN/etcd" ]] || die "missing $ETCD_BIN/etcd: run hack/build-components.sh"
+  [[ -x "$COREDNS_BIN/coredns" ]] || die "missing $COREDNS_BIN/coredns: run hack/build-components.sh"
   [[ -x "$GARAGE_BIN/garage" ]] || die "missing $GARAGE_BIN/garage: run hack/build-components.sh"
 }
 
@@ -324,6 +327,44 @@ start_control_plane() {
     --bind-address 127.0.0.1 --leader-elect=false --profiling=false
 }
 
+# Cluster DNS runs on the host like the control plane, answering on the bridge
+# address the kubelet hands pods as their nameserver. Its identity may only
+# list and watch what the kubernetes plugin reads.
+start_coredns() {
+  kubectl_admin apply --server-side --field-manager aether-hack -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:coredns"}
+rules:
+- {apiGroups: [""], resources: [services, namespaces], verbs: [list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:coredns"}
+EOF
+  # No health, metrics or loop plugins: each would listen or send probes of its own.
+  # `ready` (loopback) answers 200 once the kubernetes plugin has synced.
+  cat > "$STATE_DIR/Corefile" <<EOF
+.:53 {
+    bind $CLUSTER_DNS_IP
+    errors
+    ready 127.0.0.1:8181
+    kubernetes $CLUSTER_DOMAIN in-addr.arpa ip6.arpa {
+        kubeconfig $STATE_DIR/coredns.kubeconfig local
+        fallthrough in-addr.arpa ip6.arpa
+    }
+    forward . /etc/resolv.conf
+    cache 30
+}
+EOF
+  start coredns "$COREDNS_BIN/coredns" -conf "$STATE_DIR/Corefile"
+  wait_for coredns 60 curl -fsS http://127.0.0.1:8181/ready
+}
+
 # The kubelet's cgroupRoot must exist in every v1 hierarchy (v2: the one tree).
 make_pod_cgroups() {
   local h
@@ -360,7 +401,8 @@ cgroupDriver: cgroupfs
 cgroupRoot: /$CGROUP_ROOT
 failCgroupV1: false
 failSwapOn: false
-clusterDomain: cluster.local
+clusterDomain: $CLUSTER_DOMAIN
+clusterDNS: [$CLUSTER_DNS_IP]
 # Imported images cannot be pulled again: never garbage-collect them.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
@@ -413,6 +455,7 @@ cmd_up() {
     phase "etcd" start_etcd
     phase "garage (S3)" start_garage
     phase "control plane" start_control_plane
+    phase "cluster DNS" start_coredns
     phase "kubelet and kube-proxy" start_node
   fi
   kubectl_admin wait --for=condition=Ready "node/$NODE_NAME" --timeout=120s >/dev/null
@@ -422,19 +465,21 @@ cmd_up() {
 
 cmd_env() {
   [[ -f "$KUBECONFIG_ADMIN" && -f "$STATE_DIR/garage/credentials" ]] || die "the local cluster is not up: run hack/cluster.sh up"
-  local node_major; node_major="$(node -p 'process.versions.node.split(".")[0]')"
+  local v majors=()
+  for v in "${NODE_VERSIONS[@]}"; do majors+=("${v%%.*}"); done
   echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
   echo "export AETHER_S3_ENDPOINT=$S3_ENDPOINT"
   echo "export AETHER_S3_REGION=$S3_REGION"
   echo "export AETHER_S3_BUCKET=$S3_BUCKET"
   sed 's/^/export /' "$STATE_DIR/garage/credentials"
-  echo "export AETHER_NODE_IMAGE=aether.local/node:$node_major"
+  echo "export AETHER_NODE_IMAGE=aether.local/node:$NODE_DEFAULT_MAJOR"
+  echo "export AETHER_NODE_MAJORS=\"${majors[*]}\""
   echo "export AETHER_IMAGE_PULL_POLICY=Never"
 }
 
 cmd_status() {
   local s pid
-  echo "kubernetes $K8S_VERSION, etcd $ETCD_VERSION, garage $GARAGE_VERSION; state in $STATE_DIR"
+  echo "kubernetes $K8S_VERSION, etcd $ETCD_VERSION, coredns $COREDNS_VERSION, garage $GARAGE_VERSION; state in $STATE_DIR"
   for s in "${SERVICES[@]}"; do
     if pid="$(pid_of "$s")"; then printf '  %-24s running (pid %s)\n' "$s" "$pid"
     else printf '  %-24s stopped\n' "$s"; fi

