@@ -18,6 +18,7 @@ use kube::{Api, Client, Resource};
 pub mod app;
 pub mod http;
 pub mod pods;
+pub mod registry;
 pub mod storage;
 
 /// Label on every namespace the tests create, so leftovers are easy to find:
