@@ -222,8 +222,20 @@ fn copy_install_inputs(project: &Project, staging: &Path) -> Result<(), CliError
     Ok(())
 }
 
+/// A workspace package to install for: its folder and its package name.
+#[derive(Debug, Clone, Copy)]
+pub struct Member<'a> {
+    pub path: &'a str,
+    pub name: &'a str,
+}
+
 /// The install command for a manager, mode and workspace package. Pure.
-pub fn install_args(manager: PackageManager, mode: Mode, frozen: bool, member: Option<&str>) -> Vec<String> {
+pub fn install_args(
+    manager: PackageManager,
+    mode: Mode,
+    frozen: bool,
+    member: Option<Member>,
+) -> Vec<String> {
     let prod = mode == Mode::Production;
     let mut args: Vec<&str> = match manager {
         PackageManager::Npm if frozen => vec!["ci", "--no-audit", "--no-fund", "--loglevel=error"],
@@ -243,19 +255,23 @@ pub fn install_args(manager: PackageManager, mode: Mode, frozen: bool, member: O
     let mut args: Vec<String> = args.into_iter().map(String::from).collect();
     match (manager, member) {
         (PackageManager::Npm, Some(m)) => args.extend([
-            format!("--workspace={m}"),
+            format!("--workspace={}", m.path),
             "--include-workspace-root=false".into(),
         ]),
-        (PackageManager::YarnBerry, Some(m)) => args.push(m.to_string()),
+        // `focus` takes workspace names, not folders.
+        (PackageManager::YarnBerry, Some(m)) => args.push(m.name.to_string()),
         (PackageManager::YarnBerry, None) => args.push("--all".into()),
-        (PackageManager::Pnpm, Some(m)) => args.push(format!("--filter={{./{m}}}...")),
+        (PackageManager::Pnpm, Some(m)) => args.push(format!("--filter={{./{}}}...", m.path)),
         _ => {}
     }
     args
 }
 
 fn run_install(project: &Project, tool: &Tool, mode: Mode, cache: &Path, dir: &Path) -> Result<(), CliError> {
-    let member = (!project.member.is_empty()).then_some(project.member.as_str());
+    let member = (!project.member.is_empty()).then(|| Member {
+        path: &project.member,
+        name: project.package_json["name"].as_str().unwrap_or(&project.member),
+    });
     let mut cmd = tool.command();
     cmd.args(install_args(
         project.manager,

@@ -194,3 +194,22 @@ fn a_node_major_no_image_serves_is_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_yarn_workspace_package_packs_the_same_from_its_folder_or_by_name() {
+    let project = tempfile::tempdir().unwrap();
+    copy_project(&example("yarn-workspaces"), project.path());
+    let (c1, c2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let from_folder = pack(&project.path().join("apps/api"), c1.path(), &[]);
+    let by_name = pack(project.path(), c2.path(), &["--workspace", "api"]);
+    assert_eq!(from_folder["digest"], by_name["digest"], "two clean packs differ");
+    let deps = layer_paths(&blob(&from_folder, 0));
+    assert!(
+        deps.iter().any(|p| p == "node_modules/@acme/greeting"),
+        "{deps:?}"
+    );
+    assert!(
+        deps.iter().any(|p| p.starts_with("node_modules/escape-html/")),
+        "{deps:?}"
+    );
+}

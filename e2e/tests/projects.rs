@@ -13,6 +13,8 @@ use aether_crds::AetherArtifact;
 use aether_e2e::app::{Run, aether, copy_project, shared_cache, wait_for_body};
 use aether_e2e::registry::{PrivateRegistry, private_dependency_project};
 use aether_e2e::with_temp_ns;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
 use kube::{Api, Client};
 
 fn example(name: &str) -> PathBuf {
@@ -101,8 +103,34 @@ async fn a_typescript_build_is_built_packed_and_served_and_a_broken_build_upload
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a cluster with Aether installed: run `make e2e`"]
-async fn a_framework_cli_start_script_with_shell_syntax_serves() -> anyhow::Result<()> {
-    example_serves("fastify-cli", "fastify-cli ok\n").await
+async fn a_framework_cli_start_script_with_shell_syntax_serves_on_the_node_its_engines_ask_for()
+-> anyhow::Result<()> {
+    with_temp_ns("fastify", |client, ns| async move {
+        let dir = checkout("fastify-cli")?;
+        serves(&client, &ns, dir.path(), &[], "fastify-cli ok\n").await?;
+        // engines.node ">=22": the artifact asks for Node 22 and the pod runs it.
+        let artifacts: Api<AetherArtifact> = Api::namespaced(client.clone(), &ns);
+        let artifact = &artifacts.list(&Default::default()).await?.items[0];
+        assert_eq!(artifact.spec.runtime.node_major, 22);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let pods = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=fastify-cli"))
+            .await?;
+        let versions: Vec<String> = pods
+            .items
+            .iter()
+            .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+            .flatten()
+            .filter(|c| c.name == "app")
+            .map(|c| c.image.clone())
+            .collect();
+        assert!(
+            !versions.is_empty() && versions.iter().all(|i| i.contains("22")),
+            "{versions:?}"
+        );
+        Ok(())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -169,6 +197,25 @@ async fn a_pnpm_workspace_package_pushed_from_the_root_by_name_serves() -> anyho
         )
         .await?;
         assert_eq!(json["app"], "web");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a cluster with Aether installed: run `make e2e`"]
+async fn a_yarn_workspace_package_pushed_from_its_folder_serves() -> anyhow::Result<()> {
+    with_temp_ns("yarn-ws", |client, ns| async move {
+        let dir = checkout("yarn-workspaces")?;
+        let json = serves(
+            &client,
+            &ns,
+            &dir.path().join("apps/api"),
+            &[],
+            "yarn-workspaces ok\n",
+        )
+        .await?;
+        assert_eq!(json["app"], "api");
         Ok(())
     })
     .await
