@@ -2,16 +2,19 @@
 //! It runs ARGV as `npm start` would: node_modules/.bin of the working directory
 //! and of each folder above it first on PATH, so a start script such as
 //! `fastify start -p ${PORT:-3000}` finds its CLI. Signals the kubelet sends (TERM
-//! on shutdown) reach the app's whole process group, so the server behind a
-//! `sh -c` script gets them too; the container exits with the app's exit code, or
-//! 128 + the signal that killed it, as a shell would.
+//! on shutdown) reach the app; for a `/bin/sh -c` start script they reach its
+//! whole process group, since sh does not pass them on, and supervise stays until
+//! every process of the group has exited, so a server behind the shell can drain
+//! (as PID 1, its exit would kill them all). The container exits with the app's
+//! exit code, or 128 + the signal that killed it, as a shell would.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
 
 use std::path::{Path, PathBuf};
 
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 use tokio::process::Command;
 use tokio::signal::unix::{SignalKind, signal};
@@ -49,33 +52,53 @@ pub async fn supervise(argv: &[String]) -> std::io::Result<u8> {
     }
     let cwd = std::env::current_dir()?;
     let path = search_path(&cwd, std::env::var_os("PATH").as_deref());
-    let mut child = Command::new(program)
-        .args(args)
-        .env("PATH", path)
-        // Its own process group, so a signal reaches a shell's children too.
-        .process_group(0)
+    // A shell script's processes form a group of their own, signalled together; any
+    // other program (a Node cluster primary, say) gets signals alone, as it would
+    // from a container runtime.
+    let group = program == "/bin/sh" || program == "sh";
+    let mut command = Command::new(program);
+    command.args(args).env("PATH", path);
+    if group {
+        command.process_group(0);
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| std::io::Error::new(e.kind(), format!("starting {program}: {e}")))?;
     let pid = child.id().map(|id| Pid::from_raw(id as i32));
-    loop {
+    let deliver = |sig: Signal| {
+        if let Some(pid) = pid {
+            // The process may have exited meanwhile; that is reported elsewhere.
+            let _ = if group { killpg(pid, sig) } else { kill(pid, sig) };
+        }
+    };
+    let status = loop {
         let received = next_signal(&mut streams);
         tokio::select! {
-            status = child.wait() => {
-                let status = status?;
-                return Ok(match (status.code(), status.signal()) {
-                    (Some(code), _) => code as u8,
-                    (None, Some(sig)) => 128u8.saturating_add(sig as u8),
-                    (None, None) => 1,
-                });
+            status = child.wait() => break status?,
+            sig = received => deliver(sig),
+        }
+    };
+    if let (true, Some(pgid)) = (group, pid) {
+        // The shell is gone; the processes it started may still be finishing.
+        loop {
+            while matches!(waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)), Ok(s) if s.pid().is_some())
+            {
             }
-            sig = received => {
-                if let Some(pid) = pid {
-                    // The child may have exited meanwhile; wait() reports that next.
-                    let _ = killpg(pid, sig);
-                }
+            if killpg(pgid, None::<Signal>).is_err() {
+                break;
+            }
+            let received = next_signal(&mut streams);
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                sig = received => deliver(sig),
             }
         }
     }
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(sig)) => 128u8.saturating_add(sig as u8),
+        (None, None) => 1,
+    })
 }
 
 /// The next signal on any of the streams.
