@@ -87,8 +87,16 @@ impl AetherArtifactSpec {
             },
             entrypoint: self.entrypoint.clone(),
             workdir: match &self.workdir {
+                // Exactly the normal form the CRD's rule allows: `a/b`, nothing looser.
                 Some(w) => {
-                    aether_artifact::path::components(w, 32).map_err(|e| invalid("spec.workdir", e))?;
+                    let parts =
+                        aether_artifact::path::components(w, 32).map_err(|e| invalid("spec.workdir", e))?;
+                    if parts.join("/") != *w {
+                        return Err(invalid(
+                            "spec.workdir",
+                            "must be a plain relative folder such as apps/web",
+                        ));
+                    }
                     Some(w.clone())
                 }
                 None => None,
@@ -218,5 +226,24 @@ mod tests {
             spec.verified_manifest(),
             Err(SpecError::DigestMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn a_workdir_round_trips_and_only_a_plain_relative_folder_is_accepted() {
+        let mut m = manifest();
+        m.workdir = Some("apps/web".into());
+        let spec = AetherArtifactSpec::from_manifest("web", &m).unwrap();
+        assert_eq!(
+            spec.verified_manifest().unwrap().0.workdir.as_deref(),
+            Some("apps/web")
+        );
+        for bad in ["../x", "/etc", "./a", "a//b", "a/", "a/../../b", ""] {
+            let mut spec = spec.clone();
+            spec.workdir = Some(bad.into());
+            assert!(
+                matches!(spec.manifest(), Err(SpecError::Invalid { ref field, .. }) if field == "spec.workdir"),
+                "{bad:?} was accepted"
+            );
+        }
     }
 }
