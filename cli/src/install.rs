@@ -79,6 +79,40 @@ pub fn cache_key(
         h.update(std::fs::read(lock).map_err(CliError::io("reading the lockfile"))?);
     }
     h.update(format!("\nmember {}\n", project.member));
+    // Settings that change the tree (.npmrc's legacy-peer-deps, .yarnrc.yml's
+    // packageExtensions, pnpm-workspace.yaml's overrides, patches, a yarn release),
+    // without the lines that hold credentials: a rotated token reinstalls nothing.
+    for name in INSTALL_INPUTS
+        .iter()
+        .filter(|n| n.starts_with('.') || n.ends_with(".yaml"))
+    {
+        if let Ok(text) = std::fs::read_to_string(project.root.join(name)) {
+            h.update(format!("\n{name}\n"));
+            for line in text.lines().filter(|l| !holds_credentials(l)) {
+                h.update(line);
+                h.update(b"\n");
+            }
+        }
+    }
+    for dir in INSTALL_INPUT_DIRS {
+        let mut files: Vec<_> = std::fs::read_dir(project.root.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for file in files {
+            h.update(
+                file.strip_prefix(&project.root)
+                    .unwrap_or(&file)
+                    .to_string_lossy()
+                    .as_bytes(),
+            );
+            h.update(std::fs::read(&file).map_err(CliError::io(format!("reading {}", file.display())))?);
+        }
+    }
     // Only the fields that change what gets installed, so a version bump or a new
     // script does not force a reinstall; for a workspace, those of every package.
     let mut manifests = vec![(String::new(), project.root_package_json.clone())];
@@ -111,6 +145,15 @@ pub fn cache_key(
         target.node_major, target.platform, target.libc
     ));
     Ok(hex(&h.finalize()))
+}
+
+/// A registry setting line that carries a secret (`_authToken`, `npmAuthToken`,
+/// `_password`, …).
+fn holds_credentials(line: &str) -> bool {
+    let line = line.to_ascii_lowercase();
+    ["_auth", "token", "password", "npmauthident"]
+        .iter()
+        .any(|s| line.contains(s))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -229,42 +272,65 @@ pub struct Member<'a> {
     pub name: &'a str,
 }
 
-/// The install command for a manager, mode and workspace package. Pure.
+/// The install command for a manager, mode and workspace package. `focus` says
+/// whether yarn 2+ has `workspaces focus` (built in from yarn 4, a plugin before):
+/// without it a berry install keeps dev dependencies. Pure.
 pub fn install_args(
     manager: PackageManager,
     mode: Mode,
     frozen: bool,
     member: Option<Member>,
+    focus: bool,
 ) -> Vec<String> {
     let prod = mode == Mode::Production;
-    let mut args: Vec<&str> = match manager {
-        PackageManager::Npm if frozen => vec!["ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        PackageManager::Npm => vec!["install", "--no-audit", "--no-fund", "--no-package-lock"],
-        PackageManager::YarnClassic => vec!["install", "--frozen-lockfile", "--non-interactive", "--silent"],
+    // A build may need the root's dev dependencies (typescript is often only there)
+    // and every local package: full installs take the whole workspace.
+    let member = member.filter(|_| prod);
+    match manager {
+        PackageManager::Npm => {
+            let mut args = if frozen {
+                vec!["ci", "--no-audit", "--no-fund", "--loglevel=error"]
+            } else {
+                vec!["install", "--no-audit", "--no-fund", "--no-package-lock"]
+            };
+            if prod {
+                args.push("--omit=dev");
+            }
+            let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+            if let Some(m) = member {
+                args.extend([
+                    format!("--workspace={}", m.path),
+                    "--include-workspace-root=false".into(),
+                ]);
+            }
+            args
+        }
+        PackageManager::YarnClassic => {
+            let mut args = vec!["install", "--frozen-lockfile", "--non-interactive", "--silent"];
+            if prod {
+                args.push("--production");
+            }
+            args.into_iter().map(String::from).collect()
+        }
         // `focus` installs one workspace (or all) and, unlike `install`, can leave
-        // dev dependencies out.
-        PackageManager::YarnBerry => vec!["workspaces", "focus"],
-        PackageManager::Pnpm => vec!["install", "--frozen-lockfile"],
-    };
-    match (manager, prod) {
-        (PackageManager::Npm, true) => args.push("--omit=dev"),
-        (PackageManager::YarnClassic | PackageManager::YarnBerry, true) => args.push("--production"),
-        (PackageManager::Pnpm, true) => args.push("--prod"),
-        _ => {}
+        // dev dependencies out; it takes workspace names, not folders.
+        PackageManager::YarnBerry if focus && prod => {
+            let target = member.map_or_else(|| "--all".to_string(), |m| m.name.to_string());
+            vec!["workspaces".into(), "focus".into(), "--production".into(), target]
+        }
+        PackageManager::YarnBerry => vec!["install".into()],
+        PackageManager::Pnpm => {
+            let mut args = vec!["install".to_string(), "--frozen-lockfile".into()];
+            if prod {
+                args.push("--prod".into());
+            }
+            if let Some(m) = member {
+                // The package and the workspace packages it depends on.
+                args.push(format!("--filter={{./{}}}...", m.path));
+            }
+            args
+        }
     }
-    let mut args: Vec<String> = args.into_iter().map(String::from).collect();
-    match (manager, member) {
-        (PackageManager::Npm, Some(m)) => args.extend([
-            format!("--workspace={}", m.path),
-            "--include-workspace-root=false".into(),
-        ]),
-        // `focus` takes workspace names, not folders.
-        (PackageManager::YarnBerry, Some(m)) => args.push(m.name.to_string()),
-        (PackageManager::YarnBerry, None) => args.push("--all".into()),
-        (PackageManager::Pnpm, Some(m)) => args.push(format!("--filter={{./{}}}...", m.path)),
-        _ => {}
-    }
-    args
 }
 
 fn run_install(project: &Project, tool: &Tool, mode: Mode, cache: &Path, dir: &Path) -> Result<(), CliError> {
@@ -272,12 +338,19 @@ fn run_install(project: &Project, tool: &Tool, mode: Mode, cache: &Path, dir: &P
         path: &project.member,
         name: project.package_json["name"].as_str().unwrap_or(&project.member),
     });
+    let focus = tool
+        .version
+        .as_deref()
+        .is_some_and(|v| !v.starts_with(['2', '3']))
+        || std::fs::read_to_string(project.root.join(".yarnrc.yml"))
+            .is_ok_and(|t| t.contains("workspace-tools"));
     let mut cmd = tool.command();
     cmd.args(install_args(
         project.manager,
         mode,
         project.lockfile.is_some(),
         member,
+        focus,
     ))
     .current_dir(dir)
     .env("CI", "true")
@@ -292,7 +365,9 @@ fn run_install(project: &Project, tool: &Tool, mode: Mode, cache: &Path, dir: &P
         }
         PackageManager::YarnBerry => {
             // A node_modules tree is what the layer carries, PnP projects included.
-            cmd.env("YARN_NODE_LINKER", "node-modules")
+            // The release Aether chose runs, not one a yarnPath it refused names.
+            cmd.env("YARN_IGNORE_PATH", "1")
+                .env("YARN_NODE_LINKER", "node-modules")
                 .env(
                     "YARN_ENABLE_IMMUTABLE_INSTALLS",
                     project.lockfile.is_some().to_string(),
@@ -391,6 +466,47 @@ fn elf_facts(bytes: &[u8]) -> Option<(u16, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn install_commands_per_manager_mode_and_workspace() {
+        use PackageManager::*;
+        let web = Some(Member {
+            path: "apps/web",
+            name: "web",
+        });
+        let args = |m, mode, member, focus| install_args(m, mode, true, member, focus).join(" ");
+        assert_eq!(
+            args(Npm, Mode::Production, web, true),
+            "ci --no-audit --no-fund --loglevel=error --omit=dev --workspace=apps/web --include-workspace-root=false"
+        );
+        assert_eq!(
+            args(Pnpm, Mode::Production, web, true),
+            "install --frozen-lockfile --prod --filter={./apps/web}..."
+        );
+        assert_eq!(
+            args(YarnBerry, Mode::Production, web, true),
+            "workspaces focus --production web"
+        );
+        assert_eq!(
+            args(YarnBerry, Mode::Production, None, true),
+            "workspaces focus --production --all"
+        );
+        // Builds get the whole workspace, root dev dependencies included.
+        assert_eq!(
+            args(Npm, Mode::Full, web, true),
+            "ci --no-audit --no-fund --loglevel=error"
+        );
+        assert_eq!(args(Pnpm, Mode::Full, web, true), "install --frozen-lockfile");
+        // yarn 2/3 without the workspace-tools plugin has no `focus`.
+        assert_eq!(args(YarnBerry, Mode::Production, None, false), "install");
+    }
+
+    #[test]
+    fn credentials_are_not_part_of_the_cache_key() {
+        assert!(holds_credentials("//registry.example/:_authToken=abc"));
+        assert!(holds_credentials("  npmAuthToken: abc"));
+        assert!(!holds_credentials("legacy-peer-deps=true"));
+    }
 
     #[test]
     fn elf_detection() {

@@ -543,13 +543,14 @@ fn build(
     }
     let package_dir = dir.path().join(&project.member);
     let mut bins = Vec::new();
+    // Each build gets its own node_modules, hard-linked from the cached install:
+    // what the build adds (caches, generated code) stays out of the cache, and the
+    // relative links to workspace packages resolve to the sources in the build folder.
     for rel in std::iter::once("").chain(project.members.iter().map(String::as_str)) {
         let installed = full.dir.join(rel).join("node_modules");
         if installed.is_dir() {
-            let link = dir.path().join(rel).join("node_modules");
-            fs::create_dir_all(dir.path().join(rel)).map_err(CliError::io("creating the build folder"))?;
-            std::os::unix::fs::symlink(&installed, &link)
-                .map_err(CliError::io("linking node_modules for the build"))?;
+            clone_tree(&installed, &dir.path().join(rel).join("node_modules"))
+                .map_err(CliError::io("preparing node_modules for the build"))?;
         }
     }
     if !project.member.is_empty() {
@@ -608,15 +609,41 @@ fn copy_entry(src: &Path, dst: &Path) -> std::io::Result<()> {
         fs::create_dir_all(dst)
     } else if meta.file_type().is_symlink() {
         std::os::unix::fs::symlink(fs::read_link(src)?, dst)
-    } else {
+    } else if meta.is_file() {
         fs::copy(src, dst).map(|_| ())
+    } else {
+        // Reading a FIFO would block; packing refuses special files anyway.
+        Err(std::io::Error::other("not a regular file, folder or symlink"))
     }
+}
+
+/// `src` again at `dst`: folders made, files hard-linked (copied across
+/// filesystems), symlinks recreated as they are.
+fn clone_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dst)?;
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            clone_tree(&from, &to)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+        } else {
+            fs::hard_link(&from, &to).or_else(|_| fs::copy(&from, &to).map(|_| ()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Everything in the build folder but node_modules and what is never packed.
 fn built_paths(dir: &Path, scope: &[String]) -> Result<Vec<String>, CliError> {
     let mut builder = ignore::WalkBuilder::new(dir);
-    builder.standard_filters(false);
+    // .gitignore does not apply to build output; .aetherignore (build caches such as
+    // .next/cache or *.tsbuildinfo) does.
+    builder
+        .standard_filters(false)
+        .add_custom_ignore_filename(".aetherignore");
     builder.filter_entry(|e| !always_excluded(&e.file_name().to_string_lossy()));
     let mut paths = Vec::new();
     for entry in builder.build() {
@@ -646,10 +673,12 @@ fn check_start(project: &Project, paths: &[String], deps: Option<&Installed>) ->
     } else {
         format!("{}/", project.member)
     };
+    // A path under node_modules is the deps layer's (a reused one is trusted).
     let has_file = |f: &str| {
-        paths
-            .binary_search(&format!("{prefix}{}", f.trim_end_matches('/')))
-            .is_ok()
+        let rel = format!("{prefix}{}", f.trim_end_matches('/'));
+        paths.binary_search(&rel).is_ok()
+            || (f.starts_with("node_modules/")
+                && deps.is_none_or(|d| d.dir.join(&rel).exists() || d.dir.join(f).exists()))
     };
     let has_bin = |name: &str| {
         deps.is_none_or(|d| {

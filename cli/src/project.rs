@@ -86,7 +86,15 @@ pub fn detect(dir: &Path, workspace: Option<&str>, allow_no_lockfile: bool) -> R
     let dir = dir
         .canonicalize()
         .map_err(CliError::io(format!("opening {}", dir.display())))?;
-    let own = read_package_json(&dir)?;
+    // A pnpm workspace root needs no package.json of its own.
+    let own = match read_package_json(&dir) {
+        Err(CliError::NotNodeProject(_))
+            if workspace.is_some() && dir.join("pnpm-workspace.yaml").is_file() =>
+        {
+            Value::Null
+        }
+        other => other?,
+    };
 
     let (root, member, members) = match (workspace, find_workspace(&dir)) {
         (Some(name), _) => {
@@ -127,7 +135,10 @@ pub fn detect(dir: &Path, workspace: Option<&str>, allow_no_lockfile: bool) -> R
     let root_package_json = if root == package_dir {
         package_json.clone()
     } else {
-        read_package_json(&root)?
+        match read_package_json(&root) {
+            Err(CliError::NotNodeProject(_)) => Value::Null,
+            other => other?,
+        }
     };
 
     let found = LOCKFILES.iter().find(|(name, _)| root.join(name).is_file());
@@ -236,6 +247,15 @@ pub fn expand_members(root: &Path, globs: &[String]) -> Vec<String> {
         let parts: Vec<&str> = glob.split('/').collect();
         expand(root, "", &parts, &mut out);
     }
+    // A member is a folder inside the root: `..` or a link out of it is no member.
+    let canonical_root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    out.retain(|m| {
+        aether_artifact::path::components(m, 32).is_ok_and(|parts| parts.join("/") == *m)
+            && root
+                .join(m)
+                .canonicalize()
+                .is_ok_and(|p| p.starts_with(&canonical_root))
+    });
     out.retain(|m| {
         !excluded
             .iter()
@@ -372,7 +392,7 @@ pub fn start_command(
     let command = web.or_else(|| {
         let start = script("start")?;
         Some(match script("prestart") {
-            Some(pre) => format!("{pre} && {start}"),
+            Some(pre) => format!("{} && {}", group(&pre), group(&start)),
             None => start,
         })
     });
@@ -414,23 +434,32 @@ fn inline_scripts(command: &str, script: &dyn Fn(&str) -> Option<String>, depth:
         .into_iter()
         .map(|(segment, separator)| {
             let words: Vec<&str> = segment.split_whitespace().collect();
-            let name = match words.as_slice() {
-                ["npm", "start"] | ["yarn", "start"] | ["pnpm", "start"] => Some("start"),
-                ["npm", "run" | "run-script", name]
-                | ["yarn" | "pnpm", "run", name]
-                | ["yarn" | "pnpm", name] => Some(*name),
-                _ => None,
-            };
-            let replaced = name
-                .and_then(script)
-                .map(|s| inline_scripts(&s, script, depth + 1));
-            let text = match replaced {
-                Some(s) if alone => s,
-                Some(s) => {
-                    let lead = &segment[..segment.len() - segment.trim_start().len()];
-                    let trail = &segment[segment.trim_end().len()..];
-                    format!("{lead}{{ {s}; }}{trail}")
+            let assignments: Vec<&str> = words.iter().copied().take_while(|w| is_assignment(w)).collect();
+            let rest = &words[assignments.len()..];
+            // The script run, and the arguments npm and yarn would append to it.
+            let (name, extra): (Option<&str>, &[&str]) = match rest {
+                ["npm" | "yarn" | "pnpm", "start", extra @ ..] => (Some("start"), extra),
+                ["npm", "run" | "run-script", name, "--", extra @ ..] => (Some(name), extra),
+                ["npm", "run" | "run-script", name] => (Some(name), &[]),
+                ["yarn" | "pnpm", "run", name, extra @ ..] | ["yarn" | "pnpm", name, extra @ ..] => {
+                    (Some(name), extra)
                 }
+                _ => (None, &[]),
+            };
+            let extra: Vec<&str> = extra.iter().copied().filter(|w| *w != "--").collect();
+            let replaced = name.and_then(script).map(|s| {
+                let s = inline_scripts(&s, script, depth + 1);
+                if extra.is_empty() {
+                    s
+                } else {
+                    format!("{s} {}", extra.join(" "))
+                }
+            });
+            let text = match replaced {
+                Some(s) if assignments.is_empty() && alone => s,
+                // Variables set for the script apply to it alone: a subshell.
+                Some(s) if !assignments.is_empty() => format!(" ( export {}; {s} ) ", assignments.join(" ")),
+                Some(s) => format!(" {} ", group(&s)),
                 None => segment,
             };
             format!("{text}{separator}")
@@ -438,6 +467,16 @@ fn inline_scripts(command: &str, script: &dyn Fn(&str) -> Option<String>, depth:
         .collect::<String>()
         .trim()
         .to_string()
+}
+
+/// `{ command; }`: one command for `&&` and `||`, whatever it holds.
+fn group(command: &str) -> String {
+    let command = command.trim().trim_end_matches(';').trim_end();
+    if command.ends_with('&') {
+        format!("{{ {command} }}")
+    } else {
+        format!("{{ {command}; }}")
+    }
 }
 
 /// Split a shell command on unquoted `&&`, `||`, `;`, `|`, `&` and newlines:
@@ -464,6 +503,8 @@ pub fn split_commands(command: &str) -> Vec<(String, String)> {
                 quote = Some(c);
                 current.push(c);
             }
+            // `2>&1`, `>&2`, `<&3` and `&>file` redirect; they separate nothing.
+            (None, '&') if current.ends_with(['>', '<']) || chars.peek() == Some(&'>') => current.push(c),
             (None, '&' | '|') => {
                 let mut sep = c.to_string();
                 if chars.peek() == Some(&c) {
@@ -512,6 +553,16 @@ pub fn check_start(
             .collect(),
         _ => vec![argv.to_vec()],
     };
+    // `cd dir && node main.js` runs main.js from dir.
+    let mut cwd = String::new();
+    let in_cwd = |cwd: &str, path: &str| {
+        let path = path.trim_start_matches("./");
+        if cwd.is_empty() {
+            path.to_string()
+        } else {
+            format!("{cwd}/{path}")
+        }
+    };
     for words in commands {
         let mut words = words
             .iter()
@@ -521,8 +572,19 @@ pub fn check_start(
         if program.contains(['$', '`', '(', ')', '{', '}']) {
             continue;
         }
+        if program == "cd" {
+            match words.next() {
+                Some(dir) if !dir.contains('$') && !dir.starts_with('/') && !dir.contains("..") => {
+                    cwd = in_cwd(&cwd, dir.trim_end_matches('/'));
+                }
+                // Somewhere it cannot follow: check nothing further.
+                _ => return Ok(()),
+            }
+            continue;
+        }
         if program == "node" {
-            if let Some(file) = node_script(words) {
+            // `node .` runs the folder's main: nothing to name here.
+            if let Some(file) = node_script(words).filter(|f| !f.contains('$') && *f != ".") {
                 let candidates = [
                     file.to_string(),
                     format!("{file}.js"),
@@ -530,14 +592,13 @@ pub fn check_start(
                     format!("{file}.mjs"),
                     format!("{file}/index.js"),
                 ];
-                let file = file.trim_start_matches("./");
-                if !file.contains('$') && !candidates.iter().any(|c| has_file(c.trim_start_matches("./"))) {
-                    return Err(Missing::File(file.to_string()));
+                if !candidates.iter().any(|c| has_file(&in_cwd(&cwd, c))) {
+                    return Err(Missing::File(in_cwd(&cwd, file)));
                 }
             }
         } else if program.contains('/') {
-            if !has_file(program.trim_start_matches("./")) {
-                return Err(Missing::File(program.trim_start_matches("./").to_string()));
+            if !has_file(&in_cwd(&cwd, program)) {
+                return Err(Missing::File(in_cwd(&cwd, program)));
             }
         } else if !ALWAYS_THERE.contains(&program) && !has_bin(program) {
             return Err(Missing::Command(program.to_string()));
@@ -567,6 +628,10 @@ fn node_script<'a>(mut words: impl Iterator<Item = &'a str>) -> Option<&'a str> 
         "-C",
         "--title",
         "--inspect-port",
+        "--disable-warning",
+        "--unhandled-rejections",
+        "--stack-size",
+        "--max-old-space-size",
     ];
     while let Some(w) = words.next() {
         match w {
@@ -610,15 +675,49 @@ fn words(segment: &str) -> Vec<String> {
     out
 }
 
-/// The first number in `engines.node` (">=20", "^18.12", "20.x" → 20, 18, 20).
-pub fn engines_node_major(pkg: &Value) -> Option<u32> {
+/// The newest of `available` majors that `engines.node` allows, as Heroku picks
+/// the newest release satisfying the range (">=16" → 24, "^18.12" → 18,
+/// "18 || 20" → 20). `None` without a range; a range no major satisfies, or one
+/// that cannot be read, gives its first number, for the caller to refuse by name.
+pub fn engines_node_major(pkg: &Value, available: &[u32]) -> Option<u32> {
     let range = pkg.pointer("/engines/node")?.as_str()?;
-    let digits: String = range
-        .chars()
-        .skip_while(|c| !c.is_ascii_digit())
-        .take_while(char::is_ascii_digit)
+    let reqs: Vec<semver::VersionReq> = range
+        .split("||")
+        .filter_map(|alternative| semver::VersionReq::parse(&npm_to_cargo_range(alternative)).ok())
         .collect();
-    digits.parse().ok()
+    let satisfied = |major: u32| {
+        let newest = semver::Version::new(u64::from(major), 999, 999);
+        let first = semver::Version::new(u64::from(major), 0, 0);
+        reqs.iter().any(|r| r.matches(&newest) || r.matches(&first))
+    };
+    let mut majors = available.to_vec();
+    majors.sort_unstable();
+    majors.into_iter().rev().find(|m| satisfied(*m)).or_else(|| {
+        let digits: String = range
+            .chars()
+            .skip_while(|c| !c.is_ascii_digit())
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    })
+}
+
+/// npm joins comparators with spaces (`>= 18 <21`), the semver crate with commas.
+fn npm_to_cargo_range(range: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut pending = String::new();
+    for word in range.split_whitespace() {
+        if word.chars().all(|c| matches!(c, '<' | '>' | '=' | '~' | '^')) {
+            pending.push_str(word);
+        } else {
+            parts.push(format!("{pending}{}", word.trim_start_matches('v')));
+            pending.clear();
+        }
+    }
+    if parts.is_empty() {
+        return "*".into();
+    }
+    parts.join(", ")
 }
 
 /// The app name: `explicit` if given (it must be a DNS label), else from
@@ -704,7 +803,7 @@ mod tests {
         );
         assert_eq!(
             start(json!({"scripts": {"start": "node server.js", "prestart": "node migrate.js"}})),
-            sh("node migrate.js && node server.js")
+            sh("{ node migrate.js; } && { node server.js; }")
         );
     }
 
@@ -724,6 +823,28 @@ mod tests {
         assert_eq!(
             start(json!({"scripts": {"start": "pnpm run nope"}})),
             sh("pnpm run nope")
+        );
+    }
+
+    #[test]
+    fn inlined_scripts_keep_their_arguments_and_variables() {
+        let scripts = json!({"scripts": {
+            "start": "npm run serve -- --port 8080",
+            "serve": "node dist/main.js",
+        }});
+        assert_eq!(
+            start(scripts).unwrap(),
+            ["node", "dist/main.js", "--port", "8080"]
+        );
+        assert_eq!(
+            start(
+                json!({"scripts": {"start": "NODE_ENV=production yarn serve && echo done", "serve": "node s.js"}})
+            ),
+            sh("( export NODE_ENV=production; node s.js ) && echo done")
+        );
+        assert_eq!(
+            start(json!({"scripts": {"start": "pnpm bg; wait", "bg": "node a.js &"}})),
+            sh("{ node a.js & } ; wait")
         );
     }
 
@@ -777,6 +898,29 @@ mod tests {
             check(sh("node -e 'require(1)' | cat2").unwrap()),
             Err(Missing::Command("cat2".into()))
         );
+        // Redirections are not command separators.
+        assert_eq!(check(sh("node dist/index.js 2>&1 | fastify").unwrap()), Ok(()));
+        assert_eq!(check(sh("node dist/index.js &>/dev/null").unwrap()), Ok(()));
+        // `cd` moves where files are looked for; `node .` names no file.
+        assert_eq!(check(sh("cd dist && node index.js").unwrap()), Ok(()));
+        assert_eq!(
+            check(sh("cd dist && node main.js").unwrap()),
+            Err(Missing::File("dist/main.js".into()))
+        );
+        assert_eq!(check(sh("node .").unwrap()), Ok(()));
+        assert_eq!(
+            check(sh("node --disable-warning DEP0040 dist/index.js").unwrap()),
+            Ok(())
+        );
+        // The shapes start_command writes.
+        assert_eq!(
+            check(sh("{ node lib/cli.js; } && { node dist/index.js; }").unwrap()),
+            Ok(())
+        );
+        assert_eq!(
+            check(sh("( export A=1; node dist/index.js ) && echo ok").unwrap()),
+            Ok(())
+        );
         // What cannot be read is not refused.
         assert_eq!(check(sh("$CMD --serve").unwrap()), Ok(()));
         assert_eq!(check(sh("node \"$ENTRY\"").unwrap()), Ok(()));
@@ -793,15 +937,20 @@ mod tests {
 
     #[test]
     fn engines_and_names() {
+        let major = |range: &str| engines_node_major(&json!({"engines": {"node": range}}), &[18, 20, 22, 24]);
+        assert_eq!(major(">=20"), Some(24));
+        assert_eq!(major(">=14"), Some(24), "an old floor is no reason to refuse");
+        assert_eq!(major("^18.12.0"), Some(18));
+        assert_eq!(major("20.x"), Some(20));
+        assert_eq!(major(">= 18 <21"), Some(20));
+        assert_eq!(major("18 || 20"), Some(20));
+        assert_eq!(major("~22.1"), Some(22));
         assert_eq!(
-            engines_node_major(&json!({"engines": {"node": ">=20"}})),
-            Some(20)
+            major("21.x"),
+            Some(21),
+            "unserved: its own number, to be refused by name"
         );
-        assert_eq!(
-            engines_node_major(&json!({"engines": {"node": "^18.12.0"}})),
-            Some(18)
-        );
-        assert_eq!(engines_node_major(&json!({})), None);
+        assert_eq!(engines_node_major(&json!({}), &[20]), None);
         assert_eq!(app_name_from("@acme/Web_API").as_deref(), Some("web-api"));
         assert_eq!(app_name_from("express-api").as_deref(), Some("express-api"));
         assert_eq!(app_name_from("123").as_deref(), None);

@@ -200,10 +200,16 @@ fn ensure(
     };
     let (package, script, bin_name) = package_of(manager);
     let (dir, js) = match yarn_path {
-        Some(path) => (
-            cache.join("tools").join(format!("yarnpath-{version}")),
-            path.to_path_buf(),
-        ),
+        // Keyed by the release file, so two projects' releases never share a shim.
+        Some(path) => {
+            use sha2::Digest as _;
+            let key = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
+            let key: String = key[..8].iter().map(|b| format!("{b:02x}")).collect();
+            (
+                cache.join("tools").join(format!("yarnpath-{key}")),
+                path.to_path_buf(),
+            )
+        }
         None => {
             let dir = cache
                 .join("tools")
@@ -284,7 +290,9 @@ fn fetch(package: &str, version: &str, dir: &Path) -> Result<(), CliError> {
 fn write_shim(bin_dir: &Path, name: &str, js: &Path) -> Result<(), CliError> {
     use std::os::unix::fs::PermissionsExt as _;
     let path = bin_dir.join(name);
-    let text = format!("#!/bin/sh\nexec node '{}' \"$@\"\n", js.display());
+    // Single-quoted for sh, so no character of the path is special.
+    let quoted = js.display().to_string().replace('\'', r"'\''");
+    let text = format!("#!/bin/sh\nexec node '{quoted}' \"$@\"\n");
     if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
         return Ok(());
     }

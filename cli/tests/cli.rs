@@ -86,7 +86,10 @@ fn packs_signs_and_leaves_secrets_out() {
 
     let out = json(&aether(p, cache.path(), &["pack", "-n", "team-a", "-o", "json"]));
     assert_eq!(out["app"], "hello-app");
-    assert_eq!(out["runtime"]["nodeMajor"], 20);
+    assert_eq!(
+        out["runtime"]["nodeMajor"], 24,
+        "the newest major engines.node allows"
+    );
     assert_eq!(out["entrypoint"], serde_json::json!(["node", "server.js"]));
 
     let blobs = p.join(".aether/out/blobs/sha256");

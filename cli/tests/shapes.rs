@@ -137,6 +137,8 @@ fn a_workspace_package_packs_with_its_local_packages_from_its_folder_or_by_name(
     let app = layer_paths(&blob(&out, 1));
     assert!(app.contains(&"apps/web/server.js".to_string()), "{app:?}");
     assert!(app.iter().any(|p| p.starts_with("packages/greeting/")), "{app:?}");
+    // The build ran in the package's folder and could use the local package.
+    assert!(app.contains(&"apps/web/dist/greeting.txt".to_string()), "{app:?}");
     let deps = layer_paths(&blob(&out, 0));
     assert!(deps.iter().any(|p| p.starts_with("node_modules/")), "{deps:?}");
 

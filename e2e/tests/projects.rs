@@ -108,7 +108,7 @@ async fn a_framework_cli_start_script_with_shell_syntax_serves_on_the_node_its_e
     with_temp_ns("fastify", |client, ns| async move {
         let dir = checkout("fastify-cli")?;
         serves(&client, &ns, dir.path(), &[], "fastify-cli ok\n").await?;
-        // engines.node ">=22": the artifact asks for Node 22 and the pod runs it.
+        // engines.node "22.x": the artifact asks for Node 22 and the pod runs it.
         let artifacts: Api<AetherArtifact> = Api::namespaced(client.clone(), &ns);
         let artifact = &artifacts.list(&Default::default()).await?.items[0];
         assert_eq!(artifact.spec.runtime.node_major, 22);

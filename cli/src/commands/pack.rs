@@ -49,8 +49,8 @@ pub fn request(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Resul
     let app = project::app_name(&project, args.app.as_deref())?;
     let node_major = args
         .node
-        .or_else(|| project::engines_node_major(&project.package_json))
-        .or_else(|| project::engines_node_major(&project.root_package_json))
+        .or_else(|| project::engines_node_major(&project.package_json, &aether_crds::NODE_MAJORS))
+        .or_else(|| project::engines_node_major(&project.root_package_json, &aether_crds::NODE_MAJORS))
         .unwrap_or_else(local_node_major);
     if !aether_crds::NODE_MAJORS.contains(&node_major) {
         return Err(CliError::UnsupportedNode {

@@ -2,7 +2,12 @@
 
 const http = require('node:http');
 const ms = require('ms');
-const { greeting, hello } = require('@acme/greeting');
+const fs = require('node:fs');
+const path = require('node:path');
+const { hello } = require('@acme/greeting');
+
+// Written by the build step (`npm run build`), from the local package.
+const greeting = fs.readFileSync(path.join(__dirname, 'dist/greeting.txt'), 'utf8');
 
 const started = Date.now();
 
@@ -10,7 +15,7 @@ const server = http.createServer((req, res) => {
   const url = new URL(req.url, 'http://web');
   if (url.pathname === '/') {
     res.setHeader('content-type', 'text/plain');
-    return res.end(greeting());
+    return res.end(greeting);
   }
   if (url.pathname === '/hello') {
     res.setHeader('content-type', 'text/html');
