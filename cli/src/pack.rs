@@ -485,10 +485,19 @@ pub fn app_paths(root: &Path, out_dir: &Path, scope: &[String]) -> Result<Vec<St
     builder.filter_entry(move |e| {
         !always_excluded(&e.file_name().to_string_lossy()) && e.path() != out_dir.as_path()
     });
+    walk_paths(root, &builder, scope, "listing the project")
+}
+
+/// The sorted relative paths a configured walk of `root` yields, within `scope`.
+fn walk_paths(
+    root: &Path,
+    builder: &ignore::WalkBuilder,
+    scope: &[String],
+    what: &str,
+) -> Result<Vec<String>, CliError> {
     let mut paths = Vec::new();
     for entry in builder.build() {
-        let entry =
-            entry.map_err(|e| CliError::io("listing the project")(std::io::Error::other(e.to_string())))?;
+        let entry = entry.map_err(|e| CliError::io(what)(std::io::Error::other(e.to_string())))?;
         if entry.depth() == 0 {
             continue;
         }
@@ -645,23 +654,7 @@ fn built_paths(dir: &Path, scope: &[String]) -> Result<Vec<String>, CliError> {
         .standard_filters(false)
         .add_custom_ignore_filename(".aetherignore");
     builder.filter_entry(|e| !always_excluded(&e.file_name().to_string_lossy()));
-    let mut paths = Vec::new();
-    for entry in builder.build() {
-        let entry = entry
-            .map_err(|e| CliError::io("listing the build output")(std::io::Error::other(e.to_string())))?;
-        if entry.depth() == 0 {
-            continue;
-        }
-        let rel = entry.path().strip_prefix(dir).expect("walk stays under the root");
-        let rel = rel.to_str().ok_or_else(|| aether_artifact::PackError::NotUtf8 {
-            path: entry.path().into(),
-        })?;
-        if in_scope(rel, scope, entry.file_type().is_some_and(|t| t.is_dir())) {
-            paths.push(rel.to_string());
-        }
-    }
-    paths.sort_unstable();
-    Ok(paths)
+    walk_paths(dir, &builder, scope, "listing the build output")
 }
 
 /// Refuse, before anything is uploaded, a start command whose file or command the
