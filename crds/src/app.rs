@@ -152,7 +152,9 @@ pub enum VerifyMode {
     Off,
 }
 
-/// A ConfigMap or Secret in the app's namespace whose entries are public keys.
+/// A ConfigMap in the app's namespace whose entries are PEM public keys. (`Secret`
+/// is refused: trusted keys are public, and the operator copies no Secret into a
+/// pod spec.)
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct KeysRef {

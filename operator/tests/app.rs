@@ -453,3 +453,22 @@ fn status_follows_the_rollout_and_reports_init_failures() {
     let other = status::rollout(rolling, failing, &Digest::of(b"other").to_string());
     assert!(matches!(other, Rollout::Progressing { .. }));
 }
+
+#[test]
+fn only_public_keys_reach_the_pod_never_the_text_around_them() {
+    use aether_operator::app::validate::trusted_keys_from;
+    let signer = key();
+    let public = signer.public_key().to_pem();
+    let noisy = format!("db-password=hunter2\n{public}\ntrailing note\n");
+    let trusted = trusted_keys_from("ConfigMap t/keys".into(), &[noisy]).unwrap();
+    assert_eq!(trusted.keys.len(), 1);
+    assert_eq!(trusted.pem, public, "the keys, re-encoded");
+    assert!(!trusted.pem.contains("hunter2"));
+
+    // A private key is not a trusted key, and its text is not repeated back.
+    let private = SigningKey::generate_pem().unwrap();
+    let refused = trusted_keys_from("ConfigMap t/keys".into(), std::slice::from_ref(&private)).unwrap_err();
+    assert_eq!(refused.reason, "InvalidTrustedKeys");
+    let body: String = private.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(!refused.message.contains(&body), "{}", refused.message);
+}

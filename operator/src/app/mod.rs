@@ -7,6 +7,7 @@
 //! Deployment keeps serving.
 
 pub mod build;
+pub mod ownership;
 pub mod status;
 pub mod validate;
 
@@ -14,11 +15,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aether_artifact::signature::{PolicyRefusal, Verdict, public_keys_from_pem_bundle};
+use aether_artifact::signature::{PolicyRefusal, Verdict};
 use aether_crds::{AetherApp, AetherAppStatus, AetherArtifact, KeysKind, VerifyMode};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -28,7 +30,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use self::build::{Children, MANAGED_BY, PodConfig};
+use self::build::{Children, PodConfig};
 use self::validate::{Invalid, TrustedKeys, Validated};
 use crate::events;
 use crate::metrics::{ControllerLabels, Metrics, PhaseLabels};
@@ -143,7 +145,17 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
             .and_then(|trusted| validate::validate(app, d.artifact.as_ref(), &trusted))
             .map(|release| (release, credentials))
     });
-    let (release, credentials) = match valid {
+    // The children are written only where the app may write (see [`ownership`]).
+    let valid = match valid {
+        Ok((release, credentials)) => {
+            let children = build::build(app, &release, credentials.as_ref(), &ctx.config.pod);
+            claim_children(ctx, app, &ns, &children)
+                .await?
+                .map(|()| (release, children))
+        }
+        Err(invalid) => Err(invalid),
+    };
+    let (release, children) = match valid {
         Ok(valid) => valid,
         Err(invalid) => {
             let new = status::invalid(&old, generation, &invalid, d.running.as_ref());
@@ -163,7 +175,6 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         }
     };
 
-    let children = build::build(app, &release, credentials.as_ref(), &ctx.config.pod);
     let (deployment, service) = apply(ctx, &ns, &children).await?;
     let applied_at = Timestamp::now();
     if children.secret.is_none() {
@@ -254,22 +265,17 @@ async fn trusted_keys(
         return Ok(Ok(TrustedKeys::default()));
     }
     let (source, texts): (String, Option<Vec<String>>) = match &app.spec.verify.keys_ref {
+        // Trusted keys are public: the operator reads no Secret on a tenant's behalf,
+        // so a reference cannot make it copy one into a pod spec.
         Some(r) if r.kind == KeysKind::Secret => {
-            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-            let secret = api
-                .get_opt(&r.name)
-                .await
-                .map_err(dereference_error("trusted keys"))?;
-            (
-                format!("Secret {ns}/{}", r.name),
-                secret.map(|s| {
-                    s.data
-                        .unwrap_or_default()
-                        .into_values()
-                        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-                        .collect()
-                }),
-            )
+            return Ok(Err(Invalid {
+                reason: "SecretKeysRef",
+                message: format!(
+                    "verify.keysRef names Secret {ns}/{}: trusted keys are public keys, so they belong in a ConfigMap (kind: ConfigMap)",
+                    r.name
+                ),
+                waiting: false,
+            }));
         }
         Some(r) => (
             format!("ConfigMap {ns}/{}", r.name),
@@ -290,15 +296,7 @@ async fn trusted_keys(
             ..Default::default()
         }));
     };
-    let pem = texts.join("\n");
-    Ok(match public_keys_from_pem_bundle(&pem) {
-        Ok(keys) => Ok(TrustedKeys { source, pem, keys }),
-        Err(e) => Err(Invalid {
-            reason: "InvalidTrustedKeys",
-            message: format!("{source}: {e}"),
-            waiting: false,
-        }),
-    })
+    Ok(validate::trusted_keys_from(source, &texts))
 }
 
 async fn configmap_values(ctx: &Context, ns: &str, name: &str) -> Result<Option<Vec<String>>, Error> {
@@ -308,6 +306,62 @@ async fn configmap_values(ctx: &Context, ns: &str, name: &str) -> Result<Option<
         .await
         .map_err(dereference_error("trusted keys"))?;
     Ok(cm.map(|c| c.data.unwrap_or_default().into_values().collect()))
+}
+
+/// Refuse to write any child whose name an object the app does not own already
+/// holds.
+async fn claim_children(
+    ctx: &Context,
+    app: &AetherApp,
+    ns: &str,
+    children: &Children,
+) -> Result<Result<(), Invalid>, Error> {
+    let uid = app.uid().unwrap_or_default();
+    let app_name = app.name_any();
+    let name = |meta: &ObjectMeta| meta.name.clone().unwrap_or_default();
+    let mut wanted = vec![
+        (
+            "ServiceAccount",
+            name(&children.service_account.metadata),
+            existing::<ServiceAccount>(ctx, ns, &name(&children.service_account.metadata)).await?,
+        ),
+        (
+            "Service",
+            name(&children.service.metadata),
+            existing::<Service>(ctx, ns, &name(&children.service.metadata)).await?,
+        ),
+        (
+            "Deployment",
+            name(&children.deployment.metadata),
+            existing::<Deployment>(ctx, ns, &name(&children.deployment.metadata)).await?,
+        ),
+    ];
+    if let Some(secret) = &children.secret {
+        wanted.push((
+            "Secret",
+            name(&secret.metadata),
+            existing::<Secret>(ctx, ns, &name(&secret.metadata)).await?,
+        ));
+    }
+    Ok(wanted
+        .iter()
+        .try_for_each(|(kind, name, meta)| ownership::claim(kind, name, meta.as_ref(), &app_name, &uid)))
+}
+
+/// The metadata of `name`, if it exists.
+async fn existing<K>(ctx: &Context, ns: &str, name: &str) -> Result<Option<ObjectMeta>, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(api
+        .get_metadata_opt(name)
+        .await
+        .map_err(dereference_error("the app's objects"))?
+        .map(|m| m.metadata))
 }
 
 /// Server-side apply of every child with the operator's field manager, forcing
@@ -356,9 +410,7 @@ async fn prune_secret(ctx: &Context, app: &AetherApp, ns: &str) -> Result<(), Er
         .get_opt(&name)
         .await
         .map_err(dereference_error("the credentials Secret"))?
-        .is_some_and(|s| {
-            s.labels().get("app.kubernetes.io/managed-by").map(String::as_str) == Some(MANAGED_BY)
-        });
+        .is_some_and(|s| ownership::owned_by(&s.metadata, &app.uid().unwrap_or_default()));
     if ours {
         api.delete(&name, &DeleteParams::default())
             .await

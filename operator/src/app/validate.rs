@@ -16,6 +16,24 @@ pub struct TrustedKeys {
     pub keys: Vec<PublicKey>,
 }
 
+/// The trusted keys in a ConfigMap's values. What reaches the pod is the keys
+/// re-encoded, never the values as written: text around the PEM blocks is dropped,
+/// and anything that is not an Ed25519 public key refuses the whole source.
+pub fn trusted_keys_from(source: String, texts: &[String]) -> Result<TrustedKeys, Invalid> {
+    match signature::public_keys_from_pem_bundle(&texts.join("\n")) {
+        Ok(keys) => Ok(TrustedKeys {
+            pem: keys.iter().map(PublicKey::to_pem).collect(),
+            source,
+            keys,
+        }),
+        Err(e) => Err(Invalid {
+            reason: "InvalidTrustedKeys",
+            message: format!("{source}: {e}"),
+            waiting: false,
+        }),
+    }
+}
+
 /// An artifact the app may run, with what the pod needs to check it again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Validated {
