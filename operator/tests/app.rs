@@ -471,4 +471,8 @@ fn only_public_keys_reach_the_pod_never_the_text_around_them() {
     assert_eq!(refused.reason, "InvalidTrustedKeys");
     let body: String = private.lines().filter(|l| !l.starts_with("-----")).collect();
     assert!(!refused.message.contains(&body), "{}", refused.message);
+    // Nor is any text of a block that is not a key (a header line, a label).
+    let labelled = "-----BEGIN DB PASSWORD-----\nc2VjcmV0LXZhbHVl\n-----END DB PASSWORD-----\n";
+    let refused = trusted_keys_from("ConfigMap t/keys".into(), &[labelled.into()]).unwrap_err();
+    assert!(!refused.message.contains("PASSWORD"), "{}", refused.message);
 }

@@ -406,8 +406,9 @@ where
 async fn prune_secret(ctx: &Context, app: &AetherApp, ns: &str) -> Result<(), Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = build::secret_name(&app.name_any());
+    // Its metadata is enough: the operator has no need of the data.
     let ours = api
-        .get_opt(&name)
+        .get_metadata_opt(&name)
         .await
         .map_err(dereference_error("the credentials Secret"))?
         .is_some_and(|s| ownership::owned_by(&s.metadata, &app.uid().unwrap_or_default()));

@@ -26,9 +26,11 @@ pub fn trusted_keys_from(source: String, texts: &[String]) -> Result<TrustedKeys
             source,
             keys,
         }),
-        Err(e) => Err(Invalid {
+        // The parser's own words may quote the text (a header, a label), and the
+        // source may be a ConfigMap the app's author cannot read: say only what it is.
+        Err(_) => Err(Invalid {
             reason: "InvalidTrustedKeys",
-            message: format!("{source}: {e}"),
+            message: format!("{source} holds something other than PEM Ed25519 public keys"),
             waiting: false,
         }),
     }
