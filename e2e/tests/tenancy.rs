@@ -43,10 +43,20 @@ async fn editor(client: &Client, ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `kubectl --as EDITOR apply` of `yaml` in `ns`.
+/// `kubectl --as EDITOR apply` of `yaml` in `ns`, which must succeed.
 fn apply_as_editor(ns: &str, yaml: &str) {
-    let out = Command::new("kubectl")
-        .args(["--as", EDITOR, "apply", "-n", ns, "-f", "-"])
+    let out = kubectl_apply(ns, Some(EDITOR), yaml);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `kubectl [--as USER] apply` of `yaml` in `ns`.
+fn kubectl_apply(ns: &str, user: Option<&str>, yaml: &str) -> std::process::Output {
+    let mut args = vec!["apply", "-n", ns, "-f", "-"];
+    if let Some(user) = user {
+        args.splice(0..0, ["--as", user]);
+    }
+    Command::new("kubectl")
+        .args(&args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -56,8 +66,7 @@ fn apply_as_editor(ns: &str, yaml: &str) {
             child.stdin.take().unwrap().write_all(yaml.as_bytes())?;
             child.wait_with_output()
         })
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        .unwrap()
 }
 
 /// A Ready artifact signed for app `app` (what `aether push --no-deploy` leaves).
@@ -195,6 +204,60 @@ async fn a_keys_ref_naming_a_secret_is_refused_and_copies_nothing() -> anyhow::R
         assert!(!serde_json::to_string(&pods)?.contains("s3cr3t"));
         let app = Api::<AetherApp>::namespaced(client.clone(), &ns).get("peek").await?;
         assert!(!serde_json::to_string(&app)?.contains("s3cr3t"));
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a cluster with Aether installed: run `make e2e`"]
+async fn an_editor_cannot_wire_in_a_secret_they_cannot_read_but_can_push_to_an_app_that_has_one()
+-> anyhow::Result<()> {
+    with_temp_ns("envref", |client, ns| async move {
+        editor(&client, &ns).await?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        for name in ["db", "other"] {
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    ..Default::default()
+                },
+                string_data: Some([("password".to_string(), "s3cr3t".to_string())].into()),
+                ..Default::default()
+            };
+            secrets.create(&PostParams::default(), &secret).await?;
+        }
+        let artifact = artifact_for(&ns, "envy")?;
+        let app = |refs: &[&str], replicas: u32| {
+            let env: String = refs
+                .iter()
+                .map(|r| format!("    - name: {}\n      valueFrom:\n        secretKeyRef:\n          name: {r}\n          key: password\n", r.to_uppercase()))
+                .collect();
+            format!(
+                "apiVersion: aether.dev/v1alpha1\nkind: AetherApp\nmetadata:\n  name: envy\nspec:\n  artifactRef:\n    name: {artifact}\n  replicas: {replicas}\n  env:\n{env}"
+            )
+        };
+
+        // The editor may not read Secret db, so may not have a pod read it either.
+        let refused = kubectl_apply(&ns, Some(EDITOR), &app(&["db"], 1));
+        assert!(!refused.status.success(), "an editor wired in a Secret they cannot read");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("may name only Secrets you may read; this change adds: db"),
+            "{stderr}"
+        );
+        assert!(Api::<AetherApp>::namespaced(client.clone(), &ns).get_opt("envy").await?.is_none());
+
+        // Someone who may read it (here the cluster admin) wires it in ...
+        let admin = kubectl_apply(&ns, None, &app(&["db"], 1));
+        assert!(admin.status.success(), "{}", String::from_utf8_lossy(&admin.stderr));
+        // ... and the editor can still change the app, just not add another Secret.
+        let scaled = kubectl_apply(&ns, Some(EDITOR), &app(&["db"], 2));
+        assert!(scaled.status.success(), "{}", String::from_utf8_lossy(&scaled.stderr));
+        let added = kubectl_apply(&ns, Some(EDITOR), &app(&["db", "other"], 2));
+        assert!(!added.status.success());
+        let stderr = String::from_utf8_lossy(&added.stderr);
+        assert!(stderr.contains("this change adds: other"), "{stderr}");
         Ok(())
     })
     .await
