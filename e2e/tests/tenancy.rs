@@ -262,3 +262,54 @@ async fn an_editor_cannot_wire_in_a_secret_they_cannot_read_but_can_push_to_an_a
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a cluster with Aether installed: run `make e2e`"]
+async fn an_app_cannot_claim_a_service_account_a_binding_waits_for() -> anyhow::Result<()> {
+    with_temp_ns("ghost", |client, ns| async move {
+        editor(&client, &ns).await?;
+        // A RoleBinding left naming a ServiceAccount that does not exist (yet).
+        let binding = RoleBinding {
+            metadata: ObjectMeta {
+                name: Some("ghost-admin".into()),
+                ..Default::default()
+            },
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "ClusterRole".into(),
+                name: "admin".into(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: "ghost".into(),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            }]),
+        };
+        Api::<RoleBinding>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &binding)
+            .await?;
+
+        let artifact = artifact_for(&ns, "ghost")?;
+        apply_as_editor(
+            &ns,
+            &format!(
+                "apiVersion: aether.dev/v1alpha1\nkind: AetherApp\nmetadata:\n  name: ghost\nspec:\n  artifactRef:\n    name: {artifact}\n  devHot: true\n"
+            ),
+        );
+        // The app runs (nothing conflicts) under an account of its own.
+        let apps: Api<AetherApp> = Api::namespaced(client.clone(), &ns);
+        wait_for(apps, "ghost", "Ready", Duration::from_secs(120), |a: Option<&AetherApp>| {
+            a.and_then(|a| a.status.as_ref())
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .await?;
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        assert!(sas.get_opt("ghost").await?.is_none(), "the app created the account the binding names");
+        let dep = Api::<Deployment>::namespaced(client.clone(), &ns).get("ghost").await?;
+        let pod = dep.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("aether.ghost"));
+        Ok(())
+    })
+    .await
+}

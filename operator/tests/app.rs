@@ -184,13 +184,14 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
     .into();
     let c = build::build(&app, &release, Some(&creds), &config());
 
-    // Every child: same name, the app's labels, owned by the app.
-    for meta in [
-        &c.deployment.metadata,
-        &c.service.metadata,
-        &c.service_account.metadata,
+    // Every child: named after the app, the app's labels, owned by the app. The
+    // ServiceAccount's name is one no app can have and no binding names by accident.
+    for (meta, name) in [
+        (&c.deployment.metadata, "web"),
+        (&c.service.metadata, "web"),
+        (&c.service_account.metadata, "aether.web"),
     ] {
-        assert_eq!(meta.name.as_deref(), Some("web"));
+        assert_eq!(meta.name.as_deref(), Some(name));
         assert_eq!(meta.namespace.as_deref(), Some("team-a"));
         assert_eq!(
             meta.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
@@ -207,6 +208,16 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
         "only the credential keys are copied"
     );
     assert_eq!(c.service_account.automount_service_account_token, Some(false));
+    let pod = c
+        .deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("aether.web"));
 
     let spec = c.deployment.spec.as_ref().unwrap();
     assert_eq!(spec.replicas, Some(2));

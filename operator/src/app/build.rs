@@ -88,6 +88,13 @@ pub fn selector_string(app: &str) -> String {
         .join(",")
 }
 
+/// The app's own ServiceAccount: `aether.<app>`, a name no AetherApp (a DNS label)
+/// can have and no RoleBinding names by accident, so an app cannot take over an
+/// account a binding was left waiting for (its token is mounted in dev-hot mode).
+pub fn service_account_name(app: &str) -> String {
+    format!("aether.{app}")
+}
+
 pub fn secret_name(app: &str) -> String {
     format!("{app}-storage")
 }
@@ -134,7 +141,10 @@ pub fn build(
     });
     Children {
         service_account: ServiceAccount {
-            metadata: meta(),
+            metadata: ObjectMeta {
+                name: Some(service_account_name(&name)),
+                ..meta()
+            },
             // The app does not talk to the API unless dev-hot mode needs it to.
             automount_service_account_token: Some(app.spec.dev_hot),
             ..Default::default()
@@ -204,7 +214,7 @@ fn pod_template(
             ..Default::default()
         }),
         spec: Some(PodSpec {
-            service_account_name: Some(name.clone()),
+            service_account_name: Some(service_account_name(&name)),
             automount_service_account_token: Some(app.spec.dev_hot),
             enable_service_links: Some(false),
             security_context: Some(PodSecurityContext {
