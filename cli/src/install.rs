@@ -339,6 +339,7 @@ fn run_install(project: &Project, tool: &Tool, mode: Mode, cache: &Path, dir: &P
         name: project.package_json["name"].as_str().unwrap_or(&project.member),
     });
     let focus = tool
+        .spec
         .version
         .as_deref()
         .is_some_and(|v| !v.starts_with(['2', '3']))

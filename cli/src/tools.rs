@@ -64,12 +64,18 @@ impl ToolSpec {
 
     /// The tool, fetched into `cache/tools/` the first time.
     pub fn ensure(&self, cache: &Path) -> Result<Tool, CliError> {
-        ensure(
+        let (program, prefix, bin_dir) = ensure(
             self.manager,
             self.version.as_deref(),
             self.yarn_path.as_deref(),
             cache,
-        )
+        )?;
+        Ok(Tool {
+            spec: self.clone(),
+            program,
+            prefix,
+            bin_dir,
+        })
     }
 }
 
@@ -85,9 +91,8 @@ fn yarn_path(root: &Path) -> Option<PathBuf> {
 /// A package manager ready to run: `program args_prefix... <its own args>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tool {
-    pub manager: PackageManager,
-    /// `None` for the npm on PATH.
-    pub version: Option<String>,
+    /// What runs: manager and release.
+    pub spec: ToolSpec,
     program: PathBuf,
     prefix: Vec<OsString>,
     /// A folder holding a `yarn`/`pnpm` shim, put first on PATH for scripts that
@@ -104,10 +109,7 @@ impl Tool {
 
     /// `manager@version`, for messages.
     pub fn describe(&self) -> String {
-        match &self.version {
-            Some(v) => format!("{}@{v}", self.manager),
-            None => self.manager.to_string(),
-        }
+        self.spec.describe()
     }
 }
 
@@ -180,23 +182,17 @@ fn package_of(manager: PackageManager) -> (&'static str, &'static str, &'static 
     }
 }
 
-/// The tool for `manager` at `version` (from [`pinned_version`]), fetched into
-/// `cache/tools/` the first time. A berry project's own `yarnPath` release is used
-/// as it is.
+/// How to run `manager` at `version` (from [`pinned_version`]): program, its
+/// leading arguments and a shim folder. The release is fetched into `cache/tools/`
+/// the first time; a berry project's own `yarnPath` release is used as it is.
 fn ensure(
     manager: PackageManager,
     version: Option<&str>,
     yarn_path: Option<&Path>,
     cache: &Path,
-) -> Result<Tool, CliError> {
+) -> Result<(PathBuf, Vec<OsString>, Option<PathBuf>), CliError> {
     let Some(version) = version else {
-        return Ok(Tool {
-            manager,
-            version: None,
-            program: "npm".into(),
-            prefix: Vec::new(),
-            bin_dir: None,
-        });
+        return Ok(("npm".into(), Vec::new(), None));
     };
     let (package, script, bin_name) = package_of(manager);
     let (dir, js) = match yarn_path {
@@ -223,13 +219,7 @@ fn ensure(
     };
     let bin_dir = dir.join("bin");
     write_shim(&bin_dir, bin_name, &js)?;
-    Ok(Tool {
-        manager,
-        version: Some(version.to_string()),
-        program: "node".into(),
-        prefix: vec![js.into_os_string()],
-        bin_dir: Some(bin_dir),
-    })
+    Ok(("node".into(), vec![js.into_os_string()], Some(bin_dir)))
 }
 
 /// `npm install` one package with no dependencies of its own into `dir`, staged
