@@ -181,12 +181,13 @@ pub struct Installed {
 }
 
 /// Install (or find in the cache) the dependencies of `project` for `target`.
-/// Native modules are checked once, before the install is cached: the target is
-/// part of the key, so a cached install has passed the check.
+/// The package manager is fetched only when an install runs. Native modules are
+/// checked once, before the install is cached: the target is part of the key, so a
+/// cached install has passed the check.
 pub fn ensure_installed(
     project: &Project,
     target: &Target,
-    tool: &Tool,
+    tool: &ToolSpec,
     mode: Mode,
     key: &str,
     cache: &Path,
@@ -202,7 +203,7 @@ pub fn ensure_installed(
         .tempdir_in(&parent)
         .map_err(CliError::io("creating a staging folder"))?;
     copy_install_inputs(project, staging.path())?;
-    run_install(project, tool, mode, cache, staging.path())?;
+    run_install(project, &tool.ensure(cache)?, mode, cache, staging.path())?;
     // Secrets used for the install must not outlive it.
     for name in [".npmrc", ".yarnrc", ".yarnrc.yml"] {
         let _ = std::fs::remove_file(staging.path().join(name));

@@ -176,15 +176,6 @@ pub fn pack(req: &PackRequest, reporter: &dyn Reporter) -> Result<PackOutcome, C
     // Where the deps layer comes from: a layer storage already has for this key (when
     // the local cache lacks it), or a local install, packed once per key.
     let key = req.deps_key.clone();
-    let mut tool: Option<Tool> = None;
-    let mut tool = |cache: &Path| -> Result<Tool, CliError> {
-        if let Some(t) = &tool {
-            return Ok(t.clone());
-        }
-        let t = req.tool.ensure(cache)?;
-        tool = Some(t.clone());
-        Ok(t)
-    };
     let t = Instant::now();
     reporter.started(Phase::Install);
     let (local, deps, deps_cached, deps_source) = match &req.remote_deps {
@@ -203,22 +194,14 @@ pub fn pack(req: &PackRequest, reporter: &dyn Reporter) -> Result<PackOutcome, C
             )
         }
         _ => {
-            let installed = if install::is_installed(&key, &req.cache_dir) {
-                Installed {
-                    dir: req.cache_dir.join("deps").join(&key),
-                    cached: true,
-                }
-            } else {
-                let tool = tool(&req.cache_dir)?;
-                install::ensure_installed(
-                    &req.project,
-                    &req.target,
-                    &tool,
-                    Mode::Production,
-                    &key,
-                    &req.cache_dir,
-                )?
-            };
+            let installed = install::ensure_installed(
+                &req.project,
+                &req.target,
+                &req.tool,
+                Mode::Production,
+                &key,
+                &req.cache_dir,
+            )?;
             reporter.finished(Phase::Install, if installed.cached { "cached" } else { "done" });
             timings.install = ms(t);
             reporter.started(Phase::PackDeps);
@@ -244,16 +227,16 @@ pub fn pack(req: &PackRequest, reporter: &dyn Reporter) -> Result<PackOutcome, C
         Some(script) => {
             let t = Instant::now();
             reporter.started(Phase::Build);
-            let tool = tool(&req.cache_dir)?;
             let full_key = install::cache_key(project, &req.target, &req.tool, Mode::Full)?;
             let full = install::ensure_installed(
                 project,
                 &req.target,
-                &tool,
+                &req.tool,
                 Mode::Full,
                 &full_key,
                 &req.cache_dir,
             )?;
+            let tool = req.tool.ensure(&req.cache_dir)?;
             let dir = build(project, script, &sources, &full, &tool, &req.cache_dir)?;
             let paths = built_paths(dir.path(), &project.local_packages)?;
             reporter.finished(Phase::Build, &format!("{} files", paths.len()));

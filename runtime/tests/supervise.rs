@@ -8,6 +8,15 @@ fn runtime() -> Command {
     Command::new(env!("CARGO_BIN_EXE_aether-runtime"))
 }
 
+/// Wait up to 10 s for the app under test to create `path`.
+fn wait_for_file(path: &std::path::Path, failure: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{failure}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn exits_with_the_apps_code() {
     let status = runtime()
@@ -37,11 +46,7 @@ fn forwards_sigterm_to_the_app() {
         .args(["supervise", "sh", "-c", &script])
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "the app did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(&ready, "the app did not start");
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -71,11 +76,7 @@ fn sigterm_reaches_the_server_behind_a_start_script_and_supervise_waits_for_it()
         ])
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "the app did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(&ready, "the app did not start");
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
