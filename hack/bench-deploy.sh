@@ -18,6 +18,8 @@ cargo build -q -p aether-cli
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 kubectl delete namespace "$ns" --ignore-not-found --wait=true >/dev/null
 kubectl create namespace "$ns" >/dev/null
+kubectl -n "$ns" create rolebinding aether-operator --clusterrole aether-operator-namespace \
+  --serviceaccount aether-system:aether-operator >/dev/null
 mkdir -p "$work/app"
 (cd "$REPO_ROOT/examples/express-api" && tar --exclude node_modules --exclude .aether -cf - .) | tar -xf - -C "$work/app"
 

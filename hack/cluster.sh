@@ -291,12 +291,7 @@ EOF
   garage key import --yes -n aether-local "$key_id" "$secret" >/dev/null
   garage bucket allow --read --write --owner "$S3_BUCKET" --key "$key_id" >/dev/null
   printf 'AWS_ACCESS_KEY_ID=%s\nAWS_SECRET_ACCESS_KEY=%s\n' "$key_id" "$secret" > "$STATE_DIR/garage/credentials"
-  # A read-only key for app pods (the init container only downloads).
-  key_id="GK$(openssl rand -hex 12)"; secret="$(openssl rand -hex 32)"
-  garage key import --yes -n aether-reader "$key_id" "$secret" >/dev/null
-  garage bucket allow --read "$S3_BUCKET" --key "$key_id" >/dev/null
-  printf 'AWS_ACCESS_KEY_ID=%s\nAWS_SECRET_ACCESS_KEY=%s\n' "$key_id" "$secret" > "$STATE_DIR/garage/reader-credentials"
-  chmod 600 "$STATE_DIR/garage/credentials" "$STATE_DIR/garage/reader-credentials"
+  chmod 600 "$STATE_DIR/garage/credentials"
   wait_for "garage s3 api" 30 curl -s -o /dev/null "$S3_ENDPOINT"
 }
 

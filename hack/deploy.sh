@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Deploy Aether into the local cluster (hack/cluster.sh up) the way a cluster admin
 # would: images built from target/debug and imported into its containerd, the
-# kustomize/overlays/local overlay, the storage Secrets from the running cluster's
-# credentials, and your signing key trusted. Idempotent; waits for the operator.
+# kustomize/overlays/local overlay, the operator's storage Secret from the running
+# cluster's credentials, the namespace `default` enabled for apps, and your signing
+# key trusted. Idempotent; waits for the operator.
 source "$(dirname "$0")/lib.sh"
-[[ -f "$KUBECONFIG_ADMIN" && -f "$STATE_DIR/garage/reader-credentials" ]] \
+[[ -f "$KUBECONFIG_ADMIN" && -f "$STATE_DIR/garage/credentials" ]] \
   || die "the local cluster is not up: run hack/cluster.sh up"
 export KUBECONFIG="$KUBECONFIG_ADMIN"
 
@@ -39,10 +40,20 @@ trust_signing_key() {
   log "trusting signing key $id ($pub) in aether-system/aether-trusted-keys"
 }
 
+# Let the operator manage apps in namespace $1 (a cluster admin's step; see
+# config/tenant).
+enable_namespace() {
+  kubectl -n "$1" create rolebinding aether-operator --clusterrole aether-operator-namespace \
+    --serviceaccount aether-system:aether-operator --dry-run=client -o yaml \
+    | kubectl apply --server-side --field-manager aether-hack -f - >/dev/null
+}
+
 apply_all() {
   kubectl apply --server-side --force-conflicts --field-manager aether-hack -k "$REPO_ROOT/kustomize/overlays/local" >/dev/null
   secret_from_env_file aether-storage "$STATE_DIR/garage/credentials"
-  secret_from_env_file aether-storage-reader "$STATE_DIR/garage/reader-credentials"
+  # App pods hold no storage credentials any more (presigned download URLs instead).
+  kubectl -n aether-system delete secret aether-storage-reader --ignore-not-found >/dev/null
+  enable_namespace default
   trust_signing_key
   # Same tags, new content: roll the operator when an image or its settings changed
   # (it reads the ConfigMap at start).

@@ -1,6 +1,7 @@
 //! Uploads through presigned URLs: plain HTTP PUTs (whole blobs or parts), with
 //! bounded retries and jittered backoff when storage is down or failing.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -45,7 +46,7 @@ pub async fn upload_blob(client: &HttpClient, blobs_dir: &Path, blob: &BlobUploa
     let data =
         std::fs::read(blobs_dir.join(hex)).map_err(|e| put_error(format!("reading the packed blob: {e}")))?;
     if let Some(url) = &blob.url {
-        put_with_retries(client, url, Bytes::from(data.clone())).await?;
+        put_with_retries(client, url, &blob.headers, Bytes::from(data.clone())).await?;
         return Ok(data.len() as u64);
     }
     let part_size = blob.part_size.unwrap_or(0).max(1) as usize;
@@ -57,19 +58,28 @@ pub async fn upload_blob(client: &HttpClient, blobs_dir: &Path, blob: &BlobUploa
             .get(start..end)
             .ok_or_else(|| put_error("part out of range"))?;
         sent += chunk.len() as u64;
-        put_with_retries(client, &part.url, Bytes::copy_from_slice(chunk)).await?;
+        put_with_retries(client, &part.url, &BTreeMap::new(), Bytes::copy_from_slice(chunk)).await?;
     }
     Ok(sent)
 }
 
-/// PUT with bounded retries (4 attempts) and jittered exponential backoff on
-/// connection errors and 5xx; 4xx (expired or wrong URL) fails at once.
-pub async fn put_with_retries(client: &HttpClient, url: &str, body: Bytes) -> Result<(), PutError> {
+/// PUT with the URL's signed headers, bounded retries (4 attempts) and jittered
+/// exponential backoff on connection errors and 5xx; 4xx (expired or wrong URL)
+/// fails at once.
+pub async fn put_with_retries(
+    client: &HttpClient,
+    url: &str,
+    headers: &BTreeMap<String, String>,
+    body: Bytes,
+) -> Result<(), PutError> {
     let mut delay = Duration::from_millis(300);
     let mut last = String::new();
     for attempt in 1..=4 {
-        let req = hyper::Request::put(url)
-            .header(hyper::header::CONTENT_LENGTH, body.len())
+        let mut req = hyper::Request::put(url).header(hyper::header::CONTENT_LENGTH, body.len());
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req
             .body(Full::new(body.clone()))
             .map_err(|e| put_error(e.to_string()))?;
         match tokio::time::timeout(Duration::from_secs(120), client.request(req)).await {

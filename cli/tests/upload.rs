@@ -38,9 +38,14 @@ async fn storage_answering(status: &'static str) -> (String, Arc<AtomicUsize>) {
 async fn a_failing_storage_is_retried_with_backoff_then_reported() {
     let (url, count) = storage_answering("503 Service Unavailable").await;
     let started = Instant::now();
-    let err = put_with_retries(&http_client().unwrap(), &url, Bytes::from_static(b"blob"))
-        .await
-        .unwrap_err();
+    let err = put_with_retries(
+        &http_client().unwrap(),
+        &url,
+        &Default::default(),
+        Bytes::from_static(b"blob"),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(count.load(Ordering::SeqCst), 4, "4 attempts");
     assert!(!err.expired);
     assert!(
@@ -65,6 +70,7 @@ async fn storage_that_is_gone_is_reported_as_a_connection_failure() {
     let err = put_with_retries(
         &http_client().unwrap(),
         &format!("http://{closed}/bucket/blob"),
+        &Default::default(),
         Bytes::from_static(b"blob"),
     )
     .await
@@ -79,9 +85,14 @@ async fn storage_that_is_gone_is_reported_as_a_connection_failure() {
 #[tokio::test]
 async fn an_expired_url_is_not_retried_but_flagged_for_renewal() {
     let (url, count) = storage_answering("403 Forbidden").await;
-    let err = put_with_retries(&http_client().unwrap(), &url, Bytes::from_static(b"blob"))
-        .await
-        .unwrap_err();
+    let err = put_with_retries(
+        &http_client().unwrap(),
+        &url,
+        &Default::default(),
+        Bytes::from_static(b"blob"),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(count.load(Ordering::SeqCst), 1);
     assert!(err.expired, "the CLI asks the operator for new URLs");
 }

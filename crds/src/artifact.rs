@@ -1,6 +1,8 @@
 // kube-derive takes one `printcolumn(...)` per column, so their keys repeat by design.
 #![allow(clippy::duplicated_attributes)]
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -226,6 +228,11 @@ pub struct BlobUpload {
     /// Single PUT of the whole blob.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Headers the PUT must carry: they are signed (the blob's sha256 among them), so
+    /// storage refuses any other bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub headers: BTreeMap<String, String>,
     /// Multipart upload: PUT each part to its URL; the operator completes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_id: Option<String>,

@@ -27,8 +27,13 @@ pub async fn get(host: &str, port: u16, path: &str) -> anyhow::Result<(u16, Stri
     .with_context(|| format!("GET http://{host}:{port}{path} timed out"))?
 }
 
-/// PUT `body` to an `http://` URL (e.g. a presigned upload URL); returns status and body.
-pub async fn put(url: &str, body: Vec<u8>) -> anyhow::Result<(u16, String)> {
+/// PUT `body` to an `http://` URL (e.g. a presigned upload URL) with the headers it
+/// was signed with; returns status and body.
+pub async fn put(
+    url: &str,
+    headers: &std::collections::BTreeMap<String, String>,
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, String)> {
     let uri: hyper::Uri = url.parse().with_context(|| format!("not a URL: {url}"))?;
     anyhow::ensure!(
         uri.scheme_str() == Some("http"),
@@ -45,10 +50,13 @@ pub async fn put(url: &str, body: Vec<u8>) -> anyhow::Result<(u16, String)> {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let len = body.len();
-        let req = hyper::Request::put(path)
+        let mut req = hyper::Request::put(path)
             .header(hyper::header::HOST, format!("{host}:{port}"))
-            .header(hyper::header::CONTENT_LENGTH, len)
-            .body(http_body_util::Full::new(Bytes::from(body)))?;
+            .header(hyper::header::CONTENT_LENGTH, len);
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req.body(http_body_util::Full::new(Bytes::from(body)))?;
         let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
         let text = resp.into_body().collect().await?.to_bytes();

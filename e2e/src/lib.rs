@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::wait::{Condition, await_condition};
 use kube::{Api, Client, Resource};
@@ -56,8 +57,38 @@ pub async fn client() -> anyhow::Result<Client> {
     )
 }
 
-/// Run `test` in a fresh namespace and delete the namespace afterwards, whether the
-/// test passed, failed or panicked.
+/// Enable Aether in `ns` as a cluster admin does (config/tenant): bind the operator's
+/// namespaced ClusterRole to its ServiceAccount (`AETHER_OPERATOR_NAMESPACE`, default
+/// `aether-system`).
+pub async fn enable_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let operator_ns = env_or("AETHER_OPERATOR_NAMESPACE", "aether-system");
+    let binding = RoleBinding {
+        metadata: kube::api::ObjectMeta {
+            name: Some("aether-operator".into()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: "aether-operator-namespace".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "aether-operator".into(),
+            namespace: Some(operator_ns),
+            ..Default::default()
+        }]),
+    };
+    let api: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    match api.create(&PostParams::default(), &binding).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e).context("enabling Aether in the test namespace"),
+    }
+}
+
+/// Run `test` in a fresh namespace, enabled for Aether, and delete the namespace
+/// afterwards, whether the test passed, failed or panicked.
 pub async fn with_temp_ns<F, Fut>(prefix: &str, test: F) -> anyhow::Result<()>
 where
     F: FnOnce(Client, String) -> Fut,
@@ -70,6 +101,7 @@ where
     ns.metadata.labels = Some([(E2E_LABEL.to_string(), prefix.to_string())].into());
     let ns = namespaces.create(&PostParams::default(), &ns).await?;
     let name = ns.metadata.name.context("namespace without a name")?;
+    enable_namespace(&client, &name).await?;
 
     // Pods cannot be admitted until the namespace's default ServiceAccount exists.
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);

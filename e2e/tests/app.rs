@@ -216,6 +216,7 @@ async fn a_corrupted_blob_stops_the_new_pods_and_the_old_version_keeps_serving()
     let _shared = OPERATOR.read().await;
     let storage = StorageSettings::from_env()?.host();
     with_temp_ns("corrupt", move |client, ns| async move {
+        let storage = storage.namespace(&ns);
         let dir = tempfile::tempdir()?;
         example_app(dir.path(), "Intact release")?;
         let url = serve(&client, &ns, dir.path(), "Intact release").await?;

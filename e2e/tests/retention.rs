@@ -46,6 +46,7 @@ async fn wait_gone(api: &Api<AetherArtifact>, name: &str) -> anyhow::Result<()> 
 async fn deleting_an_artifact_frees_only_the_blobs_no_other_artifact_lists() -> anyhow::Result<()> {
     let storage = StorageSettings::from_env()?.host();
     with_temp_ns("gc", move |client, ns| async move {
+        let storage = storage.namespace(&ns);
         let dir = tempfile::tempdir()?;
         // Two apps from the same lockfile: same deps layer, different code.
         example_app(dir.path(), &format!("Collected in {ns}"))?;
@@ -92,6 +93,7 @@ async fn releases_older_than_the_kept_ones_are_deleted_with_their_blobs() -> any
         .unwrap_or(2);
     let storage = StorageSettings::from_env()?.host();
     with_temp_ns("retention", move |client, ns| async move {
+        let storage = storage.namespace(&ns);
         let dir = tempfile::tempdir()?;
         example_app(dir.path(), "release 0")?;
         let arts: Api<AetherArtifact> = Api::namespaced(client.clone(), &ns);

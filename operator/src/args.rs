@@ -37,8 +37,7 @@ pub struct Args {
     #[arg(long, env = "AETHER_PART_SIZE_BYTES", default_value_t = 16 << 20)]
     pub part_size_bytes: u64,
 
-    /// The operator's namespace: its Lease, default trusted keys and the storage
-    /// credentials for pods live there.
+    /// The operator's namespace: its Lease and the default trusted keys live there.
     #[arg(long, env = "POD_NAMESPACE", default_value = "aether-system")]
     pub namespace: String,
     /// Image of the in-pod runtime (the `fetch` init container).
@@ -52,14 +51,11 @@ pub struct Args {
     /// Storage endpoint as pods reach it [default: --s3-endpoint].
     #[arg(long, env = "AETHER_RUNTIME_S3_ENDPOINT")]
     pub runtime_s3_endpoint: Option<String>,
-    /// Secret in --namespace with read-only AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
-    /// for pods; each app gets a copy. Empty: pods use workload identity instead.
-    #[arg(
-        long,
-        env = "AETHER_RUNTIME_CREDENTIALS_SECRET",
-        default_value = "aether-storage-reader"
-    )]
-    pub runtime_credentials_secret: String,
+    /// How long the download URLs given to app pods stay valid (renewed at half
+    /// their life; SigV4 allows at most 7 days).
+    #[arg(long, env = "AETHER_DOWNLOAD_URL_TTL_SECONDS", default_value_t = 12 * 3600,
+          value_parser = clap::value_parser!(u64).range(120..=7 * 24 * 3600))]
+    pub download_url_ttl_seconds: u64,
     /// The init container gives up after this long.
     #[arg(long, env = "AETHER_FETCH_DEADLINE_SECONDS", default_value_t = 300)]
     pub fetch_deadline_seconds: i64,
@@ -95,25 +91,15 @@ pub struct Args {
 
 impl Args {
     pub fn app_config(&self) -> crate::app::AppConfig {
-        let storage = self.storage();
         crate::app::AppConfig {
             pod: crate::app::build::PodConfig {
                 runtime_image: self.runtime_image.clone(),
                 node_image: self.node_image.clone(),
                 image_pull_policy: self.image_pull_policy.clone(),
-                s3_endpoint: self
-                    .runtime_s3_endpoint
-                    .clone()
-                    .filter(|e| !e.is_empty())
-                    .or(storage.endpoint),
-                s3_region: storage.region,
-                s3_bucket: storage.bucket,
-                s3_prefix: storage.prefix,
-                s3_path_style: storage.path_style,
                 fetch_deadline_seconds: self.fetch_deadline_seconds,
             },
             operator_namespace: self.namespace.clone(),
-            credentials_secret: Some(self.runtime_credentials_secret.clone()).filter(|s| !s.is_empty()),
+            download_url_ttl: Duration::from_secs(self.download_url_ttl_seconds),
             trusted_keys_configmap: self.trusted_keys_configmap.clone(),
             url_mode: self.url_mode,
         }
@@ -131,6 +117,7 @@ impl Args {
         StorageConfig {
             endpoint: self.s3_endpoint.clone().filter(|e| !e.is_empty()),
             public_endpoint: self.s3_public_endpoint.clone().filter(|e| !e.is_empty()),
+            download_endpoint: self.runtime_s3_endpoint.clone().filter(|e| !e.is_empty()),
             region: self.s3_region.clone(),
             bucket: self.s3_bucket.clone(),
             prefix: self.s3_prefix.clone(),

@@ -1,10 +1,17 @@
 //! The AetherArtifact controller: the storage side of `aether push`.
 //!
-//! validate (the spec reproduces its digest) → look at storage (HEAD every blob) →
-//! either hand out presigned upload URLs for the missing blobs (`Uploaded=False`,
-//! `AwaitingUpload`) or, once everything is there, re-hash every blob in storage
-//! (`Verified`, `Ready`). Wrong bytes are deleted and reported as `DigestMismatch`.
-//! Developers never hold storage credentials: URLs travel through `status.upload`.
+//! validate (the spec reproduces its digest) → look at storage (HEAD every blob of the
+//! artifact's namespace) → either hand out presigned upload URLs for the missing blobs
+//! (`Uploaded=False`, `AwaitingUpload`) or, once everything is there, re-hash every
+//! blob in storage (`Verified`, `Ready`). Developers never hold storage credentials:
+//! URLs travel through `status.upload`.
+//!
+//! What a requester claims never costs anyone else a blob: storage is per namespace
+//! (see `aether_storage`), a URL stores only the bytes of its digest, and a stored
+//! blob whose size disagrees with the spec is hashed: if it is right, the spec is
+//! wrong (`InvalidSpec`); only bytes that do not match their own digest are deleted.
+//! A Ready artifact is looked at again (HEAD) every few minutes and re-verified when
+//! asked, so a lost blob is uploaded again by the next push.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +22,7 @@ use aether_crds::{
     AetherApp, AetherArtifact, AetherArtifactStatus, BlobRef, BlobUpload, PartUpload,
     REISSUE_UPLOAD_ANNOTATION, UPLOAD_COMPLETE_ANNOTATION, UploadInstructions,
 };
-use aether_storage::{Storage, StorageError, plan_parts};
+use aether_storage::{Blobs, Storage, StorageError, plan_parts};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -82,6 +89,10 @@ impl Error {
 
 /// Held by every artifact until its blobs have been released (see [`crate::blobs`]).
 pub const FINALIZER: &str = "aether.dev/blobs";
+
+/// How often a Ready artifact's blobs are looked at (HEAD) again: a blob lost from
+/// storage makes the artifact ask for an upload instead of failing pods.
+pub const RECHECK: Duration = Duration::from_secs(300);
 
 /// Are these upload instructions still usable for at least `margin`?
 pub fn still_valid(upload: &UploadInstructions, now: Timestamp, margin: Duration) -> bool {
@@ -164,12 +175,17 @@ async fn apply(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error>
 /// The finalizer: abort unfinished multipart uploads, then delete every blob no
 /// other live artifact lists, under the blob locks.
 async fn release_blobs(art: &AetherArtifact, ctx: &Context) -> Result<Action, Error> {
+    let ns = art.namespace().unwrap_or_default();
+    let storage = ctx.storage.namespace(&ns);
     if let Some(upload) = art.status.as_ref().and_then(|s| s.upload.as_ref()) {
         for b in upload.blobs.iter().filter(|b| b.upload_id.is_some()) {
             if let Ok(digest) = b.digest.parse::<Digest>() {
-                match ctx
-                    .storage
-                    .abort_multipart(&digest, b.upload_id.as_deref().unwrap_or_default())
+                match storage
+                    .abort_multipart(
+                        &upload_name(art),
+                        &digest,
+                        b.upload_id.as_deref().unwrap_or_default(),
+                    )
                     .await
                 {
                     Ok(()) | Err(StorageError::NotFound(_)) => {}
@@ -179,11 +195,11 @@ async fn release_blobs(art: &AetherArtifact, ctx: &Context) -> Result<Action, Er
         }
     }
     let candidates = blobs::digests(art);
-    let _locks = ctx.locks.lock_all(candidates.iter().copied()).await;
-    let all = blobs::list_all(&ctx.client).await?;
+    let _locks = ctx.locks.lock_all(&ns, candidates.iter().copied()).await;
+    let all = blobs::list_namespace(&ctx.client, &ns).await?;
     let free = blobs::unreferenced(art, &candidates, &all);
     for digest in &free {
-        ctx.storage.delete(digest).await?;
+        storage.delete(digest).await?;
     }
     info!(
         deleted = free.len(),
@@ -193,9 +209,16 @@ async fn release_blobs(art: &AetherArtifact, ctx: &Context) -> Result<Action, Er
     Ok(Action::await_change())
 }
 
+/// Multipart uploads are assembled under a key named after the artifact's uid: one
+/// conversation's parts never mix with another's.
+fn upload_name(art: &AetherArtifact) -> String {
+    art.uid().unwrap_or_else(|| art.name_any())
+}
+
 async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error> {
     let ns = art.namespace().unwrap_or_default();
     let api: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), &ns);
+    let storage = ctx.storage.namespace(&ns);
     let generation = art.metadata.generation;
     let old = art.status.clone().unwrap_or_default();
     let mut status = old.clone();
@@ -213,39 +236,11 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
         .and_then(|_| art.spec.blobs().map_err(|e| e.to_string()))
     {
         Ok(b) => b,
-        Err(message) => {
-            conditions::set(
-                &mut status.conditions,
-                READY,
-                false,
-                "InvalidSpec",
-                &message,
-                generation,
-            );
-            conditions::set(
-                &mut status.conditions,
-                STALLED,
-                true,
-                "InvalidSpec",
-                &message,
-                generation,
-            );
-            publish_on_change(
-                ctx,
-                &art,
-                &old,
-                &status,
-                EventType::Warning,
-                "InvalidSpec",
-                &message,
-            )
-            .await;
-            patch_status(&api, &art, &status).await?;
-            return Ok(Action::await_change());
-        }
+        Err(message) => return invalid_spec(&api, ctx, &art, &old, status, &message).await,
     };
-    if conditions::is_true(&old.conditions, READY) && old.observed_generation == generation && !reissue {
-        return Ok(Action::await_change());
+    let was_ready = conditions::is_true(&old.conditions, READY) && old.observed_generation == generation;
+    if was_ready && !reissue && still_stored(&storage, &blobs).await? {
+        return Ok(Action::requeue(RECHECK));
     }
     // A verdict on bad bytes stands until the uploader asks for new URLs: otherwise
     // the next loop would hand out fresh ones and hide it.
@@ -259,24 +254,31 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
 
     // From the first HEAD to the verdict, no blob of this artifact may be collected
     // (see crate::blobs).
-    let _locks = ctx.locks.lock_all(blobs.iter().map(|b| b.digest)).await;
+    let _locks = ctx.locks.lock_all(&ns, blobs.iter().map(|b| b.digest)).await;
 
-    // The uploader says it is done: finish multipart uploads first.
+    // The uploader says it is done: finish multipart uploads and move them into place
+    // once their bytes match (wrong ones never reach the blob key).
     if completed
         && !reissue
         && let Some(upload) = &old.upload
     {
         for b in upload.blobs.iter().filter(|b| b.upload_id.is_some()) {
-            let digest: Digest = b
-                .digest
-                .parse()
-                .map_err(|_| StorageError::Other("bad digest in status".into()))?;
-            match ctx
-                .storage
-                .complete_multipart(&digest, b.upload_id.as_deref().unwrap_or_default())
+            let Some(blob) = blobs.iter().find(|x| x.digest.to_string() == b.digest) else {
+                continue;
+            };
+            let name = upload_name(&art);
+            match storage
+                .complete_multipart(&name, &blob.digest, b.upload_id.as_deref().unwrap_or_default())
                 .await
             {
                 Ok(()) | Err(StorageError::NotFound(_)) => {} // completed earlier
+                Err(e) => return Err(e.into()),
+            }
+            match storage.promote(&name, &blob.digest, blob.size).await {
+                Ok(()) | Err(StorageError::NotFound(_)) => {} // promoted earlier, or never uploaded
+                Err(e @ StorageError::Mismatch { .. }) => {
+                    return reject(&api, ctx, &art, &old, status, &e.to_string()).await;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -284,13 +286,27 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
 
     let mut missing = Vec::new();
     for b in &blobs {
-        match ctx.storage.head(&b.digest).await? {
+        match storage.head(&b.digest).await? {
             Some(size) if size == b.size => {}
-            Some(size) => {
-                warn!(digest = %b.digest, size, expected = b.size, "stored blob has the wrong size; deleting it");
-                ctx.storage.delete(&b.digest).await?;
-                missing.push(*b);
-            }
+            // The spec's size disagrees with what is stored under the digest. The
+            // stored bytes decide: if they match the digest, the claim is wrong and
+            // nothing is touched; only bytes that match nothing are removed.
+            Some(size) => match storage.verify(&b.digest, size).await {
+                Ok(()) => {
+                    let message = format!(
+                        "blob {} is {size} bytes, not {} as the spec says",
+                        b.digest, b.size
+                    );
+                    return invalid_spec(&api, ctx, &art, &old, status, &message).await;
+                }
+                Err(StorageError::Mismatch { .. }) => {
+                    warn!(digest = %b.digest, size, "stored bytes do not match their digest; removing them");
+                    storage.delete(&b.digest).await?;
+                    missing.push(*b);
+                }
+                Err(StorageError::NotFound(_)) => missing.push(*b),
+                Err(e) => return Err(e.into()),
+            },
             None => missing.push(*b),
         }
     }
@@ -298,18 +314,19 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
     if missing.is_empty() {
         // A cache can lag the API server (just after a leader change, say): if another
         // reconcile already verified this artifact, do not re-hash it, or judge bytes
-        // that changed since (and that the pods will judge themselves).
+        // that changed since (and that the pods will judge themselves). Unless asked
+        // to: a re-verification request always hashes again.
         let fresh = api.get(&art.name_any()).await?;
-        if fresh
-            .status
-            .as_ref()
-            .is_some_and(|s| conditions::is_true(&s.conditions, READY) && s.observed_generation == generation)
+        if !reissue
+            && fresh.status.as_ref().is_some_and(|s| {
+                conditions::is_true(&s.conditions, READY) && s.observed_generation == generation
+            })
         {
             // Answer any pending request: the artifact is ready as it is.
             clear_annotations(&api, &art).await?;
-            return Ok(Action::await_change());
+            return Ok(Action::requeue(RECHECK));
         }
-        return verify(&api, ctx, &art, old, status, &blobs).await;
+        return verify(&api, &storage, ctx, &art, old, status, &blobs).await;
     }
 
     let now = Timestamp::now();
@@ -331,7 +348,7 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
     if !usable || reissue {
-        status.upload = Some(instructions(ctx, &missing, now).await?);
+        status.upload = Some(instructions(ctx, &storage, &upload_name(&art), &missing, now).await?);
         if reissue || completed {
             clear_annotations(&api, &art).await?;
         }
@@ -365,9 +382,90 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
     ))
 }
 
-/// Every blob is stored: check each against its digest.
+/// The spec names blobs it cannot have (it is immutable, so in practice this waits
+/// for a new artifact): `Stalled`, and nothing in storage is touched.
+async fn invalid_spec(
+    api: &Api<AetherArtifact>,
+    ctx: &Context,
+    art: &AetherArtifact,
+    old: &AetherArtifactStatus,
+    mut status: AetherArtifactStatus,
+    message: &str,
+) -> Result<Action, Error> {
+    let generation = art.metadata.generation;
+    status.upload = None;
+    conditions::set(
+        &mut status.conditions,
+        READY,
+        false,
+        "InvalidSpec",
+        message,
+        generation,
+    );
+    conditions::set(
+        &mut status.conditions,
+        STALLED,
+        true,
+        "InvalidSpec",
+        message,
+        generation,
+    );
+    publish_on_change(ctx, art, old, &status, EventType::Warning, "InvalidSpec", message).await;
+    patch_status(api, art, &status).await?;
+    Ok(Action::await_change())
+}
+
+/// Uploaded bytes did not match their digest: the verdict stands until the uploader
+/// asks for new URLs.
+async fn reject(
+    api: &Api<AetherArtifact>,
+    ctx: &Context,
+    art: &AetherArtifact,
+    old: &AetherArtifactStatus,
+    mut status: AetherArtifactStatus,
+    message: &str,
+) -> Result<Action, Error> {
+    let generation = art.metadata.generation;
+    status.upload = None;
+    conditions::set_all(
+        &mut status.conditions,
+        &[UPLOADED, VERIFIED, READY],
+        false,
+        "DigestMismatch",
+        message,
+        generation,
+    );
+    publish_on_change(
+        ctx,
+        art,
+        old,
+        &status,
+        EventType::Warning,
+        "DigestMismatch",
+        message,
+    )
+    .await;
+    patch_status(api, art, &status).await?;
+    clear_annotations(api, art).await?;
+    Ok(Action::await_change())
+}
+
+/// Is every blob still stored, with its size? A cheap look (HEAD), for Ready artifacts.
+async fn still_stored(storage: &Blobs, blobs: &[BlobRef]) -> Result<bool, Error> {
+    for b in blobs {
+        if storage.head(&b.digest).await? != Some(b.size) {
+            info!(digest = %b.digest, "a blob of this Ready artifact is gone from storage; asking for it again");
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Every blob is stored: check each against its digest. Bytes that do not match are
+/// removed (they are no blob's), and the artifact waits for a new upload.
 async fn verify(
     api: &Api<AetherArtifact>,
+    storage: &Blobs,
     ctx: &Context,
     art: &AetherArtifact,
     old: AetherArtifactStatus,
@@ -376,34 +474,13 @@ async fn verify(
 ) -> Result<Action, Error> {
     let generation = art.metadata.generation;
     for b in blobs {
-        match ctx.storage.verify(&b.digest, b.size).await {
+        match storage.verify(&b.digest, b.size).await {
             Ok(()) => {}
             Err(e @ StorageError::Mismatch { .. }) => {
                 let message = e.to_string();
-                warn!(%message, "deleting a blob that does not match its digest");
-                ctx.storage.delete(&b.digest).await?;
-                status.upload = None;
-                conditions::set_all(
-                    &mut status.conditions,
-                    &[UPLOADED, VERIFIED, READY],
-                    false,
-                    "DigestMismatch",
-                    &message,
-                    generation,
-                );
-                publish_on_change(
-                    ctx,
-                    art,
-                    &old,
-                    &status,
-                    EventType::Warning,
-                    "DigestMismatch",
-                    &message,
-                )
-                .await;
-                patch_status(api, art, &status).await?;
-                clear_annotations(api, art).await?;
-                return Ok(Action::await_change());
+                warn!(%message, "deleting stored bytes that do not match their digest");
+                storage.delete(&b.digest).await?;
+                return reject(api, ctx, art, &old, status, &message).await;
             }
             Err(e) => return Err(e.into()),
         }
@@ -432,11 +509,13 @@ async fn verify(
     patch_status(api, art, &status).await?;
     clear_annotations(api, art).await?;
     info!("verified");
-    Ok(Action::await_change())
+    Ok(Action::requeue(RECHECK))
 }
 
 async fn instructions(
     ctx: &Context,
+    storage: &Blobs,
+    upload: &str,
     missing: &[BlobRef],
     now: Timestamp,
 ) -> Result<UploadInstructions, Error> {
@@ -444,28 +523,33 @@ async fn instructions(
     let mut blobs = Vec::with_capacity(missing.len());
     for b in missing {
         if b.size > ctx.upload.multipart_threshold {
-            let upload_id = ctx.storage.start_multipart(&b.digest).await?;
+            let upload_id = storage.start_multipart(upload, &b.digest).await?;
             let plans = plan_parts(b.size, ctx.upload.part_size);
             let mut parts = Vec::with_capacity(plans.len());
             for p in &plans {
                 parts.push(PartUpload {
                     number: p.number,
-                    url: ctx.storage.presign_part(&b.digest, &upload_id, p, ttl).await?,
+                    url: storage
+                        .presign_part(upload, &b.digest, &upload_id, p, ttl)
+                        .await?,
                 });
             }
             blobs.push(BlobUpload {
                 digest: b.digest.to_string(),
                 size: b.size as i64,
                 url: None,
+                headers: Default::default(),
                 upload_id: Some(upload_id),
                 part_size: plans.first().map(|p| p.len as i64),
                 parts,
             });
         } else {
+            let put = storage.presign_put(&b.digest, b.size, ttl).await?;
             blobs.push(BlobUpload {
                 digest: b.digest.to_string(),
                 size: b.size as i64,
-                url: Some(ctx.storage.presign_put(&b.digest, b.size, ttl).await?),
+                url: Some(put.url),
+                headers: put.headers,
                 upload_id: None,
                 part_size: None,
                 parts: Vec::new(),

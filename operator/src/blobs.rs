@@ -1,13 +1,15 @@
 //! Blob garbage collection, race-free with respect to concurrent pushes.
 //!
-//! A blob is shared by every AetherArtifact (in any namespace) that lists its digest.
-//! When an artifact is deleted, its finalizer deletes each of its blobs that no other
-//! live artifact lists. The race to rule out: a push of the same digest that the
+//! Blobs are stored per namespace (see `aether_storage`). A blob is shared by every
+//! AetherArtifact of its namespace that lists its digest. When an artifact is
+//! deleted, its finalizer deletes each of its blobs that no other live artifact of
+//! the namespace lists. The race to rule out: a push of the same digest that the
 //! operator finds already stored (HEAD) and marks Ready just as the collector deletes
 //! it. Both decisions run in this process (the Lease holder) under a per-digest lock:
 //!
-//! - the collector, holding the lock, lists artifacts *from the API server* (not the
-//!   cache) and deletes the blob only if none but the dying one lists it;
+//! - the collector, holding the lock, lists the namespace's artifacts *from the API
+//!   server* (not the cache) and deletes the blob only if none but the dying one
+//!   lists it;
 //! - the artifact controller holds the same locks from its HEAD to its verdict.
 //!
 //! A pushed artifact exists in the API before the operator looks at its blobs, so
@@ -23,16 +25,24 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use tokio::sync::OwnedMutexGuard;
 
-/// Per-digest async locks.
+/// A blob: its namespace and digest.
+type BlobId = (String, Digest);
+
+/// Per-blob async locks.
 #[derive(Debug, Default)]
 pub struct BlobLocks {
-    locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<BlobId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl BlobLocks {
-    /// Lock every digest, in sorted order (so two callers cannot deadlock).
-    pub async fn lock_all(&self, digests: impl IntoIterator<Item = Digest>) -> Vec<OwnedMutexGuard<()>> {
-        let sorted: BTreeSet<Digest> = digests.into_iter().collect();
+    /// Lock every digest of the namespace, in sorted order (so two callers cannot
+    /// deadlock).
+    pub async fn lock_all(
+        &self,
+        namespace: &str,
+        digests: impl IntoIterator<Item = Digest>,
+    ) -> Vec<OwnedMutexGuard<()>> {
+        let sorted: BTreeSet<BlobId> = digests.into_iter().map(|d| (namespace.to_string(), d)).collect();
         let mut guards = Vec::with_capacity(sorted.len());
         for d in sorted {
             let lock = {
@@ -70,9 +80,12 @@ pub fn unreferenced(dying: &AetherArtifact, candidates: &[Digest], all: &[Aether
         .collect()
 }
 
-/// A fresh list of every AetherArtifact in the cluster, straight from the API server.
-pub async fn list_all(client: &kube::Client) -> Result<Vec<AetherArtifact>, kube::Error> {
-    let api: Api<AetherArtifact> = Api::all(client.clone());
+/// A fresh list of the namespace's AetherArtifacts, straight from the API server.
+pub async fn list_namespace(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<Vec<AetherArtifact>, kube::Error> {
+    let api: Api<AetherArtifact> = Api::namespaced(client.clone(), namespace);
     Ok(api.list(&ListParams::default()).await?.items)
 }
 
@@ -106,7 +119,7 @@ mod tests {
     fn shared_blobs_stay_until_the_last_artifact_listing_them_goes() {
         let dying = art("a", &['1', '2'], true);
         let candidates = digests(&dying);
-        // Another namespace's artifact shares blob 1; one being deleted lists blob 2.
+        // Another artifact shares blob 1; one being deleted lists blob 2.
         let all = [
             dying.clone(),
             art("b", &['1', '3'], false),
@@ -132,17 +145,21 @@ mod tests {
         let locks = Arc::new(BlobLocks::default());
         let d1 = Digest::of(b"1");
         let d2 = Digest::of(b"2");
-        let held = locks.lock_all([d1, d2]).await;
-        // Another digest is free...
-        let other = tokio::time::timeout(
-            std::time::Duration::from_millis(50),
-            locks.lock_all([Digest::of(b"3")]),
-        )
-        .await;
-        assert!(other.is_ok());
+        let held = locks.lock_all("a", [d1, d2]).await;
+        // Another digest is free, and so is the same digest in another namespace...
+        let free = |ns: &'static str, d: Digest| {
+            let locks = locks.clone();
+            async move {
+                tokio::time::timeout(std::time::Duration::from_millis(50), locks.lock_all(ns, [d]))
+                    .await
+                    .is_ok()
+            }
+        };
+        assert!(free("a", Digest::of(b"3")).await);
+        assert!(free("b", d1).await);
         // ... a held one waits until released.
         let l2 = locks.clone();
-        let waiter = tokio::spawn(async move { l2.lock_all([d2]).await.len() });
+        let waiter = tokio::spawn(async move { l2.lock_all("a", [d2]).await.len() });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!waiter.is_finished());
         drop(held);

@@ -1,6 +1,7 @@
 //! Aether's operator: one controller per custom resource.
 //! - [`artifact`]: the storage side of `aether push` (upload conversation, verification);
-//! - [`app`]: AetherApp → Deployment, Service, ServiceAccount, credentials Secret.
+//! - [`app`]: AetherApp → Deployment, Service, ServiceAccount, fetch Secret (download
+//!   URLs).
 //!
 //! `main.rs` only parses flags. [`run`] serves metrics and health, takes the Lease
 //! (when leader election is on) and then runs both controllers until a signal, or
@@ -24,7 +25,7 @@ use aether_crds::{AetherApp, AetherArtifact};
 use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
@@ -76,9 +77,10 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
             instance: std::env::var("POD_NAME").ok(),
         },
     );
+    let storage = aether_storage::Storage::new(&args.storage());
     let artifact_ctx = Arc::new(artifact::Context {
         client: client.clone(),
-        storage: aether_storage::Storage::new(&args.storage()),
+        storage: storage.clone(),
         recorder: recorder.clone(),
         upload: artifact::UploadPolicy {
             url_ttl: Duration::from_secs(args.upload_url_ttl_seconds),
@@ -91,6 +93,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     });
     let app_ctx = Arc::new(app::Context {
         client: client.clone(),
+        storage,
         recorder,
         metrics,
         config: args.app_config(),
@@ -120,8 +123,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let app_controller = Controller::new(Api::<AetherApp>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Deployment>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
-        .owns(Api::<Secret>::all(client.clone()), owned)
+        .owns(Api::<ServiceAccount>::all(client.clone()), owned)
         // An artifact names its app: a push (or a verdict) wakes that app.
         .watches(artifacts, watcher::Config::default(), |art: AetherArtifact| {
             let ns = art.namespace()?;

@@ -29,11 +29,6 @@ fn config() -> PodConfig {
         runtime_image: "registry.example/aether-runtime:1".into(),
         node_image: "node:{major}-slim".into(),
         image_pull_policy: "IfNotPresent".into(),
-        s3_endpoint: Some("http://s3.example:3900".into()),
-        s3_region: "garage".into(),
-        s3_bucket: "aether".into(),
-        s3_prefix: "".into(),
-        s3_path_style: true,
         fetch_deadline_seconds: 300,
     }
 }
@@ -99,7 +94,7 @@ fn release(code: &str) -> (Validated, SigningKey) {
 }
 
 fn build_for(app: &AetherApp, code: &str) -> Children {
-    build::build(app, &release(code).0, None, &config())
+    build::build(app, &release(code).0, &Default::default(), &config())
 }
 
 fn env_of<'a>(c: &'a Container, name: &str) -> Option<&'a EnvVar> {
@@ -170,19 +165,12 @@ fn validate_refuses_what_must_not_run_and_says_why() {
 fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
     let app = app();
     let (release, _) = release("v1");
-    let creds = [
-        (
-            "AWS_ACCESS_KEY_ID".to_string(),
-            k8s_openapi::ByteString(b"GK1".to_vec()),
-        ),
-        (
-            "AWS_SECRET_ACCESS_KEY".to_string(),
-            k8s_openapi::ByteString(b"s".to_vec()),
-        ),
-        ("unrelated".to_string(), k8s_openapi::ByteString(b"x".to_vec())),
-    ]
+    let urls = [(
+        "sha256-abc".to_string(),
+        "http://s3/b/ns/team-a/blobs/sha256/abc?X-Amz-Signature=1".to_string(),
+    )]
     .into();
-    let c = build::build(&app, &release, Some(&creds), &config());
+    let c = build::build(&app, &release, &urls, &config());
 
     // Every child: named after the app, the app's labels, owned by the app. The
     // ServiceAccount's name is one no app can have and no binding names by accident.
@@ -190,6 +178,7 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
         (&c.deployment.metadata, "web"),
         (&c.service.metadata, "web"),
         (&c.service_account.metadata, "aether.web"),
+        (&c.downloads.metadata, "aether.web.fetch"),
     ] {
         assert_eq!(meta.name.as_deref(), Some(name));
         assert_eq!(meta.namespace.as_deref(), Some("team-a"));
@@ -200,13 +189,10 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
         let owner = &meta.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.controller), ("AetherApp", Some(true)));
     }
-    let secret = c.secret.as_ref().unwrap();
-    assert_eq!(secret.metadata.name.as_deref(), Some("web-storage"));
-    assert_eq!(
-        secret.data.as_ref().unwrap().len(),
-        2,
-        "only the credential keys are copied"
-    );
+    // The fetch Secret holds the download URLs, and nothing else.
+    let data = c.downloads.data.as_ref().unwrap();
+    assert_eq!(data.len(), 1);
+    assert!(String::from_utf8_lossy(&data["sha256-abc"].0).starts_with("http://s3/b/ns/team-a/"));
     assert_eq!(c.service_account.automount_service_account_token, Some(false));
     let pod = c
         .deployment
@@ -256,15 +242,30 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
             .unwrap()
             .contains("PUBLIC KEY")
     );
-    let key_ref = env_of(fetch, "AWS_SECRET_ACCESS_KEY")
-        .unwrap()
-        .value_from
-        .as_ref()
-        .unwrap();
-    assert_eq!(key_ref.secret_key_ref.as_ref().unwrap().name, "web-storage");
-    // Never a presigned URL in the template: a pod rescheduled days later must start.
+    // No storage credential anywhere in the pod: the fetch container reads download
+    // URLs from the mounted fetch Secret (renewed in place, so a pod rescheduled days
+    // later still starts); the app container does not mount it.
     let template_text = serde_json::to_string(template).unwrap();
     assert!(!template_text.contains("X-Amz-Signature"), "{template_text}");
+    assert!(!template_text.contains("AWS_"), "{template_text}");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "downloads")
+        .unwrap();
+    assert_eq!(
+        volume.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("aether.web.fetch")
+    );
+    let mounts =
+        |c: &Container| -> Vec<String> { c.volume_mounts.iter().flatten().map(|m| m.name.clone()).collect() };
+    assert!(mounts(fetch).contains(&"downloads".to_string()));
+    assert!(!mounts(&pod.containers[0]).contains(&"downloads".to_string()));
+    assert_eq!(
+        env_of(fetch, "AETHER_DOWNLOADS_DIR").unwrap().value.as_deref(),
+        Some("/var/run/aether/downloads")
+    );
 
     let main = &pod.containers[0];
     assert_eq!(main.image.as_deref(), Some("node:20-slim"));
@@ -307,13 +308,21 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
 fn the_pod_template_changes_exactly_when_a_rollout_is_due() {
     let app = app();
     let (release, _) = release("v1");
-    let one = build::build(&app, &release, None, &config());
-    let again = build::build(&app, &release, None, &config());
+    let one = build::build(&app, &release, &Default::default(), &config());
+    let again = build::build(&app, &release, &Default::default(), &config());
     assert_eq!(
         one, again,
         "same inputs, same objects: a restarted operator rolls nothing"
     );
-    assert!(one.secret.is_none());
+    // Renewed download URLs change the Secret, never the template.
+    let renewed = build::build(
+        &app,
+        &release,
+        &[("sha256-x".to_string(), "http://s3/new".to_string())].into(),
+        &config(),
+    );
+    assert_ne!(one.downloads, renewed.downloads);
+    assert_eq!(one.deployment, renewed.deployment);
 
     let template =
         |c: &Children| serde_json::to_value(&c.deployment.spec.as_ref().unwrap().template).unwrap();
@@ -348,7 +357,7 @@ fn the_pod_template_changes_exactly_when_a_rollout_is_due() {
 }
 
 fn build_for_release(app: &AetherApp, release: &Validated) -> Children {
-    build::build(app, release, None, &config())
+    build::build(app, release, &Default::default(), &config())
 }
 
 fn pods(digest: &Digest) -> Vec<Pod> {

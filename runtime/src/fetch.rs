@@ -1,9 +1,10 @@
 //! `aether-runtime fetch`: the init container.
 //!
 //! Everything it needs comes from the pod template the operator wrote: the manifest
-//! (canonical JSON) and its digest, the signature and the trusted public keys, the
-//! storage location, and read-only credentials from a Secret. No presigned URL is
-//! involved, so a pod rescheduled days later still starts.
+//! (canonical JSON) and its digest, the signature and the trusted public keys; and
+//! from the app's fetch Secret, mounted read-only: a presigned download URL per blob
+//! (see [`crate::download`]). The pod holds no storage credential; the operator
+//! renews the URLs in place, so a pod rescheduled days later still starts.
 //!
 //! Order matters: nothing is extracted before every check passed. Failures end the
 //! container with a distinct exit code and a `Reason: detail` termination message,
@@ -15,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use aether_artifact::signature::{self, Policy, PolicyRefusal, PublicKey, Verdict};
 use aether_artifact::{Digest, Limits, Manifest, UnpackError, Unpacker};
-use aether_storage::{Storage, StorageConfig, StorageError};
+use aether_storage::StorageError;
+
+use crate::download;
 
 /// Where, under `--into`, the app is extracted and the runtime copies itself.
 pub const APP_DIR: &str = "app";
@@ -45,6 +48,13 @@ pub struct FetchArgs {
     /// Trusted public keys, PEM (any number of blocks).
     #[arg(long, env = "AETHER_TRUSTED_KEYS", default_value = "", hide_env_values = true)]
     pub trusted_keys: String,
+    /// The mounted fetch Secret: one file per blob, `sha256-<hex>`, holding its URL.
+    #[arg(
+        long,
+        env = "AETHER_DOWNLOADS_DIR",
+        default_value = "/var/run/aether/downloads"
+    )]
+    pub downloads_dir: PathBuf,
     /// The shared volume: the app goes to `INTO/app`, this binary to `INTO/bin`.
     #[arg(long, default_value = "/aether")]
     pub into: PathBuf,
@@ -180,14 +190,17 @@ pub fn check(args: &FetchArgs) -> Result<(Manifest, Verdict), FetchError> {
 
 async fn fetch(args: &FetchArgs) -> Result<Fetched, FetchError> {
     let (manifest, verdict) = check(args)?;
-    let storage = Storage::new(&StorageConfig::from_env()?);
+    let client = download::client()?;
 
     let t = Instant::now();
     // All layers at once; each is checked against its digest as it arrives.
-    let downloads = manifest
-        .layers
-        .iter()
-        .map(|layer| storage.fetch(&layer.digest, layer.size));
+    let downloads = manifest.layers.iter().map(|layer| {
+        let client = &client;
+        async move {
+            let url = download::url_for(&args.downloads_dir, &layer.digest, download::URL_WAIT).await?;
+            download::fetch(client, &url, &layer.digest, layer.size).await
+        }
+    });
     let layers: Vec<Vec<u8>> = futures::future::try_join_all(downloads).await?;
     let download = t.elapsed();
     let bytes = layers.iter().map(|l| l.len() as u64).sum();

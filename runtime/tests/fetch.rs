@@ -57,6 +57,7 @@ fn args(manifest: &Manifest, digest: Digest, policy: Policy) -> FetchArgs {
         signature_key_id: String::new(),
         signature: String::new(),
         trusted_keys: String::new(),
+        downloads_dir: "/nonexistent".into(),
         into: "/nonexistent".into(),
         deadline_seconds: 10,
         termination_log: "/dev/null".into(),

@@ -1,10 +1,17 @@
 //! Content-addressed blobs on S3-compatible storage, shared by the operator (presigns
 //! uploads, verifies, deletes), the in-pod runtime (fetches) and the CLI's direct mode.
 //!
-//! Every blob lives at `<prefix>/blobs/sha256/<hex>`, so identical layers are stored
-//! once. Presigning, multipart and retries (bounded, exponential backoff with jitter)
-//! come from the AWS SDK; nothing here signs requests by hand.
+//! Every blob lives at `<prefix>/ns/<namespace>/blobs/sha256/<hex>`: identical layers
+//! are stored once per namespace, and nothing done for one namespace (an upload URL,
+//! a verification, a deletion) can name a key of another. Only verified bytes reach
+//! a blob key: a presigned PUT signs the blob's sha256 (storage refuses other bytes),
+//! and multipart uploads land under an upload key of their own, are verified there
+//! and only then copied into place.
+//!
+//! Presigning, multipart and retries (bounded, exponential backoff with jitter) come
+//! from the AWS SDK; nothing here signs requests by hand.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aether_artifact::Digest;
@@ -26,9 +33,12 @@ pub struct StorageConfig {
     /// Endpoint written into presigned URLs, when uploaders reach storage at another
     /// address than this process does (an in-cluster Service vs. a public hostname).
     pub public_endpoint: Option<String>,
+    /// Endpoint written into presigned download URLs: where app pods reach storage,
+    /// when that differs from this process's address.
+    pub download_endpoint: Option<String>,
     pub region: String,
     pub bucket: String,
-    /// Key prefix, e.g. `aether` → `aether/blobs/sha256/<hex>`.
+    /// Key prefix, e.g. `aether` → `aether/ns/<namespace>/blobs/sha256/<hex>`.
     pub prefix: String,
     /// Path-style addressing (`endpoint/bucket/key`), which self-hosted servers need.
     pub path_style: bool,
@@ -45,6 +55,7 @@ impl std::fmt::Debug for StorageConfig {
         f.debug_struct("StorageConfig")
             .field("endpoint", &self.endpoint)
             .field("public_endpoint", &self.public_endpoint)
+            .field("download_endpoint", &self.download_endpoint)
             .field("region", &self.region)
             .field("bucket", &self.bucket)
             .field("prefix", &self.prefix)
@@ -64,6 +75,7 @@ impl StorageConfig {
         Ok(Self {
             endpoint: var("AETHER_S3_ENDPOINT"),
             public_endpoint: var("AETHER_S3_PUBLIC_ENDPOINT"),
+            download_endpoint: None,
             region: var("AETHER_S3_REGION")
                 .or_else(|| var("AWS_REGION"))
                 .unwrap_or_else(|| "us-east-1".into()),
@@ -148,15 +160,37 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     e.to_string()
 }
 
-/// `<prefix>/blobs/sha256/<hex>`, with the prefix's slashes tidied.
-pub fn blob_key(prefix: &str, digest: &Digest) -> String {
-    let prefix = prefix.trim_matches('/');
-    if prefix.is_empty() {
-        format!("blobs/sha256/{}", digest.hex())
-    } else {
-        format!("{prefix}/blobs/sha256/{}", digest.hex())
+/// `<prefix>/ns/<namespace>`, with the prefix's slashes tidied: everything stored
+/// for one namespace is under it.
+pub fn namespace_prefix(prefix: &str, namespace: &str) -> String {
+    match prefix.trim_matches('/') {
+        "" => format!("ns/{namespace}"),
+        prefix => format!("{prefix}/ns/{namespace}"),
     }
 }
+
+/// `<namespace prefix>/blobs/sha256/<hex>`: where a verified blob lives.
+pub fn blob_key(namespace_prefix: &str, digest: &Digest) -> String {
+    format!("{namespace_prefix}/blobs/sha256/{}", digest.hex())
+}
+
+/// `<namespace prefix>/uploads/<upload>/sha256/<hex>`: where a multipart upload is
+/// assembled; `upload` names the conversation (the artifact's uid), so two uploads of
+/// one digest never share parts.
+pub fn upload_key(namespace_prefix: &str, upload: &str, digest: &Digest) -> String {
+    format!("{namespace_prefix}/uploads/{upload}/sha256/{}", digest.hex())
+}
+
+/// A presigned request: the URL and the headers the request must carry (they are
+/// signed, so storage refuses a request without them or with other values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presigned {
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// CopyObject's limit: larger blobs cannot be copied into place in one request.
+pub const MAX_COPY_SIZE: u64 = 5 << 30;
 
 /// One part of a multipart upload: S3 numbers parts from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,11 +228,15 @@ pub fn plan_parts(size: u64, part_size: u64) -> Vec<PartPlan> {
     plans
 }
 
+/// The bucket, as the operator holds it. Every blob operation goes through
+/// [`Storage::namespace`], so each names the namespace whose keys it touches.
 #[derive(Debug, Clone)]
 pub struct Storage {
     client: aws_sdk_s3::Client,
     /// Signs URLs for uploaders: `client`, or one aimed at the public endpoint.
     presigner: aws_sdk_s3::Client,
+    /// Signs URLs for app pods: `client`, or one aimed at the pods' endpoint.
+    downloader: aws_sdk_s3::Client,
     bucket: String,
     prefix: String,
 }
@@ -206,13 +244,14 @@ pub struct Storage {
 impl Storage {
     pub fn new(config: &StorageConfig) -> Self {
         let client = sdk_client(config, config.endpoint.as_deref());
-        let presigner = match &config.public_endpoint {
-            Some(public) => sdk_client(config, Some(public)),
+        let aimed_at = |endpoint: &Option<String>| match endpoint {
+            Some(endpoint) => sdk_client(config, Some(endpoint)),
             None => client.clone(),
         };
         Self {
+            presigner: aimed_at(&config.public_endpoint),
+            downloader: aimed_at(&config.download_endpoint),
             client,
-            presigner,
             bucket: config.bucket.clone(),
             prefix: config.prefix.clone(),
         }
@@ -227,8 +266,35 @@ impl Storage {
         &self.bucket
     }
 
+    /// The blobs of one namespace.
+    pub fn namespace(&self, namespace: &str) -> Blobs {
+        Blobs {
+            client: self.client.clone(),
+            presigner: self.presigner.clone(),
+            downloader: self.downloader.clone(),
+            bucket: self.bucket.clone(),
+            prefix: namespace_prefix(&self.prefix, namespace),
+        }
+    }
+}
+
+/// One namespace's blobs: no method here can name a key outside its prefix.
+#[derive(Debug, Clone)]
+pub struct Blobs {
+    client: aws_sdk_s3::Client,
+    presigner: aws_sdk_s3::Client,
+    downloader: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+}
+
+impl Blobs {
     pub fn key(&self, digest: &Digest) -> String {
         blob_key(&self.prefix, digest)
+    }
+
+    fn upload_key(&self, upload: &str, digest: &Digest) -> String {
+        upload_key(&self.prefix, upload, digest)
     }
 
     /// The blob's size, or None if it is not stored.
@@ -249,32 +315,56 @@ impl Storage {
         }
     }
 
-    /// A URL that lets its holder PUT exactly this blob (`size` bytes) until it expires.
+    /// A request that lets its holder PUT exactly this blob until it expires: its
+    /// size and its sha256 are signed, so storage refuses any other bytes.
     pub async fn presign_put(
         &self,
         digest: &Digest,
         size: u64,
         expires: Duration,
-    ) -> Result<String, StorageError> {
-        let config = presigning(expires)?;
+    ) -> Result<Presigned, StorageError> {
         let req = self
             .presigner
             .put_object()
             .bucket(&self.bucket)
             .key(self.key(digest))
             .content_length(size as i64)
-            .presigned(config)
+            .checksum_sha256(base64(digest.as_bytes()))
+            .presigned(presigning(expires)?)
+            .await
+            .map_err(|e| StorageError::from_sdk(digest, e))?;
+        Ok(Presigned {
+            url: req.uri().to_string(),
+            headers: req
+                .headers()
+                .filter(|(name, _)| !name.eq_ignore_ascii_case("content-length"))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+    }
+
+    /// A URL that lets its holder GET this blob until it expires (at most 7 days:
+    /// SigV4's limit).
+    pub async fn presign_get(&self, digest: &Digest, expires: Duration) -> Result<String, StorageError> {
+        let req = self
+            .downloader
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(digest))
+            .presigned(presigning(expires)?)
             .await
             .map_err(|e| StorageError::from_sdk(digest, e))?;
         Ok(req.uri().to_string())
     }
 
-    pub async fn start_multipart(&self, digest: &Digest) -> Result<String, StorageError> {
+    /// Start a multipart upload under the upload key of `upload`; the parts never
+    /// touch the blob key (see [`Blobs::promote`]).
+    pub async fn start_multipart(&self, upload: &str, digest: &Digest) -> Result<String, StorageError> {
         let out = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
-            .key(self.key(digest))
+            .key(self.upload_key(upload, digest))
             .send()
             .await
             .map_err(|e| StorageError::from_sdk(digest, e))?;
@@ -285,6 +375,7 @@ impl Storage {
 
     pub async fn presign_part(
         &self,
+        upload: &str,
         digest: &Digest,
         upload_id: &str,
         part: &PartPlan,
@@ -294,7 +385,7 @@ impl Storage {
             .presigner
             .upload_part()
             .bucket(&self.bucket)
-            .key(self.key(digest))
+            .key(self.upload_key(upload, digest))
             .upload_id(upload_id)
             .part_number(part.number)
             .content_length(part.len as i64)
@@ -305,28 +396,32 @@ impl Storage {
     }
 
     /// Complete a multipart upload from the parts the server holds (the uploader
-    /// needs no credentials to report ETags).
-    pub async fn complete_multipart(&self, digest: &Digest, upload_id: &str) -> Result<(), StorageError> {
-        let key = self.key(digest);
-        let listed = self
+    /// needs no credentials to report ETags), every page of them.
+    pub async fn complete_multipart(
+        &self,
+        upload: &str,
+        digest: &Digest,
+        upload_id: &str,
+    ) -> Result<(), StorageError> {
+        let key = self.upload_key(upload, digest);
+        let mut parts = Vec::new();
+        let mut pages = self
             .client
             .list_parts()
             .bucket(&self.bucket)
             .key(&key)
             .upload_id(upload_id)
-            .send()
-            .await
-            .map_err(|e| StorageError::from_sdk(digest, e))?;
-        let parts = listed
-            .parts()
-            .iter()
-            .map(|p| {
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| StorageError::from_sdk(digest, e))?;
+            parts.extend(page.parts().iter().map(|p| {
                 CompletedPart::builder()
                     .set_part_number(p.part_number())
                     .set_e_tag(p.e_tag().map(String::from))
                     .build()
-            })
-            .collect();
+            }));
+        }
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -339,16 +434,45 @@ impl Storage {
         Ok(())
     }
 
-    pub async fn abort_multipart(&self, digest: &Digest, upload_id: &str) -> Result<(), StorageError> {
+    pub async fn abort_multipart(
+        &self,
+        upload: &str,
+        digest: &Digest,
+        upload_id: &str,
+    ) -> Result<(), StorageError> {
         self.client
             .abort_multipart_upload()
             .bucket(&self.bucket)
-            .key(self.key(digest))
+            .key(self.upload_key(upload, digest))
             .upload_id(upload_id)
             .send()
             .await
             .map_err(|e| StorageError::from_sdk(digest, e))?;
         Ok(())
+    }
+
+    /// Move a completed multipart upload into place: its bytes are checked against the
+    /// digest at the upload key, then copied to the blob key. Wrong bytes never reach
+    /// the blob key (they are deleted, and the error says why). Either way the upload
+    /// key is removed.
+    pub async fn promote(&self, upload: &str, digest: &Digest, size: u64) -> Result<(), StorageError> {
+        let from = self.upload_key(upload, digest);
+        let checked = self.read_checked(&from, digest, size, |_| {}).await;
+        if let Ok(()) = checked {
+            self.client
+                .copy_object()
+                .bucket(&self.bucket)
+                .copy_source(format!("{}/{from}", self.bucket))
+                .key(self.key(digest))
+                .send()
+                .await
+                .map_err(|e| StorageError::from_sdk(digest, e))?;
+        }
+        match checked {
+            Err(StorageError::NotFound(_)) => {}
+            _ => self.delete_key(&from, digest).await?,
+        }
+        checked
     }
 
     /// Upload bytes directly (the CLI's direct mode, tests).
@@ -367,79 +491,125 @@ impl Storage {
     /// Stream the blob back and check its size and sha256, reading at most
     /// `size + 1` bytes: a stored object cannot make this read without bound.
     pub async fn verify(&self, digest: &Digest, size: u64) -> Result<(), StorageError> {
-        self.read_checked(digest, size, |_| {}).await
+        self.read_checked(&self.key(digest), digest, size, |_| {}).await
     }
 
-    /// Download the blob into memory, checked like [`Storage::verify`]: the bytes
+    /// Download the blob into memory, checked like [`Blobs::verify`]: the bytes
     /// returned are exactly the ones the digest names.
     pub async fn fetch(&self, digest: &Digest, size: u64) -> Result<Vec<u8>, StorageError> {
         let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 30));
-        self.read_checked(digest, size, |chunk| out.extend_from_slice(chunk))
-            .await?;
+        self.read_checked(&self.key(digest), digest, size, |chunk| {
+            out.extend_from_slice(chunk)
+        })
+        .await?;
         Ok(out)
     }
 
     async fn read_checked(
         &self,
+        key: &str,
         digest: &Digest,
         size: u64,
         mut sink: impl FnMut(&[u8]),
     ) -> Result<(), StorageError> {
-        use aether_artifact::digest::VerifyError;
         let out = self
             .client
             .get_object()
             .bucket(&self.bucket)
-            .key(self.key(digest))
+            .key(key)
             .send()
             .await
             .map_err(|e| StorageError::from_sdk(digest, e))?;
         let mut body = out.body;
-        let mut hasher = Sha256::new();
-        let mut read = 0u64;
+        let mut check = Checked::new(*digest, size);
         while let Some(chunk) = body
             .try_next()
             .await
             .map_err(|e| StorageError::Unavailable(e.to_string()))?
         {
-            read += chunk.len() as u64;
-            if read > size {
+            if !check.update(&chunk) {
                 break;
             }
-            hasher.update(&chunk);
             sink(&chunk);
         }
-        let mismatch = |source| StorageError::Mismatch {
-            digest: *digest,
-            source,
-        };
-        if read != size {
-            return Err(mismatch(VerifyError::SizeMismatch {
-                expected: size,
-                actual: read,
-                more: read > size,
-            }));
-        }
-        let actual = Digest::from_raw(hasher.finalize().into());
-        if actual != *digest {
-            return Err(mismatch(VerifyError::DigestMismatch {
-                expected: *digest,
-                actual,
-            }));
-        }
-        Ok(())
+        check.finish()
     }
 
     pub async fn delete(&self, digest: &Digest) -> Result<(), StorageError> {
+        self.delete_key(&self.key(digest), digest).await
+    }
+
+    async fn delete_key(&self, key: &str, digest: &Digest) -> Result<(), StorageError> {
         self.client
             .delete_object()
             .bucket(&self.bucket)
-            .key(self.key(digest))
+            .key(key)
             .send()
             .await
             .map_err(|e| StorageError::from_sdk(digest, e))?;
         Ok(())
     }
+}
+
+/// Checks a download as it streams: never more than `size + 1` bytes are taken, and
+/// the result is the digest's verdict. Shared by every reader of blobs (the operator
+/// through the SDK, pods through presigned URLs).
+#[derive(Debug)]
+pub struct Checked {
+    digest: Digest,
+    size: u64,
+    read: u64,
+    hasher: Sha256,
+}
+
+impl Checked {
+    pub fn new(digest: Digest, size: u64) -> Self {
+        Self {
+            digest,
+            size,
+            read: 0,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// Take a chunk; false once more than `size` bytes arrived (stop reading).
+    pub fn update(&mut self, chunk: &[u8]) -> bool {
+        self.read += chunk.len() as u64;
+        if self.read > self.size {
+            return false;
+        }
+        self.hasher.update(chunk);
+        true
+    }
+
+    pub fn finish(self) -> Result<(), StorageError> {
+        use aether_artifact::digest::VerifyError;
+        let mismatch = |source| StorageError::Mismatch {
+            digest: self.digest,
+            source,
+        };
+        if self.read != self.size {
+            return Err(mismatch(VerifyError::SizeMismatch {
+                expected: self.size,
+                actual: self.read,
+                more: self.read > self.size,
+            }));
+        }
+        let actual = Digest::from_raw(self.hasher.finalize().into());
+        if actual != self.digest {
+            return Err(mismatch(VerifyError::DigestMismatch {
+                expected: self.digest,
+                actual,
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// Standard base64 (with padding), as S3's checksum headers want it.
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 fn sdk_client(config: &StorageConfig, endpoint: Option<&str>) -> aws_sdk_s3::Client {
@@ -480,13 +650,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_content_addressed_under_the_prefix() {
+    fn keys_are_content_addressed_under_the_namespace() {
         let d = Digest::of(b"layer");
-        assert_eq!(blob_key("", &d), format!("blobs/sha256/{}", d.hex()));
+        let ns = namespace_prefix("", "team-a");
+        assert_eq!(blob_key(&ns, &d), format!("ns/team-a/blobs/sha256/{}", d.hex()));
+        let ns = namespace_prefix("/team/aether/", "b");
         assert_eq!(
-            blob_key("/team/aether/", &d),
-            format!("team/aether/blobs/sha256/{}", d.hex())
+            blob_key(&ns, &d),
+            format!("team/aether/ns/b/blobs/sha256/{}", d.hex())
         );
+        assert_eq!(
+            upload_key(&ns, "uid-1", &d),
+            format!("team/aether/ns/b/uploads/uid-1/sha256/{}", d.hex())
+        );
+    }
+
+    #[test]
+    fn downloads_are_checked_and_bounded() {
+        let data = b"hello, blob";
+        let d = Digest::of(data);
+        let mut ok = Checked::new(d, data.len() as u64);
+        assert!(ok.update(&data[..4]) && ok.update(&data[4..]));
+        ok.finish().unwrap();
+        let mut long = Checked::new(d, 3);
+        assert!(!long.update(data), "reading stops past the size");
+        assert_eq!(long.finish().unwrap_err().reason(), "DigestMismatch");
+        let mut wrong = Checked::new(d, data.len() as u64);
+        wrong.update(b"hello, blub");
+        assert!(wrong.finish().unwrap_err().to_string().contains("does not match"));
+        assert_eq!(base64(&[0xfb, 0xff]), "+/8=");
     }
 
     #[test]
@@ -532,6 +724,7 @@ mod tests {
         let config = StorageConfig {
             endpoint: Some("http://127.0.0.1:9".into()),
             public_endpoint: None,
+            download_endpoint: None,
             region: "garage".into(),
             bucket: "aether".into(),
             prefix: "p".into(),
@@ -541,15 +734,27 @@ mod tests {
             max_attempts: 1,
             operation_timeout: Duration::from_secs(1),
         };
-        let storage = Storage::new(&config);
+        let storage = Storage::new(&config).namespace("team-a");
         let d = Digest::of(b"x");
-        let url = storage
+        let put = storage
             .presign_put(&d, 1234, Duration::from_secs(600))
             .await
             .unwrap();
+        let url = put.url;
         assert!(
-            url.starts_with(&format!("http://127.0.0.1:9/aether/p/blobs/sha256/{}?", d.hex())),
+            url.starts_with(&format!(
+                "http://127.0.0.1:9/aether/p/ns/team-a/blobs/sha256/{}?",
+                d.hex()
+            )),
             "{url}"
+        );
+        // The content is signed: the uploader must send the digest's checksum.
+        assert!(url.contains("x-amz-checksum-sha256"), "{url}");
+        assert_eq!(
+            put.headers.get("x-amz-checksum-sha256"),
+            Some(&base64(d.as_bytes())),
+            "{:?}",
+            put.headers
         );
         assert!(url.contains("X-Amz-Expires=600"), "{url}");
         assert!(url.contains("X-Amz-Credential=GKTESTKEY%2F"), "{url}");
@@ -557,6 +762,7 @@ mod tests {
         assert!(!url.contains("very-secret"));
         let part = storage
             .presign_part(
+                "uid-1",
                 &d,
                 "upload-1",
                 &PartPlan {
@@ -572,17 +778,33 @@ mod tests {
             part.contains("partNumber=2") && part.contains("uploadId=upload-1"),
             "{part}"
         );
+        assert!(
+            part.contains("/ns/team-a/uploads/uid-1/"),
+            "parts never write the blob key: {part}"
+        );
         assert!(format!("{config:?}").contains("<redacted>"));
 
         // Uploaders get URLs for the public address; the operator keeps its own.
         let public = Storage::new(&StorageConfig {
             public_endpoint: Some("https://s3.example.test".into()),
+            download_endpoint: Some("http://10.0.0.1:3900".into()),
             ..config
-        });
-        let url = public.presign_put(&d, 1, Duration::from_secs(60)).await.unwrap();
+        })
+        .namespace("team-a");
+        let url = public
+            .presign_put(&d, 1, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .url;
         assert!(
-            url.starts_with("https://s3.example.test/aether/p/blobs/sha256/"),
+            url.starts_with("https://s3.example.test/aether/p/ns/team-a/blobs/sha256/"),
             "{url}"
+        );
+        // Pods download from the address they reach storage at.
+        let get = public.presign_get(&d, Duration::from_secs(60)).await.unwrap();
+        assert!(
+            get.starts_with("http://10.0.0.1:3900/aether/p/ns/team-a/blobs/sha256/"),
+            "{get}"
         );
     }
 }

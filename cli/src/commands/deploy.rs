@@ -94,8 +94,8 @@ pub async fn deploy(
                     app,
                     namespace,
                     artifact,
-                    &stalled.reason,
-                    &stalled.message,
+                    (&stalled.reason, &stalled.message),
+                    status.ready_replicas,
                 )));
             }
             if let Some(c) = ready.filter(|_| observed) {
@@ -152,11 +152,23 @@ async fn await_reachable(url: &str, printer: &Printer) {
     printer.warn(format!("{url} does not accept connections from this machine yet"));
 }
 
-fn deploy_failed(app: &str, namespace: &str, artifact: &str, reason: &str, message: &str) -> CliError {
+/// `serving`: ready pods of the app (of earlier releases: this one failed). The hint
+/// says whether the app still answers, never more than the pods show.
+fn deploy_failed(
+    app: &str,
+    namespace: &str,
+    artifact: &str,
+    (reason, message): (&str, &str),
+    serving: i32,
+) -> CliError {
+    let still = match serving {
+        0 => "no pod of the app is serving".to_string(),
+        n => format!("{n} ready pod(s) of the previous release keep serving"),
+    };
     let hint = match reason {
         "ArtifactUnsigned" => "sign it (`aether keys generate`, then push without --no-sign), or set the app's spec.verify.mode".to_string(),
         "SignatureRejected" => "ask a cluster admin to trust your key: `aether keys show` prints it for the aether-trusted-keys ConfigMap in aether-system (or the app's spec.verify.keysRef)".to_string(),
-        _ => format!("`aether status {app} -n {namespace}` shows the pods and events; the previous release keeps serving"),
+        _ => format!("`aether status {app} -n {namespace}` shows the pods and events; {still}"),
     };
     CliError::DeployFailed {
         app: app.into(),

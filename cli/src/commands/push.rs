@@ -302,7 +302,7 @@ async fn upload_presigned(
 /// operator verify as usual (it still decides Ready). Returns bytes and blobs sent.
 async fn upload_direct(t: &Target<'_>, printer: &Printer) -> Result<(u64, usize), CliError> {
     let config = StorageConfig::from_env().map_err(|e| CliError::DirectStorage(e.to_string()))?;
-    let storage = Storage::new(&config);
+    let storage = Storage::new(&config).namespace(t.namespace);
     let blobs = t
         .wanted
         .spec

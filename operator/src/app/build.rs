@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy,
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
     Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
+    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service,
     ServiceAccount, ServicePort, ServiceSpec, SleepAction, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -19,12 +19,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
+use super::downloads;
 use super::validate::Validated;
 
 pub use aether_crds::pod::{ARTIFACT_ANNOTATION, DIGEST_ANNOTATION};
 pub const MANAGED_BY: &str = "aether-operator";
-/// Keys copied from the operator's read-only credentials Secret.
-pub const CREDENTIAL_KEYS: [&str; 2] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
 /// The shared volume: the init container extracts into it, the app runs from it.
 const VOLUME_PATH: &str = "/aether";
 /// The non-root user every container runs as.
@@ -32,19 +31,14 @@ const UID: i64 = 10001;
 /// How long a replaced pod keeps serving before it is stopped.
 const PRE_STOP_SECONDS: i64 = 3;
 
-/// How pods get their runtime and reach storage: operator configuration.
+/// How pods get their runtime: operator configuration. (Storage is reached through
+/// the download URLs of the app's fetch Secret, see [`downloads`].)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodConfig {
     pub runtime_image: String,
     /// `{major}` is replaced by the artifact's Node major version.
     pub node_image: String,
     pub image_pull_policy: String,
-    /// Storage as pods reach it; credentials come from the app's `<app>-storage` Secret.
-    pub s3_endpoint: Option<String>,
-    pub s3_region: String,
-    pub s3_bucket: String,
-    pub s3_prefix: String,
-    pub s3_path_style: bool,
     pub fetch_deadline_seconds: i64,
 }
 
@@ -52,9 +46,8 @@ pub struct PodConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Children {
     pub service_account: ServiceAccount,
-    /// Read-only storage credentials; None when pods get them another way
-    /// (workload identity), in which case a stale one is pruned.
-    pub secret: Option<Secret>,
+    /// Download URLs for the fetch container (see [`downloads`]).
+    pub downloads: Secret,
     pub deployment: Deployment,
     pub service: Service,
 }
@@ -95,7 +88,8 @@ pub fn service_account_name(app: &str) -> String {
     format!("aether.{app}")
 }
 
-pub fn secret_name(app: &str) -> String {
+/// Where earlier operators copied bucket-wide read credentials; pruned when owned.
+pub fn legacy_secret_name(app: &str) -> String {
     format!("{app}-storage")
 }
 
@@ -111,10 +105,11 @@ pub fn node_image(app: &AetherApp, release: &Validated, config: &PodConfig) -> S
         })
 }
 
+/// `download_urls`: the fetch Secret's data, as [`downloads::plan`] left it.
 pub fn build(
     app: &AetherApp,
     release: &Validated,
-    credentials: Option<&BTreeMap<String, ByteString>>,
+    download_urls: &BTreeMap<String, String>,
     config: &PodConfig,
 ) -> Children {
     let name = app.name_any();
@@ -125,20 +120,6 @@ pub fn build(
         owner_references: app.controller_owner_ref(&()).map(|o| vec![o]),
         ..Default::default()
     };
-    let secret = credentials.map(|data| Secret {
-        metadata: ObjectMeta {
-            name: Some(secret_name(&name)),
-            ..meta()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(
-            data.iter()
-                .filter(|(k, _)| CREDENTIAL_KEYS.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ),
-        ..Default::default()
-    });
     Children {
         service_account: ServiceAccount {
             metadata: ObjectMeta {
@@ -168,7 +149,7 @@ pub fn build(
                 }),
                 revision_history_limit: Some(5),
                 progress_deadline_seconds: Some(300),
-                template: pod_template(app, release, secret.is_some(), config),
+                template: pod_template(app, release, config),
                 ..Default::default()
             }),
             ..Default::default()
@@ -189,16 +170,24 @@ pub fn build(
             }),
             ..Default::default()
         },
-        secret,
+        downloads: Secret {
+            metadata: ObjectMeta {
+                name: Some(downloads::secret_name(&name)),
+                ..meta()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(
+                download_urls
+                    .iter()
+                    .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
     }
 }
 
-fn pod_template(
-    app: &AetherApp,
-    release: &Validated,
-    has_secret: bool,
-    config: &PodConfig,
-) -> PodTemplateSpec {
+fn pod_template(app: &AetherApp, release: &Validated, config: &PodConfig) -> PodTemplateSpec {
     let name = app.name_any();
     let mut labels = labels(&name);
     labels.retain(|k, _| k != "app.kubernetes.io/managed-by");
@@ -228,7 +217,7 @@ fn pod_template(
                 }),
                 ..Default::default()
             }),
-            init_containers: Some(vec![fetch_container(app, release, has_secret, config)]),
+            init_containers: Some(vec![fetch_container(app, release, config)]),
             containers: vec![app_container(app, release, config)],
             volumes: Some(vec![
                 // In memory: extracting ~20k files of node_modules to this kind of
@@ -244,6 +233,16 @@ fn pod_template(
                 Volume {
                     name: "tmp".into(),
                     empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..Default::default()
+                },
+                // Only the fetch container mounts it.
+                Volume {
+                    name: "downloads".into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(downloads::secret_name(&name)),
+                        default_mode: Some(0o440),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 },
             ]),
@@ -277,7 +276,7 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
-fn fetch_container(app: &AetherApp, release: &Validated, has_secret: bool, config: &PodConfig) -> Container {
+fn fetch_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Container {
     let name = app.name_any();
     let mut vars = vec![
         env("AETHER_APP", &name),
@@ -310,33 +309,13 @@ fn fetch_container(app: &AetherApp, release: &Validated, has_secret: bool, confi
     if release.policy != Policy::Off {
         vars.push(env("AETHER_TRUSTED_KEYS", &release.trusted_pem));
     }
-    if let Some(endpoint) = &config.s3_endpoint {
-        vars.push(env("AETHER_S3_ENDPOINT", endpoint));
-    }
     vars.extend([
-        env("AETHER_S3_REGION", &config.s3_region),
-        env("AETHER_S3_BUCKET", &config.s3_bucket),
-        env("AETHER_S3_PREFIX", &config.s3_prefix),
-        env("AETHER_S3_PATH_STYLE", config.s3_path_style.to_string()),
+        env("AETHER_DOWNLOADS_DIR", downloads::MOUNT_PATH),
         env(
             "AETHER_FETCH_DEADLINE_SECONDS",
             config.fetch_deadline_seconds.to_string(),
         ),
     ]);
-    if has_secret {
-        vars.extend(CREDENTIAL_KEYS.iter().map(|key| EnvVar {
-            name: (*key).into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret_name(&name),
-                    key: (*key).into(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }));
-    }
     Container {
         name: "fetch".into(),
         image: Some(config.runtime_image.clone()),
@@ -349,11 +328,19 @@ fn fetch_container(app: &AetherApp, release: &Validated, has_secret: bool, confi
             limits: Some(quantities(&[("memory", "1Gi")])),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "aether".into(),
-            mount_path: VOLUME_PATH.into(),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "aether".into(),
+                mount_path: VOLUME_PATH.into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "downloads".into(),
+                mount_path: downloads::MOUNT_PATH.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
         // The runtime writes `Reason: detail` there; logs if it could not.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(restricted()),

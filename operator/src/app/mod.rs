@@ -7,6 +7,7 @@
 //! Deployment keeps serving.
 
 pub mod build;
+pub mod downloads;
 pub mod ownership;
 pub mod status;
 pub mod validate;
@@ -17,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use aether_artifact::signature::{PolicyRefusal, Verdict};
 use aether_crds::{AetherApp, AetherAppStatus, AetherArtifact, KeysKind, VerifyMode};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -41,10 +41,10 @@ const CONTROLLER: &str = "aetherapp";
 #[derive(Debug, Clone)]
 pub struct AppConfig {
     pub pod: PodConfig,
-    /// Namespace of the operator: default trusted keys, storage credentials, Lease.
+    /// Namespace of the operator: default trusted keys, Lease.
     pub operator_namespace: String,
-    /// Secret there with read-only storage credentials, copied next to each app.
-    pub credentials_secret: Option<String>,
+    /// Lifetime of the download URLs in each app's fetch Secret.
+    pub download_url_ttl: Duration,
     /// ConfigMap there whose entries are trusted public keys (PEM).
     pub trusted_keys_configmap: String,
     pub url_mode: UrlMode,
@@ -62,6 +62,8 @@ pub enum UrlMode {
 
 pub struct Context {
     pub client: kube::Client,
+    /// Signs the pods' download URLs (see [`downloads`]).
+    pub storage: aether_storage::Storage,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub config: AppConfig,
@@ -89,6 +91,8 @@ pub enum Error {
     },
     #[error("updating status: {0}")]
     UpdateStatus(#[source] kube::Error),
+    #[error("signing download URLs: {0}")]
+    Presign(#[source] aether_storage::StorageError),
 }
 
 impl Error {
@@ -97,6 +101,7 @@ impl Error {
             Error::Dereference { .. } => "Dereference",
             Error::Apply { .. } => "Apply",
             Error::UpdateStatus(_) => "UpdateStatus",
+            Error::Presign(_) => "Presign",
         }
     }
 }
@@ -110,7 +115,9 @@ fn dereference_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Err
 struct Dereferenced {
     artifact: Option<AetherArtifact>,
     trusted: Result<TrustedKeys, Invalid>,
-    credentials: Result<Option<BTreeMap<String, ByteString>>, Invalid>,
+    /// The app's fetch Secret as it is (refused when the operator may not manage
+    /// Secrets in the namespace).
+    downloads: Result<Option<Secret>, Invalid>,
     running: Option<Deployment>,
 }
 
@@ -140,16 +147,24 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     }
 
     let d = dereference(ctx, app, &ns).await?;
-    let valid = d.credentials.and_then(|credentials| {
+    let valid = d.downloads.and_then(|secret| {
         d.trusted
             .and_then(|trusted| validate::validate(app, d.artifact.as_ref(), &trusted))
-            .map(|release| (release, credentials))
+            .map(|release| (release, secret))
     });
     // The children are written only where the app may write (see [`ownership`]).
+    let mut renew_in = None;
     let valid = match valid {
-        Ok((release, credentials)) => {
-            let children = build::build(app, &release, credentials.as_ref(), &ctx.config.pod);
-            claim_children(ctx, app, &ns, &children)
+        Ok((release, secret)) => {
+            let urls = download_urls(ctx, app, &ns, secret.as_ref(), &release.layers, began_at).await?;
+            renew_in = Some(downloads::renew_in(
+                &urls,
+                &release.layers,
+                began_at,
+                ctx.config.download_url_ttl,
+            ));
+            let children = build::build(app, &release, &urls, &ctx.config.pod);
+            claim_children(ctx, app, &ns, &children, secret.as_ref().map(|s| &s.metadata))
                 .await?
                 .map(|()| (release, children))
         }
@@ -177,9 +192,7 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
 
     let (deployment, service) = apply(ctx, &ns, &children).await?;
     let applied_at = Timestamp::now();
-    if children.secret.is_none() {
-        prune_secret(ctx, app, &ns).await?;
-    }
+    prune_legacy_secret(ctx, app, &ns).await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let selector = build::selector_string(&app.name_any());
     let pods = pods
@@ -204,14 +217,46 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
 
     // The rollout was judged once, into the status: its conditions say what comes next.
     let condition = |t: &str| crate::conditions::is_true(&new.conditions, t);
-    Ok(if condition(aether_crds::condition::READY) {
-        Action::requeue(Duration::from_secs(300))
+    let next = if condition(aether_crds::condition::READY) {
+        Duration::from_secs(300)
     } else if condition(aether_crds::condition::STALLED) {
-        Action::requeue(Duration::from_secs(10))
+        Duration::from_secs(10)
     } else {
         // Pods are not watched: look again soon while the rollout moves.
-        Action::requeue(Duration::from_secs(2))
-    })
+        Duration::from_secs(2)
+    };
+    // And in time to renew the download URLs.
+    Ok(Action::requeue(renew_in.map_or(next, |r| r.min(next))))
+}
+
+/// The fetch Secret's data: what [`downloads::plan`] keeps of the Secret as it is
+/// (only if the app owns it: another object's data is never copied), plus new URLs
+/// for what it asks to sign.
+async fn download_urls(
+    ctx: &Context,
+    app: &AetherApp,
+    ns: &str,
+    secret: Option<&Secret>,
+    layers: &[aether_artifact::Digest],
+    now: Timestamp,
+) -> Result<BTreeMap<String, String>, Error> {
+    let uid = app.uid().unwrap_or_default();
+    let existing: BTreeMap<String, String> = secret
+        .filter(|s| ownership::owned_by(&s.metadata, &uid))
+        .and_then(|s| s.data.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
+        .collect();
+    let ttl = ctx.config.download_url_ttl;
+    let plan = downloads::plan(&existing, layers, now, ttl);
+    let storage = ctx.storage.namespace(ns);
+    let mut urls = plan.keep;
+    for digest in &plan.sign {
+        let url = storage.presign_get(digest, ttl).await.map_err(Error::Presign)?;
+        urls.insert(downloads::key(digest), url);
+    }
+    Ok(urls)
 }
 
 async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Dereferenced, Error> {
@@ -221,25 +266,21 @@ async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Derefer
         .await
         .map_err(dereference_error("the artifact"))?;
     let trusted = trusted_keys(ctx, app, ns).await?;
-    let credentials = match &ctx.config.credentials_secret {
-        Some(name) => {
-            let ons = &ctx.config.operator_namespace;
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ons);
-            match secrets.get_opt(name).await.map_err(dereference_error(format!(
-                "storage credentials Secret {ons}/{name}"
-            )))? {
-                Some(secret) => Ok(Some(secret.data.unwrap_or_default())),
-                // An installation gap, not the app's fault: say so on the app.
-                None => Err(Invalid {
-                    reason: "StorageCredentialsMissing",
-                    message: format!(
-                        "the Secret {ons}/{name} with read-only storage credentials for pods does not exist (see config/default)"
-                    ),
-                    waiting: false,
-                }),
-            }
-        }
-        None => Ok(None),
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let name = downloads::secret_name(&app.name_any());
+    let downloads = match secrets.get_opt(&name).await {
+        Ok(secret) => Ok(secret),
+        // The operator manages Secrets only where a cluster admin let it: an
+        // installation step, not the app's fault, and the app says which.
+        Err(kube::Error::Api(e)) if e.code == 403 => Err(Invalid {
+            reason: "NamespaceNotEnabled",
+            message: format!(
+                "the operator may not manage Secrets in {ns}; a cluster admin enables the namespace: kubectl -n {ns} create rolebinding aether-operator --clusterrole aether-operator-namespace --serviceaccount {}:aether-operator",
+                ctx.config.operator_namespace
+            ),
+            waiting: false,
+        }),
+        Err(e) => return Err(dereference_error("the app's fetch Secret")(e)),
     };
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let running = deployments
@@ -249,7 +290,7 @@ async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Derefer
     Ok(Dereferenced {
         artifact,
         trusted,
-        credentials,
+        downloads,
         running,
     })
 }
@@ -315,11 +356,12 @@ async fn claim_children(
     app: &AetherApp,
     ns: &str,
     children: &Children,
+    downloads: Option<&ObjectMeta>,
 ) -> Result<Result<(), Invalid>, Error> {
     let uid = app.uid().unwrap_or_default();
     let app_name = app.name_any();
     let name = |meta: &ObjectMeta| meta.name.clone().unwrap_or_default();
-    let mut wanted = vec![
+    let wanted = [
         (
             "ServiceAccount",
             name(&children.service_account.metadata),
@@ -335,14 +377,8 @@ async fn claim_children(
             name(&children.deployment.metadata),
             existing::<Deployment>(ctx, ns, &name(&children.deployment.metadata)).await?,
         ),
+        ("Secret", name(&children.downloads.metadata), downloads.cloned()),
     ];
-    if let Some(secret) = &children.secret {
-        wanted.push((
-            "Secret",
-            name(&secret.metadata),
-            existing::<Secret>(ctx, ns, &name(&secret.metadata)).await?,
-        ));
-    }
     Ok(wanted
         .iter()
         .try_for_each(|(kind, name, meta)| ownership::claim(kind, name, meta.as_ref(), &app_name, &uid)))
@@ -368,9 +404,8 @@ where
 /// conflicts on the fields it owns.
 async fn apply(ctx: &Context, ns: &str, children: &Children) -> Result<(Deployment, Service), Error> {
     apply_one(ctx, ns, &children.service_account).await?;
-    if let Some(secret) = &children.secret {
-        apply_one(ctx, ns, secret).await?;
-    }
+    // Before the Deployment: its new pods need the new URLs.
+    apply_one(ctx, ns, &children.downloads).await?;
     let service = apply_one(ctx, ns, &children.service).await?;
     let deployment = apply_one(ctx, ns, &children.deployment).await?;
     Ok((deployment, service))
@@ -402,15 +437,16 @@ where
     })
 }
 
-/// The credentials Secret is only built when the operator has one to copy.
-async fn prune_secret(ctx: &Context, app: &AetherApp, ns: &str) -> Result<(), Error> {
+/// Earlier operators copied bucket-wide read credentials next to each app: remove
+/// such a copy (only if this app owns it).
+async fn prune_legacy_secret(ctx: &Context, app: &AetherApp, ns: &str) -> Result<(), Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let name = build::secret_name(&app.name_any());
+    let name = build::legacy_secret_name(&app.name_any());
     // Its metadata is enough: the operator has no need of the data.
     let ours = api
         .get_metadata_opt(&name)
         .await
-        .map_err(dereference_error("the credentials Secret"))?
+        .map_err(dereference_error("the legacy credentials Secret"))?
         .is_some_and(|s| ownership::owned_by(&s.metadata, &app.uid().unwrap_or_default()));
     if ours {
         api.delete(&name, &DeleteParams::default())

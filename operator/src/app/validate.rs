@@ -43,6 +43,8 @@ pub struct Validated {
     pub digest: Digest,
     /// Canonical manifest JSON: the init container recomputes the digest from it.
     pub manifest_json: String,
+    /// The layers' digests: the blobs the pods download.
+    pub layers: Vec<Digest>,
     pub entrypoint: Vec<String>,
     /// The working directory relative to the app root (a workspace package).
     pub workdir: Option<String>,
@@ -162,6 +164,7 @@ pub fn validate(
         artifact: name.clone(),
         digest,
         manifest_json: String::from_utf8_lossy(&manifest.to_canonical_json()).into_owned(),
+        layers: manifest.layers.iter().map(|l| l.digest).collect(),
         entrypoint: manifest.entrypoint.clone(),
         workdir: manifest.workdir.clone(),
         node_major: artifact.spec.runtime.node_major,
