@@ -212,7 +212,7 @@ async fn enforce_refuses_an_unsigned_artifact_and_the_old_version_keeps_serving(
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a cluster with Aether installed and its storage: run `make e2e`"]
-async fn a_corrupted_blob_stops_the_new_pods_and_the_old_version_keeps_serving() -> anyhow::Result<()> {
+async fn a_corrupted_blob_stops_the_new_pods_and_a_push_repairs_it() -> anyhow::Result<()> {
     let _shared = OPERATOR.read().await;
     let storage = StorageSettings::from_env()?.host();
     with_temp_ns("corrupt", move |client, ns| async move {
@@ -222,7 +222,8 @@ async fn a_corrupted_blob_stops_the_new_pods_and_the_old_version_keeps_serving()
         let url = serve(&client, &ns, dir.path(), "Intact release").await?;
 
         // A verified artifact whose app layer is then damaged in storage.
-        set_greeting(dir.path(), &format!("Damaged release of {ns}"))?;
+        let repaired = format!("Repaired release of {ns}\n");
+        set_greeting(dir.path(), repaired.trim_end())?;
         let run = tokio::task::block_in_place(|| push(dir.path(), &ns, &["--no-deploy"]));
         let name = ok(&run)["artifact"].as_str().unwrap().to_string();
         let art = Api::<AetherArtifact>::namespaced(client.clone(), &ns)
@@ -237,15 +238,31 @@ async fn a_corrupted_blob_stops_the_new_pods_and_the_old_version_keeps_serving()
         let digest: aether_artifact::Digest = layer.digest.parse()?;
         storage.put(&digest, vec![b'x'; layer.size as usize]).await?;
 
-        let run = tokio::task::block_in_place(|| push(dir.path(), &ns, &[]));
-        println!("push onto a damaged blob: exit {:?}\n{}", run.code, run.stderr);
-        assert_eq!(run.code, Some(11), "{}", run.stderr);
-        assert!(run.stderr.contains("DigestMismatch"), "{}", run.stderr);
-
-        let status = aether(dir.path(), &ns, &["status", APP]);
-        let view = ok(&status);
+        // The app is pointed at it (as a GitOps commit would): the new pods refuse
+        // the bytes, the old ones keep serving, and `aether status` says why.
+        let apps: Api<AetherApp> = Api::namespaced(client.clone(), &ns);
+        let patch = serde_json::json!({"spec": {"artifactRef": {"name": name}}});
+        apps.patch(
+            APP,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+        let view = wait_until(
+            "the app to report DigestMismatch",
+            Duration::from_secs(120),
+            || {
+                let dir = dir.path().to_path_buf();
+                let ns = ns.clone();
+                async move {
+                    let status = tokio::task::block_in_place(|| aether(&dir, &ns, &["status", APP]));
+                    let view = ok(&status).clone();
+                    Ok((view["reason"] == "DigestMismatch").then_some(view))
+                }
+            },
+        )
+        .await?;
         println!("aether status: {view}");
-        assert_eq!(view["reason"], "DigestMismatch");
         let problems: Vec<&str> = view["pods"]
             .as_array()
             .unwrap()
@@ -257,9 +274,17 @@ async fn a_corrupted_blob_stops_the_new_pods_and_the_old_version_keeps_serving()
             "the init container's reason is visible: {view}"
         );
         assert_eq!(body(&client, &ns, APP, &url).await?, "Intact release\n");
-        // Leave shared storage sound: the blob is content-addressed, a later run
-        // would find it (and `aether push` would repair it, but not mid-test).
-        storage.delete(&digest).await?;
+
+        // Pushing the same code again repairs it: the operator hashes the stored
+        // blobs again, removes the damaged bytes and asks for them; the CLI uploads
+        // them, and the release serves.
+        let run = tokio::task::block_in_place(|| push(dir.path(), &ns, &[]));
+        println!("push onto a damaged blob: exit {:?}\n{}", run.code, run.stderr);
+        let out = ok(&run);
+        assert_eq!(out["artifact"], name.as_str());
+        assert!(out["bytesUploaded"].as_u64().unwrap() > 0, "{out}");
+        wait_for_body(&client, &ns, APP, &url, &repaired, Duration::from_secs(60)).await?;
+        storage.verify(&digest, layer.size as u64).await?;
         Ok(())
     })
     .await

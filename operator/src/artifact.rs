@@ -349,9 +349,6 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
     }
     if !usable || reissue {
         status.upload = Some(instructions(ctx, &storage, &upload_name(&art), &missing, now).await?);
-        if reissue || completed {
-            clear_annotations(&api, &art).await?;
-        }
     }
     let bytes: u64 = missing.iter().map(|b| b.size).sum();
     let message = format!("{} blob(s), {bytes} bytes, to upload", missing.len());
@@ -372,6 +369,11 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
         generation,
     );
     patch_status(&api, &art, &status).await?;
+    // The request is answered only once the answer is in status: an uploader that
+    // sees its annotation gone reads the new URLs, never the previous verdict.
+    if reissue || completed {
+        clear_annotations(&api, &art).await?;
+    }
     info!(missing = missing.len(), bytes, "awaiting upload");
     // Come back shortly before the URLs expire, to hand out fresh ones if still needed.
     Ok(Action::requeue(

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use aether_crds::AetherApp;
 use aether_crds::condition::{READY, STALLED};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde::Serialize;
@@ -30,13 +32,22 @@ pub struct Deployed {
     pub ready_after_ms: Option<i64>,
 }
 
+/// How [`deploy`] follows the rollout.
+#[derive(Debug, Clone, Copy)]
+pub struct Follow {
+    pub timeout: Duration,
+    /// The push repaired the artifact's blobs at this instant: a failure the operator
+    /// reported before it was about the damaged bytes, not this rollout.
+    pub repaired_at: Option<Timestamp>,
+}
+
+/// Point the app at `artifact`; with `follow`, wait until it serves it.
 pub async fn deploy(
     client: Client,
     namespace: &str,
     app: &str,
     artifact: &str,
-    wait: bool,
-    timeout: Duration,
+    follow: Option<Follow>,
     printer: &Printer,
 ) -> Result<Deployed, CliError> {
     let api: Api<AetherApp> = Api::namespaced(client, namespace);
@@ -61,12 +72,12 @@ pub async fn deploy(
         .map_err(|e| crate::cluster::kube_error(e, "apply", "aetherapps", namespace))?;
     let generation = applied.metadata.generation.unwrap_or(0);
     printer.info(format!("App {app} in {namespace} now runs {artifact}"));
-    if !wait {
+    let Some(Follow { timeout, repaired_at }) = follow else {
         return Ok(Deployed {
             url: applied.status.and_then(|s| s.url),
             ..Default::default()
         });
-    }
+    };
 
     let mut last_message = String::new();
     let outcome = crate::cluster::wait_for(
@@ -89,7 +100,10 @@ pub async fn deploy(
                     ready_after_ms: timings.and_then(|t| t.ready_after_milliseconds),
                 }));
             }
-            if observed && let Some(stalled) = condition(STALLED).filter(|c| c.status == "True") {
+            let current = |c: &&Condition| repaired_at.is_none_or(|t| c.last_transition_time.0 >= t);
+            if observed
+                && let Some(stalled) = condition(STALLED).filter(|c| c.status == "True").filter(current)
+            {
                 return Some(Err(deploy_failed(
                     app,
                     namespace,

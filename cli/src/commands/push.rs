@@ -93,59 +93,70 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
     let reused = existing
         .as_ref()
         .is_some_and(|a| a.spec.digest == wanted.spec.digest && ready(a).is_some_and(|r| r));
-    let mut bytes_uploaded = 0;
-    let mut blobs_uploaded = 0;
     if reused {
-        printer.info(format!("Artifact {name} is already uploaded and verified"));
-    } else {
-        let t = Instant::now();
-        let blobs_dir = packed.out.join("blobs").join("sha256");
-        let target = Target {
-            api: &api,
-            name: &name,
-            namespace: &namespace,
-            existing: existing.is_some(),
-            wanted: &wanted,
-            blobs_dir: &blobs_dir,
-        };
-        (bytes_uploaded, blobs_uploaded) = match args.storage {
-            StorageMode::Presigned => upload_presigned(&target, timeout, printer).await?,
-            StorageMode::Direct => upload_direct(&target, printer).await?,
-        };
-        timings.upload = ms(t);
-
-        let t = Instant::now();
-        let art = crate::cluster::wait_for(&api, &name, timeout, "the operator to verify the upload", |a| {
-            let c = a.status.as_ref()?.conditions.iter().find(|c| c.type_ == READY)?;
-            let settled = c.status == "True" || !matches!(c.reason.as_str(), "AwaitingUpload" | "Verifying");
-            settled.then(|| a.clone())
-        })
-        .await?;
-        if ready(&art) != Some(true) {
-            let c = art
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
-            return Err(CliError::ArtifactFailed {
-                name,
-                reason: c.map(|c| c.reason.clone()).unwrap_or_default(),
-                message: c.map(|c| c.message.clone()).unwrap_or_default(),
-            });
-        }
-        timings.verify = ms(t);
+        // Storage may have lost a blob since: the operator looks again (and hashes),
+        // and asks for whatever is missing, so pushing again repairs it.
+        printer.info(format!(
+            "Artifact {name} is already uploaded and verified; checking it is still intact"
+        ));
     }
+    let t = Instant::now();
+    let blobs_dir = packed.out.join("blobs").join("sha256");
+    let target = Target {
+        api: &api,
+        name: &name,
+        namespace: &namespace,
+        existing: existing.is_some(),
+        wanted: &wanted,
+        blobs_dir: &blobs_dir,
+    };
+    let (bytes_uploaded, blobs_uploaded) = match args.storage {
+        StorageMode::Presigned => upload_presigned(&target, timeout, printer).await?,
+        StorageMode::Direct => upload_direct(&target, printer).await?,
+    };
+    timings.upload = ms(t);
+
+    let t = Instant::now();
+    let art = crate::cluster::wait_for(&api, &name, timeout, "the operator to verify the upload", |a| {
+        let c = a.status.as_ref()?.conditions.iter().find(|c| c.type_ == READY)?;
+        let settled = c.status == "True" || !matches!(c.reason.as_str(), "AwaitingUpload" | "Verifying");
+        settled.then(|| a.clone())
+    })
+    .await?;
+    if ready(&art) != Some(true) {
+        let c = art
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
+        return Err(CliError::ArtifactFailed {
+            name,
+            reason: c.map(|c| c.reason.clone()).unwrap_or_default(),
+            message: c.map(|c| c.message.clone()).unwrap_or_default(),
+        });
+    }
+    timings.verify = ms(t);
 
     let deploy = if args.no_deploy {
         None
     } else {
         let t = Instant::now();
+        let follow = super::deploy::Follow {
+            timeout,
+            // Blobs of an artifact that was Ready went missing or bad, and this push
+            // uploaded them again: the pods' failures before that are stale.
+            repaired_at: art
+                .status
+                .as_ref()
+                .and_then(|s| s.verified_at.as_ref())
+                .map(|t| t.0)
+                .filter(|_| reused && bytes_uploaded > 0),
+        };
         let deployed = super::deploy::deploy(
             client,
             &namespace,
             &packed.app,
             &name,
-            !args.no_wait,
-            timeout,
+            (!args.no_wait).then_some(follow),
             printer,
         )
         .await?;

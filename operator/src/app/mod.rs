@@ -195,11 +195,16 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     prune_legacy_secret(ctx, app, &ns).await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let selector = build::selector_string(&app.name_any());
-    let pods = pods
+    let mut pods = pods
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(dereference_error("pods"))?
         .items;
+    let stale = status::stale_fetch_failures(&pods, &release.digest.to_string(), release.verified_at);
+    if !stale.is_empty() {
+        replace_pods(ctx, &ns, &stale).await?;
+        pods.retain(|p| p.metadata.name.as_ref().is_none_or(|n| !stale.contains(n)));
+    }
     let url = url(ctx.config.url_mode, &app.name_any(), &ns, &service);
     let observed = status::Observed {
         deployment: &deployment,
@@ -435,6 +440,26 @@ where
         what: format!("{} {ns}/{name}", K::kind(&())),
         source,
     })
+}
+
+/// Delete pods whose fetch failed on bytes since repaired: their ReplicaSet starts
+/// new ones at once, instead of after kubelet's back-off (up to 5 minutes).
+async fn replace_pods(ctx: &Context, ns: &str, names: &[String]) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    for name in names {
+        info!(pod = %name, "replacing a pod whose fetch failed before storage was repaired");
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Apply {
+                    what: format!("replacing pod {ns}/{name}"),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Earlier operators copied bucket-wide read credentials next to each app: remove

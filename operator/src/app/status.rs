@@ -69,6 +69,40 @@ pub fn rollout(deployment: &Deployment, pods: &[Pod], digest: &str) -> Rollout {
     }
 }
 
+/// Pods of the release (`digest`) whose fetch failed on the bytes in storage
+/// (`DigestMismatch`, `ArtifactNotFound`) before the artifact was verified again at
+/// `verified_at`: storage was repaired since, so they only wait out kubelet's
+/// back-off. Replacing them starts the release now.
+pub fn stale_fetch_failures(pods: &[Pod], digest: &str, verified_at: Option<Timestamp>) -> Vec<String> {
+    let Some(verified_at) = verified_at else {
+        return Vec::new();
+    };
+    pods.iter()
+        .filter(|p| pod_digest(p) == Some(digest))
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.init_container_statuses.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|c| {
+                    let failed = [c.state.as_ref(), c.last_state.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| s.terminated.as_ref())
+                        .filter(|t| t.exit_code != 0)
+                        .max_by_key(|t| t.finished_at.as_ref().map(|f| f.0))?;
+                    let message = failed.message.as_deref().unwrap_or_default();
+                    let storage =
+                        message.starts_with("DigestMismatch") || message.starts_with("ArtifactNotFound");
+                    storage.then_some(failed.finished_at.as_ref()?.0)
+                })
+                .any(|failed_at| failed_at < verified_at)
+        })
+        .filter_map(|p| p.metadata.name.clone())
+        .collect()
+}
+
 fn pod_digest(pod: &Pod) -> Option<&str> {
     pod.metadata
         .annotations

@@ -45,6 +45,8 @@ pub struct Validated {
     pub manifest_json: String,
     /// The layers' digests: the blobs the pods download.
     pub layers: Vec<Digest>,
+    /// When the operator last checked the artifact's blobs in storage.
+    pub verified_at: Option<k8s_openapi::jiff::Timestamp>,
     pub entrypoint: Vec<String>,
     /// The working directory relative to the app root (a workspace package).
     pub workdir: Option<String>,
@@ -165,6 +167,11 @@ pub fn validate(
         digest,
         manifest_json: String::from_utf8_lossy(&manifest.to_canonical_json()).into_owned(),
         layers: manifest.layers.iter().map(|l| l.digest).collect(),
+        verified_at: artifact
+            .status
+            .as_ref()
+            .and_then(|s| s.verified_at.as_ref())
+            .map(|t| t.0),
         entrypoint: manifest.entrypoint.clone(),
         workdir: manifest.workdir.clone(),
         node_major: artifact.spec.runtime.node_major,
