@@ -65,3 +65,9 @@ pub async fn put(
     .await
     .with_context(|| format!("PUT {} timed out", uri.path()))?
 }
+
+/// Did a PUT store `body`? Only a 200 says yes: storage that refuses a request may
+/// answer before reading the body and close the connection, which is a refusal too.
+pub async fn stored(url: &str, headers: &std::collections::BTreeMap<String, String>, body: Vec<u8>) -> bool {
+    matches!(put(url, headers, body).await, Ok((200, _)))
+}

@@ -1,19 +1,21 @@
 //! What a user holding `aether-editor` in a namespace cannot reach through the
 //! operator, tried as that user (`kubectl --as`): objects the operator did not
-//! create, and Secrets.
+//! create, Secrets, another namespace's blobs; and what app pods and the operator
+//! itself hold.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use aether_crds::AetherApp;
-use aether_e2e::app::{aether, example_app};
-use aether_e2e::{wait_for, with_temp_ns};
+use aether_crds::{AetherApp, AetherArtifact, AetherArtifactSpec};
+use aether_e2e::app::{aether, body, example_app, wait_for_body};
+use aether_e2e::storage::StorageSettings;
+use aether_e2e::{http, wait_for, with_temp_ns};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount, ServiceSpec};
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 const EDITOR: &str = "mallory@example.com";
@@ -300,6 +302,251 @@ async fn an_app_cannot_claim_a_service_account_a_binding_waits_for() -> anyhow::
         let dep = Api::<Deployment>::namespaced(client.clone(), &ns).get("ghost").await?;
         let pod = dep.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.service_account_name.as_deref(), Some("aether.ghost"));
+        Ok(())
+    })
+    .await
+}
+
+/// Push the example app to `ns` and wait until it serves `greeting`; its URL and
+/// its artifact.
+async fn serve(client: &Client, ns: &str, greeting: &str) -> anyhow::Result<(String, AetherArtifact)> {
+    let dir = tempfile::tempdir()?;
+    example_app(dir.path(), greeting)?;
+    let run = tokio::task::block_in_place(|| aether(dir.path(), ns, &["push", "--timeout-seconds", "240"]));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let url = run.json["url"].as_str().unwrap().to_string();
+    let app = run.json["app"].as_str().unwrap().to_string();
+    wait_for_body(
+        client,
+        ns,
+        &app,
+        &url,
+        &format!("{greeting}\n"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let art = Api::<AetherArtifact>::namespaced(client.clone(), ns)
+        .get(run.json["artifact"].as_str().unwrap())
+        .await?;
+    Ok((url, art))
+}
+
+/// `spec` as an AetherArtifact named `name` for app `app`, in YAML (JSON is YAML).
+fn artifact_yaml(name: &str, spec: &AetherArtifactSpec) -> String {
+    serde_json::json!({
+        "apiVersion": "aether.dev/v1alpha1",
+        "kind": "AetherArtifact",
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+    .to_string()
+}
+
+/// The artifact's upload instructions, once the operator wrote them.
+async fn upload_of(client: &Client, ns: &str, name: &str) -> anyhow::Result<AetherArtifact> {
+    let arts: Api<AetherArtifact> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        arts,
+        name,
+        "upload instructions",
+        Duration::from_secs(60),
+        |a: Option<&AetherArtifact>| {
+            a.and_then(|a| a.status.as_ref())
+                .is_some_and(|s| s.upload.is_some())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a cluster with Aether installed and its storage: run `make e2e`"]
+async fn another_namespace_s_blobs_cannot_be_claimed_overwritten_or_run() -> anyhow::Result<()> {
+    let storage = StorageSettings::from_env()?.host();
+    with_temp_ns("victim", move |client, victim| async move {
+        let greeting = format!("Victim {victim}");
+        let (url, theirs) = serve(&client, &victim, &greeting).await?;
+        let victim_blobs = storage.namespace(&victim);
+        let digests: Vec<(aether_artifact::Digest, u64)> = theirs
+            .spec
+            .layers
+            .iter()
+            .map(|l| (l.digest.parse().unwrap(), l.size as u64))
+            .collect();
+
+        let attack = {
+            let client = client.clone();
+            let storage = storage.clone();
+            let spec = theirs.spec.clone();
+            with_temp_ns("attacker", move |_, ns| async move {
+                editor(&client, &ns).await?;
+                // The victim's artifact, copied as is: same digests, same signature.
+                let mut copy = spec.clone();
+                copy.app = "thief".into();
+                apply_as_editor(&ns, &artifact_yaml("stolen", &copy));
+                // And with the deps layer one byte short (digest recomputed), the
+                // claim that once made the operator delete the stored blob.
+                let mut manifest = spec.manifest()?;
+                manifest.layers[0].size -= 1;
+                let mut short = AetherArtifactSpec::from_manifest("thief", &manifest)?;
+                short.signature = None;
+                apply_as_editor(&ns, &artifact_yaml("short", &short));
+
+                // Neither is Ready on the victim's bytes: storage is per namespace, so
+                // both wait for the attacker to upload what they name.
+                for name in ["stolen", "short"] {
+                    let art = upload_of(&client, &ns, name).await?;
+                    let status = art.status.unwrap();
+                    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+                    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "AwaitingUpload"));
+                }
+                // The upload URL for the victim's code layer takes only its bytes:
+                // random bytes of the right length are refused.
+                let art = upload_of(&client, &ns, "stolen").await?;
+                let upload = art.status.unwrap().upload.unwrap();
+                for b in &upload.blobs {
+                    let url = b.url.as_ref().unwrap();
+                    let junk: Vec<u8> = (0..b.size).map(|i| (i * 7 + 3) as u8).collect();
+                    assert!(
+                        !http::stored(url, &b.headers, junk.clone()).await,
+                        "an upload URL stored junk under {}",
+                        b.digest
+                    );
+                    assert!(
+                        !http::stored(url, &Default::default(), junk).await,
+                        "an upload URL worked without its checksum"
+                    );
+                    assert_eq!(storage.namespace(&ns).head(&b.digest.parse()?).await?, None);
+                }
+                // An app on the copy runs nothing.
+                apply_as_editor(
+                    &ns,
+                    "apiVersion: aether.dev/v1alpha1\nkind: AetherApp\nmetadata:\n  name: thief\nspec:\n  artifactRef:\n    name: stolen\n",
+                );
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &ns)
+                    .list(&ListParams::default())
+                    .await?;
+                assert!(pods.items.is_empty(), "pods run in the attacker's namespace");
+                Ok(())
+            })
+        };
+        attack.await?;
+
+        // The victim's blobs are intact, and a new pod (rescheduled, say) starts on
+        // them and serves.
+        for (digest, size) in &digests {
+            victim_blobs.verify(digest, *size).await?;
+        }
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &victim);
+        for p in pods.list(&ListParams::default()).await?.items {
+            pods.delete(&p.metadata.name.unwrap(), &DeleteParams::default()).await?;
+        }
+        let apps: Api<AetherApp> = Api::namespaced(client.clone(), &victim);
+        wait_for(apps, "express-api", "a new Ready pod", Duration::from_secs(120), |a: Option<&AetherApp>| {
+            a.and_then(|a| a.status.as_ref()).is_some_and(|s| {
+                s.ready_replicas == 1 && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+        .await?;
+        wait_for_body(&client, &victim, "express-api", &url, &format!("{greeting}\n"), Duration::from_secs(60)).await?;
+        assert_eq!(body(&client, &victim, "express-api", &url).await?, format!("{greeting}\n"));
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a cluster with Aether installed and its storage: run `make e2e`"]
+async fn app_pods_hold_no_storage_credentials_only_urls_for_their_namespace() -> anyhow::Result<()> {
+    with_temp_ns("creds", |client, ns| async move {
+        let (_, art) = serve(&client, &ns, "No keys here").await?;
+        let dep = Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get("express-api")
+            .await?;
+        let template = serde_json::to_string(&dep.spec.as_ref().unwrap().template)?;
+        assert!(
+            !template.contains("AWS_"),
+            "credentials in the pod template: {template}"
+        );
+        // The fetch Secret: one presigned URL per layer, all under this namespace.
+        let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+            .get("aether.express-api.fetch")
+            .await?;
+        let urls: Vec<String> = secret
+            .data
+            .unwrap_or_default()
+            .into_values()
+            .map(|v| String::from_utf8(v.0).unwrap())
+            .collect();
+        assert_eq!(urls.len(), art.spec.layers.len());
+        for url in &urls {
+            assert!(url.contains(&format!("/ns/{ns}/blobs/sha256/")), "{url}");
+            assert!(url.contains("X-Amz-Expires="), "{url}");
+            // The same signature for another namespace's key is refused.
+            let other = url.replace(&format!("/ns/{ns}/"), "/ns/kube-system/");
+            let uri: hyper::Uri = other.parse()?;
+            let (status, _) = http::get(
+                uri.host().unwrap(),
+                uri.port_u16().unwrap_or(80),
+                uri.path_and_query().unwrap().as_str(),
+            )
+            .await?;
+            assert_eq!(status, 403, "a download URL was good for another key");
+        }
+        // Only the fetch container mounts it.
+        let pod = dep.spec.unwrap().template.spec.unwrap();
+        let app = &pod.containers[0];
+        assert!(app.volume_mounts.iter().flatten().all(|m| m.name != "downloads"));
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a cluster with Aether installed: run `make e2e`"]
+async fn the_operator_writes_nothing_where_no_admin_enabled_it() -> anyhow::Result<()> {
+    let operator_ns = std::env::var("AETHER_OPERATOR_NAMESPACE").unwrap_or_else(|_| "aether-system".into());
+    with_temp_ns("disabled", move |client, ns| async move {
+        let artifact = artifact_for(&ns, "orphan")?;
+        // The cluster admin withdraws the namespace.
+        Api::<RoleBinding>::namespaced(client.clone(), &ns)
+            .delete("aether-operator", &DeleteParams::default())
+            .await?;
+        let operator = format!("system:serviceaccount:{operator_ns}:aether-operator");
+        let can = |verb: &str, resource: &str, namespace: &str| {
+            let out = Command::new("kubectl")
+                .args(["auth", "can-i", verb, resource, "-n", namespace, "--as", &operator])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim() == "yes"
+        };
+        for namespace in [ns.as_str(), "kube-system"] {
+            for (verb, resource) in [
+                ("create", "secrets"),
+                ("get", "secrets"),
+                ("create", "deployments.apps"),
+                ("patch", "services"),
+                ("delete", "pods"),
+            ] {
+                assert!(!can(verb, resource, namespace), "the operator may {verb} {resource} in {namespace}");
+            }
+        }
+        let out = Command::new("kubectl")
+            .args(["auth", "can-i", "list", "secrets", "--all-namespaces", "--as", &operator])
+            .output()?;
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no", "the operator may list every Secret");
+
+        let out = kubectl_apply(
+            &ns,
+            None,
+            &format!(
+                "apiVersion: aether.dev/v1alpha1\nkind: AetherApp\nmetadata:\n  name: orphan\nspec:\n  artifactRef:\n    name: {artifact}\n"
+            ),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let message = stalled(&client, &ns, "orphan", "NamespaceNotEnabled").await?;
+        assert!(message.contains("create rolebinding"), "the fix is named: {message}");
+        assert!(Api::<Deployment>::namespaced(client.clone(), &ns).get_opt("orphan").await?.is_none());
         Ok(())
     })
     .await
