@@ -8,7 +8,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use aether_crds::{AetherApp, AetherArtifact, AetherArtifactSpec};
+use aether_crds::{AetherApp, AetherArtifact, AetherArtifactSpec, AetherPolicy};
 use aether_e2e::app::{aether, body, example_app, wait_for_body};
 use aether_e2e::storage::StorageSettings;
 use aether_e2e::{http, wait_for, with_temp_ns};
@@ -79,15 +79,16 @@ fn kubectl_apply(ns: &str, user: Option<&str>, yaml: &str) -> std::process::Outp
 
 /// A Ready artifact signed for app `app` (what `aether push --no-deploy` leaves).
 fn artifact_for(ns: &str, app: &str) -> anyhow::Result<String> {
+    push_artifact(ns, app, &[])
+}
+
+/// `aether push --no-deploy --app APP EXTRA...`: the Ready artifact's name.
+fn push_artifact(ns: &str, app: &str, extra: &[&str]) -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?;
     example_app(dir.path(), "tenancy")?;
-    let run = tokio::task::block_in_place(|| {
-        aether(
-            dir.path(),
-            ns,
-            &["push", "--no-deploy", "--app", app, "--timeout-seconds", "240"],
-        )
-    });
+    let mut args = vec!["push", "--no-deploy", "--app", app, "--timeout-seconds", "240"];
+    args.extend(extra);
+    let run = tokio::task::block_in_place(|| aether(dir.path(), ns, &args));
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     Ok(run.json["artifact"].as_str().unwrap().to_string())
 }
@@ -548,6 +549,108 @@ async fn the_operator_writes_nothing_where_no_admin_enabled_it() -> anyhow::Resu
         assert!(message.contains("create rolebinding"), "the fix is named: {message}");
         assert!(Api::<Deployment>::namespaced(client.clone(), &ns).get_opt("orphan").await?.is_none());
         Ok(())
+    })
+    .await
+}
+
+/// An AetherApp `name` on `artifact`, with `extra` YAML lines under `spec`.
+fn app_yaml(name: &str, artifact: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: aether.dev/v1alpha1\nkind: AetherApp\nmetadata:\n  name: {name}\nspec:\n  artifactRef:\n    name: {artifact}\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a cluster with Aether installed: run `make e2e`"]
+async fn a_cluster_admin_s_policy_floor_holds_whatever_an_editor_writes() -> anyhow::Result<()> {
+    with_temp_ns("floor", |client, ns| async move {
+        editor(&client, &ns).await?;
+        // The floor for this namespace (the label every namespace has selects it).
+        let policies: Api<AetherPolicy> = Api::all(client.clone());
+        let name = format!("e2e-{ns}");
+        let policy: AetherPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "aether.dev/v1alpha1", "kind": "AetherPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                "verify": {"minimumMode": "Enforce"},
+                "allowedImages": ["registry.example/node:*-slim"],
+                "allowCommand": false,
+            },
+        }))?;
+        policies.create(&PostParams::default(), &policy).await?;
+        let outcome = async {
+            // The editor can neither loosen nor remove it.
+            for verb in ["delete", "patch"] {
+                let out = Command::new("kubectl")
+                    .args([
+                        "--as",
+                        EDITOR,
+                        "auth",
+                        "can-i",
+                        verb,
+                        &format!("aetherpolicies/{name}"),
+                    ])
+                    .output()?;
+                assert_eq!(
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    "no",
+                    "the editor may {verb} the policy"
+                );
+            }
+            // Signature checks off, on an unsigned artifact: the floor's Enforce holds.
+            let unsigned = push_artifact(&ns, "loose", &["--no-sign"])?;
+            apply_as_editor(&ns, &app_yaml("loose", &unsigned, "  verify:\n    mode: \"Off\"\n"));
+            let message = stalled(&client, &ns, "loose", "ArtifactUnsigned").await?;
+            assert!(message.contains(&format!("AetherPolicy {name}")), "{message}");
+            // An image of the editor's choosing, or a command of their own: refused.
+            let signed = artifact_for(&ns, "miner")?;
+            apply_as_editor(
+                &ns,
+                &app_yaml("miner", &signed, "  runtime:\n    image: evil.example/miner:1\n"),
+            );
+            let message = stalled(&client, &ns, "miner", "PolicyRefused").await?;
+            assert!(message.contains(&format!("AetherPolicy {name}")), "{message}");
+            let shell = artifact_for(&ns, "shell")?;
+            apply_as_editor(
+                &ns,
+                &app_yaml(
+                    "shell",
+                    &shell,
+                    "  command: [\"node\", \"-e\", \"require('child_process')\"]\n",
+                ),
+            );
+            let message = stalled(&client, &ns, "shell", "PolicyRefused").await?;
+            assert!(message.contains("spec.command"), "{message}");
+            for app in ["loose", "miner", "shell"] {
+                let dep = Api::<Deployment>::namespaced(client.clone(), &ns)
+                    .get_opt(app)
+                    .await?;
+                assert!(dep.is_none(), "{app} runs");
+            }
+            // Within the floor, an app runs (the operator's own image is allowed).
+            let fine = artifact_for(&ns, "fine")?;
+            apply_as_editor(&ns, &app_yaml("fine", &fine, ""));
+            let apps: Api<AetherApp> = Api::namespaced(client.clone(), &ns);
+            wait_for(
+                apps,
+                "fine",
+                "Ready",
+                Duration::from_secs(120),
+                |a: Option<&AetherApp>| {
+                    a.and_then(|a| a.status.as_ref()).is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+                },
+            )
+            .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        policies.delete(&name, &DeleteParams::default()).await?;
+        outcome
     })
     .await
 }

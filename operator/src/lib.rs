@@ -21,14 +21,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use aether_crds::{AetherApp, AetherArtifact};
+use aether_crds::{AetherApp, AetherArtifact, AetherPolicy};
 use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
@@ -91,9 +91,21 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         locks: blobs::BlobLocks::default(),
         metrics: metrics.clone(),
     });
+    // Every AetherPolicy, cached; any change re-judges every app.
+    let (policies, policy_writer) = reflector::store::<AetherPolicy>();
+    let policy_changes = reflector(
+        policy_writer,
+        watcher(
+            Api::<AetherPolicy>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .touched_objects()
+    .filter_map(|change| async move { change.ok().map(|_| ()) });
     let app_ctx = Arc::new(app::Context {
         client: client.clone(),
         storage,
+        policies,
         recorder,
         metrics,
         config: args.app_config(),
@@ -129,6 +141,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
             let ns = art.namespace()?;
             Some(ObjectRef::<AetherApp>::new(&art.spec.app).within(&ns))
         })
+        .reconcile_all_on(policy_changes)
         .shutdown_on_signal()
         .run(app::reconcile, app::error_policy, app_ctx)
         .for_each(log_result);

@@ -8,6 +8,7 @@ use aether_artifact::{Digest, LAYER_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
 use aether_crds::condition::{READY, RECONCILING, STALLED};
 use aether_crds::{AetherApp, AetherAppStatus, AetherArtifact, AetherArtifactSpec, Signature, VerifyMode};
 use aether_operator::app::build::{self, Children, PodConfig};
+use aether_operator::app::policy::Floor;
 use aether_operator::app::status::{self, Observed, Rollout};
 use aether_operator::app::validate::{TrustedKeys, Validated, validate};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -89,7 +90,13 @@ fn trusting(key: &SigningKey) -> TrustedKeys {
 
 fn release(code: &str) -> (Validated, SigningKey) {
     let k = key();
-    let v = validate(&app(), Some(&artifact("web", code, Some(&k))), &trusting(&k)).unwrap();
+    let v = validate(
+        &app(),
+        Some(&artifact("web", code, Some(&k))),
+        &trusting(&k),
+        &Floor::default(),
+    )
+    .unwrap();
     (v, k)
 }
 
@@ -107,11 +114,17 @@ fn validate_refuses_what_must_not_run_and_says_why() {
     let k = key();
     let trusted = trusting(&k);
 
-    let missing = validate(&app, None, &trusted).unwrap_err();
+    let missing = validate(&app, None, &trusted, &Floor::default()).unwrap_err();
     assert_eq!(missing.reason, "ArtifactNotFound");
     assert!(missing.message.contains("web-0123456789ab") && !missing.waiting);
 
-    let other = validate(&app, Some(&artifact("api", "v1", Some(&k))), &trusted).unwrap_err();
+    let other = validate(
+        &app,
+        Some(&artifact("api", "v1", Some(&k))),
+        &trusted,
+        &Floor::default(),
+    )
+    .unwrap_err();
     assert_eq!(other.reason, "ArtifactOfAnotherApp");
 
     let mut uploading = artifact("web", "v1", Some(&k));
@@ -120,15 +133,27 @@ fn validate_refuses_what_must_not_run_and_says_why() {
         reason: "AwaitingUpload".into(),
         ..uploading.status.as_ref().unwrap().conditions[0].clone()
     };
-    let waiting = validate(&app, Some(&uploading), &trusted).unwrap_err();
+    let waiting = validate(&app, Some(&uploading), &trusted, &Floor::default()).unwrap_err();
     assert_eq!((waiting.reason, waiting.waiting), ("AwaitingArtifact", true));
 
-    let unsigned = validate(&app, Some(&artifact("web", "v1", None)), &trusted).unwrap_err();
+    let unsigned = validate(
+        &app,
+        Some(&artifact("web", "v1", None)),
+        &trusted,
+        &Floor::default(),
+    )
+    .unwrap_err();
     assert_eq!(unsigned.reason, "ArtifactUnsigned");
     assert!(unsigned.message.contains("Enforce"), "{}", unsigned.message);
 
     // Signed by a key nobody trusts: the message says where trusted keys come from.
-    let stranger = validate(&app, Some(&artifact("web", "v1", Some(&key()))), &trusted).unwrap_err();
+    let stranger = validate(
+        &app,
+        Some(&artifact("web", "v1", Some(&key()))),
+        &trusted,
+        &Floor::default(),
+    )
+    .unwrap_err();
     assert_eq!(stranger.reason, "SignatureRejected");
     assert!(
         stranger.message.contains("aether-trusted-keys"),
@@ -139,6 +164,7 @@ fn validate_refuses_what_must_not_run_and_says_why() {
         &app,
         Some(&artifact("web", "v1", Some(&k))),
         &TrustedKeys::default(),
+        &Floor::default(),
     )
     .unwrap_err();
     assert!(none.message.contains("no trusted keys"), "{}", none.message);
@@ -146,9 +172,21 @@ fn validate_refuses_what_must_not_run_and_says_why() {
     // Warn runs it anyway (the controller emits a Warning event); a good signature verifies.
     let mut warn = app.clone();
     warn.spec.verify.mode = VerifyMode::Warn;
-    let v = validate(&warn, Some(&artifact("web", "v1", None)), &trusted).unwrap();
+    let v = validate(
+        &warn,
+        Some(&artifact("web", "v1", None)),
+        &trusted,
+        &Floor::default(),
+    )
+    .unwrap();
     assert!(matches!(v.verdict, Verdict::Unverified(_)));
-    let v = validate(&app, Some(&artifact("web", "v1", Some(&k))), &trusted).unwrap();
+    let v = validate(
+        &app,
+        Some(&artifact("web", "v1", Some(&k))),
+        &trusted,
+        &Floor::default(),
+    )
+    .unwrap();
     assert_eq!(
         v.verdict,
         Verdict::Verified {

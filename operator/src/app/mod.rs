@@ -9,6 +9,7 @@
 pub mod build;
 pub mod downloads;
 pub mod ownership;
+pub mod policy;
 pub mod status;
 pub mod validate;
 
@@ -17,20 +18,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aether_artifact::signature::{PolicyRefusal, Verdict};
-use aether_crds::{AetherApp, AetherAppStatus, AetherArtifact, KeysKind, VerifyMode};
+use aether_crds::{AetherApp, AetherAppStatus, AetherArtifact, AetherPolicy, KeysKind, VerifyMode};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
 use self::build::{Children, PodConfig};
+use self::policy::Floor;
 use self::validate::{Invalid, TrustedKeys, Validated};
 use crate::events;
 use crate::metrics::{ControllerLabels, Metrics, PhaseLabels};
@@ -64,6 +67,8 @@ pub struct Context {
     pub client: kube::Client,
     /// Signs the pods' download URLs (see [`downloads`]).
     pub storage: aether_storage::Storage,
+    /// Every AetherPolicy, as watched.
+    pub policies: Store<AetherPolicy>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub config: AppConfig,
@@ -93,6 +98,8 @@ pub enum Error {
     UpdateStatus(#[source] kube::Error),
     #[error("signing download URLs: {0}")]
     Presign(#[source] aether_storage::StorageError),
+    #[error("the AetherPolicies are not known yet (is their CRD installed, and may the operator list them?)")]
+    PoliciesUnknown,
 }
 
 impl Error {
@@ -102,6 +109,7 @@ impl Error {
             Error::Apply { .. } => "Apply",
             Error::UpdateStatus(_) => "UpdateStatus",
             Error::Presign(_) => "Presign",
+            Error::PoliciesUnknown => "PoliciesUnknown",
         }
     }
 }
@@ -114,6 +122,8 @@ fn dereference_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Err
 /// What the reconcile reads before deciding anything.
 struct Dereferenced {
     artifact: Option<AetherArtifact>,
+    /// The cluster admin's floor for the app's namespace.
+    floor: Result<Floor, Invalid>,
     trusted: Result<TrustedKeys, Invalid>,
     /// The app's fetch Secret as it is (refused when the operator may not manage
     /// Secrets in the namespace).
@@ -148,8 +158,9 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
 
     let d = dereference(ctx, app, &ns).await?;
     let valid = d.downloads.and_then(|secret| {
+        let floor = d.floor?;
         d.trusted
-            .and_then(|trusted| validate::validate(app, d.artifact.as_ref(), &trusted))
+            .and_then(|trusted| validate::validate(app, d.artifact.as_ref(), &trusted, &floor))
             .map(|release| (release, secret))
     });
     // The children are written only where the app may write (see [`ownership`]).
@@ -270,7 +281,11 @@ async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Derefer
         .get_opt(&app.spec.artifact_ref.name)
         .await
         .map_err(dereference_error("the artifact"))?;
-    let trusted = trusted_keys(ctx, app, ns).await?;
+    let floor = floor(ctx, ns).await?;
+    let trusted = match &floor {
+        Ok(floor) => trusted_keys(ctx, app, ns, floor).await?,
+        Err(invalid) => Err(invalid.clone()),
+    };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = downloads::secret_name(&app.name_any());
     let downloads = match secrets.get_opt(&name).await {
@@ -294,23 +309,62 @@ async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Derefer
         .map_err(dereference_error("the Deployment"))?;
     Ok(Dereferenced {
         artifact,
+        floor,
         trusted,
         downloads,
         running,
     })
 }
 
-/// The app's `verify.keysRef`, else the operator's default ConfigMap. A missing
-/// source means no trusted keys (Enforce then refuses, and says where it looked).
+/// The AetherPolicies selecting the namespace, with the key sets they pin.
+async fn floor(ctx: &Context, ns: &str) -> Result<Result<Floor, Invalid>, Error> {
+    // Until the first list arrives no policy is known: never judge an app then (and
+    // fail, rather than wait forever, when they cannot be listed at all).
+    tokio::time::timeout(Duration::from_secs(10), ctx.policies.wait_until_ready())
+        .await
+        .map_err(|_| Error::PoliciesUnknown)?
+        .map_err(|_| Error::PoliciesUnknown)?;
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let labels = namespaces
+        .get_metadata(ns)
+        .await
+        .map_err(dereference_error("the namespace"))?
+        .metadata
+        .labels
+        .unwrap_or_default();
+    let all: Vec<AetherPolicy> = ctx.policies.state().iter().map(|p| (**p).clone()).collect();
+    let selecting = policy::selecting(&all, &labels);
+    let mut pinned = BTreeMap::new();
+    for p in &selecting {
+        if let Some(r) = &p.spec.verify.trusted_keys {
+            let source = format!("ConfigMap {}/{}", r.namespace, r.name);
+            let texts = configmap_values(ctx, &r.namespace, &r.name)
+                .await?
+                .unwrap_or_default();
+            match validate::trusted_keys_from(source, &texts) {
+                Ok(keys) => {
+                    pinned.insert(p.name_any(), keys);
+                }
+                Err(invalid) => return Ok(Err(invalid)),
+            }
+        }
+    }
+    Ok(Ok(Floor::new(&selecting, &pinned)))
+}
+
+/// The app's `verify.keysRef`, else the operator's default ConfigMap, narrowed to
+/// what the floor pins. A missing source means no trusted keys (Enforce then
+/// refuses, and says where it looked).
 async fn trusted_keys(
     ctx: &Context,
     app: &AetherApp,
     ns: &str,
+    floor: &Floor,
 ) -> Result<Result<TrustedKeys, Invalid>, Error> {
-    if app.spec.verify.mode == VerifyMode::Off {
+    if floor.mode(app.spec.verify.mode) == VerifyMode::Off {
         return Ok(Ok(TrustedKeys::default()));
     }
-    let (source, texts): (String, Option<Vec<String>>) = match &app.spec.verify.keys_ref {
+    let asked = match &app.spec.verify.keys_ref {
         // Trusted keys are public: the operator reads no Secret on a tenant's behalf,
         // so a reference cannot make it copy one into a pod spec.
         Some(r) if r.kind == KeysKind::Secret => {
@@ -323,26 +377,29 @@ async fn trusted_keys(
                 waiting: false,
             }));
         }
-        Some(r) => (
-            format!("ConfigMap {ns}/{}", r.name),
-            configmap_values(ctx, ns, &r.name).await?,
-        ),
-        None => {
-            let ons = &ctx.config.operator_namespace;
-            let name = &ctx.config.trusted_keys_configmap;
-            (
-                format!("ConfigMap {ons}/{name}"),
-                configmap_values(ctx, ons, name).await?,
-            )
-        }
+        Some(r) => match read_keys(ctx, ns, &r.name).await? {
+            Ok(keys) => Some(keys),
+            Err(invalid) => return Ok(Err(invalid)),
+        },
+        None => None,
     };
-    let Some(texts) = texts else {
-        return Ok(Ok(TrustedKeys {
+    if floor.pins_keys() || asked.is_some() {
+        return Ok(Ok(floor.trusted(asked, TrustedKeys::default)));
+    }
+    let ons = &ctx.config.operator_namespace;
+    read_keys(ctx, ons, &ctx.config.trusted_keys_configmap).await
+}
+
+/// The public keys in a ConfigMap; none if it does not exist.
+async fn read_keys(ctx: &Context, ns: &str, name: &str) -> Result<Result<TrustedKeys, Invalid>, Error> {
+    let source = format!("ConfigMap {ns}/{name}");
+    Ok(match configmap_values(ctx, ns, name).await? {
+        Some(texts) => validate::trusted_keys_from(source, &texts),
+        None => Ok(TrustedKeys {
             source: format!("{source} (not found)"),
             ..Default::default()
-        }));
-    };
-    Ok(validate::trusted_keys_from(source, &texts))
+        }),
+    })
 }
 
 async fn configmap_values(ctx: &Context, ns: &str, name: &str) -> Result<Option<Vec<String>>, Error> {

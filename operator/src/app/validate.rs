@@ -7,6 +7,8 @@ use aether_crds::condition::READY;
 use aether_crds::{AetherApp, AetherArtifact, VerifyMode};
 use kube::ResourceExt;
 
+use super::policy::Floor;
+
 /// The trusted public keys for an app, and where they came from (for messages).
 #[derive(Debug, Clone, Default)]
 pub struct TrustedKeys {
@@ -85,11 +87,15 @@ pub fn policy(mode: VerifyMode) -> Policy {
     }
 }
 
+/// `floor`: what the cluster admin's AetherPolicies allow (see [`super::policy`]);
+/// `trusted`: the keys it leaves trusted.
 pub fn validate(
     app: &AetherApp,
     artifact: Option<&AetherArtifact>,
     trusted: &TrustedKeys,
+    floor: &Floor,
 ) -> Result<Validated, Invalid> {
+    floor.admit(app)?;
     let name = &app.spec.artifact_ref.name;
     let namespace = app.namespace().unwrap_or_default();
     let Some(artifact) = artifact else {
@@ -137,7 +143,7 @@ pub fn validate(
         .spec
         .verified_manifest()
         .map_err(|e| Invalid::stalled("InvalidArtifact", format!("AetherArtifact {name}: {e}")))?;
-    let policy = policy(app.spec.verify.mode);
+    let policy = policy(floor.mode(app.spec.verify.mode));
     let signature = artifact
         .spec
         .signature
@@ -157,9 +163,13 @@ pub fn validate(
         } else {
             format!(" (trusted keys from {})", trusted.source)
         };
+        let floor = floor
+            .raised_by(app.spec.verify.mode)
+            .map(|p| format!(" (AetherPolicy {p} sets the namespace's minimum)"))
+            .unwrap_or_default();
         Invalid::stalled(
             refusal.reason(),
-            format!("verify policy Enforce refuses AetherArtifact {name}: {refusal}{hint}"),
+            format!("verify policy Enforce{floor} refuses AetherArtifact {name}: {refusal}{hint}"),
         )
     })?;
     Ok(Validated {
