@@ -20,7 +20,7 @@ pub mod unpack;
 pub use digest::Digest;
 pub use layer::{LayerStats, PackError, pack_layer};
 pub use manifest::{LayerDescriptor, Manifest};
-pub use unpack::{Limits, UnpackError, Unpacker};
+pub use unpack::{Limits, Summary, UnpackError, Unpacker};
 
 /// Media type of a layer: a POSIX tar stream compressed with zstd.
 pub const LAYER_MEDIA_TYPE: &str = "application/vnd.aether.layer.v1.tar+zstd";

@@ -5,8 +5,9 @@
 //!   backslashes or control characters, bounded depth. Duplicates, and paths that
 //!   differ only in case or Unicode normalisation, are refused.
 //! - Only regular files, directories and symlinks exist. Hardlinks, devices, FIFOs,
-//!   sparse files and PAX headers (which `aether pack` never writes) are refused;
-//!   GNU long names are read with a size cap.
+//!   sparse files and PAX headers (which `aether pack` never writes) are refused, as
+//!   are directories and symlinks that carry data; GNU long names are read with a
+//!   size cap, and a long link must belong to the symlink that follows it.
 //! - Symlinks are created last, after every file, and only once their target has
 //!   been resolved against the archive's own tree (links through links included) and
 //!   found inside the root. While files are written, the root therefore holds no
@@ -14,17 +15,29 @@
 //!   symlink entry: nothing can be written through a link.
 //! - Modes are normalised (0644, 0755 for executables and directories); owners and
 //!   mtimes from the archive are ignored.
-//! - Caps on entries, bytes per file, total bytes, depth, and the zstd window bound
-//!   the work and memory a hostile layer can cause. Data after the end of the tar
-//!   (other than zero padding) is refused.
+//! - Caps bound the work and memory a hostile layer can cause: entries, bytes per
+//!   file, depth, the zstd window, and every byte the decoder produces (headers, long
+//!   names, padding and skipped data as well as file contents) counts toward the
+//!   total. Symlinks are capped in number, in total target length and in the steps
+//!   spent resolving them. An optional deadline is checked on every read of the
+//!   compressed and the decompressed stream, so a slow or huge entry is stopped in
+//!   the middle.
+//! - The tar must end with its end-of-archive marker (two zero blocks): a layer cut
+//!   short at an entry boundary is refused. Data after the marker (other than zero
+//!   padding) is refused.
+//!
+//! Layers are streamed: [`Unpacker::unpack_layer`] reads from any [`Read`] (a file,
+//! a socket, a slice) with a fixed-size buffer.
 //!
 //! On any error the caller must discard the root: it may hold a partial tree.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::path::{self, PathError};
 
@@ -34,16 +47,33 @@ const MAX_LONG_NAME: u64 = 4096;
 const MAX_TRAILING_ZEROS: u64 = 1 << 20;
 /// Symlinks followed while resolving one target (Linux: 40).
 const MAX_LINK_HOPS: usize = 40;
+/// One tar block: the end-of-archive marker is two of them, all zeros.
+const BLOCK: u64 = 512;
+/// `path` of errors raised before the first entry's header was read.
+const FIRST_ENTRY: &str = "(first entry)";
 
 /// Caps on what one root may receive, across all its layers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
+    /// Every byte the zstd decoder produces, across all layers: file contents, tar
+    /// headers, long names, padding, skipped data and the end-of-archive marker.
     pub max_total_bytes: u64,
     pub max_file_bytes: u64,
     pub max_entries: u64,
     pub max_depth: usize,
     /// log2 of the largest zstd window accepted (decoder memory ≈ 2^this bytes).
     pub max_window_log: u32,
+    /// Symlinks in the root, across all layers.
+    pub max_symlinks: u64,
+    /// Total length of all symlink targets, across all layers.
+    pub max_link_target_bytes: u64,
+    /// Path components walked while resolving every symlink (links through links
+    /// included), across all layers.
+    pub max_link_resolution_steps: u64,
+    /// Extraction (each layer and [`Unpacker::finish`]) stops with
+    /// [`UnpackError::DeadlineExceeded`] once this instant has passed. Checked on
+    /// every read, so also in the middle of an entry's data.
+    pub deadline: Option<Instant>,
 }
 
 impl Default for Limits {
@@ -55,6 +85,12 @@ impl Default for Limits {
             max_depth: crate::layer::MAX_DEPTH,
             // 32 MiB: zstd levels up to 19 stay below it (`aether pack` uses 3: 2 MiB).
             max_window_log: 25,
+            // A large pnpm-style node_modules has tens of thousands of links.
+            max_symlinks: 100_000,
+            max_link_target_bytes: 16 << 20,
+            // ~40 steps for each of the links allowed; well under a second.
+            max_link_resolution_steps: 4_000_000,
+            deadline: None,
         }
     }
 }
@@ -83,6 +119,12 @@ pub enum UnpackError {
     LinkEscape { path: String, target: String },
     #[error("{path}: symlink to '{target}' loops or is too deeply chained")]
     LinkLoop { path: String, target: String },
+    #[error("the artifact has more than {limit} symlinks")]
+    TooManySymlinks { limit: u64 },
+    #[error("{path}: the artifact's symlink targets exceed {limit} bytes in total")]
+    LinkTargetsTooLarge { path: String, limit: u64 },
+    #[error("{path}: resolving the artifact's symlinks takes more than {limit} steps")]
+    LinkResolutionTooCostly { path: String, limit: u64 },
     #[error("{path}: {size} bytes exceeds the per-file limit of {limit}")]
     FileTooLarge { path: String, size: u64, limit: u64 },
     #[error("{path}: the artifact exceeds the limit of {limit} bytes in total")]
@@ -93,8 +135,12 @@ pub enum UnpackError {
     LongNameTooLong { path: String, size: u64 },
     #[error("{path}: the archive ends in the middle of this entry")]
     Truncated { path: String },
+    #[error("the archive ends without its end-of-archive marker (after {path}): it is truncated")]
+    MissingEndOfArchive { path: String },
     #[error("unexpected data after the end of the archive")]
     TrailingData,
+    #[error("{path}: extraction did not finish before its deadline")]
+    DeadlineExceeded { path: String },
     #[error("the layer is not a valid zstd-compressed tar: {0}")]
     Corrupt(#[source] io::Error),
     #[error("{path}: {source}")]
@@ -110,12 +156,103 @@ impl UnpackError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::RootNotEmpty(_) | Self::Io { .. } => "ExtractFailed",
-            Self::FileTooLarge { .. } | Self::TotalTooLarge { .. } | Self::TooManyEntries { .. } => {
-                "ArtifactTooLarge"
-            }
-            Self::Truncated { .. } | Self::TrailingData | Self::Corrupt(_) => "ArtifactCorrupt",
+            Self::FileTooLarge { .. }
+            | Self::TotalTooLarge { .. }
+            | Self::TooManyEntries { .. }
+            | Self::TooManySymlinks { .. }
+            | Self::LinkTargetsTooLarge { .. }
+            | Self::LinkResolutionTooCostly { .. } => "ArtifactTooLarge",
+            Self::Truncated { .. }
+            | Self::MissingEndOfArchive { .. }
+            | Self::TrailingData
+            | Self::Corrupt(_) => "ArtifactCorrupt",
+            // The runtime's own reason (and exit code) for a fetch that ran out of time.
+            Self::DeadlineExceeded { .. } => "FetchDeadlineExceeded",
             _ => "UnsafeArtifact",
         }
+    }
+}
+
+/// Why a [`Meter`] stopped the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trip {
+    Total,
+    Deadline,
+}
+
+/// Shared by both sides of the decoder for one layer: counts every decompressed
+/// byte against the total cap and checks the deadline on every read. Once tripped,
+/// every further read fails, and the typed error replaces whatever error the tar
+/// or zstd reader made of it.
+#[derive(Debug)]
+struct Meter {
+    used: Cell<u64>,
+    limit: u64,
+    deadline: Option<Instant>,
+    tripped: Cell<Option<Trip>>,
+    /// The decompressed stream has ended.
+    eof: Cell<bool>,
+}
+
+impl Meter {
+    fn check(&self) -> io::Result<()> {
+        if let Some(trip) = self.tripped.get() {
+            return Err(io::Error::other(format!("extraction stopped: {trip:?}")));
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return self.trip(Trip::Deadline);
+        }
+        Ok(())
+    }
+
+    fn trip(&self, trip: Trip) -> io::Result<()> {
+        self.tripped.set(Some(trip));
+        Err(io::Error::other(format!("extraction stopped: {trip:?}")))
+    }
+}
+
+/// The compressed side: the deadline is checked around every read, so a slow source
+/// (or a stream that decompresses to nothing) cannot hold extraction past it.
+struct Compressed<'m, R> {
+    inner: R,
+    meter: &'m Meter,
+}
+
+impl<R: Read> Read for Compressed<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.meter.check()?;
+        let n = self.inner.read(buf)?;
+        self.meter.check()?;
+        Ok(n)
+    }
+}
+
+/// The decompressed side: every byte counts toward the total, whoever reads it.
+struct Decompressed<'m, R> {
+    inner: R,
+    meter: &'m Meter,
+}
+
+impl<R: Read> Read for Decompressed<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.meter.check()?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let used = self.meter.used.get();
+        // Decode at most one byte beyond the cap: enough to know it was exceeded.
+        let allowed = self.meter.limit.saturating_sub(used).saturating_add(1);
+        let len = buf.len().min(usize::try_from(allowed).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..len])?;
+        if n == 0 {
+            self.meter.eof.set(true);
+        }
+        let used = used.saturating_add(n as u64);
+        self.meter.used.set(used);
+        if used > self.meter.limit {
+            self.meter.trip(Trip::Total)?;
+        }
+        Ok(n)
     }
 }
 
@@ -144,11 +281,17 @@ pub struct Unpacker {
     seen: HashMap<String, (String, Kind)>,
     /// Symlinks, created by [`Unpacker::finish`]: path → target.
     links: HashMap<String, String>,
+    /// Total length of the targets in `links`.
+    link_target_bytes: u64,
     entries: u64,
+    /// Bytes the decoder produced, across layers.
+    decompressed: u64,
     summary: Summary,
     /// The parent directory most recently checked: entries arrive sorted, so most
     /// share it and need no further checks.
     last_parent: String,
+    /// The entry being read, for errors raised by the stream itself.
+    current: String,
     buf: Vec<u8>,
 }
 
@@ -165,26 +308,70 @@ impl Unpacker {
             limits,
             seen: HashMap::new(),
             links: HashMap::new(),
+            link_target_bytes: 0,
             entries: 0,
+            decompressed: 0,
             summary: Summary::default(),
             last_parent: String::new(),
+            current: String::new(),
             buf: vec![0; 1 << 18],
         })
     }
 
-    /// Extract one zstd-compressed tar layer. Verify its digest first.
+    /// Bytes the zstd decoder has produced so far, across layers: what
+    /// [`Limits::max_total_bytes`] caps.
+    pub fn decompressed_bytes(&self) -> u64 {
+        self.decompressed
+    }
+
+    /// Extract one zstd-compressed tar layer, streamed from `compressed` (a file, a
+    /// socket, or a `&[u8]`). Verify its digest first.
     pub fn unpack_layer(&mut self, compressed: impl Read) -> Result<(), UnpackError> {
-        let mut decoder = zstd::stream::read::Decoder::new(compressed).map_err(UnpackError::Corrupt)?;
+        let meter = Meter {
+            used: Cell::new(self.decompressed),
+            limit: self.limits.max_total_bytes,
+            deadline: self.limits.deadline,
+            tripped: Cell::new(None),
+            eof: Cell::new(false),
+        };
+        self.current = FIRST_ENTRY.into();
+        let result = self.extract(compressed, &meter);
+        self.decompressed = meter.used.get();
+        let path = std::mem::take(&mut self.current);
+        match meter.tripped.get() {
+            Some(Trip::Total) => Err(UnpackError::TotalTooLarge {
+                path,
+                limit: self.limits.max_total_bytes,
+            }),
+            Some(Trip::Deadline) => Err(UnpackError::DeadlineExceeded { path }),
+            // The tar reader's "failed to read entire block" and the like, once the
+            // stream has ended: the layer was cut short.
+            None if meter.eof.get() && matches!(result, Err(UnpackError::Corrupt(_))) => {
+                Err(UnpackError::Truncated { path })
+            }
+            None => result,
+        }
+    }
+
+    fn extract(&mut self, compressed: impl Read, meter: &Meter) -> Result<(), UnpackError> {
+        meter.check().map_err(UnpackError::Corrupt)?;
+        let mut decoder = zstd::stream::read::Decoder::new(Compressed {
+            inner: compressed,
+            meter,
+        })
+        .map_err(UnpackError::Corrupt)?;
         decoder
             .window_log_max(self.limits.max_window_log)
             .map_err(UnpackError::Corrupt)?;
-        let mut archive = tar::Archive::new(decoder);
+        let mut archive = tar::Archive::new(Decompressed {
+            inner: decoder,
+            meter,
+        });
         let mut long_name: Option<Vec<u8>> = None;
         let mut long_link: Option<Vec<u8>> = None;
-        let mut last_path = String::from("(first entry)");
 
         for entry in archive.entries().map_err(UnpackError::Corrupt)?.raw(true) {
-            let mut entry = entry.map_err(|e| stream_error(e, &last_path))?;
+            let mut entry = entry.map_err(|e| stream_error(e, &self.current))?;
             self.entries += 1;
             if self.entries > self.limits.max_entries {
                 return Err(UnpackError::TooManyEntries {
@@ -198,14 +385,19 @@ impl Unpacker {
             if kind.is_gnu_longname() || kind.is_gnu_longlink() {
                 if size > MAX_LONG_NAME {
                     return Err(UnpackError::LongNameTooLong {
-                        path: last_path,
+                        path: self.current.clone(),
                         size,
                     });
                 }
                 let mut buf = Vec::with_capacity(size as usize);
                 entry
                     .read_to_end(&mut buf)
-                    .map_err(|e| stream_error(e, &last_path))?;
+                    .map_err(|e| stream_error(e, &self.current))?;
+                if buf.len() as u64 != size {
+                    return Err(UnpackError::Truncated {
+                        path: self.current.clone(),
+                    });
+                }
                 while buf.last() == Some(&0) {
                     buf.pop();
                 }
@@ -216,7 +408,7 @@ impl Unpacker {
                 };
                 if slot.replace(buf).is_some() {
                     return Err(UnpackError::UnsupportedEntry {
-                        path: last_path,
+                        path: self.current.clone(),
                         kind: "repeated long name".into(),
                     });
                 }
@@ -237,11 +429,45 @@ impl Unpacker {
                 }
             })?;
             let rel = parts.join("/");
-            last_path.clone_from(&rel);
+            self.current.clone_from(&rel);
 
             use tar::EntryType as E;
+            // A long link names the target of the symlink right after it, nothing else.
+            if long_link.is_some() && kind != E::Symlink {
+                return Err(UnpackError::UnsupportedEntry {
+                    path: rel,
+                    kind: "long link before a non-symlink".into(),
+                });
+            }
+            // `aether pack` writes directories and symlinks with no data; readers
+            // disagree on what such data means, so it is refused before it is read.
+            if size > 0 && matches!(kind, E::Directory | E::Symlink) {
+                let kind = if kind == E::Directory {
+                    "directory with data"
+                } else {
+                    "symlink with data"
+                };
+                return Err(UnpackError::UnsupportedEntry {
+                    path: rel,
+                    kind: kind.into(),
+                });
+            }
             match kind {
                 E::Regular | E::Continuous => {
+                    if size > self.limits.max_file_bytes {
+                        return Err(UnpackError::FileTooLarge {
+                            path: rel,
+                            size,
+                            limit: self.limits.max_file_bytes,
+                        });
+                    }
+                    // Refused before a byte is written if it cannot fit.
+                    if meter.used.get().saturating_add(size) > self.limits.max_total_bytes {
+                        return Err(UnpackError::TotalTooLarge {
+                            path: rel,
+                            limit: self.limits.max_total_bytes,
+                        });
+                    }
                     self.check_parents(&parts)?;
                     self.claim(&parts, &rel, Kind::File)?;
                     self.write_file(&rel, size, header.mode().unwrap_or(0o644), &mut entry)?;
@@ -261,8 +487,21 @@ impl Unpacker {
                         path: rel.clone(),
                         target: "<not UTF-8>".into(),
                     })?;
+                    if self.links.len() as u64 >= self.limits.max_symlinks {
+                        return Err(UnpackError::TooManySymlinks {
+                            limit: self.limits.max_symlinks,
+                        });
+                    }
+                    let target_bytes = self.link_target_bytes + target.len() as u64;
+                    if target_bytes > self.limits.max_link_target_bytes {
+                        return Err(UnpackError::LinkTargetsTooLarge {
+                            path: rel,
+                            limit: self.limits.max_link_target_bytes,
+                        });
+                    }
                     self.check_parents(&parts)?;
                     self.claim(&parts, &rel, Kind::Symlink)?;
+                    self.link_target_bytes = target_bytes;
                     self.links.insert(rel, target);
                 }
                 other => {
@@ -282,10 +521,20 @@ impl Unpacker {
             }
         }
         if long_name.is_some() || long_link.is_some() {
-            return Err(UnpackError::Truncated { path: last_path });
+            return Err(UnpackError::Truncated {
+                path: self.current.clone(),
+            });
+        }
+        // The tar reader stops at the first zero block, or quietly at the end of the
+        // stream: the latter is a layer cut short at an entry boundary.
+        let missing_end = || UnpackError::MissingEndOfArchive {
+            path: self.current.clone(),
+        };
+        if meter.eof.get() {
+            return Err(missing_end());
         }
 
-        // Only zero padding may follow the end-of-archive marker.
+        // The second zero block of the marker, then only zero padding.
         let mut rest = archive.into_inner().take(MAX_TRAILING_ZEROS + 1);
         let mut buf = [0u8; 8192];
         let mut total = 0u64;
@@ -299,29 +548,52 @@ impl Unpacker {
                 return Err(UnpackError::TrailingData);
             }
         }
+        if total < BLOCK {
+            return Err(missing_end());
+        }
         Ok(())
     }
 
     /// Check and create the symlinks. Call once, after the last layer.
     pub fn finish(mut self) -> Result<Summary, UnpackError> {
-        let mut links: Vec<(String, String)> =
-            self.links.iter().map(|(p, t)| (p.clone(), t.clone())).collect();
+        let mut links: Vec<(&String, &String)> = self.links.iter().collect();
         links.sort_unstable();
+        let tree = LinkTree::new(&links);
+        let mut budget = self.limits.max_link_resolution_steps;
         for (rel, target) in &links {
-            self.resolve_inside(rel, target)?;
+            self.check_deadline(rel)?;
+            self.resolve_inside(&tree, rel, target, &mut budget)?;
         }
-        for (rel, target) in links {
-            let full = self.root.join(&rel);
-            std::os::unix::fs::symlink(&target, &full)
-                .map_err(|source| UnpackError::Io { path: rel, source })?;
+        for (rel, target) in &links {
+            self.check_deadline(rel)?;
+            let full = self.root.join(rel);
+            std::os::unix::fs::symlink(target, &full).map_err(|source| UnpackError::Io {
+                path: rel.to_string(),
+                source,
+            })?;
             self.summary.symlinks += 1;
         }
-        Ok(self.summary)
+        Ok(std::mem::take(&mut self.summary))
+    }
+
+    fn check_deadline(&self, rel: &str) -> Result<(), UnpackError> {
+        if self.limits.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(UnpackError::DeadlineExceeded { path: rel.into() });
+        }
+        Ok(())
     }
 
     /// Follow `target` from the directory holding `rel` through the archive's own
-    /// symlinks, as the kernel would, and make sure it never leaves the root.
-    fn resolve_inside(&self, rel: &str, target: &str) -> Result<(), UnpackError> {
+    /// symlinks, as the kernel would, and make sure it never leaves the root. Each
+    /// component walked costs one step of `budget` (shared by all links) and one
+    /// lookup of that component alone, so the cost is bounded whatever the depth.
+    fn resolve_inside(
+        &self,
+        tree: &LinkTree,
+        rel: &str,
+        target: &str,
+        budget: &mut u64,
+    ) -> Result<(), UnpackError> {
         let escape = || UnpackError::LinkEscape {
             path: rel.into(),
             target: target.into(),
@@ -329,31 +601,61 @@ impl Unpacker {
         if target.is_empty() || target.starts_with('/') || target.contains('\\') || target.contains('\0') {
             return Err(escape());
         }
-        let mut stack: Vec<String> = rel.split('/').map(String::from).collect();
-        stack.pop();
-        let mut pending: Vec<String> = target.split('/').rev().map(String::from).collect();
+        // Where we are: nodes of the link tree from the root down, then `beyond`
+        // components below which the archive has no symlink.
+        let mut stack = vec![LinkTree::ROOT];
+        let mut beyond = 0usize;
+        // Start in the link's own directory: a real one, since no entry may lie
+        // beneath a symlink.
+        let mut parents: Vec<&str> = rel.split('/').collect();
+        parents.pop();
+        for part in parents {
+            match tree.child(stack[stack.len() - 1], part) {
+                Some(node) if beyond == 0 => stack.push(node),
+                _ => beyond += 1,
+            }
+        }
+        let mut pending: Vec<&str> = target.split('/').rev().collect();
         let mut hops = 0;
         while let Some(part) = pending.pop() {
-            match part.as_str() {
-                "" | "." => continue,
+            if *budget == 0 {
+                return Err(UnpackError::LinkResolutionTooCostly {
+                    path: rel.into(),
+                    limit: self.limits.max_link_resolution_steps,
+                });
+            }
+            *budget -= 1;
+            match part {
+                "" | "." => {}
                 ".." => {
-                    stack.pop().ok_or_else(escape)?;
+                    if beyond > 0 {
+                        beyond -= 1;
+                    } else if stack.len() > 1 {
+                        stack.pop();
+                    } else {
+                        return Err(escape());
+                    }
                 }
                 name => {
-                    stack.push(name.to_string());
-                    if let Some(next) = self.links.get(&stack.join("/")) {
-                        hops += 1;
-                        if hops > MAX_LINK_HOPS {
-                            return Err(UnpackError::LinkLoop {
-                                path: rel.into(),
-                                target: target.into(),
-                            });
-                        }
-                        if next.starts_with('/') {
-                            return Err(escape());
-                        }
-                        stack.pop();
-                        pending.extend(next.split('/').rev().map(String::from));
+                    let top = stack[stack.len() - 1];
+                    match (beyond, tree.child(top, name)) {
+                        (0, Some(node)) => match tree.target(node) {
+                            Some(next) => {
+                                hops += 1;
+                                if hops > MAX_LINK_HOPS {
+                                    return Err(UnpackError::LinkLoop {
+                                        path: rel.into(),
+                                        target: target.into(),
+                                    });
+                                }
+                                if next.starts_with('/') {
+                                    return Err(escape());
+                                }
+                                pending.extend(next.split('/').rev());
+                            }
+                            None => stack.push(node),
+                        },
+                        _ => beyond += 1,
                     }
                 }
             }
@@ -453,19 +755,6 @@ impl Unpacker {
         mode: u32,
         data: &mut impl Read,
     ) -> Result<(), UnpackError> {
-        if size > self.limits.max_file_bytes {
-            return Err(UnpackError::FileTooLarge {
-                path: rel.into(),
-                size,
-                limit: self.limits.max_file_bytes,
-            });
-        }
-        if self.summary.bytes + size > self.limits.max_total_bytes {
-            return Err(UnpackError::TotalTooLarge {
-                path: rel.into(),
-                limit: self.limits.max_total_bytes,
-            });
-        }
         let mode = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
         let mut file = OpenOptions::new()
             .write(true)
@@ -504,5 +793,49 @@ fn stream_error(e: io::Error, path: &str) -> UnpackError {
         }
     } else {
         UnpackError::Corrupt(e)
+    }
+}
+
+/// The archive's symlinks as a tree of path components (the links and their parent
+/// directories), so resolution looks up one component at a time.
+#[derive(Debug)]
+struct LinkTree<'a> {
+    children: Vec<HashMap<&'a str, usize>>,
+    targets: Vec<Option<&'a str>>,
+}
+
+impl<'a> LinkTree<'a> {
+    const ROOT: usize = 0;
+
+    fn new(links: &[(&'a String, &'a String)]) -> Self {
+        let mut tree = Self {
+            children: vec![HashMap::new()],
+            targets: vec![None],
+        };
+        for (rel, target) in links {
+            let mut node = Self::ROOT;
+            for part in rel.split('/') {
+                node = match tree.children[node].get(part) {
+                    Some(&child) => child,
+                    None => {
+                        let child = tree.children.len();
+                        tree.children.push(HashMap::new());
+                        tree.targets.push(None);
+                        tree.children[node].insert(part, child);
+                        child
+                    }
+                };
+            }
+            tree.targets[node] = Some(target.as_str());
+        }
+        tree
+    }
+
+    fn child(&self, node: usize, name: &str) -> Option<usize> {
+        self.children[node].get(name).copied()
+    }
+
+    fn target(&self, node: usize) -> Option<&'a str> {
+        self.targets[node]
     }
 }

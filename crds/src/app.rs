@@ -55,20 +55,23 @@ pub struct AetherAppSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128))]
     #[x_kube(validation = Rule::new("self.all(e, !has(e.value) || size(e.value) <= 32768)").message("an env value may be at most 32 KiB: put larger configuration in a ConfigMap and use envFrom"))]
+    #[x_kube(validation = Rule::new("self.all(e, size(e.name) <= 256)").message("an env name may be at most 256 characters"))]
     pub env: Vec<EnvVar>,
 
     /// Sources of environment variables (ConfigMaps, Secrets) for the app container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(e, !has(e.prefix) || size(e.prefix) <= 256)").message("an envFrom prefix may be at most 256 characters"))]
     pub env_from: Vec<EnvFromSource>,
 
     /// CPU and memory for the app container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("(!has(self.claims) || size(self.claims) <= 8) && (!has(self.limits) || size(self.limits) <= 16) && (!has(self.requests) || size(self.requests) <= 16)").message("resources may list at most 16 limits, 16 requests and 8 claims"))]
     pub resources: Option<ResourceRequirements>,
 
     /// Overrides the artifact's entrypoint, e.g. `["node", "worker.js"]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 32))]
+    #[schemars(length(min = 1, max = 32), inner(length(max = 4096)))]
     pub command: Option<Vec<String>>,
 
     /// Overrides the runtime image chosen from the artifact's Node major version.

@@ -64,7 +64,7 @@ pub struct AetherArtifactSpec {
 
     /// The command that starts the app, run in `workdir`, e.g.
     /// `["node", "server.js"]` or `["/bin/sh", "-c", "<start script>"]`.
-    #[schemars(length(min = 1, max = 32))]
+    #[schemars(length(min = 1, max = 32), inner(length(max = 4096)))]
     pub entrypoint: Vec<String>,
 
     /// The working directory relative to the extracted app root, for a workspace
@@ -98,14 +98,14 @@ pub struct Layer {
     #[schemars(length(max = 71))]
     #[x_kube(validation = Rule::new(crate::validation::DIGEST_RULE).message(crate::validation::DIGEST_MESSAGE))]
     pub digest: String,
-    /// Compressed size in bytes.
-    #[schemars(range(min = 0))]
+    /// Compressed size in bytes, at most 5 GiB (what storage copies in one request).
+    #[schemars(range(min = 0, max = 5_368_709_120_i64))]
     pub size: i64,
     /// e.g. `application/vnd.aether.layer.v1.tar+zstd`.
     #[schemars(length(min = 1, max = 255))]
     pub media_type: String,
-    /// Entries in the tar (files, directories, symlinks).
-    #[schemars(range(min = 0))]
+    /// Entries in the tar (files, directories, symlinks), at most a million.
+    #[schemars(range(min = 0, max = 1000000))]
     pub entries: i64,
     /// Digest of the layer's file list (path, mode, size and sha256 of every file).
     #[schemars(length(max = 71))]
@@ -134,7 +134,8 @@ pub struct Blob {
     #[schemars(length(max = 71))]
     #[x_kube(validation = Rule::new(crate::validation::DIGEST_RULE).message(crate::validation::DIGEST_MESSAGE))]
     pub digest: String,
-    #[schemars(range(min = 0))]
+    /// Size in bytes, at most 64 MiB.
+    #[schemars(range(min = 0, max = 67108864))]
     pub size: i64,
     #[schemars(length(min = 1, max = 255))]
     pub media_type: String,

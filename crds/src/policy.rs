@@ -38,7 +38,7 @@ pub struct AetherPolicySpec {
     /// characters (`node:*-slim`). Absent: any image. The operator's own image for
     /// the artifact's Node version is always allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 512)))]
     pub allowed_images: Option<Vec<String>>,
 
     /// Whether an app may replace its artifact's entrypoint with `spec.command`.

@@ -31,5 +31,8 @@ fn samples_parse_as_the_current_types() {
         serde_yaml::from_str(&repo_file("config/samples/aether_v1alpha1_aetherpolicy.yaml"))
             .expect("the AetherPolicy sample parses");
     assert!(!policy.spec.allow_command);
-    assert_eq!(policy.spec.verify.minimum_mode, Some(aether_crds::VerifyMode::Enforce));
+    assert_eq!(
+        policy.spec.verify.minimum_mode,
+        Some(aether_crds::VerifyMode::Enforce)
+    );
 }

@@ -332,6 +332,42 @@ async fn serve(client: &Client, ns: &str, greeting: &str) -> anyhow::Result<(Str
     Ok((url, art))
 }
 
+/// Delete the app's pods (as a node drain would) and wait until a new one is Ready:
+/// it fetched and verified its blobs from storage as they are now.
+async fn reschedule(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    let old: Vec<String> = pods
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    for name in &old {
+        pods.delete(name, &DeleteParams::default()).await?;
+    }
+    aether_e2e::wait_until("a new Ready pod", Duration::from_secs(120), || {
+        let (pods, old) = (pods.clone(), old.clone());
+        async move {
+            let ready = pods
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .any(|p| {
+                    !old.contains(p.metadata.name.as_ref().unwrap())
+                        && p.status
+                            .and_then(|s| s.conditions)
+                            .unwrap_or_default()
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                });
+            Ok(ready.then_some(()))
+        }
+    })
+    .await
+}
+
 /// `spec` as an AetherArtifact named `name` for app `app`, in YAML (JSON is YAML).
 fn artifact_yaml(name: &str, spec: &AetherArtifactSpec) -> String {
     serde_json::json!({
@@ -438,17 +474,7 @@ async fn another_namespace_s_blobs_cannot_be_claimed_overwritten_or_run() -> any
         for (digest, size) in &digests {
             victim_blobs.verify(digest, *size).await?;
         }
-        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &victim);
-        for p in pods.list(&ListParams::default()).await?.items {
-            pods.delete(&p.metadata.name.unwrap(), &DeleteParams::default()).await?;
-        }
-        let apps: Api<AetherApp> = Api::namespaced(client.clone(), &victim);
-        wait_for(apps, "express-api", "a new Ready pod", Duration::from_secs(120), |a: Option<&AetherApp>| {
-            a.and_then(|a| a.status.as_ref()).is_some_and(|s| {
-                s.ready_replicas == 1 && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-        })
-        .await?;
+        reschedule(&client, &victim).await?;
         wait_for_body(&client, &victim, "express-api", &url, &format!("{greeting}\n"), Duration::from_secs(60)).await?;
         assert_eq!(body(&client, &victim, "express-api", &url).await?, format!("{greeting}\n"));
         Ok(())
@@ -507,16 +533,18 @@ async fn app_pods_hold_no_storage_credentials_only_urls_for_their_namespace() ->
 #[ignore = "needs a cluster with Aether installed: run `make e2e`"]
 async fn the_operator_writes_nothing_where_no_admin_enabled_it() -> anyhow::Result<()> {
     let operator_ns = std::env::var("AETHER_OPERATOR_NAMESPACE").unwrap_or_else(|_| "aether-system".into());
+    let storage = StorageSettings::from_env()?.host();
     with_temp_ns("disabled", move |client, ns| async move {
-        let artifact = artifact_for(&ns, "orphan")?;
-        // The cluster admin withdraws the namespace.
+        // The cluster admin has not enabled this namespace (the harness did: undo it).
         Api::<RoleBinding>::namespaced(client.clone(), &ns)
             .delete("aether-operator", &DeleteParams::default())
             .await?;
         let operator = format!("system:serviceaccount:{operator_ns}:aether-operator");
         let can = |verb: &str, resource: &str, namespace: &str| {
             let out = Command::new("kubectl")
-                .args(["auth", "can-i", verb, resource, "-n", namespace, "--as", &operator])
+                .args([
+                    "auth", "can-i", verb, resource, "-n", namespace, "--as", &operator,
+                ])
                 .output()
                 .unwrap();
             String::from_utf8_lossy(&out.stdout).trim() == "yes"
@@ -529,25 +557,85 @@ async fn the_operator_writes_nothing_where_no_admin_enabled_it() -> anyhow::Resu
                 ("patch", "services"),
                 ("delete", "pods"),
             ] {
-                assert!(!can(verb, resource, namespace), "the operator may {verb} {resource} in {namespace}");
+                assert!(
+                    !can(verb, resource, namespace),
+                    "the operator may {verb} {resource} in {namespace}"
+                );
             }
         }
         let out = Command::new("kubectl")
-            .args(["auth", "can-i", "list", "secrets", "--all-namespaces", "--as", &operator])
+            .args([
+                "auth",
+                "can-i",
+                "list",
+                "secrets",
+                "--all-namespaces",
+                "--as",
+                &operator,
+            ])
             .output()?;
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no", "the operator may list every Secret");
-
-        let out = kubectl_apply(
-            &ns,
-            None,
-            &format!(
-                "apiVersion: aether.dev/v1alpha1\nkind: AetherApp\nmetadata:\n  name: orphan\nspec:\n  artifactRef:\n    name: {artifact}\n"
-            ),
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "no",
+            "the operator may list every Secret"
         );
+
+        // A push is told why nothing happens, and storage gets nothing.
+        let dir = tempfile::tempdir()?;
+        example_app(dir.path(), "nowhere")?;
+        let run = tokio::task::block_in_place(|| {
+            aether(
+                dir.path(),
+                &ns,
+                &["push", "--app", "orphan", "--timeout-seconds", "60"],
+            )
+        });
+        assert_ne!(run.code, Some(0), "{}", run.stderr);
+        assert!(run.stderr.contains("NamespaceNotEnabled"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("create rolebinding"),
+            "the fix is named: {}",
+            run.stderr
+        );
+        let listed = storage
+            .client()
+            .list_objects_v2()
+            .bucket(storage.bucket())
+            .prefix(aether_storage::namespace_prefix(
+                &std::env::var("AETHER_S3_PREFIX").unwrap_or_default(),
+                &ns,
+            ))
+            .send()
+            .await?;
+        assert_eq!(listed.key_count(), Some(0), "storage holds something for {ns}");
+
+        // An app written anyway stays a description: nothing of it is created.
+        let artifacts: Api<AetherArtifact> = Api::namespaced(client.clone(), &ns);
+        let artifact = artifacts.list(&ListParams::default()).await?.items[0]
+            .metadata
+            .name
+            .clone()
+            .unwrap();
+        let out = kubectl_apply(&ns, None, &app_yaml("orphan", &artifact, ""));
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let message = stalled(&client, &ns, "orphan", "NamespaceNotEnabled").await?;
-        assert!(message.contains("create rolebinding"), "the fix is named: {message}");
-        assert!(Api::<Deployment>::namespaced(client.clone(), &ns).get_opt("orphan").await?.is_none());
+        assert!(
+            message.contains("create rolebinding"),
+            "the fix is named: {message}"
+        );
+        assert!(
+            Api::<Deployment>::namespaced(client.clone(), &ns)
+                .get_opt("orphan")
+                .await?
+                .is_none()
+        );
+        assert!(
+            Api::<Secret>::namespaced(client.clone(), &ns)
+                .list(&ListParams::default())
+                .await?
+                .items
+                .is_empty()
+        );
         Ok(())
     })
     .await
@@ -600,7 +688,10 @@ async fn a_cluster_admin_s_policy_floor_holds_whatever_an_editor_writes() -> any
             }
             // Signature checks off, on an unsigned artifact: the floor's Enforce holds.
             let unsigned = push_artifact(&ns, "loose", &["--no-sign"])?;
-            apply_as_editor(&ns, &app_yaml("loose", &unsigned, "  verify:\n    mode: \"Off\"\n"));
+            apply_as_editor(
+                &ns,
+                &app_yaml("loose", &unsigned, "  verify:\n    mode: \"Off\"\n"),
+            );
             let message = stalled(&client, &ns, "loose", "ArtifactUnsigned").await?;
             assert!(message.contains(&format!("AetherPolicy {name}")), "{message}");
             // An image of the editor's choosing, or a command of their own: refused.
@@ -651,6 +742,67 @@ async fn a_cluster_admin_s_policy_floor_holds_whatever_an_editor_writes() -> any
         .await;
         policies.delete(&name, &DeleteParams::default()).await?;
         outcome
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a cluster with Aether installed and its storage: run `make e2e`"]
+async fn a_wrong_size_claim_is_the_claimant_s_invalid_spec_and_the_blob_stays() -> anyhow::Result<()> {
+    let storage = StorageSettings::from_env()?.host();
+    with_temp_ns("claims", move |client, ns| async move {
+        editor(&client, &ns).await?;
+        let storage = storage.namespace(&ns);
+        let (url, theirs) = serve(&client, &ns, "Sized right").await?;
+        // Another artifact in the same namespace naming the stored deps layer with a
+        // size one byte short (its digest recomputed so the spec is consistent).
+        let mut manifest = theirs.spec.manifest()?;
+        let deps = manifest.layers[0].clone();
+        manifest.layers[0].size -= 1;
+        let mut liar = AetherArtifactSpec::from_manifest("liar", &manifest)?;
+        liar.signature = None;
+        apply_as_editor(&ns, &artifact_yaml("liar", &liar));
+        let arts: Api<AetherArtifact> = Api::namespaced(client.clone(), &ns);
+        let art = wait_for(
+            arts,
+            "liar",
+            "a verdict",
+            Duration::from_secs(60),
+            |a: Option<&AetherArtifact>| {
+                a.and_then(|a| a.status.as_ref()).is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Stalled" && c.status == "True")
+                })
+            },
+        )
+        .await?;
+        let ready = art
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.reason, "InvalidSpec");
+        assert!(
+            ready.message.contains(&format!("is {} bytes", deps.size)),
+            "{}",
+            ready.message
+        );
+        // The stored blob is untouched, and a new pod of the app starts on it.
+        storage.verify(&deps.digest, deps.size).await?;
+        reschedule(&client, &ns).await?;
+        wait_for_body(
+            &client,
+            &ns,
+            "express-api",
+            &url,
+            "Sized right\n",
+            Duration::from_secs(60),
+        )
+        .await?;
+        Ok(())
     })
     .await
 }

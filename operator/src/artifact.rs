@@ -48,6 +48,10 @@ pub struct Context {
     pub upload: UploadPolicy,
     pub retention: retention::Policy,
     pub locks: BlobLocks,
+    /// [`HASHING_PERMITS`] permits: held while reading a blob back to hash it.
+    pub hashing: tokio::sync::Semaphore,
+    /// Storage is used only for namespaces a cluster admin enabled.
+    pub enabled: crate::enabled::Enablement,
     pub metrics: Arc<Metrics>,
 }
 
@@ -93,6 +97,13 @@ pub const FINALIZER: &str = "aether.dev/blobs";
 /// How often a Ready artifact's blobs are looked at (HEAD) again: a blob lost from
 /// storage makes the artifact ask for an upload instead of failing pods.
 pub const RECHECK: Duration = Duration::from_secs(300);
+
+/// An artifact is hashed again on request at most this often.
+pub const REHASH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Blobs hashed at once, across all artifacts: hashing is what an uploader can ask
+/// for most cheaply, so it is what must not starve the rest of the operator.
+pub const HASHING_PERMITS: usize = 2;
 
 /// Are these upload instructions still usable for at least `margin`?
 pub fn still_valid(upload: &UploadInstructions, now: Timestamp, margin: Duration) -> bool {
@@ -177,23 +188,7 @@ async fn apply(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error>
 async fn release_blobs(art: &AetherArtifact, ctx: &Context) -> Result<Action, Error> {
     let ns = art.namespace().unwrap_or_default();
     let storage = ctx.storage.namespace(&ns);
-    if let Some(upload) = art.status.as_ref().and_then(|s| s.upload.as_ref()) {
-        for b in upload.blobs.iter().filter(|b| b.upload_id.is_some()) {
-            if let Ok(digest) = b.digest.parse::<Digest>() {
-                match storage
-                    .abort_multipart(
-                        &upload_name(art),
-                        &digest,
-                        b.upload_id.as_deref().unwrap_or_default(),
-                    )
-                    .await
-                {
-                    Ok(()) | Err(StorageError::NotFound(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-    }
+    abort_uploads(&storage, art, art.status.as_ref().and_then(|s| s.upload.as_ref())).await?;
     let candidates = blobs::digests(art);
     let _locks = ctx.locks.lock_all(&ns, candidates.iter().copied()).await;
     let all = blobs::list_namespace(&ctx.client, &ns).await?;
@@ -207,6 +202,25 @@ async fn release_blobs(art: &AetherArtifact, ctx: &Context) -> Result<Action, Er
         "released the artifact's blobs"
     );
     Ok(Action::await_change())
+}
+
+/// Abort the unfinished multipart uploads of `upload` (superseded instructions, or
+/// an artifact going away): storage would keep their parts, unlisted, forever.
+async fn abort_uploads(
+    storage: &Blobs,
+    art: &AetherArtifact,
+    upload: Option<&UploadInstructions>,
+) -> Result<(), Error> {
+    for b in upload.iter().flat_map(|u| u.blobs.iter()) {
+        let (Some(id), Ok(digest)) = (b.upload_id.as_deref(), b.digest.parse::<Digest>()) else {
+            continue;
+        };
+        match storage.abort_multipart(&upload_name(art), &digest, id).await {
+            Ok(()) | Err(StorageError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Multipart uploads are assembled under a key named after the artifact's uid: one
@@ -238,6 +252,9 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
         Ok(b) => b,
         Err(message) => return invalid_spec(&api, ctx, &art, &old, status, &message).await,
     };
+    if !ctx.enabled.check(&ns).await? {
+        return not_enabled(&api, ctx, &art, &old, status).await;
+    }
     let was_ready = conditions::is_true(&old.conditions, READY) && old.observed_generation == generation;
     if was_ready && !reissue && still_stored(&storage, &blobs).await? {
         return Ok(Action::requeue(RECHECK));
@@ -274,7 +291,11 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
                 Ok(()) | Err(StorageError::NotFound(_)) => {} // completed earlier
                 Err(e) => return Err(e.into()),
             }
-            match storage.promote(&name, &blob.digest, blob.size).await {
+            let promoted = {
+                let _permit = ctx.hashing.acquire().await;
+                storage.promote(&name, &blob.digest, blob.size).await
+            };
+            match promoted {
                 Ok(()) | Err(StorageError::NotFound(_)) => {} // promoted earlier, or never uploaded
                 Err(e @ StorageError::Mismatch { .. }) => {
                     return reject(&api, ctx, &art, &old, status, &e.to_string()).await;
@@ -291,7 +312,7 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
             // The spec's size disagrees with what is stored under the digest. The
             // stored bytes decide: if they match the digest, the claim is wrong and
             // nothing is touched; only bytes that match nothing are removed.
-            Some(size) => match storage.verify(&b.digest, size).await {
+            Some(size) => match hash(ctx, &storage, &b.digest, size).await {
                 Ok(()) => {
                     let message = format!(
                         "blob {} is {size} bytes, not {} as the spec says",
@@ -315,9 +336,18 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
         // A cache can lag the API server (just after a leader change, say): if another
         // reconcile already verified this artifact, do not re-hash it, or judge bytes
         // that changed since (and that the pods will judge themselves). Unless asked
-        // to: a re-verification request always hashes again.
+        // to: a re-verification request hashes again, at most once per
+        // REHASH_INTERVAL (requests are cheap to make, hashing is not).
         let fresh = api.get(&art.name_any()).await?;
-        if !reissue
+        let verified_recently = fresh
+            .status
+            .as_ref()
+            .and_then(|s| s.verified_at.as_ref())
+            .is_some_and(|t| {
+                let since = Timestamp::now().duration_since(t.0);
+                since < SignedDuration::try_from(REHASH_INTERVAL).unwrap_or(SignedDuration::ZERO)
+            });
+        if (!reissue || verified_recently)
             && fresh.status.as_ref().is_some_and(|s| {
                 conditions::is_true(&s.conditions, READY) && s.observed_generation == generation
             })
@@ -348,6 +378,8 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
     if !usable || reissue {
+        // New instructions replace the old ones: their multipart uploads end here.
+        abort_uploads(&storage, &art, old.upload.as_ref()).await?;
         status.upload = Some(instructions(ctx, &storage, &upload_name(&art), &missing, now).await?);
     }
     let bytes: u64 = missing.iter().map(|b| b.size).sum();
@@ -395,6 +427,8 @@ async fn invalid_spec(
     message: &str,
 ) -> Result<Action, Error> {
     let generation = art.metadata.generation;
+    let storage = ctx.storage.namespace(&art.namespace().unwrap_or_default());
+    abort_uploads(&storage, art, old.upload.as_ref()).await?;
     status.upload = None;
     conditions::set(
         &mut status.conditions,
@@ -414,7 +448,52 @@ async fn invalid_spec(
     );
     publish_on_change(ctx, art, old, &status, EventType::Warning, "InvalidSpec", message).await;
     patch_status(api, art, &status).await?;
+    // Answer a waiting uploader: the verdict is in status.
+    clear_annotations(api, art).await?;
     Ok(Action::await_change())
+}
+
+/// The namespace is not enabled: no URL, no storage operation, and the artifact
+/// says what an admin does about it. Looked at again once a minute.
+async fn not_enabled(
+    api: &Api<AetherArtifact>,
+    ctx: &Context,
+    art: &AetherArtifact,
+    old: &AetherArtifactStatus,
+    mut status: AetherArtifactStatus,
+) -> Result<Action, Error> {
+    let generation = art.metadata.generation;
+    let message = ctx.enabled.message(&art.namespace().unwrap_or_default());
+    status.upload = None;
+    conditions::set(
+        &mut status.conditions,
+        READY,
+        false,
+        "NamespaceNotEnabled",
+        &message,
+        generation,
+    );
+    conditions::set(
+        &mut status.conditions,
+        STALLED,
+        true,
+        "NamespaceNotEnabled",
+        &message,
+        generation,
+    );
+    publish_on_change(
+        ctx,
+        art,
+        old,
+        &status,
+        EventType::Warning,
+        "NamespaceNotEnabled",
+        &message,
+    )
+    .await;
+    patch_status(api, art, &status).await?;
+    clear_annotations(api, art).await?;
+    Ok(Action::requeue(Duration::from_secs(60)))
 }
 
 /// Uploaded bytes did not match their digest: the verdict stands until the uploader
@@ -428,6 +507,8 @@ async fn reject(
     message: &str,
 ) -> Result<Action, Error> {
     let generation = art.metadata.generation;
+    let storage = ctx.storage.namespace(&art.namespace().unwrap_or_default());
+    abort_uploads(&storage, art, old.upload.as_ref()).await?;
     status.upload = None;
     conditions::set_all(
         &mut status.conditions,
@@ -450,6 +531,13 @@ async fn reject(
     patch_status(api, art, &status).await?;
     clear_annotations(api, art).await?;
     Ok(Action::await_change())
+}
+
+/// Read a stored blob back and check it against its digest, within the hashing
+/// budget ([`HASHING_PERMITS`]).
+async fn hash(ctx: &Context, storage: &Blobs, digest: &Digest, size: u64) -> Result<(), StorageError> {
+    let _permit = ctx.hashing.acquire().await;
+    storage.verify(digest, size).await
 }
 
 /// Is every blob still stored, with its size? A cheap look (HEAD), for Ready artifacts.
@@ -476,7 +564,7 @@ async fn verify(
 ) -> Result<Action, Error> {
     let generation = art.metadata.generation;
     for b in blobs {
-        match storage.verify(&b.digest, b.size).await {
+        match hash(ctx, storage, &b.digest, b.size).await {
             Ok(()) => {}
             Err(e @ StorageError::Mismatch { .. }) => {
                 let message = e.to_string();

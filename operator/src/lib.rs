@@ -12,6 +12,7 @@ pub mod args;
 pub mod artifact;
 pub mod blobs;
 pub mod conditions;
+pub mod enabled;
 pub mod events;
 pub mod http;
 pub mod metrics;
@@ -89,6 +90,8 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         },
         retention: args.retention(),
         locks: blobs::BlobLocks::default(),
+        hashing: tokio::sync::Semaphore::new(artifact::HASHING_PERMITS),
+        enabled: enabled::Enablement::new(client.clone(), args.namespace.clone()),
         metrics: metrics.clone(),
     });
     // Every AetherPolicy, cached; any change re-judges every app.

@@ -76,12 +76,16 @@ pub fn decide(artifact: &AetherArtifact, apps: &[AetherApp], policy: &Policy, no
         return Decision::Delete(Reason::Superseded);
     }
     let created = artifact.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
-    let ready = artifact.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == READY && c.status == "True")
+    // Verified once counts as uploaded: a blob lost from storage later makes the
+    // artifact ask for it again, which is a repair waiting for a push, not an
+    // abandoned upload.
+    let uploaded = artifact.status.as_ref().is_some_and(|s| {
+        s.verified_at.is_some()
+            || s.conditions
+                .iter()
+                .any(|c| c.type_ == READY && c.status == "True")
     });
-    let (limit, reason) = if ready {
+    let (limit, reason) = if uploaded {
         (policy.unreferenced_grace, Reason::NeverDeployed)
     } else {
         (policy.abandoned_after, Reason::AbandonedUpload)
@@ -238,5 +242,14 @@ mod tests {
         // ... unless an app already points at it (a push is waiting for it).
         let waiting = [app("half-uploaded", &[])];
         assert_eq!(decide(&stuck, &waiting, &policy(), at(9999)), Decision::Keep);
+        // An artifact verified once that lost a blob waits for a repair, as long as a
+        // verified one would.
+        let mut lost = stuck.clone();
+        lost.status.as_mut().unwrap().verified_at =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(10)));
+        assert_eq!(
+            decide(&lost, &[], &policy(), at(600)),
+            decide(&artifact("verified", 0, true), &[], &policy(), at(600))
+        );
     }
 }

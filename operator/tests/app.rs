@@ -410,6 +410,28 @@ fn pods(digest: &Digest) -> Vec<Pod> {
     serde_json::from_value(list["items"].clone()).unwrap()
 }
 
+#[test]
+fn only_pods_stuck_on_since_repaired_bytes_are_replaced() {
+    let (release, _) = release("v1");
+    let pods = pods(&release.digest);
+    let digest = release.digest.to_string();
+    let at = |s: &str| -> Timestamp { s.parse().unwrap() };
+    assert!(status::stale_fetch_failures(&pods, &digest, None).is_empty());
+    assert!(
+        status::stale_fetch_failures(&pods, &digest, Some(at("2026-11-28T09:00:00Z"))).is_empty(),
+        "verified before the failure: the failure stands"
+    );
+    // Repaired after: only the pod still backing off, never one that runs.
+    assert_eq!(
+        status::stale_fetch_failures(&pods, &digest, Some(at("2026-11-28T11:00:00Z"))),
+        vec!["web-7d9f-new".to_string()]
+    );
+    // A pod no ReplicaSet controls is left alone.
+    let mut orphan = pods.clone();
+    orphan[0].metadata.owner_references = None;
+    assert!(status::stale_fetch_failures(&orphan, &digest, Some(at("2026-11-28T11:00:00Z"))).is_empty());
+}
+
 fn observe<'a>(deployment: &'a Deployment, pods: &'a [Pod], applied_at: Timestamp) -> Observed<'a> {
     Observed {
         deployment,

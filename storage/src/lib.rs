@@ -453,8 +453,7 @@ impl Blobs {
 
     /// Move a completed multipart upload into place: its bytes are checked against the
     /// digest at the upload key, then copied to the blob key. Wrong bytes never reach
-    /// the blob key (they are deleted, and the error says why). Either way the upload
-    /// key is removed.
+    /// the blob key (they are deleted, and the error says why).
     pub async fn promote(&self, upload: &str, digest: &Digest, size: u64) -> Result<(), StorageError> {
         let from = self.upload_key(upload, digest);
         let checked = self.read_checked(&from, digest, size, |_| {}).await;
@@ -468,9 +467,10 @@ impl Blobs {
                 .await
                 .map_err(|e| StorageError::from_sdk(digest, e))?;
         }
-        match checked {
-            Err(StorageError::NotFound(_)) => {}
-            _ => self.delete_key(&from, digest).await?,
+        // The upload key goes once it has served (copied, or proven wrong); after a
+        // transient failure it stays, so the next attempt can promote it.
+        if matches!(checked, Ok(()) | Err(StorageError::Mismatch { .. })) {
+            self.delete_key(&from, digest).await?;
         }
         checked
     }

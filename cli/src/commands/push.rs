@@ -470,10 +470,21 @@ async fn wait_for_instructions(
     crate::cluster::wait_for(api, name, timeout, "upload instructions from the operator", |a| {
         let status = a.status.as_ref()?;
         let pending = a.annotations().contains_key(REISSUE_UPLOAD_ANNOTATION);
-        let answered = ready(a) == Some(true) || status.upload.is_some() || rejected(a);
+        let answered = ready(a) == Some(true) || status.upload.is_some() || rejected(a) || invalid(a);
         (!pending && answered).then(|| a.clone())
     })
     .await
+}
+
+/// The operator refuses the artifact (`InvalidSpec`, `NamespaceNotEnabled`): no
+/// upload can help.
+fn invalid(a: &AetherArtifact) -> bool {
+    a.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+        .is_some_and(|c| {
+            c.status == "False" && matches!(c.reason.as_str(), "InvalidSpec" | "NamespaceNotEnabled")
+        })
 }
 
 /// The operator found wrong bytes in storage (and deleted them).

@@ -170,20 +170,29 @@ pub fn build(
             }),
             ..Default::default()
         },
-        downloads: Secret {
-            metadata: ObjectMeta {
-                name: Some(downloads::secret_name(&name)),
-                ..meta()
-            },
-            type_: Some("Opaque".into()),
-            data: Some(
-                download_urls
-                    .iter()
-                    .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
-                    .collect(),
-            ),
+        downloads: downloads_secret(app, download_urls),
+    }
+}
+
+/// The app's fetch Secret holding `download_urls` (see [`downloads`]).
+pub fn downloads_secret(app: &AetherApp, download_urls: &BTreeMap<String, String>) -> Secret {
+    let name = app.name_any();
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(downloads::secret_name(&name)),
+            namespace: app.namespace(),
+            labels: Some(labels(&name)),
+            owner_references: app.controller_owner_ref(&()).map(|o| vec![o]),
             ..Default::default()
         },
+        type_: Some("Opaque".into()),
+        data: Some(
+            download_urls
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
     }
 }
 

@@ -7,19 +7,16 @@
 //! namespace's blobs, and only until the URLs expire. Kubelet refreshes mounted
 //! Secrets, so a pod started later (rescheduled, scaled) finds URLs that still work.
 //!
-//! What to keep and what to sign again is a pure decision ([`plan`]): the current
-//! release's blobs are always there and renewed once less than half their lifetime
-//! is left; URLs of earlier releases stay until they expire (a pod of the previous
-//! ReplicaSet may still start during a rollout), at most [`MAX_CARRIED`] of them.
+//! What to keep and what to sign again is a pure decision ([`plan`]): the Secret
+//! holds a URL for each blob the app's pods may need (the release being applied and
+//! every release a ReplicaSet of the app still runs, whether or not the app is valid
+//! right now), renewed once less than half its lifetime is left, and nothing else.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aether_artifact::Digest;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-
-/// Earlier releases' URLs kept besides the current release's.
-pub const MAX_CARRIED: usize = 8;
 
 /// Where the fetch container finds the Secret's files.
 pub const MOUNT_PATH: &str = "/var/run/aether/downloads";
@@ -74,32 +71,21 @@ impl Plan {
     }
 }
 
-/// Which URLs stay and which blobs get new ones. `wanted`: the current release's
-/// blobs. `ttl`: the lifetime of new URLs (renewed past half of it).
+/// Which URLs stay and which blobs get new ones. `wanted`: every blob the app's
+/// pods may need. `ttl`: the lifetime of new URLs (renewed past half of it).
 pub fn plan(existing: &BTreeMap<String, String>, wanted: &[Digest], now: Timestamp, ttl: Duration) -> Plan {
     let half = SignedDuration::try_from(ttl / 2).unwrap_or(SignedDuration::ZERO);
     let renew_after = now.checked_add(half).unwrap_or(now);
-    let valid = |url: &str, until: Timestamp| expiry(url).is_some_and(|t| t > until);
+    let valid = |url: &str| expiry(url).is_some_and(|t| t > renew_after);
     let mut plan = Plan::default();
     for d in wanted {
         match existing.get(&key(d)) {
-            Some(url) if valid(url, renew_after) => {
+            Some(url) if valid(url) => {
                 plan.keep.insert(key(d), url.clone());
             }
-            _ => plan.sign.push(*d),
+            _ if !plan.sign.contains(d) => plan.sign.push(*d),
+            _ => {}
         }
-    }
-    plan.sign.dedup();
-    // Earlier releases' URLs, newest expiry first, while they work.
-    let mut carried: Vec<(Timestamp, &String, &String)> = existing
-        .iter()
-        .filter(|(k, _)| !wanted.iter().any(|d| key(d) == **k))
-        .filter_map(|(k, url)| Some((expiry(url)?, k, url)))
-        .filter(|(t, _, _)| *t > now)
-        .collect();
-    carried.sort_by_key(|c| std::cmp::Reverse(c.0));
-    for (_, k, url) in carried.into_iter().take(MAX_CARRIED) {
-        plan.keep.insert(k.clone(), url.clone());
     }
     plan
 }
@@ -167,25 +153,17 @@ mod tests {
     }
 
     #[test]
-    fn earlier_releases_stay_until_they_expire_and_are_bounded() {
+    fn only_wanted_blobs_stay() {
         let now = at("2026-11-28T12:00:00Z");
-        let current = Digest::of(b"now");
-        let mut existing = BTreeMap::new();
-        existing.insert("sha256-expired".to_string(), url("20261127T000000Z", 3600));
-        existing.insert("sha256-nodate".to_string(), "http://s3/x".to_string());
-        for i in 0..MAX_CARRIED + 3 {
-            existing.insert(
-                format!("sha256-old{i:02}"),
-                url(&format!("20261128T11{i:02}00Z"), 3600),
-            );
-        }
-        let p = plan(&existing, &[current], now, TTL);
-        assert_eq!(p.sign, vec![current]);
-        assert_eq!(p.keep.len(), MAX_CARRIED);
-        assert!(!p.keep.contains_key("sha256-expired") && !p.keep.contains_key("sha256-nodate"));
-        // The newest ones are kept.
-        assert!(p.keep.contains_key(&format!("sha256-old{:02}", MAX_CARRIED + 2)));
-        assert!(!p.keep.contains_key("sha256-old00"));
+        let (current, running) = (Digest::of(b"now"), Digest::of(b"serving"));
+        let fresh = url("20261128T113000Z", 12 * 3600);
+        let existing = BTreeMap::from([
+            (key(&running), fresh.clone()),
+            ("sha256-gone".to_string(), fresh.clone()),
+        ]);
+        let p = plan(&existing, &[current, running, current], now, TTL);
+        assert_eq!(p.sign, vec![current], "signed once");
+        assert_eq!(p.keep, BTreeMap::from([(key(&running), fresh)]));
     }
 
     #[test]

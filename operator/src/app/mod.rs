@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use aether_artifact::signature::{PolicyRefusal, Verdict};
 use aether_crds::{AetherApp, AetherAppStatus, AetherArtifact, AetherPolicy, KeysKind, VerifyMode};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
@@ -157,6 +157,10 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     }
 
     let d = dereference(ctx, app, &ns).await?;
+    // Whatever becomes of this release, the pods of every release still running may
+    // restart: their download URLs are kept fresh.
+    let serving = serving_layers(ctx, app, &ns).await?;
+    let secret = d.downloads.clone();
     let valid = d.downloads.and_then(|secret| {
         let floor = d.floor?;
         d.trusted
@@ -164,16 +168,13 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
             .map(|release| (release, secret))
     });
     // The children are written only where the app may write (see [`ownership`]).
+    let ttl = ctx.config.download_url_ttl;
     let mut renew_in = None;
     let valid = match valid {
         Ok((release, secret)) => {
-            let urls = download_urls(ctx, app, &ns, secret.as_ref(), &release.layers, began_at).await?;
-            renew_in = Some(downloads::renew_in(
-                &urls,
-                &release.layers,
-                began_at,
-                ctx.config.download_url_ttl,
-            ));
+            let wanted = [release.layers.clone(), serving.clone()].concat();
+            let urls = download_urls(ctx, app, &ns, secret.as_ref(), &wanted, began_at).await?;
+            renew_in = Some(downloads::renew_in(&urls, &wanted, began_at, ttl));
             let children = build::build(app, &release, &urls, &ctx.config.pod);
             claim_children(ctx, app, &ns, &children, secret.as_ref().map(|s| &s.metadata))
                 .await?
@@ -184,6 +185,20 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     let (release, children) = match valid {
         Ok(valid) => valid,
         Err(invalid) => {
+            // Nothing new is applied, but the running release's URLs are renewed in
+            // its own Secret (only if the app owns it).
+            let owned = secret
+                .ok()
+                .flatten()
+                .filter(|s| ownership::owned_by(&s.metadata, &app.uid().unwrap_or_default()));
+            if let Some(secret) = owned.filter(|_| !serving.is_empty()) {
+                let urls = download_urls(ctx, app, &ns, Some(&secret), &serving, began_at).await?;
+                let current = secret_strings(&secret);
+                if urls != current {
+                    apply_one(ctx, &ns, &build::downloads_secret(app, &urls)).await?;
+                }
+                renew_in = Some(downloads::renew_in(&urls, &serving, began_at, ttl));
+            }
             let new = status::invalid(&old, generation, &invalid, d.running.as_ref());
             let type_ = if invalid.waiting {
                 EventType::Normal
@@ -193,17 +208,17 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
             announce(ctx, app, &old, &new, type_).await;
             patch_status(ctx, app, &new).await?;
             info!(reason = invalid.reason, "release not applied");
-            return Ok(if invalid.waiting {
-                Action::requeue(Duration::from_secs(2))
+            let next = if invalid.waiting {
+                Duration::from_secs(2)
             } else {
-                Action::requeue(Duration::from_secs(300))
-            });
+                Duration::from_secs(300)
+            };
+            return Ok(Action::requeue(renew_in.map_or(next, |r| r.min(next))));
         }
     };
 
     let (deployment, service) = apply(ctx, &ns, &children).await?;
     let applied_at = Timestamp::now();
-    prune_legacy_secret(ctx, app, &ns).await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let selector = build::selector_string(&app.name_any());
     let mut pods = pods
@@ -233,6 +248,10 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
 
     // The rollout was judged once, into the status: its conditions say what comes next.
     let condition = |t: &str| crate::conditions::is_true(&new.conditions, t);
+    if condition(aether_crds::condition::READY) {
+        // Only once no pod of an older template (which read it) can start again.
+        prune_legacy_secret(ctx, app, &ns).await?;
+    }
     let next = if condition(aether_crds::condition::READY) {
         Duration::from_secs(300)
     } else if condition(aether_crds::condition::STALLED) {
@@ -257,13 +276,10 @@ async fn download_urls(
     now: Timestamp,
 ) -> Result<BTreeMap<String, String>, Error> {
     let uid = app.uid().unwrap_or_default();
-    let existing: BTreeMap<String, String> = secret
+    let existing = secret
         .filter(|s| ownership::owned_by(&s.metadata, &uid))
-        .and_then(|s| s.data.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
-        .collect();
+        .map(secret_strings)
+        .unwrap_or_default();
     let ttl = ctx.config.download_url_ttl;
     let plan = downloads::plan(&existing, layers, now, ttl);
     let storage = ctx.storage.namespace(ns);
@@ -294,10 +310,7 @@ async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Derefer
         // installation step, not the app's fault, and the app says which.
         Err(kube::Error::Api(e)) if e.code == 403 => Err(Invalid {
             reason: "NamespaceNotEnabled",
-            message: format!(
-                "the operator may not manage Secrets in {ns}; a cluster admin enables the namespace: kubectl -n {ns} create rolebinding aether-operator --clusterrole aether-operator-namespace --serviceaccount {}:aether-operator",
-                ctx.config.operator_namespace
-            ),
+            message: crate::enabled::message(ns, &ctx.config.operator_namespace),
             waiting: false,
         }),
         Err(e) => return Err(dereference_error("the app's fetch Secret")(e)),
@@ -314,6 +327,74 @@ async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Derefer
         downloads,
         running,
     })
+}
+
+/// The Secret's data as text (what is not UTF-8 is no URL, and is dropped).
+fn secret_strings(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
+        .collect()
+}
+
+/// The layers of every release a ReplicaSet of the app's Deployment still runs.
+async fn serving_layers(
+    ctx: &Context,
+    app: &AetherApp,
+    ns: &str,
+) -> Result<Vec<aether_artifact::Digest>, Error> {
+    let name = app.name_any();
+    let sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
+    let sets = sets
+        .list(&ListParams::default().labels(&build::selector_string(&name)))
+        .await
+        .map_err(dereference_error("the app's ReplicaSets"))?
+        .items;
+    let mut artifacts: Vec<String> = sets
+        .iter()
+        .filter(|rs| {
+            let ours = rs
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.kind == "Deployment" && o.name == name && o.controller == Some(true));
+            let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
+                + rs.status.as_ref().map_or(0, |s| s.replicas);
+            ours && replicas > 0
+        })
+        .filter_map(|rs| {
+            rs.spec
+                .as_ref()?
+                .template
+                .as_ref()?
+                .metadata
+                .as_ref()?
+                .annotations
+                .as_ref()?
+                .get(build::ARTIFACT_ANNOTATION)
+                .cloned()
+        })
+        .collect();
+    artifacts.sort();
+    artifacts.dedup();
+    let api: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), ns);
+    let mut layers = Vec::new();
+    for artifact in artifacts {
+        let Some(art) = api
+            .get_opt(&artifact)
+            .await
+            .map_err(dereference_error("a running release's artifact"))?
+        else {
+            continue;
+        };
+        if let Ok(manifest) = art.spec.manifest() {
+            layers.extend(manifest.layers.iter().map(|l| l.digest));
+        }
+    }
+    Ok(layers)
 }
 
 /// The AetherPolicies selecting the namespace, with the key sets they pin.
@@ -520,7 +601,8 @@ async fn replace_pods(ctx: &Context, ns: &str, names: &[String]) -> Result<(), E
 }
 
 /// Earlier operators copied bucket-wide read credentials next to each app: remove
-/// such a copy (only if this app owns it).
+/// such a copy (only if this app owns it) once the app is Ready on this operator's
+/// template.
 async fn prune_legacy_secret(ctx: &Context, app: &AetherApp, ns: &str) -> Result<(), Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = build::legacy_secret_name(&app.name_any());

@@ -69,36 +69,48 @@ pub fn rollout(deployment: &Deployment, pods: &[Pod], digest: &str) -> Rollout {
     }
 }
 
-/// Pods of the release (`digest`) whose fetch failed on the bytes in storage
-/// (`DigestMismatch`, `ArtifactNotFound`) before the artifact was verified again at
-/// `verified_at`: storage was repaired since, so they only wait out kubelet's
-/// back-off. Replacing them starts the release now.
+/// Pods of the release (`digest`) still stuck in their fetch, which last failed on
+/// the bytes in storage (`DigestMismatch`, `ArtifactNotFound`) before the artifact
+/// was verified again at `verified_at`: storage was repaired since, so they only
+/// wait out kubelet's back-off, and replacing them starts the release now. Only
+/// pods a ReplicaSet controls, that have not started (their init container is
+/// failed or backing off right now), so a running pod is never touched.
 pub fn stale_fetch_failures(pods: &[Pod], digest: &str, verified_at: Option<Timestamp>) -> Vec<String> {
     let Some(verified_at) = verified_at else {
         return Vec::new();
     };
-    pods.iter()
-        .filter(|p| pod_digest(p) == Some(digest))
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.init_container_statuses.as_ref())
-                .into_iter()
-                .flatten()
-                .filter_map(|c| {
-                    let failed = [c.state.as_ref(), c.last_state.as_ref()]
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|s| s.terminated.as_ref())
-                        .filter(|t| t.exit_code != 0)
-                        .max_by_key(|t| t.finished_at.as_ref().map(|f| f.0))?;
-                    let message = failed.message.as_deref().unwrap_or_default();
-                    let storage =
-                        message.starts_with("DigestMismatch") || message.starts_with("ArtifactNotFound");
-                    storage.then_some(failed.finished_at.as_ref()?.0)
+    let replicated = |p: &Pod| {
+        p.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.kind == "ReplicaSet" && o.controller == Some(true))
+    };
+    let stuck_before_repair = |p: &Pod| {
+        let Some(status) = p.status.as_ref() else {
+            return false;
+        };
+        status.phase.as_deref() == Some("Pending")
+            && status.init_container_statuses.iter().flatten().any(|c| {
+                let state = c.state.as_ref();
+                // Failed now, or waiting to be retried after failing.
+                let failed = match state.and_then(|s| s.terminated.as_ref()) {
+                    Some(t) => Some(t),
+                    None if state.is_some_and(|s| s.waiting.is_some()) => {
+                        c.last_state.as_ref().and_then(|s| s.terminated.as_ref())
+                    }
+                    None => None,
+                };
+                failed.is_some_and(|t| {
+                    let message = t.message.as_deref().unwrap_or_default();
+                    t.exit_code != 0
+                        && (message.starts_with("DigestMismatch") || message.starts_with("ArtifactNotFound"))
+                        && t.finished_at.as_ref().is_some_and(|f| f.0 < verified_at)
                 })
-                .any(|failed_at| failed_at < verified_at)
-        })
+            })
+    };
+    pods.iter()
+        .filter(|p| pod_digest(p) == Some(digest) && replicated(p) && stuck_before_repair(p))
         .filter_map(|p| p.metadata.name.clone())
         .collect()
 }
@@ -117,7 +129,13 @@ fn pod_failure(pod: &Pod) -> Option<(String, String)> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let status = pod.status.as_ref()?;
     for c in status.init_container_statuses.iter().flatten() {
-        if let Some(message) = failure_message(c) {
+        // A fetch that failed before but has since completed is no failure.
+        let completed = c
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .is_some_and(|t| t.exit_code == 0);
+        if !completed && let Some(message) = failure_message(c) {
             // The runtime writes `Reason: detail`.
             let reason = message
                 .split_once(':')

@@ -1,0 +1,84 @@
+//! Which namespaces a cluster admin enabled for Aether: those where the operator's
+//! ServiceAccount holds `aether-operator-namespace` (config/tenant). The operator
+//! asks the API server (a SelfSubjectAccessReview: may it create Secrets there?)
+//! and remembers the answer briefly. In a namespace nobody enabled it writes
+//! nothing and touches no storage: apps and artifacts there say so instead.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use kube::Api;
+use kube::api::PostParams;
+
+/// How long an answer is trusted: enabling a namespace takes effect this fast.
+const REMEMBER: Duration = Duration::from_secs(30);
+
+pub struct Enablement {
+    client: kube::Client,
+    /// Where the operator runs, for the message that says how to enable a namespace.
+    operator_namespace: String,
+    answers: Mutex<HashMap<String, (bool, Instant)>>,
+}
+
+impl std::fmt::Debug for Enablement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enablement")
+            .field("operator_namespace", &self.operator_namespace)
+            .finish()
+    }
+}
+
+impl Enablement {
+    pub fn new(client: kube::Client, operator_namespace: String) -> Self {
+        Self {
+            client,
+            operator_namespace,
+            answers: Mutex::default(),
+        }
+    }
+
+    /// Is `ns` enabled?
+    pub async fn check(&self, ns: &str) -> Result<bool, kube::Error> {
+        if let Some((enabled, at)) = self.answers.lock().unwrap_or_else(|e| e.into_inner()).get(ns)
+            && at.elapsed() < REMEMBER
+        {
+            return Ok(*enabled);
+        }
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(ns.to_string()),
+                    verb: Some("create".into()),
+                    resource: Some("secrets".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<SelfSubjectAccessReview> = Api::all(self.client.clone());
+        let answer = api.create(&PostParams::default(), &review).await?;
+        let enabled = answer.status.is_some_and(|s| s.allowed);
+        self.answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ns.to_string(), (enabled, Instant::now()));
+        Ok(enabled)
+    }
+
+    /// What an app or artifact in `ns` says while the namespace is not enabled.
+    pub fn message(&self, ns: &str) -> String {
+        message(ns, &self.operator_namespace)
+    }
+}
+
+/// The `NamespaceNotEnabled` message: what is missing, and the command that fixes it.
+pub fn message(ns: &str, operator_namespace: &str) -> String {
+    format!(
+        "the operator may not manage apps in {ns}; a cluster admin enables the namespace: kubectl -n {ns} create rolebinding aether-operator --clusterrole aether-operator-namespace --serviceaccount {operator_namespace}:aether-operator"
+    )
+}
