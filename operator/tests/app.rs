@@ -304,6 +304,27 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
         env_of(fetch, "AETHER_DOWNLOADS_DIR").unwrap().value.as_deref(),
         Some("/var/run/aether/downloads")
     );
+    // The unpacker's cap, the in-memory volume and the fetch container's memory agree.
+    let cap = build::unpacked_limit(200);
+    assert_eq!(cap, 256 << 20, "small artifacts get the floor");
+    assert_eq!(
+        env_of(fetch, "AETHER_MAX_UNPACKED_BYTES").unwrap().value.as_deref(),
+        Some(cap.to_string().as_str())
+    );
+    let volume = |name: &str| pod.volumes.iter().flatten().find(|v| v.name == name).unwrap();
+    let tmpfs = volume("aether").empty_dir.clone().unwrap();
+    assert_eq!(tmpfs.medium.as_deref(), Some("Memory"));
+    let tmpfs_bytes: u64 = tmpfs.size_limit.unwrap().0.parse().unwrap();
+    assert!(tmpfs_bytes > cap);
+    let memory: u64 = fetch.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"]
+        .0
+        .parse()
+        .unwrap();
+    assert!(memory > tmpfs_bytes, "extraction fills tmpfs, charged to the fetch container");
+    let spool = volume("spool").empty_dir.clone().unwrap();
+    assert_eq!(spool.medium, None, "layers spool to disk, not memory");
+    assert_eq!(build::unpacked_limit(1 << 30), 4 << 30, "at most 4 GiB");
+    assert_eq!(build::unpacked_limit(20 << 20), 640 << 20);
 
     let main = &pod.containers[0];
     assert_eq!(main.image.as_deref(), Some("node:20-slim"));

@@ -1,6 +1,9 @@
 //! Downloads through the presigned URLs of the app's fetch Secret: the pod holds no
 //! storage credential, only URLs for its own namespace's blobs that expire.
 //!
+//! Blobs are streamed to a spool file (a disk volume of the pod), checked as they
+//! arrive, so a layer is never held in memory.
+//!
 //! The Secret is mounted as a directory with one file per blob, `sha256-<hex>`,
 //! holding the URL. Kubelet writes a new release's URLs into running pods' volumes
 //! with some delay; a pod that starts just after the operator added them normally
@@ -54,20 +57,26 @@ pub async fn url_for(dir: &Path, digest: &Digest, wait: Duration) -> Result<Stri
     }
 }
 
-/// GET the blob and check it as it streams (at most `size + 1` bytes are read):
-/// the bytes returned are exactly the ones the digest names. Retried with jittered
-/// backoff on connection errors and 5xx, for up to 4 attempts; the caller's
-/// deadline bounds the whole.
+/// GET the blob into the file `to`, checking it as it streams (at most `size + 1`
+/// bytes are read, none held in memory): once this returns Ok, the file holds
+/// exactly the bytes the digest names; on any error it is removed. Retried with
+/// jittered backoff on connection errors and 5xx, for up to 4 attempts; the
+/// caller's deadline bounds the whole.
 pub async fn fetch(
     client: &HttpClient,
     url: &str,
     digest: &Digest,
     size: u64,
-) -> Result<Vec<u8>, StorageError> {
+    to: &Path,
+) -> Result<(), StorageError> {
     let mut delay = Duration::from_millis(200);
     let mut attempt = 1;
     loop {
-        match fetch_once(client, url, digest, size).await {
+        let result = fetch_once(client, url, digest, size, to).await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(to).await;
+        }
+        match result {
             Err(StorageError::Unavailable(why)) if attempt < 4 => {
                 eprintln!("aether-runtime: storage unavailable ({why}); retrying");
                 let jitter = Duration::from_millis(fastrand::u64(0..delay.as_millis() as u64));
@@ -85,7 +94,9 @@ async fn fetch_once(
     url: &str,
     digest: &Digest,
     size: u64,
-) -> Result<Vec<u8>, StorageError> {
+    to: &Path,
+) -> Result<(), StorageError> {
+    use tokio::io::AsyncWriteExt as _;
     let uri: hyper::Uri = url
         .parse()
         .map_err(|_| StorageError::Other(format!("the download URL for {digest} is not a URL")))?;
@@ -106,20 +117,22 @@ async fn fetch_once(
         s if s >= 500 => return Err(StorageError::Unavailable(format!("HTTP {s}"))),
         s => return Err(StorageError::Other(format!("HTTP {s} for {digest}"))),
     }
+    let spool = |e: std::io::Error| StorageError::Other(format!("writing {}: {e}", to.display()));
+    let mut out = tokio::io::BufWriter::new(tokio::fs::File::create(to).await.map_err(spool)?);
     let mut body = resp.into_body();
     let mut check = Checked::new(*digest, size);
-    let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 30));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| StorageError::Unavailable(root_cause(&e)))?;
         if let Ok(chunk) = frame.into_data() {
             if !check.update(&chunk) {
                 break;
             }
-            out.extend_from_slice(&chunk);
+            out.write_all(&chunk).await.map_err(spool)?;
         }
     }
     check.finish()?;
-    Ok(out)
+    out.flush().await.map_err(spool)?;
+    Ok(())
 }
 
 /// The innermost cause ("Connection refused"): what a user can act on.

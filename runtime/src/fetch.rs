@@ -55,6 +55,12 @@ pub struct FetchArgs {
         default_value = "/var/run/aether/downloads"
     )]
     pub downloads_dir: PathBuf,
+    /// Where layers are downloaded (and checked) before extraction: a disk volume.
+    #[arg(long, env = "AETHER_SPOOL_DIR", default_value = "/var/run/aether/spool")]
+    pub spool_dir: PathBuf,
+    /// Bytes the extracted app may take (the operator sizes the volume to match).
+    #[arg(long, env = "AETHER_MAX_UNPACKED_BYTES")]
+    pub max_unpacked_bytes: Option<u64>,
     /// The shared volume: the app goes to `INTO/app`, this binary to `INTO/bin`.
     #[arg(long, default_value = "/aether")]
     pub into: PathBuf,
@@ -138,7 +144,7 @@ pub struct Fetched {
 pub async fn main(args: FetchArgs) -> ExitCode {
     let started = Instant::now();
     let deadline = Duration::from_secs(args.deadline_seconds);
-    let result = match tokio::time::timeout(deadline, fetch(&args)).await {
+    let result = match tokio::time::timeout(deadline, fetch(&args, started + deadline)).await {
         Ok(result) => result,
         Err(_) => Err(FetchError::Deadline(args.deadline_seconds)),
     };
@@ -188,28 +194,46 @@ pub fn check(args: &FetchArgs) -> Result<(Manifest, Verdict), FetchError> {
     Ok((manifest, verdict))
 }
 
-async fn fetch(args: &FetchArgs) -> Result<Fetched, FetchError> {
+async fn fetch(args: &FetchArgs, deadline: std::time::Instant) -> Result<Fetched, FetchError> {
     let (manifest, verdict) = check(args)?;
     let client = download::client()?;
 
     let t = Instant::now();
-    // All layers at once; each is checked against its digest as it arrives.
+    // All layers at once, each streamed to a spool file and checked against its
+    // digest as it arrives.
+    std::fs::create_dir_all(&args.spool_dir).map_err(io(&args.spool_dir))?;
     let downloads = manifest.layers.iter().map(|layer| {
         let client = &client;
+        let to = args.spool_dir.join(layer.digest.hex());
         async move {
             let url = download::url_for(&args.downloads_dir, &layer.digest, download::URL_WAIT).await?;
-            download::fetch(client, &url, &layer.digest, layer.size).await
+            download::fetch(client, &url, &layer.digest, layer.size, &to).await?;
+            Ok::<_, FetchError>(to)
         }
     });
-    let layers: Vec<Vec<u8>> = futures::future::try_join_all(downloads).await?;
+    let spooled: Vec<PathBuf> = futures::future::try_join_all(downloads).await?;
     let download = t.elapsed();
-    let bytes = layers.iter().map(|l| l.len() as u64).sum();
+    let bytes = manifest.layers.iter().map(|l| l.size).sum();
 
     let t = Instant::now();
     let into = args.into.clone();
-    let files = tokio::task::spawn_blocking(move || extract(&into, &layers))
-        .await
-        .map_err(|e| FetchError::Config(format!("extraction task: {e}")))??;
+    let limits = Limits {
+        max_total_bytes: args
+            .max_unpacked_bytes
+            .unwrap_or(Limits::default().max_total_bytes),
+        // Extraction stops at the container's deadline, not after it.
+        deadline: Some(deadline),
+        ..Limits::default()
+    };
+    let files = tokio::task::spawn_blocking(move || {
+        let layers = spooled
+            .iter()
+            .map(|p| std::fs::File::open(p).map(std::io::BufReader::new).map_err(io(p)))
+            .collect::<Result<Vec<_>, _>>()?;
+        extract(&into, layers, limits)
+    })
+    .await
+    .map_err(|e| FetchError::Config(format!("extraction task: {e}")))??;
     Ok(Fetched {
         verdict,
         bytes,
@@ -222,15 +246,19 @@ async fn fetch(args: &FetchArgs) -> Result<Fetched, FetchError> {
 /// Extract verified layers (in manifest order) into a fresh `into/app`, and copy this
 /// binary to `into/bin`. An earlier, failed attempt of this init container may have
 /// left a partial tree: it is removed first. Returns the number of files.
-pub fn extract(into: &Path, layers: &[Vec<u8>]) -> Result<u64, FetchError> {
+pub fn extract(
+    into: &Path,
+    layers: impl IntoIterator<Item = impl std::io::Read>,
+    limits: Limits,
+) -> Result<u64, FetchError> {
     let app = into.join(APP_DIR);
     if app.exists() {
         std::fs::remove_dir_all(&app).map_err(io(&app))?;
     }
     std::fs::create_dir_all(&app).map_err(io(&app))?;
-    let mut unpacker = Unpacker::new(&app, Limits::default())?;
+    let mut unpacker = Unpacker::new(&app, limits)?;
     for layer in layers {
-        unpacker.unpack_layer(layer.as_slice())?;
+        unpacker.unpack_layer(layer)?;
     }
     let summary = unpacker.finish()?;
     install_self(&into.join(BIN_DIR))?;

@@ -34,28 +34,36 @@ async fn a_download_is_exactly_the_digest_s_bytes() {
     let d = Digest::of(&data);
     let size = data.len() as u64;
     let http = client().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("layer");
+    let fetch = |url: String| {
+        let (http, to) = (http.clone(), to.clone());
+        async move {
+            fetch(&http, &url, &d, size, &to)
+                .await
+                .map(|()| std::fs::read(&to).unwrap())
+        }
+    };
 
     let url = storage(vec![(200, data.clone())]).await;
-    assert_eq!(fetch(&http, &url, &d, size).await.unwrap(), data);
+    assert_eq!(fetch(url).await.unwrap(), data);
 
     let url = storage(vec![(200, b"other bytes".to_vec())]).await;
-    let e = fetch(&http, &url, &d, size).await.unwrap_err();
+    let e = fetch(url).await.unwrap_err();
     assert_eq!(e.reason(), "DigestMismatch", "{e}");
+    assert!(!to.exists(), "wrong bytes are not left behind");
 
     let mut long = data.clone();
     long.extend_from_slice(&[0; 1000]);
     let url = storage(vec![(200, long)]).await;
-    let e = fetch(&http, &url, &d, size).await.unwrap_err();
+    let e = fetch(url).await.unwrap_err();
     assert_eq!(e.reason(), "DigestMismatch", "{e}");
 
     let url = storage(vec![(404, vec![])]).await;
-    assert_eq!(
-        fetch(&http, &url, &d, size).await.unwrap_err().reason(),
-        "ArtifactNotFound"
-    );
+    assert_eq!(fetch(url).await.unwrap_err().reason(), "ArtifactNotFound");
 
     let url = storage(vec![(403, b"<Error>expired</Error>".to_vec())]).await;
-    let e = fetch(&http, &url, &d, size).await.unwrap_err();
+    let e = fetch(url).await.unwrap_err();
     assert_eq!(e.reason(), "StorageUnauthorized");
     assert!(
         !e.to_string().contains("Signature"),
@@ -64,7 +72,7 @@ async fn a_download_is_exactly_the_digest_s_bytes() {
 
     // 5xx is retried.
     let url = storage(vec![(503, vec![]), (200, data.clone())]).await;
-    assert_eq!(fetch(&http, &url, &d, size).await.unwrap(), data);
+    assert_eq!(fetch(url).await.unwrap(), data);
 }
 
 #[tokio::test]

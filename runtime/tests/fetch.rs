@@ -7,7 +7,7 @@ use std::path::Path;
 use aether_artifact::layer::{PackOptions, collect, pack_layer};
 use aether_artifact::manifest::{LayerDescriptor, RuntimeDescriptor};
 use aether_artifact::signature::{Policy, SigningKey, Verdict};
-use aether_artifact::{Digest, Manifest};
+use aether_artifact::{Digest, Limits, Manifest};
 use aether_runtime::fetch::{FetchArgs, FetchError, check, extract};
 
 fn layer(root: &Path, files: &[(&str, &str)]) -> (Vec<u8>, LayerDescriptor) {
@@ -58,6 +58,8 @@ fn args(manifest: &Manifest, digest: Digest, policy: Policy) -> FetchArgs {
         signature: String::new(),
         trusted_keys: String::new(),
         downloads_dir: "/nonexistent".into(),
+        spool_dir: "/nonexistent".into(),
+        max_unpacked_bytes: None,
         into: "/nonexistent".into(),
         deadline_seconds: 10,
         termination_log: "/dev/null".into(),
@@ -115,7 +117,7 @@ fn extracts_layers_and_itself_and_replaces_a_partial_earlier_attempt() {
     std::fs::create_dir_all(vol.path().join("app/node_modules")).unwrap();
     std::fs::write(vol.path().join("app/stale.js"), "old").unwrap();
 
-    let files = extract(vol.path(), &[deps, app]).unwrap();
+    let files = extract(vol.path(), [&deps[..], &app[..]], Limits::default()).unwrap();
     assert_eq!(files, 2);
     assert_eq!(
         std::fs::read_to_string(vol.path().join("app/server.js")).unwrap(),
@@ -134,6 +136,6 @@ fn extracts_layers_and_itself_and_replaces_a_partial_earlier_attempt() {
 #[test]
 fn corrupt_layers_are_refused_with_a_reason() {
     let vol = tempfile::tempdir().unwrap();
-    let e = extract(vol.path(), &[b"not zstd at all".to_vec()]).unwrap_err();
+    let e = extract(vol.path(), [&b"not zstd at all"[..]], Limits::default()).unwrap_err();
     assert_eq!(e.reason(), "ArtifactCorrupt");
 }

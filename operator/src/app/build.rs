@@ -28,6 +28,20 @@ pub const MANAGED_BY: &str = "aether-operator";
 const VOLUME_PATH: &str = "/aether";
 /// The non-root user every container runs as.
 const UID: i64 = 10001;
+/// Where the fetch container spools layers before extracting them (a disk volume).
+const SPOOL_PATH: &str = "/var/run/aether/spool";
+/// Room for the runtime binary the fetch container copies next to the app.
+const RUNTIME_BYTES: u64 = 64 << 20;
+
+/// Bytes an app may take once extracted: 32 times its compressed layers (a
+/// node_modules tree compresses about 5 times), at least 256 MiB, at most 4 GiB. The
+/// unpacker stops there, and the in-memory volume and the fetch container's memory
+/// (tmpfs pages are charged to it) are sized to match, so a layer that inflates past
+/// it is refused with a reason instead of the pod being evicted.
+pub fn unpacked_limit(compressed: u64) -> u64 {
+    compressed.saturating_mul(32).clamp(256 << 20, 4 << 30)
+}
+
 /// How long a replaced pod keeps serving before it is stopped.
 const PRE_STOP_SECONDS: i64 = 3;
 
@@ -235,7 +249,18 @@ fn pod_template(app: &AetherApp, release: &Validated, config: &PodConfig) -> Pod
                     name: "aether".into(),
                     empty_dir: Some(EmptyDirVolumeSource {
                         medium: Some("Memory".into()),
-                        ..Default::default()
+                        size_limit: Some(Quantity(
+                            (unpacked_limit(release.layer_bytes) + RUNTIME_BYTES).to_string(),
+                        )),
+                    }),
+                    ..Default::default()
+                },
+                // The downloaded layers, checked there before extraction (fetch only).
+                Volume {
+                    name: "spool".into(),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        medium: None,
+                        size_limit: Some(Quantity((release.layer_bytes + (1 << 20)).to_string())),
                     }),
                     ..Default::default()
                 },
@@ -320,6 +345,11 @@ fn fetch_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> 
     }
     vars.extend([
         env("AETHER_DOWNLOADS_DIR", downloads::MOUNT_PATH),
+        env("AETHER_SPOOL_DIR", SPOOL_PATH),
+        env(
+            "AETHER_MAX_UNPACKED_BYTES",
+            unpacked_limit(release.layer_bytes).to_string(),
+        ),
         env(
             "AETHER_FETCH_DEADLINE_SECONDS",
             config.fetch_deadline_seconds.to_string(),
@@ -331,10 +361,17 @@ fn fetch_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> 
         image_pull_policy: Some(config.image_pull_policy.clone()),
         args: Some(vec!["fetch".into(), "--into".into(), VOLUME_PATH.into()]),
         env: Some(vars),
-        // Layers are held in memory while checked, then decompressed.
+        // Layers stream through the spool volume; what is extracted lands in tmpfs,
+        // whose pages count as this container's memory.
         resources: Some(ResourceRequirements {
             requests: Some(quantities(&[("cpu", "100m"), ("memory", "64Mi")])),
-            limits: Some(quantities(&[("memory", "1Gi")])),
+            limits: Some(
+                [(
+                    "memory".to_string(),
+                    Quantity((unpacked_limit(release.layer_bytes) + RUNTIME_BYTES + (128 << 20)).to_string()),
+                )]
+                .into(),
+            ),
             ..Default::default()
         }),
         volume_mounts: Some(vec![
@@ -347,6 +384,11 @@ fn fetch_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> 
                 name: "downloads".into(),
                 mount_path: downloads::MOUNT_PATH.into(),
                 read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "spool".into(),
+                mount_path: SPOOL_PATH.into(),
                 ..Default::default()
             },
         ]),

@@ -47,6 +47,8 @@ pub struct Validated {
     pub manifest_json: String,
     /// The layers' digests: the blobs the pods download.
     pub layers: Vec<Digest>,
+    /// Their compressed size, together.
+    pub layer_bytes: u64,
     /// When the operator last checked the artifact's blobs in storage.
     pub verified_at: Option<k8s_openapi::jiff::Timestamp>,
     pub entrypoint: Vec<String>,
@@ -177,6 +179,7 @@ pub fn validate(
         digest,
         manifest_json: String::from_utf8_lossy(&manifest.to_canonical_json()).into_owned(),
         layers: manifest.layers.iter().map(|l| l.digest).collect(),
+        layer_bytes: manifest.layers.iter().map(|l| l.size).sum(),
         verified_at: artifact
             .status
             .as_ref()
