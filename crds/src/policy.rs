@@ -44,6 +44,13 @@ pub struct AetherPolicySpec {
     /// Whether an app may replace its artifact's entrypoint with `spec.command`.
     #[serde(default = "allow")]
     pub allow_command: bool,
+
+    /// The most bytes the blobs of one namespace's artifacts may take in storage
+    /// together (each distinct blob counted once). An artifact that would go past it
+    /// gets no upload URL (`QuotaExceeded`) until others are deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_storage_bytes: Option<i64>,
 }
 
 fn allow() -> bool {

@@ -440,19 +440,47 @@ async fn another_namespace_s_blobs_cannot_be_claimed_overwritten_or_run() -> any
                 // random bytes of the right length are refused.
                 let art = upload_of(&client, &ns, "stolen").await?;
                 let upload = art.status.unwrap().upload.unwrap();
+                let mut parts_sent = false;
                 for b in &upload.blobs {
-                    let url = b.url.as_ref().unwrap();
-                    let junk: Vec<u8> = (0..b.size).map(|i| (i * 7 + 3) as u8).collect();
-                    assert!(
-                        !http::stored(url, &b.headers, junk.clone()).await,
-                        "an upload URL stored junk under {}",
-                        b.digest
-                    );
-                    assert!(
-                        !http::stored(url, &Default::default(), junk).await,
-                        "an upload URL worked without its checksum"
-                    );
+                    let junk = |len: i64| -> Vec<u8> { (0..len).map(|i| (i * 7 + 3) as u8).collect() };
+                    if let Some(url) = &b.url {
+                        assert!(
+                            !http::stored(url, &b.headers, junk(b.size)).await,
+                            "an upload URL stored junk under {}",
+                            b.digest
+                        );
+                        assert!(
+                            !http::stored(url, &Default::default(), junk(b.size)).await,
+                            "an upload URL worked without its checksum"
+                        );
+                    } else {
+                        // Parts take any bytes, but land under the upload's own key.
+                        let part_size = b.part_size.unwrap();
+                        for p in &b.parts {
+                            let len = part_size.min(b.size - (i64::from(p.number) - 1) * part_size);
+                            assert!(http::stored(&p.url, &Default::default(), junk(len)).await);
+                        }
+                        parts_sent = true;
+                    }
                     assert_eq!(storage.namespace(&ns).head(&b.digest.parse()?).await?, None);
+                }
+                if parts_sent {
+                    // Completed as an uploader would: the junk is hashed where it was
+                    // assembled and never reaches the blob key.
+                    let out = Command::new("kubectl")
+                        .args(["--as", EDITOR, "-n", &ns, "annotate", "aetherartifact", "stolen"])
+                        .arg(format!("{}=now", aether_crds::UPLOAD_COMPLETE_ANNOTATION))
+                        .output()?;
+                    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                    let arts: Api<AetherArtifact> = Api::namespaced(client.clone(), &ns);
+                    wait_for(arts, "stolen", "DigestMismatch", Duration::from_secs(60), |a: Option<&AetherArtifact>| {
+                        a.and_then(|a| a.status.as_ref())
+                            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "DigestMismatch"))
+                    })
+                    .await?;
+                    for b in &upload.blobs {
+                        assert_eq!(storage.namespace(&ns).head(&b.digest.parse()?).await?, None);
+                    }
                 }
                 // An app on the copy runs nothing.
                 apply_as_editor(
@@ -803,6 +831,88 @@ async fn a_wrong_size_claim_is_the_claimant_s_invalid_spec_and_the_blob_stays() 
         )
         .await?;
         Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a cluster with Aether installed and its storage: run `make e2e`"]
+async fn a_namespace_stays_within_its_object_quota_and_its_storage_cap() -> anyhow::Result<()> {
+    let storage = StorageSettings::from_env()?.host();
+    with_temp_ns("quota", move |client, ns| async move {
+        editor(&client, &ns).await?;
+        // The overlay's quota (config/tenant), with room for one artifact.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/tenant/quota.yaml");
+        let quota = std::fs::read_to_string(path)?.replace(
+            "count/aetherartifacts.aether.dev: \"500\"",
+            "count/aetherartifacts.aether.dev: \"1\"",
+        );
+        assert!(quota.contains("\"1\""), "config/tenant/quota.yaml changed shape");
+        let out = kubectl_apply(&ns, None, &quota);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // A storage cap far below the example's dependencies.
+        let policies: Api<AetherPolicy> = Api::all(client.clone());
+        let name = format!("e2e-{ns}");
+        let policy: AetherPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "aether.dev/v1alpha1", "kind": "AetherPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                "maxStorageBytes": 100_000,
+            },
+        }))?;
+        policies.create(&PostParams::default(), &policy).await?;
+        let outcome = async {
+            let dir = tempfile::tempdir()?;
+            example_app(dir.path(), "too big")?;
+            let run = tokio::task::block_in_place(|| {
+                aether(
+                    dir.path(),
+                    &ns,
+                    &["push", "--no-deploy", "--timeout-seconds", "60"],
+                )
+            });
+            assert_ne!(run.code, Some(0), "{}", run.stderr);
+            assert!(run.stderr.contains("QuotaExceeded"), "{}", run.stderr);
+            assert!(
+                run.stderr.contains(&format!("AetherPolicy {name}")),
+                "{}",
+                run.stderr
+            );
+            let listed = storage
+                .client()
+                .list_objects_v2()
+                .bucket(storage.bucket())
+                .prefix(aether_storage::namespace_prefix(
+                    &std::env::var("AETHER_S3_PREFIX").unwrap_or_default(),
+                    &ns,
+                ))
+                .send()
+                .await?;
+            assert_eq!(listed.key_count(), Some(0), "storage holds something for {ns}");
+            // A second artifact is past the object quota, whatever it holds.
+            let mut another = AetherArtifactSpec::from_manifest(
+                "other",
+                &Api::<AetherArtifact>::namespaced(client.clone(), &ns)
+                    .list(&ListParams::default())
+                    .await?
+                    .items[0]
+                    .spec
+                    .manifest()?,
+            )?;
+            another.signature = None;
+            let out = kubectl_apply(&ns, Some(EDITOR), &artifact_yaml("another", &another));
+            assert!(!out.status.success());
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("exceeded quota"),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            anyhow::Ok(())
+        }
+        .await;
+        policies.delete(&name, &DeleteParams::default()).await?;
+        outcome
     })
     .await
 }

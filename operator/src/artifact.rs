@@ -52,6 +52,8 @@ pub struct Context {
     pub hashing: tokio::sync::Semaphore,
     /// Storage is used only for namespaces a cluster admin enabled.
     pub enabled: crate::enabled::Enablement,
+    /// The AetherPolicies: a namespace's storage cap.
+    pub policies: crate::policies::Policies,
     pub metrics: Arc<Metrics>,
 }
 
@@ -79,6 +81,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error(transparent)]
+    Policies(#[from] crate::policies::PolicyError),
 }
 
 impl Error {
@@ -87,6 +91,7 @@ impl Error {
             Error::Storage(e) => e.reason(),
             Error::Kube(_) => "KubeError",
             Error::Finalizer(_) => "Finalizer",
+            Error::Policies(_) => "Policies",
         }
     }
 }
@@ -97,6 +102,10 @@ pub const FINALIZER: &str = "aether.dev/blobs";
 /// How often a Ready artifact's blobs are looked at (HEAD) again: a blob lost from
 /// storage makes the artifact ask for an upload instead of failing pods.
 pub const RECHECK: Duration = Duration::from_secs(300);
+
+/// Upload URLs per blob at most: with three blobs of ~700-byte URLs, status stays
+/// under half a megabyte (etcd refuses objects past 1.5 MiB).
+pub const MAX_PARTS_PER_BLOB: u64 = 200;
 
 /// An artifact is hashed again on request at most this often.
 pub const REHASH_INTERVAL: Duration = Duration::from_secs(10);
@@ -252,8 +261,21 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
         Ok(b) => b,
         Err(message) => return invalid_spec(&api, ctx, &art, &old, status, &message).await,
     };
+    // In a namespace no admin enabled, storage is not touched (an admin may enable
+    // it: look again).
     if !ctx.enabled.check(&ns).await? {
-        return not_enabled(&api, ctx, &art, &old, status).await;
+        let message = ctx.enabled.message(&ns);
+        let retry = Some(Duration::from_secs(60));
+        return refuse(
+            &api,
+            ctx,
+            &art,
+            &old,
+            status,
+            ("NamespaceNotEnabled", &message),
+            retry,
+        )
+        .await;
     }
     let was_ready = conditions::is_true(&old.conditions, READY) && old.observed_generation == generation;
     if was_ready && !reissue && still_stored(&storage, &blobs).await? {
@@ -359,6 +381,13 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
         return verify(&api, &storage, ctx, &art, old, status, &blobs).await;
     }
 
+    // Whatever is missing would add to the namespace's storage: within its cap?
+    if let Some(message) = over_quota(ctx, &art, &ns).await? {
+        // Deleting other artifacts frees room: look again.
+        let retry = Some(Duration::from_secs(60));
+        return refuse(&api, ctx, &art, &old, status, ("QuotaExceeded", &message), retry).await;
+    }
+
     let now = Timestamp::now();
     let margin = renewal_margin(ctx.upload.url_ttl);
     let usable = old.upload.as_ref().is_some_and(|u| still_valid(u, now, margin));
@@ -417,83 +446,41 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
 }
 
 /// The spec names blobs it cannot have (it is immutable, so in practice this waits
-/// for a new artifact): `Stalled`, and nothing in storage is touched.
+/// for a new artifact).
 async fn invalid_spec(
     api: &Api<AetherArtifact>,
     ctx: &Context,
     art: &AetherArtifact,
     old: &AetherArtifactStatus,
-    mut status: AetherArtifactStatus,
+    status: AetherArtifactStatus,
     message: &str,
 ) -> Result<Action, Error> {
-    let generation = art.metadata.generation;
-    let storage = ctx.storage.namespace(&art.namespace().unwrap_or_default());
-    abort_uploads(&storage, art, old.upload.as_ref()).await?;
-    status.upload = None;
-    conditions::set(
-        &mut status.conditions,
-        READY,
-        false,
-        "InvalidSpec",
-        message,
-        generation,
-    );
-    conditions::set(
-        &mut status.conditions,
-        STALLED,
-        true,
-        "InvalidSpec",
-        message,
-        generation,
-    );
-    publish_on_change(ctx, art, old, &status, EventType::Warning, "InvalidSpec", message).await;
-    patch_status(api, art, &status).await?;
-    // Answer a waiting uploader: the verdict is in status.
-    clear_annotations(api, art).await?;
-    Ok(Action::await_change())
+    refuse(api, ctx, art, old, status, ("InvalidSpec", message), None).await
 }
 
-/// The namespace is not enabled: no URL, no storage operation, and the artifact
-/// says what an admin does about it. Looked at again once a minute.
-async fn not_enabled(
+/// The artifact cannot be uploaded as it is (`reason`): `Stalled`, its unfinished
+/// uploads aborted, nothing else in storage touched, a waiting push answered. Looked
+/// at again after `retry` when something else may change the verdict.
+async fn refuse(
     api: &Api<AetherArtifact>,
     ctx: &Context,
     art: &AetherArtifact,
     old: &AetherArtifactStatus,
     mut status: AetherArtifactStatus,
+    (reason, message): (&str, &str),
+    retry: Option<Duration>,
 ) -> Result<Action, Error> {
     let generation = art.metadata.generation;
-    let message = ctx.enabled.message(&art.namespace().unwrap_or_default());
+    let storage = ctx.storage.namespace(&art.namespace().unwrap_or_default());
+    abort_uploads(&storage, art, old.upload.as_ref()).await?;
     status.upload = None;
-    conditions::set(
-        &mut status.conditions,
-        READY,
-        false,
-        "NamespaceNotEnabled",
-        &message,
-        generation,
-    );
-    conditions::set(
-        &mut status.conditions,
-        STALLED,
-        true,
-        "NamespaceNotEnabled",
-        &message,
-        generation,
-    );
-    publish_on_change(
-        ctx,
-        art,
-        old,
-        &status,
-        EventType::Warning,
-        "NamespaceNotEnabled",
-        &message,
-    )
-    .await;
+    conditions::set(&mut status.conditions, READY, false, reason, message, generation);
+    conditions::set(&mut status.conditions, STALLED, true, reason, message, generation);
+    publish_on_change(ctx, art, old, &status, EventType::Warning, reason, message).await;
     patch_status(api, art, &status).await?;
+    // Answer a waiting uploader: the verdict is in status.
     clear_annotations(api, art).await?;
-    Ok(Action::requeue(Duration::from_secs(60)))
+    Ok(retry.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// Uploaded bytes did not match their digest: the verdict stands until the uploader
@@ -538,6 +525,33 @@ async fn reject(
 async fn hash(ctx: &Context, storage: &Blobs, digest: &Digest, size: u64) -> Result<(), StorageError> {
     let _permit = ctx.hashing.acquire().await;
     storage.verify(digest, size).await
+}
+
+/// Would this artifact's blobs take its namespace past an AetherPolicy's
+/// `maxStorageBytes`? The message that says so, if they would.
+async fn over_quota(ctx: &Context, art: &AetherArtifact, ns: &str) -> Result<Option<String>, Error> {
+    let caps: Vec<(u64, String)> = ctx
+        .policies
+        .for_namespace(ns)
+        .await?
+        .iter()
+        .filter_map(|p| {
+            Some((
+                u64::try_from(p.spec.max_storage_bytes?).unwrap_or(0),
+                p.name_any(),
+            ))
+        })
+        .collect();
+    let Some((cap, policy)) = caps.into_iter().min() else {
+        return Ok(None);
+    };
+    let all = blobs::list_namespace(&ctx.client, ns).await?;
+    let (used, adds) = blobs::usage(art, &all);
+    Ok((used + adds > cap).then(|| {
+        format!(
+            "namespace {ns} may store {cap} bytes (AetherPolicy {policy}); its other artifacts take {used}, this one would add {adds}: delete unused artifacts or ask an admin for more"
+        )
+    }))
 }
 
 /// Is every blob still stored, with its size? A cheap look (HEAD), for Ready artifacts.
@@ -614,7 +628,9 @@ async fn instructions(
     for b in missing {
         if b.size > ctx.upload.multipart_threshold {
             let upload_id = storage.start_multipart(upload, &b.digest).await?;
-            let plans = plan_parts(b.size, ctx.upload.part_size);
+            // Parts grow rather than multiply, so status stays far below etcd's limit.
+            let part_size = ctx.upload.part_size.max(b.size.div_ceil(MAX_PARTS_PER_BLOB));
+            let plans = plan_parts(b.size, part_size);
             let mut parts = Vec::with_capacity(plans.len());
             for p in &plans {
                 parts.push(PartUpload {

@@ -80,6 +80,33 @@ pub fn unreferenced(dying: &AetherArtifact, candidates: &[Digest], all: &[Aether
         .collect()
 }
 
+/// Storage a namespace's artifacts take: each distinct blob once. Returns the bytes
+/// the live artifacts other than `this` list, and the bytes `this` adds to them.
+/// Pure.
+pub fn usage(this: &AetherArtifact, all: &[AetherArtifact]) -> (u64, u64) {
+    let mut counted: BTreeSet<Digest> = BTreeSet::new();
+    let mut others = 0;
+    for a in all
+        .iter()
+        .filter(|a| a.uid() != this.uid() && a.metadata.deletion_timestamp.is_none())
+    {
+        for b in a.spec.blobs().unwrap_or_default() {
+            if counted.insert(b.digest) {
+                others += b.size;
+            }
+        }
+    }
+    let adds = this
+        .spec
+        .blobs()
+        .unwrap_or_default()
+        .iter()
+        .filter(|b| counted.insert(b.digest))
+        .map(|b| b.size)
+        .sum();
+    (others, adds)
+}
+
 /// A fresh list of the namespace's AetherArtifacts, straight from the API server.
 pub async fn list_namespace(
     client: &kube::Client,

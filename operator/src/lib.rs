@@ -16,6 +16,7 @@ pub mod enabled;
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod policies;
 pub mod retention;
 
 use std::sync::Arc;
@@ -78,6 +79,21 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
             instance: std::env::var("POD_NAME").ok(),
         },
     );
+    // Every AetherPolicy, cached; any change re-judges every app.
+    let (policies, policy_writer) = reflector::store::<AetherPolicy>();
+    let policy_changes = reflector(
+        policy_writer,
+        watcher(
+            Api::<AetherPolicy>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .touched_objects()
+    .filter_map(|change| async move { change.ok().map(|_| ()) });
+    let policies = policies::Policies {
+        client: client.clone(),
+        store: policies,
+    };
     let storage = aether_storage::Storage::new(&args.storage());
     let artifact_ctx = Arc::new(artifact::Context {
         client: client.clone(),
@@ -92,23 +108,13 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         locks: blobs::BlobLocks::default(),
         hashing: tokio::sync::Semaphore::new(artifact::HASHING_PERMITS),
         enabled: enabled::Enablement::new(client.clone(), args.namespace.clone()),
+        policies: policies.clone(),
         metrics: metrics.clone(),
     });
-    // Every AetherPolicy, cached; any change re-judges every app.
-    let (policies, policy_writer) = reflector::store::<AetherPolicy>();
-    let policy_changes = reflector(
-        policy_writer,
-        watcher(
-            Api::<AetherPolicy>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .touched_objects()
-    .filter_map(|change| async move { change.ok().map(|_| ()) });
     let app_ctx = Arc::new(app::Context {
         client: client.clone(),
         storage,
-        policies,
+        policies: policies.clone(),
         recorder,
         metrics,
         config: args.app_config(),

@@ -308,7 +308,10 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
     let cap = build::unpacked_limit(200);
     assert_eq!(cap, 256 << 20, "small artifacts get the floor");
     assert_eq!(
-        env_of(fetch, "AETHER_MAX_UNPACKED_BYTES").unwrap().value.as_deref(),
+        env_of(fetch, "AETHER_MAX_UNPACKED_BYTES")
+            .unwrap()
+            .value
+            .as_deref(),
         Some(cap.to_string().as_str())
     );
     let volume = |name: &str| pod.volumes.iter().flatten().find(|v| v.name == name).unwrap();
@@ -320,7 +323,10 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
         .0
         .parse()
         .unwrap();
-    assert!(memory > tmpfs_bytes, "extraction fills tmpfs, charged to the fetch container");
+    assert!(
+        memory > tmpfs_bytes,
+        "extraction fills tmpfs, charged to the fetch container"
+    );
     let spool = volume("spool").empty_dir.clone().unwrap();
     assert_eq!(spool.medium, None, "layers spool to disk, not memory");
     assert_eq!(build::unpacked_limit(1 << 30), 4 << 30, "at most 4 GiB");

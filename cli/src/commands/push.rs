@@ -476,14 +476,18 @@ async fn wait_for_instructions(
     .await
 }
 
-/// The operator refuses the artifact (`InvalidSpec`, `NamespaceNotEnabled`): no
-/// upload can help.
+/// The operator refuses the artifact (`InvalidSpec`, `NamespaceNotEnabled`,
+/// `QuotaExceeded`): no upload can help.
 fn invalid(a: &AetherArtifact) -> bool {
     a.status
         .as_ref()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
         .is_some_and(|c| {
-            c.status == "False" && matches!(c.reason.as_str(), "InvalidSpec" | "NamespaceNotEnabled")
+            c.status == "False"
+                && matches!(
+                    c.reason.as_str(),
+                    "InvalidSpec" | "NamespaceNotEnabled" | "QuotaExceeded"
+                )
         })
 }
 

@@ -20,13 +20,12 @@ use std::time::{Duration, Instant};
 use aether_artifact::signature::{PolicyRefusal, Verdict};
 use aether_crds::{AetherApp, AetherAppStatus, AetherArtifact, AetherPolicy, KeysKind, VerifyMode};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
-use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -67,8 +66,8 @@ pub struct Context {
     pub client: kube::Client,
     /// Signs the pods' download URLs (see [`downloads`]).
     pub storage: aether_storage::Storage,
-    /// Every AetherPolicy, as watched.
-    pub policies: Store<AetherPolicy>,
+    /// The AetherPolicies, as watched.
+    pub policies: crate::policies::Policies,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub config: AppConfig,
@@ -98,8 +97,8 @@ pub enum Error {
     UpdateStatus(#[source] kube::Error),
     #[error("signing download URLs: {0}")]
     Presign(#[source] aether_storage::StorageError),
-    #[error("the AetherPolicies are not known yet (is their CRD installed, and may the operator list them?)")]
-    PoliciesUnknown,
+    #[error(transparent)]
+    Policies(#[from] crate::policies::PolicyError),
 }
 
 impl Error {
@@ -109,7 +108,7 @@ impl Error {
             Error::Apply { .. } => "Apply",
             Error::UpdateStatus(_) => "UpdateStatus",
             Error::Presign(_) => "Presign",
-            Error::PoliciesUnknown => "PoliciesUnknown",
+            Error::Policies(_) => "Policies",
         }
     }
 }
@@ -199,7 +198,13 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
                 }
                 renew_in = Some(downloads::renew_in(&urls, &serving, began_at, ttl));
             }
-            let new = status::invalid(&old, generation, &invalid, d.running.as_ref());
+            // Counts of a Deployment of that name the app does not own are not its own.
+            let uid = app.uid().unwrap_or_default();
+            let running = d
+                .running
+                .as_ref()
+                .filter(|r| ownership::owned_by(&r.metadata, &uid));
+            let new = status::invalid(&old, generation, &invalid, running);
             let type_ = if invalid.waiting {
                 EventType::Normal
             } else {
@@ -399,22 +404,9 @@ async fn serving_layers(
 
 /// The AetherPolicies selecting the namespace, with the key sets they pin.
 async fn floor(ctx: &Context, ns: &str) -> Result<Result<Floor, Invalid>, Error> {
-    // Until the first list arrives no policy is known: never judge an app then (and
-    // fail, rather than wait forever, when they cannot be listed at all).
-    tokio::time::timeout(Duration::from_secs(10), ctx.policies.wait_until_ready())
-        .await
-        .map_err(|_| Error::PoliciesUnknown)?
-        .map_err(|_| Error::PoliciesUnknown)?;
-    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    let labels = namespaces
-        .get_metadata(ns)
-        .await
-        .map_err(dereference_error("the namespace"))?
-        .metadata
-        .labels
-        .unwrap_or_default();
-    let all: Vec<AetherPolicy> = ctx.policies.state().iter().map(|p| (**p).clone()).collect();
-    let selecting = policy::selecting(&all, &labels);
+    let selecting = ctx.policies.for_namespace(ns).await?;
+    let selecting: Vec<&AetherPolicy> = selecting.iter().collect();
+
     let mut pinned = BTreeMap::new();
     for p in &selecting {
         if let Some(r) = &p.spec.verify.trusted_keys {
