@@ -916,3 +916,90 @@ async fn a_namespace_stays_within_its_object_quota_and_its_storage_cap() -> anyh
     })
     .await
 }
+
+/// A ConfigMap `name` in `ns` holding `pem` under `key.pem`, created as the admin.
+async fn keys_configmap(client: &Client, ns: &str, name: &str, pem: &str) -> anyhow::Result<()> {
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "data": {"key.pem": pem},
+    }))?;
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &cm)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a cluster with Aether installed: run `make e2e`"]
+async fn keys_an_admin_pins_cannot_be_widened_by_an_app_s_own_keys() -> anyhow::Result<()> {
+    with_temp_ns("pinned", |client, ns| async move {
+        editor(&client, &ns).await?;
+        // The admin pins a key the artifacts here are not signed with (a CI key).
+        let dir = tempfile::tempdir()?;
+        let ci_key = dir.path().join("ci.pem");
+        let ci = std::process::Command::new(aether_e2e::app::aether_bin())
+            .args(["-q", "keys", "generate", "--out"])
+            .arg(&ci_key)
+            .output()?;
+        assert!(ci.status.success(), "{}", String::from_utf8_lossy(&ci.stderr));
+        let show = |key: Option<&std::path::Path>| -> anyhow::Result<String> {
+            let mut cmd = std::process::Command::new(aether_e2e::app::aether_bin());
+            cmd.args(["keys", "show", "-o", "json"]);
+            if let Some(key) = key {
+                cmd.arg("--key").arg(key);
+            }
+            let out: serde_json::Value = serde_json::from_slice(&cmd.output()?.stdout)?;
+            Ok(out["publicKeyPem"].as_str().unwrap_or_default().to_string())
+        };
+        keys_configmap(&client, &ns, "ci-keys", &show(Some(&ci_key))?).await?;
+        let policies: Api<AetherPolicy> = Api::all(client.clone());
+        let name = format!("e2e-{ns}");
+        let policy: AetherPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "aether.dev/v1alpha1", "kind": "AetherPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                "verify": {"trustedKeys": {"namespace": ns, "name": "ci-keys"}},
+            },
+        }))?;
+        policies.create(&PostParams::default(), &policy).await?;
+        let outcome = async {
+            // The developer's own key (which signed the artifact), trusted by the
+            // app's own keysRef: not enough, the policy's keys are the only ones.
+            let mine = show(None)?;
+            assert!(mine.contains("PUBLIC KEY"), "no signing key to show");
+            let out = kubectl_apply(
+                &ns,
+                Some(EDITOR),
+                &serde_json::json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "my-keys"},
+                    "data": {"mine.pem": mine},
+                })
+                .to_string(),
+            );
+            // (An editor may not write ConfigMaps: aether-editor grants none. The admin
+            // does it here, as a tenant with `edit` could.)
+            if !out.status.success() {
+                keys_configmap(&client, &ns, "my-keys", &mine).await?;
+            }
+            let artifact = artifact_for(&ns, "signed")?;
+            apply_as_editor(
+                &ns,
+                &app_yaml(
+                    "signed",
+                    &artifact,
+                    "  verify:\n    mode: Enforce\n    keysRef:\n      kind: ConfigMap\n      name: my-keys\n",
+                ),
+            );
+            let message = stalled(&client, &ns, "signed", "SignatureRejected").await?;
+            assert!(message.contains(&format!("AetherPolicy {name}")), "{message}");
+            assert!(Api::<Deployment>::namespaced(client.clone(), &ns).get_opt("signed").await?.is_none());
+            anyhow::Ok(())
+        }
+        .await;
+        policies.delete(&name, &DeleteParams::default()).await?;
+        outcome
+    })
+    .await
+}
