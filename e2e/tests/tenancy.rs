@@ -625,17 +625,11 @@ async fn the_operator_writes_nothing_where_no_admin_enabled_it() -> anyhow::Resu
             "the fix is named: {}",
             run.stderr
         );
-        let listed = storage
-            .client()
-            .list_objects_v2()
-            .bucket(storage.bucket())
-            .prefix(aether_storage::namespace_prefix(
-                &std::env::var("AETHER_S3_PREFIX").unwrap_or_default(),
-                &ns,
-            ))
-            .send()
-            .await?;
-        assert_eq!(listed.key_count(), Some(0), "storage holds something for {ns}");
+        assert_eq!(
+            stored_objects(&storage, &ns).await?,
+            0,
+            "storage holds something for {ns}"
+        );
 
         // An app written anyway stays a description: nothing of it is created.
         let artifacts: Api<AetherArtifact> = Api::namespaced(client.clone(), &ns);
@@ -879,17 +873,11 @@ async fn a_namespace_stays_within_its_object_quota_and_its_storage_cap() -> anyh
                 "{}",
                 run.stderr
             );
-            let listed = storage
-                .client()
-                .list_objects_v2()
-                .bucket(storage.bucket())
-                .prefix(aether_storage::namespace_prefix(
-                    &std::env::var("AETHER_S3_PREFIX").unwrap_or_default(),
-                    &ns,
-                ))
-                .send()
-                .await?;
-            assert_eq!(listed.key_count(), Some(0), "storage holds something for {ns}");
+            assert_eq!(
+                stored_objects(&storage, &ns).await?,
+                0,
+                "storage holds something for {ns}"
+            );
             // A second artifact is past the object quota, whatever it holds.
             let mut another = AetherArtifactSpec::from_manifest(
                 "other",
@@ -915,6 +903,19 @@ async fn a_namespace_stays_within_its_object_quota_and_its_storage_cap() -> anyh
         outcome
     })
     .await
+}
+
+/// How many objects storage holds under the namespace's prefix.
+async fn stored_objects(storage: &aether_storage::Storage, ns: &str) -> anyhow::Result<i32> {
+    let prefix = aether_storage::namespace_prefix(&std::env::var("AETHER_S3_PREFIX").unwrap_or_default(), ns);
+    let listed = storage
+        .client()
+        .list_objects_v2()
+        .bucket(storage.bucket())
+        .prefix(prefix)
+        .send()
+        .await?;
+    Ok(listed.key_count().unwrap_or(0))
 }
 
 /// A ConfigMap `name` in `ns` holding `pem` under `key.pem`, created as the admin.

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use aether_artifact::Digest;
-use aether_storage::{Checked, StorageError};
+use aether_storage::{Checked, StorageError, root_cause};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 
@@ -133,13 +133,4 @@ async fn fetch_once(
     check.finish()?;
     out.flush().await.map_err(spool)?;
     Ok(())
-}
-
-/// The innermost cause ("Connection refused"): what a user can act on.
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut e = err;
-    while let Some(source) = e.source() {
-        e = source;
-    }
-    e.to_string()
 }

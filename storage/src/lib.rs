@@ -152,7 +152,9 @@ impl StorageError {
     }
 }
 
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+/// The innermost cause of an error ("Connection refused", a DNS failure): what a
+/// user can act on, without the layers of plumbing above it.
+pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     let mut e = err;
     while let Some(source) = e.source() {
         e = source;
