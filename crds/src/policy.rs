@@ -2,7 +2,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +12,7 @@ use crate::VerifyMode;
 /// cluster admins write it, and no AetherApp field can loosen it: an app may ask for
 /// more (a stricter signature mode, fewer keys), never less. Where several policies
 /// select a namespace, each one holds.
-#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "aether.dev",
     version = "v1alpha1",
@@ -27,7 +27,10 @@ use crate::VerifyMode;
 #[serde(rename_all = "camelCase")]
 pub struct AetherPolicySpec {
     /// The namespaces it applies to (their labels); empty selects every namespace.
+    /// A selector that cannot select as written is refused, rather than silently
+    /// switching the floor off.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'] && ((e.operator == 'In' || e.operator == 'NotIn') == (has(e.values) && size(e.values) > 0)))").message("namespaceSelector.matchExpressions: operator must be In, NotIn (with values), Exists or DoesNotExist (without)"))]
     pub namespace_selector: LabelSelector,
 
     /// Signature checks the apps may not go below.

@@ -607,6 +607,34 @@ async fn the_operator_writes_nothing_where_no_admin_enabled_it() -> anyhow::Resu
             "no",
             "the operator may list every Secret"
         );
+        // Not even the namespace's own admin can enable it: binding the operator's
+        // role needs a permission no built-in role holds.
+        let admin = Subject {
+            kind: "User".into(),
+            name: EDITOR.into(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            ..Default::default()
+        };
+        bind(&client, &ns, "mallory-admin", "admin", admin).await?;
+        let out = Command::new("kubectl")
+            .args([
+                "--as",
+                EDITOR,
+                "-n",
+                &ns,
+                "create",
+                "rolebinding",
+                "aether-operator",
+            ])
+            .args(["--clusterrole", "aether-operator-namespace", "--serviceaccount"])
+            .arg(format!("{operator_ns}:aether-operator"))
+            .output()?;
+        assert!(!out.status.success(), "a namespace admin enabled their namespace");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
 
         // A push is told why nothing happens, and storage gets nothing.
         let dir = tempfile::tempdir()?;
@@ -741,9 +769,18 @@ async fn a_cluster_admin_s_policy_floor_holds_whatever_an_editor_writes() -> any
                     .await?;
                 assert!(dep.is_none(), "{app} runs");
             }
-            // Within the floor, an app runs (the operator's own image is allowed).
+            // Within the floor, an app runs (the operator's own image is allowed); code
+            // slipped in through NODE_OPTIONS is not loaded (else node would fail to
+            // start: the module does not exist).
             let fine = artifact_for(&ns, "fine")?;
-            apply_as_editor(&ns, &app_yaml("fine", &fine, ""));
+            apply_as_editor(
+                &ns,
+                &app_yaml(
+                    "fine",
+                    &fine,
+                    "  env:\n    - name: NODE_OPTIONS\n      value: --require=/nonexistent/evil.js\n",
+                ),
+            );
             let apps: Api<AetherApp> = Api::namespaced(client.clone(), &ns);
             wait_for(
                 apps,
@@ -896,6 +933,24 @@ async fn a_namespace_stays_within_its_object_quota_and_its_storage_cap() -> anyh
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
+            // With room enough, the same push goes through.
+            let raise = serde_json::json!({"spec": {"maxStorageBytes": 1_i64 << 30}});
+            policies
+                .patch(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&raise),
+                )
+                .await?;
+            let run = tokio::task::block_in_place(|| {
+                aether(
+                    dir.path(),
+                    &ns,
+                    &["push", "--no-deploy", "--timeout-seconds", "120"],
+                )
+            });
+            assert_eq!(run.code, Some(0), "{}", run.stderr);
+            assert!(stored_objects(&storage, &ns).await? > 0);
             anyhow::Ok(())
         }
         .await;
@@ -905,17 +960,25 @@ async fn a_namespace_stays_within_its_object_quota_and_its_storage_cap() -> anyh
     .await
 }
 
-/// How many objects storage holds under the namespace's prefix.
-async fn stored_objects(storage: &aether_storage::Storage, ns: &str) -> anyhow::Result<i32> {
+/// How many objects, and multipart uploads in progress, storage holds under the
+/// namespace's prefix.
+async fn stored_objects(storage: &aether_storage::Storage, ns: &str) -> anyhow::Result<usize> {
     let prefix = aether_storage::namespace_prefix(&std::env::var("AETHER_S3_PREFIX").unwrap_or_default(), ns);
-    let listed = storage
+    let objects = storage
         .client()
         .list_objects_v2()
         .bucket(storage.bucket())
-        .prefix(prefix)
+        .prefix(&prefix)
         .send()
         .await?;
-    Ok(listed.key_count().unwrap_or(0))
+    let uploads = storage
+        .client()
+        .list_multipart_uploads()
+        .bucket(storage.bucket())
+        .prefix(&prefix)
+        .send()
+        .await?;
+    Ok(objects.contents().len() + uploads.uploads().len())
 }
 
 /// A ConfigMap `name` in `ns` holding `pem` under `key.pem`, created as the admin.

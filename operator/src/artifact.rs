@@ -50,11 +50,21 @@ pub struct Context {
     pub locks: BlobLocks,
     /// [`HASHING_PERMITS`] permits: held while reading a blob back to hash it.
     pub hashing: tokio::sync::Semaphore,
+    /// Per namespace, the turn to hash (see [`hash`]).
+    pub hashing_turns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Storage is used only for namespaces a cluster admin enabled.
-    pub enabled: crate::enabled::Enablement,
+    pub enabled: Arc<crate::enabled::Enablement>,
     /// The AetherPolicies: a namespace's storage cap.
     pub policies: crate::policies::Policies,
     pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    fn hashing_turn(&self, namespace: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.hashing_turns.lock().unwrap_or_else(|e| e.into_inner());
+        turns.retain(|_, t| Arc::strong_count(t) > 1);
+        turns.entry(namespace.to_string()).or_default().clone()
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -83,6 +93,9 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error(transparent)]
     Policies(#[from] crate::policies::PolicyError),
+    /// Not a failure: a deleted artifact's upload URLs have not expired yet.
+    #[error("upload URLs are still valid for {0:?}")]
+    UrlsOutstanding(Duration),
 }
 
 impl Error {
@@ -92,6 +105,7 @@ impl Error {
             Error::Kube(_) => "KubeError",
             Error::Finalizer(_) => "Finalizer",
             Error::Policies(_) => "Policies",
+            Error::UrlsOutstanding(_) => "UrlsOutstanding",
         }
     }
 }
@@ -197,7 +211,22 @@ async fn apply(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error>
 async fn release_blobs(art: &AetherArtifact, ctx: &Context) -> Result<Action, Error> {
     let ns = art.namespace().unwrap_or_default();
     let storage = ctx.storage.namespace(&ns);
-    abort_uploads(&storage, art, art.status.as_ref().and_then(|s| s.upload.as_ref())).await?;
+    let upload = art.status.as_ref().and_then(|s| s.upload.as_ref());
+    abort_uploads(&storage, art, upload).await?;
+    // A single-PUT URL handed out for this artifact still stores bytes until it
+    // expires: free the blobs after that, or they would land uncounted and unowned.
+    if let Some(upload) = upload.filter(|u| u.blobs.iter().any(|b| b.url.is_some())) {
+        let left = upload.expires_at.0.duration_since(Timestamp::now());
+        if let Ok(left) = Duration::try_from(left)
+            && !left.is_zero()
+        {
+            info!(
+                seconds = left.as_secs(),
+                "waiting for the upload URLs to expire before freeing blobs"
+            );
+            return Ok(Action::requeue(left + Duration::from_secs(1)));
+        }
+    }
     let candidates = blobs::digests(art);
     let _locks = ctx.locks.lock_all(&ns, candidates.iter().copied()).await;
     let all = blobs::list_namespace(&ctx.client, &ns).await?;
@@ -276,6 +305,16 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
             retry,
         )
         .await;
+    }
+    // A spec judged invalid stays so (it is immutable): not judged again, so asking
+    // costs nothing.
+    let invalid = old
+        .conditions
+        .iter()
+        .any(|c| c.type_ == READY && c.reason == "InvalidSpec");
+    if invalid && old.observed_generation == generation {
+        clear_annotations(&api, &art).await?;
+        return Ok(Action::await_change());
     }
     let was_ready = conditions::is_true(&old.conditions, READY) && old.observed_generation == generation;
     if was_ready && !reissue && still_stored(&storage, &blobs).await? {
@@ -523,6 +562,9 @@ async fn reject(
 /// Read a stored blob back and check it against its digest, within the hashing
 /// budget ([`HASHING_PERMITS`]).
 async fn hash(ctx: &Context, storage: &Blobs, digest: &Digest, size: u64) -> Result<(), StorageError> {
+    // One blob per namespace at a time, then one of the global permits: a namespace
+    // that asks for a lot waits behind itself, not in front of everyone.
+    let _turn = ctx.hashing_turn(storage.prefix()).lock_owned().await;
     let _permit = ctx.hashing.acquire().await;
     storage.verify(digest, size).await
 }
@@ -719,6 +761,11 @@ async fn publish_on_change(
 }
 
 pub fn error_policy(art: Arc<AetherArtifact>, err: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::Finalizer(inner) = err
+        && let kube::runtime::finalizer::Error::CleanupFailed(Error::UrlsOutstanding(wait)) = inner.as_ref()
+    {
+        return Action::requeue(*wait);
+    }
     warn!(artifact = %art.name_any(), reason = err.metric_label(), error = %err, "reconcile failed; retrying");
     ctx.metrics.failed(CONTROLLER, err.metric_label());
     match err {

@@ -1,8 +1,11 @@
 //! Which namespaces a cluster admin enabled for Aether: those where the operator's
 //! ServiceAccount holds `aether-operator-namespace` (config/tenant). The operator
-//! asks the API server (a SelfSubjectAccessReview: may it create Secrets there?)
-//! and remembers the answer briefly. In a namespace nobody enabled it writes
-//! nothing and touches no storage: apps and artifacts there say so instead.
+//! asks the API server (a SelfSubjectAccessReview) for a permission only that role
+//! grants, `use` of `aether.dev/enablement`: no built-in role holds it, so a
+//! tenant, even one with `admin` in the namespace, cannot bind the role (RBAC
+//! refuses to grant what the granter lacks) and enable the namespace themselves.
+//! The answer is remembered briefly. In a namespace nobody enabled the operator
+//! writes nothing and touches no storage: apps and artifacts there say so instead.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -52,8 +55,9 @@ impl Enablement {
             spec: SelfSubjectAccessReviewSpec {
                 resource_attributes: Some(ResourceAttributes {
                     namespace: Some(ns.to_string()),
-                    verb: Some("create".into()),
-                    resource: Some("secrets".into()),
+                    group: Some(aether_crds::GROUP.into()),
+                    verb: Some("use".into()),
+                    resource: Some("enablement".into()),
                     ..Default::default()
                 }),
                 ..Default::default()

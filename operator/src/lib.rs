@@ -86,7 +86,9 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         watcher(
             Api::<AetherPolicy>::all(client.clone()),
             watcher::Config::default(),
-        ),
+        )
+        // A missing CRD or permission is retried calmly, not in a tight loop.
+        .default_backoff(),
     )
     .touched_objects()
     .filter_map(|change| async move { change.ok().map(|_| ()) });
@@ -95,6 +97,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         store: policies,
     };
     let storage = aether_storage::Storage::new(&args.storage());
+    let enabled = Arc::new(enabled::Enablement::new(client.clone(), args.namespace.clone()));
     let artifact_ctx = Arc::new(artifact::Context {
         client: client.clone(),
         storage: storage.clone(),
@@ -107,12 +110,14 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         retention: args.retention(),
         locks: blobs::BlobLocks::default(),
         hashing: tokio::sync::Semaphore::new(artifact::HASHING_PERMITS),
-        enabled: enabled::Enablement::new(client.clone(), args.namespace.clone()),
+        hashing_turns: Default::default(),
+        enabled: enabled.clone(),
         policies: policies.clone(),
         metrics: metrics.clone(),
     });
     let app_ctx = Arc::new(app::Context {
         client: client.clone(),
+        enabled,
         storage,
         policies: policies.clone(),
         recorder,

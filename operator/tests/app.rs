@@ -438,6 +438,32 @@ fn pods(digest: &Digest) -> Vec<Pod> {
 }
 
 #[test]
+fn a_locked_entrypoint_reaches_the_runtime_and_the_app_cannot_unset_it() {
+    let mut app = app();
+    app.spec.env.push(EnvVar {
+        name: "AETHER_ENTRYPOINT_LOCKED".into(),
+        value: Some("false".into()),
+        ..Default::default()
+    });
+    let (mut release, _) = release("v1");
+    let locked = |release: &Validated| {
+        let c = build::build(&app, release, &Default::default(), &config());
+        let pod = c.deployment.spec.unwrap().template.spec.unwrap();
+        let vars: Vec<_> = pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == "AETHER_ENTRYPOINT_LOCKED")
+            .map(|e| e.value.clone().unwrap_or_default())
+            .collect();
+        vars
+    };
+    assert!(locked(&release).is_empty(), "the app's own value is dropped");
+    release.entrypoint_locked = true;
+    assert_eq!(locked(&release), ["true"]);
+}
+
+#[test]
 fn only_pods_stuck_on_since_repaired_bytes_are_replaced() {
     let (release, _) = release("v1");
     let pods = pods(&release.digest);

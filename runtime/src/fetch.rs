@@ -230,7 +230,12 @@ async fn fetch(args: &FetchArgs, deadline: std::time::Instant) -> Result<Fetched
             .iter()
             .map(|p| std::fs::File::open(p).map(std::io::BufReader::new).map_err(io(p)))
             .collect::<Result<Vec<_>, _>>()?;
-        extract(&into, layers, limits)
+        let files = extract(&into, layers, limits);
+        // The spool volume is the pod's for its lifetime: give the disk back.
+        for p in &spooled {
+            let _ = std::fs::remove_file(p);
+        }
+        files
     })
     .await
     .map_err(|e| FetchError::Config(format!("extraction task: {e}")))??;

@@ -40,6 +40,17 @@ pub async fn run(argv: &[String]) -> ExitCode {
     }
 }
 
+/// Set (to `true`) by the operator when a cluster admin's policy forbids replacing
+/// the artifact's entrypoint: the app then gets no variable that makes Node or the
+/// loader run other code first.
+pub const ENTRYPOINT_LOCKED: &str = "AETHER_ENTRYPOINT_LOCKED";
+
+/// Variables that run code before the entrypoint: Node's preloads and module path,
+/// and the dynamic loader's.
+pub fn runs_code(name: &str) -> bool {
+    matches!(name, "NODE_OPTIONS" | "NODE_PATH" | "NODE_REPL_EXTERNAL_MODULE") || name.starts_with("LD_")
+}
+
 /// Run `argv` to completion, forwarding signals; the exit code to report.
 pub async fn supervise(argv: &[String]) -> std::io::Result<u8> {
     let (program, args) = argv
@@ -58,6 +69,13 @@ pub async fn supervise(argv: &[String]) -> std::io::Result<u8> {
     let group = program == "/bin/sh" || program == "sh";
     let mut command = Command::new(program);
     command.args(args).env("PATH", path);
+    if std::env::var(ENTRYPOINT_LOCKED).is_ok_and(|v| v == "true") {
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(runs_code) {
+                command.env_remove(&name);
+            }
+        }
+    }
     if group {
         command.process_group(0);
     }

@@ -112,3 +112,20 @@ fn start_scripts_find_clis_in_node_modules_bin() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\n");
 }
+
+#[test]
+fn code_loading_variables_are_recognised() {
+    use aether_runtime::supervise::runs_code;
+    for name in [
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "LD_AUDIT",
+    ] {
+        assert!(runs_code(name), "{name}");
+    }
+    for name in ["NODE_ENV", "PORT", "PATH", "HOME", "OLD_PRELOAD"] {
+        assert!(!runs_code(name), "{name}");
+    }
+}

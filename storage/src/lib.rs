@@ -291,6 +291,11 @@ pub struct Blobs {
 }
 
 impl Blobs {
+    /// The key prefix of this namespace's blobs (`<prefix>/ns/<namespace>`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub fn key(&self, digest: &Digest) -> String {
         blob_key(&self.prefix, digest)
     }

@@ -28,6 +28,10 @@ pub const MANAGED_BY: &str = "aether-operator";
 const VOLUME_PATH: &str = "/aether";
 /// The non-root user every container runs as.
 const UID: i64 = 10001;
+/// Set for the app when a policy forbids replacing its entrypoint (the runtime then
+/// drops `NODE_OPTIONS`, `LD_*` and the like); the runtime's name for it.
+const ENTRYPOINT_LOCKED: &str = "AETHER_ENTRYPOINT_LOCKED";
+
 /// Where the fetch container spools layers before extracting them (a disk volume).
 const SPOOL_PATH: &str = "/var/run/aether/spool";
 /// Room for the runtime binary the fetch container copies next to the app.
@@ -428,7 +432,17 @@ fn app_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Co
     .filter(|(k, _)| !app.spec.env.iter().any(|e| e.name == *k))
     .map(|(k, v)| env(k, v))
     .collect();
-    vars.extend(app.spec.env.iter().cloned());
+    vars.extend(
+        app.spec
+            .env
+            .iter()
+            .filter(|e| e.name != ENTRYPOINT_LOCKED)
+            .cloned(),
+    );
+    if release.entrypoint_locked {
+        // Explicit env outranks envFrom, so no ConfigMap can unset it.
+        vars.push(env(ENTRYPOINT_LOCKED, "true"));
+    }
     let probe = |period: i32, failures: i32| {
         let port = IntOrString::String("http".into());
         Probe {

@@ -64,6 +64,8 @@ pub enum UrlMode {
 
 pub struct Context {
     pub client: kube::Client,
+    /// Apps are built only in namespaces a cluster admin enabled.
+    pub enabled: Arc<crate::enabled::Enablement>,
     /// Signs the pods' download URLs (see [`downloads`]).
     pub storage: aether_storage::Storage,
     /// The AetherPolicies, as watched.
@@ -97,8 +99,6 @@ pub enum Error {
     UpdateStatus(#[source] kube::Error),
     #[error("signing download URLs: {0}")]
     Presign(#[source] aether_storage::StorageError),
-    #[error(transparent)]
-    Policies(#[from] crate::policies::PolicyError),
 }
 
 impl Error {
@@ -108,7 +108,6 @@ impl Error {
             Error::Apply { .. } => "Apply",
             Error::UpdateStatus(_) => "UpdateStatus",
             Error::Presign(_) => "Presign",
-            Error::Policies(_) => "Policies",
         }
     }
 }
@@ -309,16 +308,26 @@ async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Derefer
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = downloads::secret_name(&app.name_any());
-    let downloads = match secrets.get_opt(&name).await {
-        Ok(secret) => Ok(secret),
-        // The operator manages Secrets only where a cluster admin let it: an
-        // installation step, not the app's fault, and the app says which.
-        Err(kube::Error::Api(e)) if e.code == 403 => Err(Invalid {
-            reason: "NamespaceNotEnabled",
-            message: crate::enabled::message(ns, &ctx.config.operator_namespace),
-            waiting: false,
-        }),
-        Err(e) => return Err(dereference_error("the app's fetch Secret")(e)),
+    let not_enabled = || Invalid {
+        reason: "NamespaceNotEnabled",
+        message: ctx.enabled.message(ns),
+        waiting: false,
+    };
+    // The operator works only where a cluster admin let it: an installation step,
+    // not the app's fault, and the app says which.
+    let enabled = ctx
+        .enabled
+        .check(ns)
+        .await
+        .map_err(dereference_error("the namespace's enablement"))?;
+    let downloads = if !enabled {
+        Err(not_enabled())
+    } else {
+        match secrets.get_opt(&name).await {
+            Ok(secret) => Ok(secret),
+            Err(kube::Error::Api(e)) if e.code == 403 => Err(not_enabled()),
+            Err(e) => return Err(dereference_error("the app's fetch Secret")(e)),
+        }
     };
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let running = deployments
@@ -404,7 +413,19 @@ async fn serving_layers(
 
 /// The AetherPolicies selecting the namespace, with the key sets they pin.
 async fn floor(ctx: &Context, ns: &str) -> Result<Result<Floor, Invalid>, Error> {
-    let selecting = ctx.policies.for_namespace(ns).await?;
+    // Unknown policies judge nothing (the app waits), but the running release's
+    // download URLs are still renewed on the way out.
+    let selecting = match ctx.policies.for_namespace(ns).await {
+        Ok(selecting) => selecting,
+        Err(e) => {
+            warn!(error = %e, "AetherPolicies unknown");
+            return Ok(Err(Invalid {
+                reason: "PoliciesUnknown",
+                message: e.to_string(),
+                waiting: true,
+            }));
+        }
+    };
     let selecting: Vec<&AetherPolicy> = selecting.iter().collect();
 
     let mut pinned = BTreeMap::new();

@@ -118,6 +118,13 @@ impl Floor {
             .map(|(_, name)| name.as_str())
     }
 
+    /// Does a policy forbid replacing the artifact's entrypoint? Then neither
+    /// `spec.command` nor a variable that runs code first (`NODE_OPTIONS`, `LD_*`,
+    /// from `env` or `envFrom`) may do it: the runtime drops those.
+    pub fn locks_entrypoint(&self) -> bool {
+        self.no_command.is_some()
+    }
+
     /// Does any policy pin the trusted keys?
     pub fn pins_keys(&self) -> bool {
         !self.keys.is_empty()
@@ -337,6 +344,8 @@ mod tests {
             serde_json::json!({"allowedImages": ["registry.example/node:*-slim"], "allowCommand": false}),
         );
         let floor = Floor::new(&[&strict], &BTreeMap::new());
+        assert!(floor.locks_entrypoint());
+        assert!(!Floor::default().locks_entrypoint());
         assert!(floor.admit(&app(serde_json::json!({}))).is_ok());
         assert!(
             floor

@@ -52,6 +52,9 @@ pub struct Validated {
     /// When the operator last checked the artifact's blobs in storage.
     pub verified_at: Option<k8s_openapi::jiff::Timestamp>,
     pub entrypoint: Vec<String>,
+    /// A cluster admin's policy forbids replacing the entrypoint (see
+    /// [`super::policy`]): the pod runs it without code-loading variables.
+    pub entrypoint_locked: bool,
     /// The working directory relative to the app root (a workspace package).
     pub workdir: Option<String>,
     pub node_major: i32,
@@ -186,6 +189,7 @@ pub fn validate(
             .and_then(|s| s.verified_at.as_ref())
             .map(|t| t.0),
         entrypoint: manifest.entrypoint.clone(),
+        entrypoint_locked: floor.locks_entrypoint(),
         workdir: manifest.workdir.clone(),
         node_major: artifact.spec.runtime.node_major,
         verdict,
