@@ -207,6 +207,11 @@ pub struct AetherArtifactStatus {
     /// Where to upload the blobs storage does not have yet, while `Uploaded` is False.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload: Option<UploadInstructions>,
+    /// The value of the last `aether.dev/reissue-upload` request answered: a request
+    /// is acted on once, even when an event shows it again before its removal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub reissue_handled: Option<String>,
 }
 
 /// Presigned, short-lived upload URLs: the only storage access a developer gets.
@@ -255,5 +260,6 @@ pub struct PartUpload {
 /// operator then completes multipart uploads and verifies. Its value is the
 /// `status.upload.expiresAt` the uploads were made against.
 pub const UPLOAD_COMPLETE_ANNOTATION: &str = "aether.dev/upload-complete";
-/// Set (any value) to ask for fresh upload URLs after they expired.
+/// Set to ask for fresh upload URLs (after they expired) or a fresh look at the
+/// stored blobs; a new value (`aether push` uses a unique one) is a new request.
 pub const REISSUE_UPLOAD_ANNOTATION: &str = "aether.dev/reissue-upload";

@@ -276,7 +276,13 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
     let mut status = old.clone();
     status.observed_generation = generation;
     let annotations = art.annotations();
-    let reissue = annotations.contains_key(REISSUE_UPLOAD_ANNOTATION);
+    // A reissue request is acted on once: an event can show it again (with the status
+    // that answered it) before the annotation's removal arrives.
+    let request = annotations.get(REISSUE_UPLOAD_ANNOTATION);
+    let reissue = request.is_some_and(|r| old.reissue_handled.as_ref() != Some(r));
+    if reissue {
+        status.reissue_handled = request.map(|r| r.chars().take(128).collect());
+    }
     let completed = annotations.contains_key(UPLOAD_COMPLETE_ANNOTATION);
 
     // Validate: a spec that does not reproduce its digest, or names bad blobs, waits

@@ -454,7 +454,16 @@ fn kube_error(e: kube::Error, verb: &str, namespace: &str) -> CliError {
 }
 
 async fn request_reissue(api: &Api<AetherArtifact>, name: &str, namespace: &str) -> Result<(), CliError> {
-    let patch = serde_json::json!({"metadata": {"annotations": {REISSUE_UPLOAD_ANNOTATION: "aether push"}}});
+    // A value of its own: the operator answers each request once.
+    let request = format!(
+        "aether push {}-{:08x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+        fastrand::u32(..)
+    );
+    let patch = serde_json::json!({"metadata": {"annotations": {REISSUE_UPLOAD_ANNOTATION: request}}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| kube_error(e, "update", namespace))?;
