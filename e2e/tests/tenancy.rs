@@ -93,6 +93,26 @@ fn push_artifact(ns: &str, app: &str, extra: &[&str]) -> anyhow::Result<String> 
     Ok(run.json["artifact"].as_str().unwrap().to_string())
 }
 
+/// Wait until the app is Ready.
+async fn ready(client: &Client, ns: &str, app: &str) -> anyhow::Result<()> {
+    let apps: Api<AetherApp> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        apps,
+        app,
+        "Ready",
+        Duration::from_secs(120),
+        |a: Option<&AetherApp>| {
+            a.and_then(|a| a.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 /// Wait until the app is Stalled for `reason`; its Stalled message.
 async fn stalled(client: &Client, ns: &str, app: &str, reason: &str) -> anyhow::Result<String> {
     let apps: Api<AetherApp> = Api::namespaced(client.clone(), ns);
@@ -292,12 +312,7 @@ async fn an_app_cannot_claim_a_service_account_a_binding_waits_for() -> anyhow::
             ),
         );
         // The app runs (nothing conflicts) under an account of its own.
-        let apps: Api<AetherApp> = Api::namespaced(client.clone(), &ns);
-        wait_for(apps, "ghost", "Ready", Duration::from_secs(120), |a: Option<&AetherApp>| {
-            a.and_then(|a| a.status.as_ref())
-                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .await?;
+        ready(&client, &ns, "ghost").await?;
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
         assert!(sas.get_opt("ghost").await?.is_none(), "the app created the account the binding names");
         let dep = Api::<Deployment>::namespaced(client.clone(), &ns).get("ghost").await?;
@@ -781,21 +796,7 @@ async fn a_cluster_admin_s_policy_floor_holds_whatever_an_editor_writes() -> any
                     "  env:\n    - name: NODE_OPTIONS\n      value: --require=/nonexistent/evil.js\n",
                 ),
             );
-            let apps: Api<AetherApp> = Api::namespaced(client.clone(), &ns);
-            wait_for(
-                apps,
-                "fine",
-                "Ready",
-                Duration::from_secs(120),
-                |a: Option<&AetherApp>| {
-                    a.and_then(|a| a.status.as_ref()).is_some_and(|s| {
-                        s.conditions
-                            .iter()
-                            .any(|c| c.type_ == "Ready" && c.status == "True")
-                    })
-                },
-            )
-            .await?;
+            ready(&client, &ns, "fine").await?;
             anyhow::Ok(())
         }
         .await;

@@ -488,22 +488,19 @@ async fn wait_for_instructions(
 /// The operator refuses the artifact (`InvalidSpec`, `NamespaceNotEnabled`,
 /// `QuotaExceeded`): no upload can help.
 fn invalid(a: &AetherArtifact) -> bool {
-    a.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
-        .is_some_and(|c| {
-            c.status == "False"
-                && matches!(
-                    c.reason.as_str(),
-                    "InvalidSpec" | "NamespaceNotEnabled" | "QuotaExceeded"
-                )
-        })
+    matches!(
+        not_ready_because(a),
+        Some("InvalidSpec" | "NamespaceNotEnabled" | "QuotaExceeded")
+    )
 }
 
 /// The operator found wrong bytes in storage (and deleted them).
 fn rejected(a: &AetherArtifact) -> bool {
-    a.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
-        .is_some_and(|c| c.status == "False" && c.reason == "DigestMismatch")
+    not_ready_because(a) == Some("DigestMismatch")
+}
+
+/// Why the artifact is not Ready, if the operator says it is not.
+fn not_ready_because(a: &AetherArtifact) -> Option<&str> {
+    let c = a.status.as_ref()?.conditions.iter().find(|c| c.type_ == READY)?;
+    (c.status == "False").then_some(c.reason.as_str())
 }
