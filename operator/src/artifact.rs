@@ -767,9 +767,16 @@ async fn publish_on_change(
 }
 
 pub fn error_policy(art: Arc<AetherArtifact>, err: &Error, ctx: Arc<Context>) -> Action {
-    if let Error::Finalizer(inner) = err
-        && let kube::runtime::finalizer::Error::CleanupFailed(Error::UrlsOutstanding(wait)) = inner.as_ref()
-    {
+    use kube::runtime::finalizer::Error as Finalizer;
+    // The finalizer wraps every error of the reconcile: judge the one inside.
+    let err = match err {
+        Error::Finalizer(wrapped) => match wrapped.as_ref() {
+            Finalizer::ApplyFailed(inner) | Finalizer::CleanupFailed(inner) => inner,
+            _ => err,
+        },
+        _ => err,
+    };
+    if let Error::UrlsOutstanding(wait) = err {
         return Action::requeue(*wait);
     }
     warn!(artifact = %art.name_any(), reason = err.metric_label(), error = %err, "reconcile failed; retrying");
@@ -778,6 +785,8 @@ pub fn error_policy(art: Arc<AetherArtifact>, err: &Error, ctx: Arc<Context>) ->
         Error::Storage(StorageError::Unauthorized { .. } | StorageError::NotConfigured(_)) => {
             Action::requeue(Duration::from_secs(60))
         }
+        // Storage is down: every Ready artifact's recheck would fail alike.
+        Error::Storage(StorageError::Unavailable(_)) => Action::requeue(Duration::from_secs(30)),
         _ => Action::requeue(Duration::from_secs(5)),
     }
 }
