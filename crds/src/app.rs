@@ -56,12 +56,14 @@ pub struct AetherAppSpec {
     #[schemars(length(max = 128))]
     #[x_kube(validation = Rule::new("self.all(e, !has(e.value) || size(e.value) <= 32768)").message("an env value may be at most 32 KiB: put larger configuration in a ConfigMap and use envFrom"))]
     #[x_kube(validation = Rule::new("self.all(e, size(e.name) <= 256)").message("an env name may be at most 256 characters"))]
+    #[x_kube(validation = Rule::new("self.all(e, !has(e.valueFrom) || ((!has(e.valueFrom.secretKeyRef) || (size(e.valueFrom.secretKeyRef.name) <= 253 && size(e.valueFrom.secretKeyRef.key) <= 253)) && (!has(e.valueFrom.configMapKeyRef) || (size(e.valueFrom.configMapKeyRef.name) <= 253 && size(e.valueFrom.configMapKeyRef.key) <= 253)) && (!has(e.valueFrom.fieldRef) || size(e.valueFrom.fieldRef.fieldPath) <= 256) && (!has(e.valueFrom.resourceFieldRef) || size(e.valueFrom.resourceFieldRef.resource) <= 256) && !has(e.valueFrom.fileKeyRef)))").message("env valueFrom: names and keys may be at most 253 characters, field paths 256; fileKeyRef is not supported"))]
     pub env: Vec<EnvVar>,
 
     /// Sources of environment variables (ConfigMaps, Secrets) for the app container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self.all(e, !has(e.prefix) || size(e.prefix) <= 256)").message("an envFrom prefix may be at most 256 characters"))]
+    #[x_kube(validation = Rule::new("self.all(e, (!has(e.configMapRef) || size(e.configMapRef.name) <= 253) && (!has(e.secretRef) || size(e.secretRef.name) <= 253))").message("an envFrom ConfigMap or Secret name may be at most 253 characters"))]
     pub env_from: Vec<EnvFromSource>,
 
     /// CPU and memory for the app container.

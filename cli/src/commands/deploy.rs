@@ -192,3 +192,22 @@ fn deploy_failed(
         hint,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint(serving: i32) -> String {
+        match deploy_failed("web", "team-a", "web-1", ("AppCrashing", "exit 1"), serving) {
+            CliError::DeployFailed { hint, .. } => hint,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_deploy_says_whether_anything_still_serves() {
+        assert!(hint(0).contains("no pod of the app is serving"), "{}", hint(0));
+        assert!(!hint(0).contains("keep serving"));
+        assert!(hint(2).contains("2 ready pod(s) of the previous release keep serving"));
+    }
+}
