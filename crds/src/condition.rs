@@ -10,3 +10,33 @@ pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 pub const UPLOADED: &str = "Uploaded";
 pub const VERIFIED: &str = "Verified";
+
+/// Reasons of an AetherArtifact's `Ready` condition: the upload conversation between
+/// `aether push` and the operator turns on them.
+pub mod artifact {
+    /// Blobs are missing: `status.upload` says where to put them.
+    pub const AWAITING_UPLOAD: &str = "AwaitingUpload";
+    /// The uploader said it was done, but storage lacks a blob.
+    pub const UPLOAD_INCOMPLETE: &str = "UploadIncomplete";
+    /// Every blob is stored and matches its digest.
+    pub const VERIFIED: &str = "Verified";
+    /// Stored bytes did not match their digest (and were removed): upload again.
+    pub const DIGEST_MISMATCH: &str = "DigestMismatch";
+    /// The spec cannot be right (it does not reproduce its digest, or contradicts
+    /// what storage holds); it is immutable, so only a new artifact helps.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// No cluster admin enabled the namespace: nothing is uploaded.
+    pub const NAMESPACE_NOT_ENABLED: &str = "NamespaceNotEnabled";
+    /// The namespace's storage cap (an AetherPolicy) leaves no room.
+    pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+
+    /// Still in the conversation: an uploader waits on.
+    pub fn in_progress(reason: &str) -> bool {
+        matches!(reason, AWAITING_UPLOAD | UPLOAD_INCOMPLETE)
+    }
+
+    /// The operator refuses the artifact as it is: no upload can help.
+    pub fn refused(reason: &str) -> bool {
+        matches!(reason, INVALID_SPEC | NAMESPACE_NOT_ENABLED | QUOTA_EXCEEDED)
+    }
+}

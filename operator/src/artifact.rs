@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aether_artifact::Digest;
-use aether_crds::condition::{READY, STALLED, UPLOADED, VERIFIED};
+use aether_crds::condition::{READY, STALLED, UPLOADED, VERIFIED, artifact as reason};
 use aether_crds::{
     AetherApp, AetherArtifact, AetherArtifactStatus, BlobRef, BlobUpload, PartUpload,
     REISSUE_UPLOAD_ANNOTATION, UPLOAD_COMPLETE_ANNOTATION, UploadInstructions,
@@ -307,7 +307,7 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
             &art,
             &old,
             status,
-            ("NamespaceNotEnabled", &message),
+            (reason::NAMESPACE_NOT_ENABLED, &message),
             retry,
         )
         .await;
@@ -317,7 +317,7 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
     let invalid = old
         .conditions
         .iter()
-        .any(|c| c.type_ == READY && c.reason == "InvalidSpec");
+        .any(|c| c.type_ == READY && c.reason == reason::INVALID_SPEC);
     if invalid && old.observed_generation == generation {
         clear_annotations(&api, &art).await?;
         return Ok(Action::await_change());
@@ -331,7 +331,7 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
     let rejected = old
         .conditions
         .iter()
-        .any(|c| c.type_ == READY && c.reason == "DigestMismatch");
+        .any(|c| c.type_ == READY && c.reason == reason::DIGEST_MISMATCH);
     if rejected && old.observed_generation == generation && !reissue {
         return Ok(Action::await_change());
     }
@@ -430,7 +430,16 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
     if let Some(message) = over_quota(ctx, &art, &ns).await? {
         // Deleting other artifacts frees room: look again.
         let retry = Some(Duration::from_secs(60));
-        return refuse(&api, ctx, &art, &old, status, ("QuotaExceeded", &message), retry).await;
+        return refuse(
+            &api,
+            ctx,
+            &art,
+            &old,
+            status,
+            (reason::QUOTA_EXCEEDED, &message),
+            retry,
+        )
+        .await;
     }
 
     let now = Timestamp::now();
@@ -443,7 +452,7 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
             &mut status.conditions,
             &[UPLOADED, READY],
             false,
-            "UploadIncomplete",
+            reason::UPLOAD_INCOMPLETE,
             &message,
             generation,
         );
@@ -462,7 +471,7 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
         &mut status.conditions,
         &[UPLOADED, READY],
         false,
-        "AwaitingUpload",
+        reason::AWAITING_UPLOAD,
         &message,
         generation,
     );
@@ -470,7 +479,7 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
         &mut status.conditions,
         STALLED,
         false,
-        "AwaitingUpload",
+        reason::AWAITING_UPLOAD,
         "",
         generation,
     );
@@ -500,7 +509,7 @@ async fn invalid_spec(
     status: AetherArtifactStatus,
     message: &str,
 ) -> Result<Action, Error> {
-    refuse(api, ctx, art, old, status, ("InvalidSpec", message), None).await
+    refuse(api, ctx, art, old, status, (reason::INVALID_SPEC, message), None).await
 }
 
 /// The artifact cannot be uploaded as it is (`reason`): `Stalled`, its unfinished
@@ -546,7 +555,7 @@ async fn reject(
         &mut status.conditions,
         &[UPLOADED, VERIFIED, READY],
         false,
-        "DigestMismatch",
+        reason::DIGEST_MISMATCH,
         message,
         generation,
     );
@@ -556,7 +565,7 @@ async fn reject(
         old,
         &status,
         EventType::Warning,
-        "DigestMismatch",
+        reason::DIGEST_MISMATCH,
         message,
     )
     .await;
@@ -652,12 +661,28 @@ async fn verify(
         &mut status.conditions,
         &[VERIFIED, READY],
         true,
-        "Verified",
+        reason::VERIFIED,
         &message,
         generation,
     );
-    conditions::set(&mut status.conditions, STALLED, false, "Verified", "", generation);
-    publish_on_change(ctx, art, &old, &status, EventType::Normal, "Verified", &message).await;
+    conditions::set(
+        &mut status.conditions,
+        STALLED,
+        false,
+        reason::VERIFIED,
+        "",
+        generation,
+    );
+    publish_on_change(
+        ctx,
+        art,
+        &old,
+        &status,
+        EventType::Normal,
+        reason::VERIFIED,
+        &message,
+    )
+    .await;
     patch_status(api, art, &status).await?;
     clear_annotations(api, art).await?;
     info!("verified");

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aether_crds::condition::READY;
+use aether_crds::condition::{READY, artifact as reason};
 use aether_crds::{
     AetherArtifact, AetherArtifactSpec, Blob, LayerName, REISSUE_UPLOAD_ANNOTATION, Signature,
     UPLOAD_COMPLETE_ANNOTATION,
@@ -119,7 +119,7 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
     let t = Instant::now();
     let art = crate::cluster::wait_for(&api, &name, timeout, "the operator to verify the upload", |a| {
         let c = a.status.as_ref()?.conditions.iter().find(|c| c.type_ == READY)?;
-        let settled = c.status == "True" || !matches!(c.reason.as_str(), "AwaitingUpload" | "Verifying");
+        let settled = c.status == "True" || !reason::in_progress(&c.reason);
         settled.then(|| a.clone())
     })
     .await?;
@@ -488,15 +488,12 @@ async fn wait_for_instructions(
 /// The operator refuses the artifact (`InvalidSpec`, `NamespaceNotEnabled`,
 /// `QuotaExceeded`): no upload can help.
 fn invalid(a: &AetherArtifact) -> bool {
-    matches!(
-        not_ready_because(a),
-        Some("InvalidSpec" | "NamespaceNotEnabled" | "QuotaExceeded")
-    )
+    not_ready_because(a).is_some_and(reason::refused)
 }
 
 /// The operator found wrong bytes in storage (and deleted them).
 fn rejected(a: &AetherArtifact) -> bool {
-    not_ready_because(a) == Some("DigestMismatch")
+    not_ready_because(a) == Some(reason::DIGEST_MISMATCH)
 }
 
 /// Why the artifact is not Ready, if the operator says it is not.

@@ -125,12 +125,7 @@ pub fn validate(
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
     match ready {
         Some(c) if c.status == "True" => {}
-        Some(c)
-            if !matches!(
-                c.reason.as_str(),
-                "AwaitingUpload" | "Verifying" | "UploadIncomplete"
-            ) =>
-        {
+        Some(c) if !aether_crds::condition::artifact::in_progress(&c.reason) => {
             return Err(Invalid::stalled(
                 "ArtifactFailed",
                 format!("AetherArtifact {name} is not Ready: {}: {}", c.reason, c.message),
