@@ -5,11 +5,23 @@
 //! `Reconciling=True` while work is in progress, `Stalled=True` when progress needs a
 //! change from the user (an invalid spec, a missing reference).
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 pub const UPLOADED: &str = "Uploaded";
 pub const VERIFIED: &str = "Verified";
+
+/// The condition of this type, if there is one.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Is the condition of this type `True`?
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find(conditions, type_).is_some_and(|c| c.status == "True")
+}
 
 /// Reasons of an AetherArtifact's `Ready` condition: the upload conversation between
 /// `aether push` and the operator turns on them.

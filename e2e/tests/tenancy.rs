@@ -8,6 +8,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use aether_crds::condition::{find, is_true};
 use aether_crds::{AetherApp, AetherArtifact, AetherArtifactSpec, AetherPolicy};
 use aether_e2e::app::{aether, body, example_app, wait_for_body};
 use aether_e2e::storage::StorageSettings;
@@ -102,11 +103,8 @@ async fn ready(client: &Client, ns: &str, app: &str) -> anyhow::Result<()> {
         "Ready",
         Duration::from_secs(120),
         |a: Option<&AetherApp>| {
-            a.and_then(|a| a.status.as_ref()).is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
+            a.and_then(|a| a.status.as_ref())
+                .is_some_and(|s| is_true(&s.conditions, "Ready"))
         },
     )
     .await?;
@@ -132,13 +130,7 @@ async fn stalled(client: &Client, ns: &str, app: &str, reason: &str) -> anyhow::
     )
     .await?;
     let status = app.status.unwrap();
-    Ok(status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Stalled")
-        .unwrap()
-        .message
-        .clone())
+    Ok(find(&status.conditions, "Stalled").unwrap().message.clone())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -448,7 +440,7 @@ async fn another_namespace_s_blobs_cannot_be_claimed_overwritten_or_run() -> any
                 for name in ["stolen", "short"] {
                     let art = upload_of(&client, &ns, name).await?;
                     let status = art.status.unwrap();
-                    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+                    let ready = find(&status.conditions, "Ready").unwrap();
                     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "AwaitingUpload"));
                 }
                 // The upload URL for the victim's code layer takes only its bytes:
@@ -829,21 +821,13 @@ async fn a_wrong_size_claim_is_the_claimant_s_invalid_spec_and_the_blob_stays() 
             "a verdict",
             Duration::from_secs(60),
             |a: Option<&AetherArtifact>| {
-                a.and_then(|a| a.status.as_ref()).is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Stalled" && c.status == "True")
-                })
+                a.and_then(|a| a.status.as_ref())
+                    .is_some_and(|s| is_true(&s.conditions, "Stalled"))
             },
         )
         .await?;
-        let ready = art
-            .status
-            .unwrap()
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
+        let status = art.status.unwrap();
+        let ready = find(&status.conditions, "Ready").unwrap();
         assert_eq!(ready.reason, "InvalidSpec");
         assert!(
             ready.message.contains(&format!("is {} bytes", deps.size)),

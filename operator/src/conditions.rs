@@ -49,9 +49,7 @@ pub fn set_all(
     }
 }
 
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
-}
+pub use aether_crds::condition::is_true;
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aether_crds::condition::{READY, artifact as reason};
+use aether_crds::condition::{self, READY, artifact as reason};
 use aether_crds::{
     AetherArtifact, AetherArtifactSpec, Blob, LayerName, REISSUE_UPLOAD_ANNOTATION, Signature,
     UPLOAD_COMPLETE_ANNOTATION,
@@ -445,7 +445,7 @@ async fn remote_deps(
 }
 
 fn ready(a: &AetherArtifact) -> Option<bool> {
-    let c = a.status.as_ref()?.conditions.iter().find(|c| c.type_ == READY)?;
+    let c = condition::find(&a.status.as_ref()?.conditions, READY)?;
     Some(c.status == "True")
 }
 
@@ -498,6 +498,6 @@ fn rejected(a: &AetherArtifact) -> bool {
 
 /// Why the artifact is not Ready, if the operator says it is not.
 fn not_ready_because(a: &AetherArtifact) -> Option<&str> {
-    let c = a.status.as_ref()?.conditions.iter().find(|c| c.type_ == READY)?;
+    let c = condition::find(&a.status.as_ref()?.conditions, READY)?;
     (c.status == "False").then_some(c.reason.as_str())
 }

@@ -157,7 +157,7 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     let d = dereference(ctx, app, &ns).await?;
     // Whatever becomes of this release, the pods of every release still running may
     // restart: their download URLs are kept fresh.
-    let serving = serving_layers(ctx, app, &ns).await?;
+    let serving = serving_layers(ctx, app, &ns, d.artifact.as_ref()).await?;
     let secret = d.downloads.clone();
     let valid = d.downloads.and_then(|secret| {
         let floor = d.floor?;
@@ -354,10 +354,12 @@ fn secret_strings(secret: &Secret) -> BTreeMap<String, String> {
 }
 
 /// The layers of every release a ReplicaSet of the app's Deployment still runs.
+/// `known`: an artifact already read (the app's current one), not read again.
 async fn serving_layers(
     ctx: &Context,
     app: &AetherApp,
     ns: &str,
+    known: Option<&AetherArtifact>,
 ) -> Result<Vec<aether_artifact::Digest>, Error> {
     let name = app.name_any();
     let sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
@@ -397,12 +399,20 @@ async fn serving_layers(
     let api: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), ns);
     let mut layers = Vec::new();
     for artifact in artifacts {
-        let Some(art) = api
-            .get_opt(&artifact)
-            .await
-            .map_err(dereference_error("a running release's artifact"))?
-        else {
-            continue;
+        let read;
+        let art = match known.filter(|k| k.name_any() == artifact) {
+            Some(k) => k,
+            None => match api
+                .get_opt(&artifact)
+                .await
+                .map_err(dereference_error("a running release's artifact"))?
+            {
+                Some(a) => {
+                    read = a;
+                    &read
+                }
+                None => continue,
+            },
         };
         if let Ok(manifest) = art.spec.manifest() {
             layers.extend(manifest.layers.iter().map(|l| l.digest));
