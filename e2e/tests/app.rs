@@ -9,14 +9,16 @@
 
 use std::time::Duration;
 
+use aether_crds::pod::ARTIFACT_ANNOTATION;
 use aether_crds::{AetherApp, AetherArtifact};
 use aether_e2e::app::{Run, aether, body, example_app, set_greeting, wait_for_body};
 use aether_e2e::storage::StorageSettings;
 use aether_e2e::{wait_for, wait_until, with_temp_ns};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
 const APP: &str = "express-api";
 
@@ -42,6 +44,37 @@ async fn replica_sets(client: &Client, ns: &str) -> anyhow::Result<Vec<ReplicaSe
         .list(&lp)
         .await?
         .items)
+}
+
+/// The pods behind the ready endpoints of the app's Service, with the artifact each
+/// runs.
+async fn routed_pods(client: &Client, ns: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={APP}"));
+    let slices = Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut routed = Vec::new();
+    for endpoint in slices.items.iter().flat_map(|s| &s.endpoints) {
+        if endpoint.conditions.as_ref().and_then(|c| c.ready) != Some(true) {
+            continue;
+        }
+        let name = endpoint
+            .target_ref
+            .as_ref()
+            .and_then(|t| t.name.clone())
+            .unwrap_or_default();
+        let artifact = match pods.get_opt(&name).await? {
+            Some(pod) => pod
+                .annotations()
+                .get(ARTIFACT_ANNOTATION)
+                .cloned()
+                .unwrap_or_default(),
+            None => "(no such pod)".into(),
+        };
+        routed.push((name, artifact));
+    }
+    Ok(routed)
 }
 
 /// Push the example answering `greeting` and wait until it does.
@@ -107,13 +140,22 @@ async fn push_serves_the_example_and_a_code_change_rolls_exactly_once() -> anyho
         assert_ne!(second["digest"], first["digest"]);
         assert_eq!(second["blobsUploaded"], 1, "only the app layer: {second}");
         assert_eq!(second["installSkipped"], true);
+        // `--wait` returned: the Service already routes to the new release alone, so
+        // no client is sent to the old version any more.
+        let routed = routed_pods(&client, &ns).await?;
+        let second_artifact = second["artifact"].as_str().unwrap();
+        assert!(
+            !routed.is_empty() && routed.iter().all(|(_, a)| a == second_artifact),
+            "push returned while the Service routes to {routed:?}"
+        );
+        // kube-proxy programs what the EndpointSlices say within moments.
         wait_for_body(
             &client,
             &ns,
             APP,
             &url,
             &format!("{second_greeting}\n"),
-            Duration::from_secs(10),
+            Duration::from_secs(2),
         )
         .await?;
         let sets = replica_sets(&client, &ns).await?;

@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use aether_crds::AetherApp;
 use aether_crds::condition::{READY, STALLED};
+use aether_crds::pod::ARTIFACT_ANNOTATION;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde::Serialize;
 
@@ -50,7 +53,8 @@ pub async fn deploy(
     follow: Option<Follow>,
     printer: &Printer,
 ) -> Result<Deployed, CliError> {
-    let api: Api<AetherApp> = Api::namespaced(client, namespace);
+    let started = std::time::Instant::now();
+    let api: Api<AetherApp> = Api::namespaced(client.clone(), namespace);
     let body = serde_json::json!({
         "apiVersion": "aether.dev/v1alpha1",
         "kind": "AetherApp",
@@ -125,6 +129,11 @@ pub async fn deploy(
     .await;
     match outcome {
         Ok(Ok(deployed)) => {
+            // Ready pods are not yet the Service's only answer: wait until its
+            // EndpointSlices route to this release alone.
+            let left = timeout.saturating_sub(started.elapsed());
+            let of_release = runs_artifact(artifact);
+            await_routed(&client, namespace, app, (artifact, &of_release), left, printer).await?;
             if let Some(url) = &deployed.url {
                 await_reachable(url, printer).await;
             }
@@ -136,6 +145,104 @@ pub async fn deploy(
             seconds,
         }),
         Err(e) => Err(e),
+    }
+}
+
+/// Which pods a Service's EndpointSlices send new connections to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// Only pods of the release: what users now get is the new version.
+    Only,
+    /// Some ready endpoints are pods of another release (or not pods of the app).
+    Mixed { release: usize, others: usize },
+    /// No ready endpoint of the release yet.
+    NotYet,
+}
+
+/// `slices`: the Service's EndpointSlices; `pods`: the app's pods. An endpoint counts
+/// when it is ready (a terminating pod is not, and kube-proxy sends new connections
+/// only to ready endpoints while there are any); it belongs to the release when its
+/// pod is one `of_release` accepts.
+pub fn routing(slices: &[EndpointSlice], pods: &[Pod], of_release: impl Fn(&Pod) -> bool) -> Routing {
+    let (mut release, mut others) = (0, 0);
+    let ready = slices
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false));
+    for endpoint in ready {
+        let name = endpoint
+            .target_ref
+            .as_ref()
+            .filter(|t| t.kind.as_deref() == Some("Pod"))
+            .and_then(|t| t.name.as_deref());
+        let pod = name.and_then(|n| pods.iter().find(|p| p.metadata.name.as_deref() == Some(n)));
+        match pod {
+            Some(pod) if of_release(pod) => release += 1,
+            _ => others += 1,
+        }
+    }
+    match (release, others) {
+        (0, _) => Routing::NotYet,
+        (_, 0) => Routing::Only,
+        (release, others) => Routing::Mixed { release, others },
+    }
+}
+
+/// A pod whose template named `artifact`.
+pub fn runs_artifact(artifact: &str) -> impl Fn(&Pod) -> bool + '_ {
+    move |pod| pod_annotation(pod, ARTIFACT_ANNOTATION) == Some(artifact)
+}
+
+pub fn pod_annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// Wait until the app's Service routes only to pods `of_release` accepts (`what`
+/// names them). Without the right to read EndpointSlices (a role older than this
+/// CLI) it says so and returns.
+pub async fn await_routed(
+    client: &Client,
+    namespace: &str,
+    app: &str,
+    (what, of_release): (&str, &dyn Fn(&Pod) -> bool),
+    timeout: Duration,
+    printer: &Printer,
+) -> Result<(), CliError> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let by_service = ListParams::default().labels(&format!("kubernetes.io/service-name={app}"));
+    let by_app = ListParams::default().labels(&format!("app.kubernetes.io/instance={app}"));
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match tokio::try_join!(slices.list(&by_service), pods.list(&by_app)) {
+            Ok((s, p)) => routing(&s.items, &p.items, of_release),
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                printer.warn(format!(
+                    "cannot tell whether the Service routes only to the new pods: {} (the aether-editor role allows it)",
+                    e.message
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(crate::cluster::kube_error(e, "list", "endpointslices", namespace)),
+        };
+        if last == Routing::Only {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let now = match last {
+                Routing::Mixed { release, others } => {
+                    format!("{release} endpoint(s) of {what} and {others} of others are ready")
+                }
+                _ => format!("no endpoint of {what} is ready"),
+            };
+            return Err(CliError::Timeout {
+                what: format!("the Service of {app} to route only to {what} ({now})"),
+                seconds: timeout.as_secs(),
+            });
+        }
+        // Routing changes within a second of readiness: poll briefly rather than
+        // keep two watches.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -209,5 +316,73 @@ mod tests {
         assert!(hint(0).contains("no pod of the app is serving"), "{}", hint(0));
         assert!(!hint(0).contains("keep serving"));
         assert!(hint(2).contains("2 ready pod(s) of the previous release keep serving"));
+    }
+}
+
+#[cfg(test)]
+mod routing_tests {
+    use super::*;
+
+    fn pod(name: &str, artifact: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "annotations": {ARTIFACT_ANNOTATION: artifact}}
+        }))
+        .unwrap()
+    }
+
+    fn slice(endpoints: &[(&str, bool)]) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "addressType": "IPv4",
+            "metadata": {"name": "web-abcde"},
+            "endpoints": endpoints.iter().map(|(pod, ready)| serde_json::json!({
+                "addresses": ["10.88.0.9"],
+                "conditions": {"ready": ready, "terminating": !ready},
+                "targetRef": {"kind": "Pod", "name": pod},
+            })).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn served_means_only_the_new_release_s_pods_are_ready_endpoints() {
+        let pods = [pod("old", "web-1"), pod("new", "web-2")];
+        // The new pod is Ready but kube-proxy still has the old one: not served yet.
+        assert_eq!(
+            routing(
+                &[slice(&[("old", true), ("new", true)])],
+                &pods,
+                runs_artifact("web-2")
+            ),
+            Routing::Mixed {
+                release: 1,
+                others: 1
+            }
+        );
+        // The old pod is terminating (not ready): only the new release is routed.
+        assert_eq!(
+            routing(
+                &[slice(&[("old", false), ("new", true)])],
+                &pods,
+                runs_artifact("web-2")
+            ),
+            Routing::Only
+        );
+        assert_eq!(
+            routing(&[slice(&[("old", true)])], &pods, runs_artifact("web-2")),
+            Routing::NotYet
+        );
+        assert_eq!(routing(&[], &pods, runs_artifact("web-2")), Routing::NotYet);
+        // An endpoint that is not a pod of the app is not the release.
+        assert_eq!(
+            routing(
+                &[slice(&[("new", true), ("stranger", true)])],
+                &pods,
+                runs_artifact("web-2")
+            ),
+            Routing::Mixed {
+                release: 1,
+                others: 1
+            }
+        );
     }
 }
