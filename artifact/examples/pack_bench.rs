@@ -14,9 +14,19 @@ use aether_artifact::digest;
 use aether_artifact::layer::{PackOptions, collect, pack_layer};
 use aether_artifact::unpack::{Limits, Unpacker};
 
-fn median(mut v: Vec<Duration>) -> Duration {
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
     v.sort();
     v[v.len() / 2]
+}
+
+/// "min–max" of the runs, in ms: the machine may be shared, so the spread says how
+/// far to trust the medians.
+fn spread(v: &[Duration]) -> String {
+    let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+    let min = v.iter().min().map_or(0.0, ms);
+    let max = v.iter().max().map_or(0.0, ms);
+    format!("{min:.0}–{max:.0}ms")
 }
 
 fn sh(script: &str) {
@@ -113,7 +123,12 @@ fn main() {
     }
     let stats = stats.expect("stats");
     let shell_size = std::fs::metadata(&theirs).expect("meta").len();
-    let (pa, ps, ua, us) = (median(pack_a), median(pack_s), median(unpack_a), median(unpack_s));
+    let (pa, ps, ua, us) = (
+        median(&pack_a),
+        median(&pack_s),
+        median(&unpack_a),
+        median(&unpack_s),
+    );
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
         "workload: {} entries, {:.1} MiB of file content ({} runs, medians, warm cache)",
@@ -121,21 +136,35 @@ fn main() {
         stats.content_bytes as f64 / 1048576.0,
         runs
     );
-    println!("{:<46} {:>9} {:>11}", "", "time", "output");
+    println!("{:<40} {:>9} {:>11} {:>13}", "", "time", "output", "runs");
     println!(
-        "{:<46} {:>7.0}ms {:>8.2}MiB",
+        "{:<40} {:>7.0}ms {:>8.2}MiB {:>13}",
         "aether pack (tar+zstd -3 MT+sha256)",
         ms(pa),
-        stats.size as f64 / 1048576.0
+        stats.size as f64 / 1048576.0,
+        spread(&pack_a)
     );
     println!(
-        "{:<46} {:>7.0}ms {:>8.2}MiB",
+        "{:<40} {:>7.0}ms {:>8.2}MiB {:>13}",
         "tar -cf - | zstd -T0 -3",
         ms(ps),
-        shell_size as f64 / 1048576.0
+        shell_size as f64 / 1048576.0,
+        spread(&pack_s)
     );
-    println!("{:<46} {:>7.0}ms", "aether verify + hardened unpack", ms(ua));
-    println!("{:<46} {:>7.0}ms", "zstd -dc | tar -x", ms(us));
+    println!(
+        "{:<40} {:>7.0}ms {:>11} {:>13}",
+        "aether verify + hardened unpack",
+        ms(ua),
+        "",
+        spread(&unpack_a)
+    );
+    println!(
+        "{:<40} {:>7.0}ms {:>11} {:>13}",
+        "zstd -dc | tar -x",
+        ms(us),
+        "",
+        spread(&unpack_s)
+    );
     println!(
         "pack speed ratio (shell time / aether time): {:.2}x",
         ps.as_secs_f64() / pa.as_secs_f64()

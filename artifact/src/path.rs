@@ -63,7 +63,14 @@ pub fn components(path: &str, max_depth: usize) -> Result<Vec<&str>, PathError> 
 /// Two paths that map to the same key would collide on a case-insensitive or
 /// normalising filesystem (`A` vs `a`, precomposed vs decomposed `é`).
 pub fn collision_key(components: &[&str]) -> String {
-    components.join("/").nfc().flat_map(char::to_lowercase).collect()
+    let mut joined = components.join("/");
+    if joined.is_ascii() {
+        // ASCII is its own NFC and lowercases byte by byte: the same key, without
+        // the normaliser (nearly every path in node_modules).
+        joined.make_ascii_lowercase();
+        return joined;
+    }
+    joined.nfc().flat_map(char::to_lowercase).collect()
 }
 
 #[cfg(test)]
@@ -97,5 +104,12 @@ mod tests {
         assert_eq!(collision_key(&["README.md"]), collision_key(&["readme.md"]));
         assert_eq!(collision_key(&["caf\u{e9}"]), collision_key(&["cafe\u{301}"]));
         assert_ne!(collision_key(&["a"]), collision_key(&["b"]));
+        // The ASCII shortcut gives what the normaliser gives.
+        let ascii: String = (0u8..128).map(char::from).collect();
+        let slow: String = ascii.nfc().flat_map(char::to_lowercase).collect();
+        assert_eq!(
+            collision_key(&[&ascii, "Node_Modules"]),
+            format!("{slow}/node_modules")
+        );
     }
 }
