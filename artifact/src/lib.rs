@@ -11,6 +11,7 @@
 //! Signatures ([`signature`]) bind the artifact digest to an app and a namespace.
 
 pub mod digest;
+pub mod hot;
 pub mod layer;
 pub mod manifest;
 pub mod path;

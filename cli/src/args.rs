@@ -49,6 +49,8 @@ pub enum Command {
     Pack(PackArgs),
     /// Pack, upload what storage lacks, deploy, and wait until the new version serves.
     Push(PushArgs),
+    /// Push, then serve every save from the running pods (dev-hot mode) until Ctrl-C.
+    Dev(DevArgs),
     /// An app's conditions, artifact, pods and recent events, in one view.
     Status(StatusArgs),
     /// Manage signing keys.
@@ -56,7 +58,7 @@ pub enum Command {
     Keys(KeysCommand),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct PackArgs {
     /// The project folder (with package.json; the lockfile may be at a workspace root above it).
     #[arg(default_value = ".")]
@@ -117,6 +119,18 @@ pub struct PushArgs {
     /// needed), or `direct` with your own bucket credentials (AETHER_S3_ENDPOINT,
     /// AETHER_S3_BUCKET, AETHER_S3_REGION, AETHER_S3_PREFIX, AWS_ACCESS_KEY_ID,
     /// AWS_SECRET_ACCESS_KEY).
+    #[arg(long, value_enum, default_value_t = StorageMode::Presigned, env = "AETHER_STORAGE")]
+    pub storage: StorageMode,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    #[command(flatten)]
+    pub pack: PackArgs,
+    /// Give up waiting for the cluster after this long.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_seconds: u64,
+    /// How blobs reach storage (as for `aether push`).
     #[arg(long, value_enum, default_value_t = StorageMode::Presigned, env = "AETHER_STORAGE")]
     pub storage: StorageMode,
 }

@@ -22,6 +22,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Pack(args) => commands::pack::run(args, &cli.global, &printer).map(|_| ()),
         Command::Push(args) => block_on(commands::push::run(args, &cli.global, &printer)).map(|_| ()),
+        Command::Dev(args) => block_on(commands::dev::run(args, &cli.global, &printer)),
         Command::Status(args) => block_on(commands::status::run(args, &cli.global, &printer)),
         Command::Keys(KeysCommand::Generate(args)) => commands::keys::generate(args, &printer),
         Command::Keys(KeysCommand::Show(args)) => commands::keys::show(args, &printer),

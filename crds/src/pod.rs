@@ -8,6 +8,44 @@ use k8s_openapi::api::core::v1::ContainerStatus;
 pub const DIGEST_ANNOTATION: &str = "aether.dev/artifact-digest";
 /// Pod-template annotation naming the AetherArtifact the pod runs.
 pub const ARTIFACT_ANNOTATION: &str = "aether.dev/artifact";
+/// Pod-template annotation of a dev-hot app: what code swaps cannot change (the
+/// dependencies, Node, the start command), hashed. The template changes, and the
+/// pods roll, exactly when it does.
+pub const DEV_HOT_BASE_ANNOTATION: &str = "aether.dev/dev-hot-base";
+/// Pod annotation `aether dev` sets once a pod took an update: the digest it runs.
+pub const CODE_ANNOTATION: &str = "aether.dev/code";
+/// AetherApp annotation `aether dev` sets with `spec.artifactRef`: the pods already
+/// run this artifact (swapped in), so a dev-hot app does not roll for it.
+pub const HOT_SWAPPED_ANNOTATION: &str = "aether.dev/hot-swapped";
+/// The fetch container's termination message once it extracted a release:
+/// `Fetched sha256:<hex>` (the runtime writes it).
+pub const FETCHED: &str = "Fetched";
+
+/// The digest a pod runs: the one `aether dev` swapped in, else the one its fetch
+/// container extracted (in dev-hot mode, the latest code when the pod started),
+/// else its template's.
+pub fn running_digest(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
+    let annotations = pod.metadata.annotations.as_ref();
+    let swapped = annotations.and_then(|a| a.get(CODE_ANNOTATION)).cloned();
+    let fetched = || {
+        pod.status
+            .as_ref()?
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .find(|c| c.name == "fetch")?
+            .state
+            .as_ref()?
+            .terminated
+            .as_ref()?
+            .message
+            .as_deref()?
+            .strip_prefix(FETCHED)
+            .map(|d| d.trim().to_string())
+    };
+    let template = || annotations.and_then(|a| a.get(DIGEST_ANNOTATION)).cloned();
+    swapped.or_else(fetched).or_else(template)
+}
 
 /// The message of the container's current or last non-zero exit (the runtime writes
 /// `Reason: detail` there), or its exit code; None if it never failed.

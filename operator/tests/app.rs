@@ -609,3 +609,97 @@ fn only_public_keys_reach_the_pod_never_the_text_around_them() {
     let refused = trusted_keys_from("ConfigMap t/keys".into(), &[labelled.into()]).unwrap_err();
     assert!(!refused.message.contains("PASSWORD"), "{}", refused.message);
 }
+
+#[test]
+fn a_dev_hot_app_rolls_for_a_push_but_not_for_code_its_pods_already_run() {
+    use aether_crds::pod::HOT_SWAPPED_ANNOTATION;
+    use aether_operator::app::hot;
+    use kube::ResourceExt;
+
+    let mut app = app();
+    app.spec.dev_hot = true;
+    let k = key();
+    let named = |code: &str| {
+        let art = artifact("web", code, Some(&k));
+        let mut v = validate(&app, Some(&art), &trusting(&k), &Floor::default()).unwrap();
+        v.artifact = format!("web-{code}");
+        v
+    };
+    let (v1, v2) = (named("v1"), named("v2"));
+    let template =
+        |c: &Children| serde_json::to_value(&c.deployment.spec.as_ref().unwrap().template).unwrap();
+    let first = build_for_release(&app, &hot::template_release(&app, &v1, None));
+    let running = Some(&first.deployment);
+
+    // `aether push` of new code: the pods roll, as for any app.
+    let pushed = build_for_release(&app, &hot::template_release(&app, &v2, running));
+    assert_ne!(template(&first), template(&pushed), "a push rolls");
+
+    // `aether dev` swapped v2 into the pods and recorded it: nothing rolls, and a
+    // pod created now fetches v2, which the Secret names.
+    let mut swapped = app.clone();
+    swapped
+        .annotations_mut()
+        .insert(HOT_SWAPPED_ANNOTATION.into(), "web-v2".into());
+    let kept = hot::template_release(&swapped, &v2, running);
+    assert_eq!(kept.artifact, "web-v1");
+    assert_eq!(template(&first), template(&build_for_release(&swapped, &kept)));
+    let entry = hot::release_entry(&swapped, &v2).unwrap();
+    assert!(entry.contains(&v2.digest.to_string()), "{entry}");
+    assert_eq!(hot::release_entry(&self::app(), &v2), None, "only dev-hot apps");
+
+    // New dependencies cannot be swapped in: the pods roll even when marked swapped.
+    let mut new_deps = v2.clone();
+    new_deps.base_key = "another base".into();
+    let rolled = hot::template_release(&swapped, &new_deps, running);
+    assert_eq!(rolled.artifact, "web-v2");
+
+    // The pod: no API token; the fetch container reads the release from the Secret;
+    // the app container's runtime takes updates, checks them like fetch, and may
+    // replace the code in the volume.
+    let pod = first.deployment.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let fetch = &pod.init_containers.as_ref().unwrap()[0];
+    assert!(env_of(fetch, "AETHER_MANIFEST").is_none());
+    let main = &pod.containers[0];
+    assert_eq!(
+        env_of(main, "AETHER_DEV_HOT").unwrap().value.as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        env_of(main, "AETHER_VERIFY_MODE").unwrap().value.as_deref(),
+        Some("enforce")
+    );
+    assert!(env_of(main, "AETHER_TRUSTED_KEYS").is_some());
+    let volume = main
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "aether")
+        .unwrap();
+    assert_eq!(volume.read_only, Some(false));
+}
+
+#[test]
+fn an_app_cannot_set_the_runtime_s_variables() {
+    let mut app = app();
+    app.spec.env.push(
+        serde_json::from_value(serde_json::json!({"name": "AETHER_DEV_HOT", "value": "true"})).unwrap(),
+    );
+    app.spec.env.push(
+        serde_json::from_value(serde_json::json!({"name": "AETHER_VERIFY_MODE", "value": "off"})).unwrap(),
+    );
+    let c = build_for(&app, "v1");
+    let main = &c.deployment.spec.unwrap().template.spec.unwrap().containers[0];
+    let values = |name: &str| {
+        main.env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == name)
+            .map(|e| e.value.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    // Set explicitly, so an envFrom ConfigMap cannot switch it on either.
+    assert_eq!(values("AETHER_DEV_HOT"), ["false"]);
+    assert!(values("AETHER_VERIFY_MODE").is_empty());
+}

@@ -22,16 +22,23 @@ use crate::download;
 
 /// Where, under `--into`, the app is extracted and the runtime copies itself.
 pub const APP_DIR: &str = "app";
+/// Under `--into`: `manifest.json`, the verified manifest of the code in `app/` (which
+/// dev-hot updates compare against and replace).
+pub const STATE_DIR: &str = "state";
+/// In the fetch Secret: the release to fetch, as JSON ([`Release`]), when the pod
+/// template does not name one (dev-hot mode, where new pods start on the latest code
+/// without a rollout).
+pub const RELEASE_FILE: &str = "release";
 pub const BIN_DIR: &str = "bin";
 pub const BINARY_NAME: &str = "aether-runtime";
 
 #[derive(Debug, clap::Args)]
 pub struct FetchArgs {
-    /// The artifact manifest, canonical JSON.
-    #[arg(long, env = "AETHER_MANIFEST", hide_env_values = true)]
+    /// The artifact manifest, canonical JSON (else the fetch Secret's `release`).
+    #[arg(long, env = "AETHER_MANIFEST", hide_env_values = true, default_value = "")]
     pub manifest: String,
     /// The digest the manifest must have.
-    #[arg(long, env = "AETHER_ARTIFACT_DIGEST")]
+    #[arg(long, env = "AETHER_ARTIFACT_DIGEST", default_value = "")]
     pub digest: String,
     /// Namespace and app the signature must be made for.
     #[arg(long, env = "AETHER_NAMESPACE")]
@@ -72,7 +79,7 @@ pub struct FetchArgs {
     pub termination_log: PathBuf,
 }
 
-fn parse_policy(s: &str) -> Result<Policy, String> {
+pub fn parse_policy(s: &str) -> Result<Policy, String> {
     match s.to_ascii_lowercase().as_str() {
         "enforce" => Ok(Policy::Enforce),
         "warn" => Ok(Policy::Warn),
@@ -141,8 +148,42 @@ pub struct Fetched {
     pub extract: Duration,
 }
 
-pub async fn main(args: FetchArgs) -> ExitCode {
+/// The release named by the fetch Secret (dev-hot mode): what the pod template
+/// carries otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Release {
+    pub digest: String,
+    pub manifest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// Fill the release from the fetch Secret when the template named none.
+async fn resolve_release(args: &mut FetchArgs) -> Result<(), FetchError> {
+    if !args.manifest.is_empty() {
+        return Ok(());
+    }
+    let path = args.downloads_dir.join(RELEASE_FILE);
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|e| FetchError::Config(format!("no manifest given and {}: {e}", path.display())))?;
+    let release: Release =
+        serde_json::from_slice(&bytes).map_err(|e| FetchError::Config(format!("{}: {e}", path.display())))?;
+    args.manifest = release.manifest;
+    args.digest = release.digest;
+    args.signature_key_id = release.signature_key_id.unwrap_or_default();
+    args.signature = release.signature.unwrap_or_default();
+    Ok(())
+}
+
+pub async fn main(mut args: FetchArgs) -> ExitCode {
     let started = Instant::now();
+    if let Err(e) = resolve_release(&mut args).await {
+        return failed(&args, &e);
+    }
     let deadline = Duration::from_secs(args.deadline_seconds);
     let result = match tokio::time::timeout(deadline, fetch(&args, started + deadline)).await {
         Ok(result) => result,
@@ -161,16 +202,24 @@ pub async fn main(args: FetchArgs) -> ExitCode {
                 done.extract.as_millis(),
                 started.elapsed().as_millis()
             );
+            // Which code the pod started on, for `aether status` (the pod's status
+            // keeps an init container's last message).
+            let _ = std::fs::write(&args.termination_log, format!("{FETCHED} {}", args.digest));
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            let message = format!("{}: {e}", e.reason());
-            eprintln!("aether-runtime: {message}");
-            // Best effort: the log line above carries the same text.
-            let _ = std::fs::write(&args.termination_log, &message);
-            ExitCode::from(e.exit_code())
-        }
+        Err(e) => failed(&args, &e),
     }
+}
+
+/// The fetch container's termination message on success: `Fetched sha256:<hex>`.
+pub const FETCHED: &str = "Fetched";
+
+fn failed(args: &FetchArgs, e: &FetchError) -> ExitCode {
+    let message = format!("{}: {e}", e.reason());
+    eprintln!("aether-runtime: {message}");
+    // Best effort: the log line above carries the same text.
+    let _ = std::fs::write(&args.termination_log, &message);
+    ExitCode::from(e.exit_code())
 }
 
 /// The checks that need no network: the manifest is the one the digest names, and
@@ -225,12 +274,16 @@ async fn fetch(args: &FetchArgs, deadline: std::time::Instant) -> Result<Fetched
         deadline: Some(deadline),
         ..Limits::default()
     };
+    let manifest = manifest.clone();
     let files = tokio::task::spawn_blocking(move || {
         let layers = spooled
             .iter()
             .map(|p| std::fs::File::open(p).map(std::io::BufReader::new).map_err(io(p)))
             .collect::<Result<Vec<_>, _>>()?;
-        let files = extract(&into, layers, limits);
+        let files = extract(&into, layers, limits).and_then(|files| {
+            record(&into, &manifest)?;
+            Ok(files)
+        });
         // The spool volume is the pod's for its lifetime: give the disk back.
         for p in &spooled {
             let _ = std::fs::remove_file(p);
@@ -268,6 +321,14 @@ pub fn extract(
     let summary = unpacker.finish()?;
     install_self(&into.join(BIN_DIR))?;
     Ok(summary.files)
+}
+
+/// Keep the verified manifest of what `into/app` holds, in `into/state`.
+pub fn record(into: &Path, manifest: &Manifest) -> Result<(), FetchError> {
+    let state = into.join(STATE_DIR);
+    std::fs::create_dir_all(&state).map_err(io(&state))?;
+    let path = state.join("manifest.json");
+    std::fs::write(&path, manifest.to_canonical_json()).map_err(io(&path))
 }
 
 /// Copy the running binary to `dir/aether-runtime` (atomically, 0755), for the main

@@ -8,4 +8,5 @@
 
 pub mod download;
 pub mod fetch;
+pub mod hot;
 pub mod supervise;

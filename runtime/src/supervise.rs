@@ -30,7 +30,20 @@ const FORWARDED: [(SignalKind, Signal); 6] = [
 ];
 
 pub async fn run(argv: &[String]) -> ExitCode {
-    match supervise(argv).await {
+    let result = if std::env::var(crate::hot::DEV_HOT).is_ok_and(|v| v == "true") {
+        // The volume the fetch container filled: this binary runs from its `bin/`.
+        let root = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("/aether"));
+        match crate::hot::HotConfig::from_env(&root) {
+            Ok(config) => crate::hot::run(argv, config).await,
+            Err(e) => Err(std::io::Error::other(format!("dev-hot mode: {e}"))),
+        }
+    } else {
+        supervise(argv).await
+    };
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("aether-runtime: {e}");
@@ -53,32 +66,10 @@ pub fn runs_code(name: &str) -> bool {
 
 /// Run `argv` to completion, forwarding signals; the exit code to report.
 pub async fn supervise(argv: &[String]) -> std::io::Result<u8> {
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| std::io::Error::other("nothing to run"))?;
     // Listen before spawning, so a signal that arrives at once is not lost.
-    let mut streams = Vec::new();
-    for (kind, sig) in FORWARDED {
-        streams.push((signal(kind)?, sig));
-    }
-    let cwd = std::env::current_dir()?;
-    let path = search_path(&cwd, std::env::var_os("PATH").as_deref());
-    // A shell script's processes form a group of their own, signalled together; any
-    // other program (a Node cluster primary, say) gets signals alone, as it would
-    // from a container runtime.
-    let group = program == "/bin/sh" || program == "sh";
-    let mut command = Command::new(program);
-    command.args(args).env("PATH", path);
-    if std::env::var(ENTRYPOINT_LOCKED).is_ok_and(|v| v == "true") {
-        for (name, _) in std::env::vars_os() {
-            if name.to_str().is_some_and(runs_code) {
-                command.env_remove(&name);
-            }
-        }
-    }
-    if group {
-        command.process_group(0);
-    }
+    let mut streams = signal_streams()?;
+    let (mut command, group) = app_command(argv)?;
+    let program = &argv[0];
     let mut child = command
         .spawn()
         .map_err(|e| std::io::Error::new(e.kind(), format!("starting {program}: {e}")))?;
@@ -112,15 +103,53 @@ pub async fn supervise(argv: &[String]) -> std::io::Result<u8> {
             }
         }
     }
-    Ok(match (status.code(), status.signal()) {
+    Ok(exit_code(status))
+}
+
+/// What a shell reports for a child's status: its exit code, or 128 + the signal.
+pub fn exit_code(status: std::process::ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
         (Some(code), _) => code as u8,
         (None, Some(sig)) => 128u8.saturating_add(sig as u8),
         (None, None) => 1,
-    })
+    }
+}
+
+/// One stream per forwarded signal.
+pub fn signal_streams() -> std::io::Result<Vec<(tokio::signal::unix::Signal, Signal)>> {
+    FORWARDED
+        .into_iter()
+        .map(|(kind, sig)| Ok((signal(kind)?, sig)))
+        .collect()
+}
+
+/// The app's command, as `npm start` would run it, and whether it is a shell script
+/// whose processes form a group of their own, signalled together (any other program,
+/// a Node cluster primary say, gets signals alone, as from a container runtime).
+pub fn app_command(argv: &[String]) -> std::io::Result<(Command, bool)> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| std::io::Error::other("nothing to run"))?;
+    let cwd = std::env::current_dir()?;
+    let path = search_path(&cwd, std::env::var_os("PATH").as_deref());
+    let group = program == "/bin/sh" || program == "sh";
+    let mut command = Command::new(program);
+    command.args(args).env("PATH", path);
+    if std::env::var(ENTRYPOINT_LOCKED).is_ok_and(|v| v == "true") {
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(runs_code) {
+                command.env_remove(&name);
+            }
+        }
+    }
+    if group {
+        command.process_group(0);
+    }
+    Ok((command, group))
 }
 
 /// The next signal on any of the streams.
-async fn next_signal(streams: &mut [(tokio::signal::unix::Signal, Signal)]) -> Signal {
+pub async fn next_signal(streams: &mut [(tokio::signal::unix::Signal, Signal)]) -> Signal {
     std::future::poll_fn(|cx| {
         for (stream, sig) in streams.iter_mut() {
             if stream.poll_recv(cx).is_ready() {

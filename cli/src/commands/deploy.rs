@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aether_crds::AetherApp;
 use aether_crds::condition::{READY, STALLED};
-use aether_crds::pod::ARTIFACT_ANNOTATION;
+use aether_crds::pod::running_digest;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -29,6 +29,9 @@ pub struct Deployed {
     pub url: Option<String>,
     /// False with --no-wait: the app points at the artifact, pods may still start.
     pub serving: bool,
+    /// The digest of the code served.
+    #[serde(skip)]
+    pub digest: String,
     /// The operator's phase timings, from the start of its reconcile that first took
     /// the (Ready) artifact: → Deployment applied, → pods Ready.
     pub applied_after_ms: Option<i64>,
@@ -99,6 +102,11 @@ pub async fn deploy(
                 let timings = status.last_deploy.as_ref().filter(|t| t.artifact == artifact);
                 return Some(Ok(Deployed {
                     url: status.url.clone(),
+                    digest: status
+                        .artifact
+                        .as_ref()
+                        .map(|a| a.digest.clone())
+                        .unwrap_or_default(),
                     serving: true,
                     applied_after_ms: timings.and_then(|t| t.applied_after_milliseconds),
                     ready_after_ms: timings.and_then(|t| t.ready_after_milliseconds),
@@ -132,7 +140,8 @@ pub async fn deploy(
             // Ready pods are not yet the Service's only answer: wait until its
             // EndpointSlices route to this release alone.
             let left = timeout.saturating_sub(started.elapsed());
-            let of_release = runs_artifact(artifact);
+            let digest = deployed.digest.clone();
+            let of_release = runs_digest(&digest);
             await_routed(&client, namespace, app, (artifact, &of_release), left, printer).await?;
             if let Some(url) = &deployed.url {
                 await_reachable(url, printer).await;
@@ -188,13 +197,10 @@ pub fn routing(slices: &[EndpointSlice], pods: &[Pod], of_release: impl Fn(&Pod)
     }
 }
 
-/// A pod whose template named `artifact`.
-pub fn runs_artifact(artifact: &str) -> impl Fn(&Pod) -> bool + '_ {
-    move |pod| pod_annotation(pod, ARTIFACT_ANNOTATION) == Some(artifact)
-}
-
-pub fn pod_annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
-    pod.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+/// A pod that runs the code of `digest` (see [`running_digest`]: a dev-hot pod may
+/// run newer code than its template names).
+pub fn runs_digest(digest: &str) -> impl Fn(&Pod) -> bool + '_ {
+    move |pod| running_digest(pod).as_deref() == Some(digest)
 }
 
 /// Wait until the app's Service routes only to pods `of_release` accepts (`what`
@@ -323,9 +329,9 @@ mod tests {
 mod routing_tests {
     use super::*;
 
-    fn pod(name: &str, artifact: &str) -> Pod {
+    fn pod(name: &str, digest: &str) -> Pod {
         serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "annotations": {ARTIFACT_ANNOTATION: artifact}}
+            "metadata": {"name": name, "annotations": {aether_crds::pod::DIGEST_ANNOTATION: digest}}
         }))
         .unwrap()
     }
@@ -345,13 +351,13 @@ mod routing_tests {
 
     #[test]
     fn served_means_only_the_new_release_s_pods_are_ready_endpoints() {
-        let pods = [pod("old", "web-1"), pod("new", "web-2")];
+        let pods = [pod("old", "sha256:1"), pod("new", "sha256:2")];
         // The new pod is Ready but kube-proxy still has the old one: not served yet.
         assert_eq!(
             routing(
                 &[slice(&[("old", true), ("new", true)])],
                 &pods,
-                runs_artifact("web-2")
+                runs_digest("sha256:2")
             ),
             Routing::Mixed {
                 release: 1,
@@ -363,21 +369,21 @@ mod routing_tests {
             routing(
                 &[slice(&[("old", false), ("new", true)])],
                 &pods,
-                runs_artifact("web-2")
+                runs_digest("sha256:2")
             ),
             Routing::Only
         );
         assert_eq!(
-            routing(&[slice(&[("old", true)])], &pods, runs_artifact("web-2")),
+            routing(&[slice(&[("old", true)])], &pods, runs_digest("sha256:2")),
             Routing::NotYet
         );
-        assert_eq!(routing(&[], &pods, runs_artifact("web-2")), Routing::NotYet);
+        assert_eq!(routing(&[], &pods, runs_digest("sha256:2")), Routing::NotYet);
         // An endpoint that is not a pod of the app is not the release.
         assert_eq!(
             routing(
                 &[slice(&[("new", true), ("stranger", true)])],
                 &pods,
-                runs_artifact("web-2")
+                runs_digest("sha256:2")
             ),
             Routing::Mixed {
                 release: 1,

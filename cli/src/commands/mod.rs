@@ -1,4 +1,5 @@
 pub mod deploy;
+pub mod dev;
 pub mod keys;
 pub mod pack;
 pub mod push;

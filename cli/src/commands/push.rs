@@ -82,59 +82,18 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
         ..Default::default()
     };
 
-    let name = artifact_name(&packed);
     let timeout = Duration::from_secs(args.timeout_seconds);
-    let wanted = artifact_for(&packed)?;
-
-    let existing = api
-        .get_opt(&name)
-        .await
-        .map_err(|e| kube_error(e, "get", &namespace))?;
-    let reused = existing
-        .as_ref()
-        .is_some_and(|a| a.spec.digest == wanted.spec.digest && ready(a).is_some_and(|r| r));
-    if reused {
-        // Storage may have lost a blob since: the operator looks again (and hashes),
-        // and asks for whatever is missing, so pushing again repairs it.
-        printer.info(format!(
-            "Artifact {name} is already uploaded and verified; checking it is still intact"
-        ));
-    }
-    let t = Instant::now();
-    let blobs_dir = packed.out.join("blobs").join("sha256");
-    let target = Target {
-        api: &api,
-        name: &name,
-        namespace: &namespace,
-        existing: existing.is_some(),
-        wanted: &wanted,
-        blobs_dir: &blobs_dir,
-    };
-    let (bytes_uploaded, blobs_uploaded) = match args.storage {
-        StorageMode::Presigned => upload_presigned(&target, timeout, printer).await?,
-        StorageMode::Direct => upload_direct(&target, printer).await?,
-    };
-    timings.upload = ms(t);
-
-    let t = Instant::now();
-    let art = crate::cluster::wait_for(&api, &name, timeout, "the operator to verify the upload", |a| {
-        let c = a.status.as_ref()?.conditions.iter().find(|c| c.type_ == READY)?;
-        let settled = c.status == "True" || !reason::in_progress(&c.reason);
-        settled.then(|| a.clone())
-    })
-    .await?;
-    if ready(&art) != Some(true) {
-        let c = art
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
-        return Err(CliError::ArtifactFailed {
-            name,
-            reason: c.map(|c| c.reason.clone()).unwrap_or_default(),
-            message: c.map(|c| c.message.clone()).unwrap_or_default(),
-        });
-    }
-    timings.verify = ms(t);
+    let Published {
+        name,
+        artifact: art,
+        reused,
+        bytes_uploaded,
+        blobs_uploaded,
+        upload_ms,
+        verify_ms,
+    } = publish(&api, &namespace, &packed, args.storage, timeout, printer).await?;
+    timings.upload = upload_ms;
+    timings.verify = verify_ms;
 
     let deploy = if args.no_deploy {
         None
@@ -209,6 +168,91 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
         }
     }
     Ok(outcome)
+}
+
+/// An artifact in the cluster, uploaded and verified.
+#[derive(Debug)]
+pub struct Published {
+    pub name: String,
+    pub artifact: AetherArtifact,
+    /// An identical, verified artifact already existed.
+    pub reused: bool,
+    pub bytes_uploaded: u64,
+    pub blobs_uploaded: usize,
+    pub upload_ms: u64,
+    pub verify_ms: u64,
+}
+
+/// Create the AetherArtifact for `packed`, upload what storage lacks and wait until
+/// the operator verified it (`aether push` and `aether dev` alike).
+pub async fn publish(
+    api: &Api<AetherArtifact>,
+    namespace: &str,
+    packed: &PackOutcome,
+    storage: StorageMode,
+    timeout: Duration,
+    printer: &Printer,
+) -> Result<Published, CliError> {
+    let name = artifact_name(packed);
+    let wanted = artifact_for(packed)?;
+
+    let existing = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| kube_error(e, "get", namespace))?;
+    let reused = existing
+        .as_ref()
+        .is_some_and(|a| a.spec.digest == wanted.spec.digest && ready(a).is_some_and(|r| r));
+    if reused {
+        // Storage may have lost a blob since: the operator looks again (and hashes),
+        // and asks for whatever is missing, so pushing again repairs it.
+        printer.info(format!(
+            "Artifact {name} is already uploaded and verified; checking it is still intact"
+        ));
+    }
+    let t = Instant::now();
+    let blobs_dir = packed.out.join("blobs").join("sha256");
+    let target = Target {
+        api,
+        name: &name,
+        namespace,
+        existing: existing.is_some(),
+        wanted: &wanted,
+        blobs_dir: &blobs_dir,
+    };
+    let (bytes_uploaded, blobs_uploaded) = match storage {
+        StorageMode::Presigned => upload_presigned(&target, timeout, printer).await?,
+        StorageMode::Direct => upload_direct(&target, printer).await?,
+    };
+    let upload_ms = ms(t);
+
+    let t = Instant::now();
+    let art = crate::cluster::wait_for(api, &name, timeout, "the operator to verify the upload", |a| {
+        let c = a.status.as_ref()?.conditions.iter().find(|c| c.type_ == READY)?;
+        let settled = c.status == "True" || !reason::in_progress(&c.reason);
+        settled.then(|| a.clone())
+    })
+    .await?;
+    if ready(&art) != Some(true) {
+        let c = art
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
+        return Err(CliError::ArtifactFailed {
+            name,
+            reason: c.map(|c| c.reason.clone()).unwrap_or_default(),
+            message: c.map(|c| c.message.clone()).unwrap_or_default(),
+        });
+    }
+    Ok(Published {
+        name,
+        artifact: art,
+        reused,
+        bytes_uploaded,
+        blobs_uploaded,
+        upload_ms,
+        verify_ms: ms(t),
+    })
 }
 
 /// Where a push's blobs go: the artifact they belong to.
@@ -395,7 +439,7 @@ fn artifact_for(packed: &PackOutcome) -> Result<AetherArtifact, CliError> {
 /// The deps layer (and SBOM) of the newest Ready artifact of `app` whose dependencies
 /// have the same cache key: a clean machine with an unchanged lockfile then installs
 /// and uploads nothing for them.
-async fn remote_deps(
+pub async fn remote_deps(
     api: &Api<AetherArtifact>,
     app: &str,
     key: &str,

@@ -43,7 +43,11 @@ pub struct ConditionView {
 #[serde(rename_all = "camelCase")]
 pub struct PodView {
     pub name: String,
+    /// The artifact whose code the pod runs (in dev-hot mode, the one swapped in
+    /// last), when the app's status names it.
     pub artifact: Option<String>,
+    /// The digest of that code.
+    pub digest: Option<String>,
     pub phase: String,
     pub ready: bool,
     /// The last failure of a container (init or app), with its message.
@@ -88,6 +92,17 @@ pub async fn gather(client: &kube::Client, ns: &str, app: &str, events: usize) -
         .iter()
         .find(|c| c.type_ == aether_crds::condition::READY);
 
+    let known = status
+        .history
+        .iter()
+        .map(|r| (r.digest.as_str(), r.artifact.as_str()))
+        .chain(
+            status
+                .artifact
+                .iter()
+                .map(|a| (a.digest.as_str(), a.name.as_str())),
+        )
+        .collect();
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     // The operator publishes its pods' selector (for the scale subresource).
     let selector = status
@@ -100,7 +115,7 @@ pub async fn gather(client: &kube::Client, ns: &str, app: &str, events: usize) -
         .map_err(err("pods"))?
         .items
         .iter()
-        .map(pod_view)
+        .map(|p| pod_view(p, &known))
         .collect();
     pods.sort_by(|x, y| x.name.cmp(&y.name));
 
@@ -169,7 +184,8 @@ pub async fn gather(client: &kube::Client, ns: &str, app: &str, events: usize) -
     })
 }
 
-fn pod_view(p: &Pod) -> PodView {
+/// `known`: artifact names by digest (the app's release and its history).
+fn pod_view(p: &Pod, known: &std::collections::BTreeMap<&str, &str>) -> PodView {
     let status = p.status.clone().unwrap_or_default();
     let ready = status
         .conditions
@@ -182,12 +198,14 @@ fn pod_view(p: &Pod) -> PodView {
         .flatten()
         .chain(status.container_statuses.iter().flatten())
         .find_map(container_problem);
+    let digest = aether_crds::pod::running_digest(p);
     PodView {
         name: p.name_any(),
-        artifact: p
-            .annotations()
-            .get(aether_crds::pod::ARTIFACT_ANNOTATION)
-            .cloned(),
+        artifact: digest
+            .as_deref()
+            .and_then(|d| known.get(d))
+            .map(|a| a.to_string()),
+        digest,
         phase: status.phase.unwrap_or_default(),
         ready,
         problem,
@@ -246,7 +264,10 @@ pub fn render(v: &AppView) -> String {
             p.name,
             p.phase,
             if p.ready { "ready" } else { "-" },
-            p.artifact.as_deref().unwrap_or("-"),
+            p.artifact
+                .clone()
+                .or_else(|| p.digest.as_ref().map(|d| d.chars().take(19).collect()))
+                .unwrap_or_else(|| "-".into()),
             p.problem.as_deref().unwrap_or("")
         );
     }

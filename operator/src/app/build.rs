@@ -22,7 +22,7 @@ use kube::{Resource, ResourceExt};
 use super::downloads;
 use super::validate::Validated;
 
-pub use aether_crds::pod::{ARTIFACT_ANNOTATION, DIGEST_ANNOTATION};
+pub use aether_crds::pod::{ARTIFACT_ANNOTATION, DEV_HOT_BASE_ANNOTATION, DIGEST_ANNOTATION};
 pub const MANAGED_BY: &str = "aether-operator";
 /// The shared volume: the init container extracts into it, the app runs from it.
 const VOLUME_PATH: &str = "/aether";
@@ -31,6 +31,8 @@ const UID: i64 = 10001;
 /// Set for the app when a policy forbids replacing its entrypoint (the runtime then
 /// drops `NODE_OPTIONS`, `LD_*` and the like); the runtime's name for it.
 const ENTRYPOINT_LOCKED: &str = "AETHER_ENTRYPOINT_LOCKED";
+/// Set (to `true`) for a dev-hot app's runtime; the runtime's name for it.
+const DEV_HOT: &str = "AETHER_DEV_HOT";
 
 /// Where the fetch container spools layers before extracting them (a disk volume).
 const SPOOL_PATH: &str = "/var/run/aether/spool";
@@ -44,6 +46,19 @@ const RUNTIME_BYTES: u64 = 64 << 20;
 /// it is refused with a reason instead of the pod being evicted.
 pub fn unpacked_limit(compressed: u64) -> u64 {
     compressed.saturating_mul(32).clamp(256 << 20, 4 << 30)
+}
+
+/// Compressed app-layer bytes a dev-hot pod's volumes leave room for, whatever the
+/// current code's size: sizes that followed each save would roll the pods.
+const DEV_APP_ALLOWANCE: u64 = 16 << 20;
+
+/// The compressed bytes the pod's volumes and limits are sized for.
+fn sized_for(app: &AetherApp, release: &Validated) -> u64 {
+    if app.spec.dev_hot {
+        release.deps_bytes + DEV_APP_ALLOWANCE
+    } else {
+        release.layer_bytes
+    }
 }
 
 /// How long a replaced pod keeps serving before it is stopped.
@@ -101,7 +116,7 @@ pub fn selector_string(app: &str) -> String {
 
 /// The app's own ServiceAccount: `aether.<app>`, a name no AetherApp (a DNS label)
 /// can have and no RoleBinding names by accident, so an app cannot take over an
-/// account a binding was left waiting for (its token is mounted in dev-hot mode).
+/// account a binding was left waiting for (should its token ever be mounted).
 pub fn service_account_name(app: &str) -> String {
     format!("aether.{app}")
 }
@@ -144,8 +159,9 @@ pub fn build(
                 name: Some(service_account_name(&name)),
                 ..meta()
             },
-            // The app does not talk to the API unless dev-hot mode needs it to.
-            automount_service_account_token: Some(app.spec.dev_hot),
+            // The app does not talk to the API (dev-hot updates come in through a
+            // port-forward, see aether_artifact::hot).
+            automount_service_account_token: Some(false),
             ..Default::default()
         },
         deployment: Deployment {
@@ -218,11 +234,14 @@ fn pod_template(app: &AetherApp, release: &Validated, config: &PodConfig) -> Pod
     let name = app.name_any();
     let mut labels = labels(&name);
     labels.retain(|k, _| k != "app.kubernetes.io/managed-by");
-    let annotations = [
+    let mut annotations: BTreeMap<String, String> = [
         (DIGEST_ANNOTATION.to_string(), release.digest.to_string()),
         (ARTIFACT_ANNOTATION.to_string(), release.artifact.clone()),
     ]
     .into();
+    if app.spec.dev_hot {
+        annotations.insert(DEV_HOT_BASE_ANNOTATION.into(), release.base_key.clone());
+    }
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
@@ -231,7 +250,7 @@ fn pod_template(app: &AetherApp, release: &Validated, config: &PodConfig) -> Pod
         }),
         spec: Some(PodSpec {
             service_account_name: Some(service_account_name(&name)),
-            automount_service_account_token: Some(app.spec.dev_hot),
+            automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
@@ -254,7 +273,7 @@ fn pod_template(app: &AetherApp, release: &Validated, config: &PodConfig) -> Pod
                     empty_dir: Some(EmptyDirVolumeSource {
                         medium: Some("Memory".into()),
                         size_limit: Some(Quantity(
-                            (unpacked_limit(release.layer_bytes) + RUNTIME_BYTES).to_string(),
+                            (unpacked_limit(sized_for(app, release)) + RUNTIME_BYTES).to_string(),
                         )),
                     }),
                     ..Default::default()
@@ -264,7 +283,7 @@ fn pod_template(app: &AetherApp, release: &Validated, config: &PodConfig) -> Pod
                     name: "spool".into(),
                     empty_dir: Some(EmptyDirVolumeSource {
                         medium: None,
-                        size_limit: Some(Quantity((release.layer_bytes + (1 << 20)).to_string())),
+                        size_limit: Some(Quantity((sized_for(app, release) + (1 << 20)).to_string())),
                     }),
                     ..Default::default()
                 },
@@ -314,10 +333,11 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
-fn fetch_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Container {
-    let name = app.name_any();
+/// What the runtime checks a release against: the app, its namespace, the policy
+/// and the keys it trusts (the fetch container, and in dev-hot mode the app's).
+fn verification_env(app: &AetherApp, release: &Validated) -> Vec<EnvVar> {
     let mut vars = vec![
-        env("AETHER_APP", &name),
+        env("AETHER_APP", app.name_any()),
         EnvVar {
             name: "AETHER_NAMESPACE".into(),
             value_from: Some(EnvVarSource {
@@ -329,8 +349,6 @@ fn fetch_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> 
             }),
             ..Default::default()
         },
-        env("AETHER_ARTIFACT_DIGEST", release.digest.to_string()),
-        env("AETHER_MANIFEST", &release.manifest_json),
         env(
             "AETHER_VERIFY_MODE",
             match release.policy {
@@ -340,20 +358,31 @@ fn fetch_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> 
             },
         ),
     ];
-    if let Some((key_id, value)) = &release.signature {
-        vars.push(env("AETHER_SIGNATURE_KEY_ID", key_id));
-        vars.push(env("AETHER_SIGNATURE", value));
-    }
     if release.policy != Policy::Off {
         vars.push(env("AETHER_TRUSTED_KEYS", &release.trusted_pem));
+    }
+    vars.push(env(
+        "AETHER_MAX_UNPACKED_BYTES",
+        unpacked_limit(sized_for(app, release)).to_string(),
+    ));
+    vars
+}
+
+fn fetch_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Container {
+    let mut vars = verification_env(app, release);
+    // A dev-hot pod starts on the latest code, which the fetch Secret names (it
+    // changes without a rollout); any other pod on the release its template names.
+    if !app.spec.dev_hot {
+        vars.push(env("AETHER_ARTIFACT_DIGEST", release.digest.to_string()));
+        vars.push(env("AETHER_MANIFEST", &release.manifest_json));
+        if let Some((key_id, value)) = &release.signature {
+            vars.push(env("AETHER_SIGNATURE_KEY_ID", key_id));
+            vars.push(env("AETHER_SIGNATURE", value));
+        }
     }
     vars.extend([
         env("AETHER_DOWNLOADS_DIR", downloads::MOUNT_PATH),
         env("AETHER_SPOOL_DIR", SPOOL_PATH),
-        env(
-            "AETHER_MAX_UNPACKED_BYTES",
-            unpacked_limit(release.layer_bytes).to_string(),
-        ),
         env(
             "AETHER_FETCH_DEADLINE_SECONDS",
             config.fetch_deadline_seconds.to_string(),
@@ -372,7 +401,9 @@ fn fetch_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> 
             limits: Some(
                 [(
                     "memory".to_string(),
-                    Quantity((unpacked_limit(release.layer_bytes) + RUNTIME_BYTES + (128 << 20)).to_string()),
+                    Quantity(
+                        (unpacked_limit(sized_for(app, release)) + RUNTIME_BYTES + (128 << 20)).to_string(),
+                    ),
                 )]
                 .into(),
             ),
@@ -432,16 +463,26 @@ fn app_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Co
     .filter(|(k, _)| !app.spec.env.iter().any(|e| e.name == *k))
     .map(|(k, v)| env(k, v))
     .collect();
+    // `AETHER_*` is the runtime's: an app cannot set it (nor unset what is set here).
     vars.extend(
         app.spec
             .env
             .iter()
-            .filter(|e| e.name != ENTRYPOINT_LOCKED)
+            .filter(|e| !e.name.starts_with("AETHER_"))
             .cloned(),
     );
     if release.entrypoint_locked {
         // Explicit env outranks envFrom, so no ConfigMap can unset it.
         vars.push(env(ENTRYPOINT_LOCKED, "true"));
+    }
+    // Explicit, so that no envFrom ConfigMap can switch dev-hot mode on.
+    vars.push(env(DEV_HOT, app.spec.dev_hot.to_string()));
+    if app.spec.dev_hot {
+        // The runtime takes updates and checks them as the fetch container does; it
+        // holds the app's port and gives the app a loopback one (see the runtime's
+        // `hot` module).
+        vars.push(env("AETHER_PUBLIC_PORT", app.spec.port.to_string()));
+        vars.extend(verification_env(app, release));
     }
     let probe = |period: i32, failures: i32| {
         let port = IntOrString::String("http".into());
@@ -489,7 +530,8 @@ fn app_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Co
             VolumeMount {
                 name: "aether".into(),
                 mount_path: VOLUME_PATH.into(),
-                read_only: Some(true),
+                // Dev-hot updates replace the code in place.
+                read_only: Some(!app.spec.dev_hot),
                 ..Default::default()
             },
             VolumeMount {

@@ -8,6 +8,7 @@
 
 pub mod build;
 pub mod downloads;
+pub mod hot;
 pub mod ownership;
 pub mod policy;
 pub mod status;
@@ -171,9 +172,13 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     let valid = match valid {
         Ok((release, secret)) => {
             let wanted = [release.layers.clone(), serving.clone()].concat();
-            let urls = download_urls(ctx, app, &ns, secret.as_ref(), &wanted, began_at).await?;
+            let mut urls = download_urls(ctx, app, &ns, secret.as_ref(), &wanted, began_at).await?;
             renew_in = Some(downloads::renew_in(&urls, &wanted, began_at, ttl));
-            let children = build::build(app, &release, &urls, &ctx.config.pod);
+            if let Some(entry) = hot::release_entry(app, &release) {
+                urls.insert(hot::RELEASE_KEY.into(), entry);
+            }
+            let template = hot::template_release(app, &release, d.running.as_ref());
+            let children = build::build(app, &template, &urls, &ctx.config.pod);
             claim_children(ctx, app, &ns, &children, secret.as_ref().map(|s| &s.metadata))
                 .await?
                 .map(|()| (release, children))
@@ -190,8 +195,12 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
                 .flatten()
                 .filter(|s| ownership::owned_by(&s.metadata, &app.uid().unwrap_or_default()));
             if let Some(secret) = owned.filter(|_| !serving.is_empty()) {
-                let urls = download_urls(ctx, app, &ns, Some(&secret), &serving, began_at).await?;
+                let mut urls = download_urls(ctx, app, &ns, Some(&secret), &serving, began_at).await?;
                 let current = secret_strings(&secret);
+                // A dev-hot app's new pods keep starting on the release they would have.
+                if let Some(entry) = current.get(hot::RELEASE_KEY) {
+                    urls.insert(hot::RELEASE_KEY.into(), entry.clone());
+                }
                 if urls != current {
                     apply_one(ctx, &ns, &build::downloads_secret(app, &urls)).await?;
                 }

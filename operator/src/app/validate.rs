@@ -49,6 +49,10 @@ pub struct Validated {
     pub layers: Vec<Digest>,
     /// Their compressed size, together.
     pub layer_bytes: u64,
+    /// The compressed size of the `deps` layer.
+    pub deps_bytes: u64,
+    /// What a dev-hot swap cannot change (see [`base_key`]).
+    pub base_key: String,
     /// When the operator last checked the artifact's blobs in storage.
     pub verified_at: Option<k8s_openapi::jiff::Timestamp>,
     pub entrypoint: Vec<String>,
@@ -62,6 +66,20 @@ pub struct Validated {
     pub policy: Policy,
     pub signature: Option<(String, String)>,
     pub trusted_pem: String,
+}
+
+/// Everything of a release but its app layer, hashed: the dependencies, the Node
+/// runtime, the start command and the working directory. Two releases with the same
+/// key differ only in code, which a dev-hot pod can swap in without a rollout.
+pub fn base_key(manifest: &aether_artifact::Manifest) -> String {
+    let deps: Vec<_> = manifest
+        .layers
+        .iter()
+        .filter(|l| l.name != "app")
+        .map(|l| &l.digest)
+        .collect();
+    let key = serde_json::json!([deps, manifest.runtime, manifest.entrypoint, manifest.workdir]);
+    Digest::of(key.to_string().as_bytes()).hex()[..16].to_string()
 }
 
 /// Why the app cannot run its artifact (yet).
@@ -178,6 +196,13 @@ pub fn validate(
         manifest_json: String::from_utf8_lossy(&manifest.to_canonical_json()).into_owned(),
         layers: manifest.layers.iter().map(|l| l.digest).collect(),
         layer_bytes: manifest.layers.iter().map(|l| l.size).sum(),
+        deps_bytes: manifest
+            .layers
+            .iter()
+            .filter(|l| l.name == "deps")
+            .map(|l| l.size)
+            .sum(),
+        base_key: base_key(&manifest),
         verified_at: artifact
             .status
             .as_ref()
