@@ -46,7 +46,8 @@ lint: ## rustfmt and clippy, warnings are errors
 crds: ## regenerate config/crd from the Rust types
 	cargo run -q -p aether-crds --bin crdgen -- config/crd/aether.dev.yaml
 
-bench: ## pack/unpack speed vs tar|zstd; push -> serving (needs `make deploy`)
+# RUNS, RUNS_DEV, BENCH_JSON: see hack/bench-deploy.sh (installs buildah and docker-registry).
+bench: ## pack/unpack vs tar|zstd; change -> served, Aether vs a Dockerfile pipeline (needs `make deploy`)
 	hack/bench.sh
 	hack/bench-deploy.sh
 
