@@ -9,7 +9,8 @@
 //! ```text
 //! MAGIC  u32-be header length  header JSON  u64-be layer length  app layer bytes
 //! ```
-//! answered by one line of [`Reply`] JSON.
+//! answered by one line of [`Reply`] JSON. A header length of 0 (and nothing after
+//! it) asks which code the pod runs: `aether status` uses it ([`query`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,9 @@ pub const PORT: u16 = 39127;
 pub const MAGIC: &[u8; 12] = b"AETHER-HOT/1";
 /// Bound of the header (the manifest and a signature): a manifest is a few KiB.
 pub const MAX_HEADER_BYTES: u32 = 1 << 20;
+/// The largest app layer a pod takes (compressed): what its volumes leave room for
+/// beside the dependencies (the operator's `DEV_APP_ALLOWANCE`). Larger code rolls out.
+pub const MAX_APP_LAYER_BYTES: u64 = 16 << 20;
 
 /// The update's manifest (canonical JSON, its sha256 is the digest the signature
 /// covers) and signature.
@@ -63,3 +67,13 @@ pub fn encode(header: &Header, app_layer: &[u8]) -> Vec<u8> {
     out.extend_from_slice(app_layer);
     out
 }
+
+/// The bytes asking a pod which code it runs (its [`Reply`] names the digest).
+pub fn query() -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out
+}
+
+/// The reason of the answer to [`query`].
+pub const RUNNING: &str = "Running";

@@ -12,8 +12,6 @@ pub const ARTIFACT_ANNOTATION: &str = "aether.dev/artifact";
 /// dependencies, Node, the start command), hashed. The template changes, and the
 /// pods roll, exactly when it does.
 pub const DEV_HOT_BASE_ANNOTATION: &str = "aether.dev/dev-hot-base";
-/// Pod annotation `aether dev` sets once a pod took an update: the digest it runs.
-pub const CODE_ANNOTATION: &str = "aether.dev/code";
 /// AetherApp annotation `aether dev` sets with `spec.artifactRef`: the pods already
 /// run this artifact (swapped in), so a dev-hot app does not roll for it.
 pub const HOT_SWAPPED_ANNOTATION: &str = "aether.dev/hot-swapped";
@@ -21,12 +19,11 @@ pub const HOT_SWAPPED_ANNOTATION: &str = "aether.dev/hot-swapped";
 /// `Fetched sha256:<hex>` (the runtime writes it).
 pub const FETCHED: &str = "Fetched";
 
-/// The digest a pod runs: the one `aether dev` swapped in, else the one its fetch
-/// container extracted (in dev-hot mode, the latest code when the pod started),
-/// else its template's.
-pub fn running_digest(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
+/// The digest a pod started on: the one its fetch container extracted (in dev-hot
+/// mode, the latest code when the pod started), else its template's. A dev-hot pod
+/// may have taken newer code since: only the pod knows (`aether status` asks it).
+pub fn started_digest(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
     let annotations = pod.metadata.annotations.as_ref();
-    let swapped = annotations.and_then(|a| a.get(CODE_ANNOTATION)).cloned();
     let fetched = || {
         pod.status
             .as_ref()?
@@ -44,7 +41,7 @@ pub fn running_digest(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
             .map(|d| d.trim().to_string())
     };
     let template = || annotations.and_then(|a| a.get(DIGEST_ANNOTATION)).cloned();
-    swapped.or_else(fetched).or_else(template)
+    fetched().or_else(template)
 }
 
 /// The message of the container's current or last non-zero exit (the runtime writes

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use aether_artifact::hot::{self, Header, Reply};
 use aether_artifact::{Digest, Manifest};
-use aether_crds::pod::CODE_ANNOTATION;
 use aether_crds::{AetherApp, AetherArtifact};
 use aether_e2e::app::{aether, aether_bin, example_app, set_greeting, shared_cache};
 use aether_e2e::{wait_until, with_temp_ns};
@@ -202,13 +201,21 @@ async fn saves_are_served_by_the_running_pods_and_new_pods_start_on_the_latest_c
             let same = after.iter().find(|p| p.uid() == pod.uid());
             let same = same.unwrap_or_else(|| panic!("pod {} was replaced:\n{}", pod.name_any(), dev.log()));
             assert_eq!(restarts(same), restarts(pod), "{} restarted", pod.name_any());
-            assert!(
-                same.annotations().contains_key(CODE_ANNOTATION),
-                "which code {} runs is noted",
-                pod.name_any()
-            );
         }
-        let swapped: String = after[0].annotations()[CODE_ANNOTATION].clone();
+        // Each pod says which code it runs: the same.
+        let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let mut running = Vec::new();
+        for name in &names {
+            let reply = ask(&pods_api, name, &hot::query()).await?;
+            assert_eq!(
+                (reply.ok, reply.reason.as_str()),
+                (true, hot::RUNNING),
+                "{reply:?}"
+            );
+            running.push(reply.digest);
+        }
+        assert_eq!(running[0], running[1], "both pods run the last save");
+        let swapped = running[0].clone();
 
         // The last save becomes the app's release: a pod created now starts on it.
         let apps: Api<AetherApp> = Api::namespaced(client.clone(), &ns);
@@ -315,9 +322,14 @@ async fn a_dependency_change_rolls_out_and_says_so() -> anyhow::Result<()> {
 /// Send an update straight to a pod's runtime, as `aether dev` does.
 async fn send(client: &Client, ns: &str, pod: &str, header: &Header, layer: &[u8]) -> anyhow::Result<Reply> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    ask(&pods, pod, &hot::encode(header, layer)).await
+}
+
+/// `request` to a pod's runtime through a port-forward; its answer.
+async fn ask(pods: &Api<Pod>, pod: &str, request: &[u8]) -> anyhow::Result<Reply> {
     let mut forwarder = pods.portforward(pod, &[hot::PORT]).await?;
     let mut stream = forwarder.take_stream(hot::PORT).unwrap();
-    stream.write_all(&hot::encode(header, layer)).await?;
+    stream.write_all(request).await?;
     let mut line = String::new();
     tokio::io::BufReader::new(&mut stream)
         .read_line(&mut line)
@@ -422,6 +434,24 @@ async fn pods_refuse_unsigned_and_tampered_updates_under_enforce() -> anyhow::Re
             format!("{greeting}\n"),
             "the pod still runs its code"
         );
+
+        // Once the app's release is not valid (here: it names an artifact that does
+        // not exist), its pods take no update at all, though nothing can roll them.
+        apps.patch(
+            APP,
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({"spec": {"artifactRef": {"name": "no-such-artifact"}}})),
+        )
+        .await?;
+        wait_until(
+            "the pod to refuse every update",
+            Duration::from_secs(180),
+            || async {
+                let reply = send(&client, &ns, &pod, &unsigned, &evil).await?;
+                Ok((reply.reason == "DevHotDisabled").then_some(()))
+            },
+        )
+        .await?;
         Ok(())
     })
     .await

@@ -33,6 +33,8 @@ use crate::supervise::{app_command, exit_code, next_signal, signal_streams};
 
 /// The runtime's switch for this mode.
 pub const DEV_HOT: &str = "AETHER_DEV_HOT";
+/// The reason of a refusal while the operator does not allow updates.
+const DEV_HOT_DISABLED: &str = "DevHotDisabled";
 /// How long a new process may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a replaced process may take to exit after SIGTERM.
@@ -50,6 +52,29 @@ pub struct HotConfig {
     pub root: PathBuf,
     /// The app's public port.
     pub port: u16,
+    /// The policy file the operator keeps current (see [`current_policy`]).
+    pub policy_file: Option<PathBuf>,
+}
+
+/// What the operator says now, from its policy file: updates are taken only while
+/// the app's release is valid, under the mode and keys it was last validated with.
+/// (The pod's env is frozen while an app is invalid; this file is not: kubelet
+/// refreshes it within about a minute.) Without the file, the env's policy holds.
+fn current_policy(config: &HotConfig) -> Result<(Policy, Vec<PublicKey>), String> {
+    let Some(path) = &config.policy_file else {
+        return Ok((config.policy, config.trusted.clone()));
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|_| "the operator has not allowed updates to this pod (yet)".to_string())?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if value["enabled"] != serde_json::Value::Bool(true) {
+        return Err("the app's release is not valid now (its AetherApp status says why)".into());
+    }
+    let policy = parse_policy(value["mode"].as_str().unwrap_or("enforce"))?;
+    let trusted = signature::public_keys_from_pem_bundle(value["trustedKeys"].as_str().unwrap_or_default())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((policy, trusted))
 }
 
 impl HotConfig {
@@ -68,6 +93,7 @@ impl HotConfig {
                 .parse()
                 .map_err(|e| format!("AETHER_MAX_UNPACKED_BYTES: {e}"))?,
             root: root.to_path_buf(),
+            policy_file: std::env::var_os("AETHER_HOT_POLICY").map(PathBuf::from),
             port: var("AETHER_PUBLIC_PORT")?
                 .parse()
                 .map_err(|e| format!("AETHER_PUBLIC_PORT: {e}"))?,
@@ -248,25 +274,47 @@ async fn forward(listener: TcpListener, backend: Arc<AtomicU16>) {
     }
 }
 
-/// Updates, one at a time: read, verify, extract, hand to the main loop to start.
+/// Updates: each is read in full (within [`READ_TIMEOUT`]; at most
+/// [`READING_AT_ONCE`] at a time), then verified, extracted and handed to the main
+/// loop one at a time.
 async fn receive(listener: TcpListener, config: Arc<HotConfig>, swaps: mpsc::Sender<Swap>) {
     let one_at_a_time = Arc::new(Mutex::new(()));
+    let readers = Arc::new(tokio::sync::Semaphore::new(READING_AT_ONCE));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        let Ok(reading) = readers.clone().try_acquire_owned() else {
+            drop(stream); // busy: `aether dev` sends one update per pod at a time
+            continue;
+        };
         let (config, swaps, lock) = (config.clone(), swaps.clone(), one_at_a_time.clone());
         tokio::spawn(async move {
-            let _turn = lock.lock().await;
-            serve_update(stream, &config, &swaps).await;
+            serve_update(stream, &config, &swaps, reading, &lock).await;
         });
     }
 }
 
-async fn serve_update(mut stream: TcpStream, config: &HotConfig, swaps: &mpsc::Sender<Swap>) {
-    let reply = match read_update(&mut stream, config.max_unpacked_bytes).await {
+/// How long sending one update may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Updates read concurrently (each holds its layer in memory until checked).
+const READING_AT_ONCE: usize = 2;
+
+async fn serve_update(
+    mut stream: TcpStream,
+    config: &HotConfig,
+    swaps: &mpsc::Sender<Swap>,
+    reading: tokio::sync::OwnedSemaphorePermit,
+    one_at_a_time: &Mutex<()>,
+) {
+    let max_layer = hot::MAX_APP_LAYER_BYTES.min(config.max_unpacked_bytes);
+    let read = tokio::time::timeout(READ_TIMEOUT, read_update(&mut stream, max_layer)).await;
+    let _turn = one_at_a_time.lock().await;
+    drop(reading);
+    let reply = match read.unwrap_or_else(|_| Err(format!("not sent within {} s", READ_TIMEOUT.as_secs()))) {
         Err(message) => refused("InvalidUpdate", message, None),
-        Ok((header, layer)) => {
+        Ok(None) => running(&config.root),
+        Ok(Some((header, layer))) => {
             let received = Instant::now();
             let root = config.root.clone();
             let config2 = config.clone();
@@ -309,7 +357,22 @@ fn refused(reason: &str, message: String, digest: Option<&Digest>) -> Reply {
     }
 }
 
-async fn read_update(stream: &mut TcpStream, max_layer: u64) -> Result<(Header, Vec<u8>), String> {
+/// The answer to a query: the digest of the manifest the pod runs.
+fn running(root: &Path) -> Reply {
+    let manifest = std::fs::read(root.join(STATE_DIR).join("manifest.json"))
+        .ok()
+        .and_then(|b| Manifest::from_json(&b).ok());
+    Reply {
+        ok: manifest.is_some(),
+        reason: hot::RUNNING.into(),
+        message: String::new(),
+        digest: manifest.map(|m| m.digest().to_string()).unwrap_or_default(),
+        millis: 0,
+    }
+}
+
+/// An update, or None for a query (see [`hot::query`]).
+async fn read_update(stream: &mut TcpStream, max_layer: u64) -> Result<Option<(Header, Vec<u8>)>, String> {
     let mut magic = [0u8; hot::MAGIC.len()];
     stream
         .read_exact(&mut magic)
@@ -319,6 +382,9 @@ async fn read_update(stream: &mut TcpStream, max_layer: u64) -> Result<(Header, 
         return Err("not an Aether dev-hot update".into());
     }
     let len = stream.read_u32().await.map_err(|e| format!("reading: {e}"))?;
+    if len == 0 {
+        return Ok(None);
+    }
     if len > hot::MAX_HEADER_BYTES {
         return Err(format!(
             "header of {len} bytes (at most {})",
@@ -335,7 +401,8 @@ async fn read_update(stream: &mut TcpStream, max_layer: u64) -> Result<(Header, 
     if len > max_layer {
         return Err(format!("an app layer of {len} bytes (at most {max_layer})"));
     }
-    let mut layer = Vec::with_capacity(len as usize);
+    // Grown as bytes arrive: a length alone reserves nothing.
+    let mut layer = Vec::with_capacity((len as usize).min(1 << 20));
     (&mut *stream)
         .take(len)
         .read_to_end(&mut layer)
@@ -347,7 +414,7 @@ async fn read_update(stream: &mut TcpStream, max_layer: u64) -> Result<(Header, 
             layer.len()
         ));
     }
-    Ok((header, layer))
+    Ok(Some((header, layer)))
 }
 
 /// Verify the update against the running release and put its app layer in place of
@@ -360,15 +427,10 @@ fn prepare(config: &HotConfig, root: &Path, header: &Header, layer: &[u8]) -> Re
         .signature_key_id
         .as_deref()
         .zip(header.signature.as_deref());
-    let verdict = signature::check(
-        config.policy,
-        &config.trusted,
-        sig,
-        &digest,
-        &config.namespace,
-        &config.app,
-    )
-    .map_err(|r| refused(r.reason(), r.to_string(), Some(&digest)))?;
+    let (policy, trusted) =
+        current_policy(config).map_err(|why| refused(DEV_HOT_DISABLED, why, Some(&digest)))?;
+    let verdict = signature::check(policy, &trusted, sig, &digest, &config.namespace, &config.app)
+        .map_err(|r| refused(r.reason(), r.to_string(), Some(&digest)))?;
     if let signature::Verdict::Unverified(why) = verdict {
         eprintln!("aether-runtime: warning: swapping in unverified code {digest}: {why}");
     }
@@ -425,7 +487,18 @@ fn prepare(config: &HotConfig, root: &Path, header: &Header, layer: &[u8]) -> Re
         unpacker.finish().map(drop)
     };
     unpack().map_err(|e| refused(e.reason(), format!("extracting: {e}"), Some(&digest)))?;
-    replace_app(&root.join(APP_DIR), &next).map_err(|e| io("replacing the code", e))?;
+    let app = root.join(APP_DIR);
+    if let Some(p) = conflict(&app, &next).map_err(|e| io("comparing the code", e))? {
+        return Err(refused(
+            hot::NEEDS_ROLLOUT,
+            format!(
+                "{} is a folder in the running code and a file in the update",
+                p.display()
+            ),
+            Some(&digest),
+        ));
+    }
+    replace_app(&app, &next).map_err(|e| io("replacing the code", e))?;
     let tmp = state.join(".manifest.json.tmp");
     std::fs::write(&tmp, manifest.to_canonical_json()).map_err(|e| io("recording the manifest", e))?;
     std::fs::rename(&tmp, &current_path).map_err(|e| io("recording the manifest", e))?;
@@ -435,12 +508,7 @@ fn prepare(config: &HotConfig, root: &Path, header: &Header, layer: &[u8]) -> Re
 /// What differs between the running release and an update, other than the app layer:
 /// the dependencies, the Node runtime, the entrypoint or the working directory.
 pub fn needs_rollout(current: &Manifest, update: &Manifest) -> Option<&'static str> {
-    let deps = |m: &Manifest| {
-        m.layers
-            .iter()
-            .find(|l| l.name == "deps")
-            .map(|l| l.digest)
-    };
+    let deps = |m: &Manifest| m.layers.iter().find(|l| l.name == "deps").map(|l| l.digest);
     if deps(current) != deps(update) || update.layers.len() != current.layers.len() {
         Some("the dependencies")
     } else if current.runtime != update.runtime {
@@ -495,6 +563,18 @@ pub fn replace_app(app: &Path, next: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A file of the update where the running code has a folder (which may hold
+/// dependencies): checked before anything is replaced, so the pod keeps its code.
+pub fn conflict(app: &Path, next: &Path) -> std::io::Result<Option<PathBuf>> {
+    for (p, is_dir) in walk(next, Path::new(""), false)? {
+        let existing = std::fs::symlink_metadata(app.join(&p));
+        if !is_dir && existing.is_ok_and(|m| m.is_dir()) {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
 }
 
 /// Entries under `dir` (relative, parents before children), leaving out
@@ -552,6 +632,26 @@ mod tests {
             read("packages/web/node_modules/x/index.js").as_deref(),
             Some("dep")
         );
+    }
+
+    #[test]
+    fn a_file_where_the_running_code_has_a_folder_is_found_before_anything_changes() {
+        let app = tempfile::tempdir().unwrap();
+        let next = tempfile::tempdir().unwrap();
+        write(app.path(), "server.js", "old");
+        write(app.path(), "packages/web/node_modules/x/index.js", "dep");
+        write(next.path(), "server.js", "new");
+        write(next.path(), "packages/web", "a file now");
+        assert_eq!(
+            conflict(app.path(), next.path()).unwrap(),
+            Some(PathBuf::from("packages/web"))
+        );
+        assert_eq!(
+            std::fs::read_to_string(app.path().join("server.js")).unwrap(),
+            "old"
+        );
+        std::fs::remove_file(next.path().join("packages/web")).unwrap();
+        assert_eq!(conflict(app.path(), next.path()).unwrap(), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aether_crds::AetherApp;
 use aether_crds::condition::{READY, STALLED};
-use aether_crds::pod::running_digest;
+use aether_crds::pod::started_digest;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -197,10 +197,10 @@ pub fn routing(slices: &[EndpointSlice], pods: &[Pod], of_release: impl Fn(&Pod)
     }
 }
 
-/// A pod that runs the code of `digest` (see [`running_digest`]: a dev-hot pod may
-/// run newer code than its template names).
+/// A pod that started on the code of `digest` (see [`started_digest`]: a dev-hot
+/// pod may have started on newer code than its template names).
 pub fn runs_digest(digest: &str) -> impl Fn(&Pod) -> bool + '_ {
-    move |pod| running_digest(pod).as_deref() == Some(digest)
+    move |pod| started_digest(pod).as_deref() == Some(digest)
 }
 
 /// Wait until the app's Service routes only to pods `of_release` accepts (`what`

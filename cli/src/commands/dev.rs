@@ -14,15 +14,15 @@
 //!    on, switches it off: the app is left on its last release, as after a push.
 //!
 //! Rights needed (the aether-editor role): what `aether push` needs, plus pods
-//! `list`, `patch` (the [`CODE_ANNOTATION`] that `aether status` shows) and
-//! `pods/portforward` `create`.
+//! `list` and `pods/portforward` `create`. Nothing is written to the pods: which
+//! code a pod runs, only the pod knows ([`ask`] with [`hot::query`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aether_artifact::hot::{self, Header, Reply};
-use aether_crds::pod::{CODE_ANNOTATION, DEV_HOT_BASE_ANNOTATION, HOT_SWAPPED_ANNOTATION};
+use aether_crds::pod::{DEV_HOT_BASE_ANNOTATION, HOT_SWAPPED_ANNOTATION};
 use aether_crds::{AetherApp, AetherArtifact};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -68,6 +68,10 @@ pub async fn run(args: &DevArgs, global: &GlobalArgs, printer: &Printer) -> Resu
     if !was_dev {
         printer.info(format!("Switching {app} to dev-hot mode (its pods roll once)"));
     }
+    // From here on, Ctrl-C (even during the waits below) ends the session cleanly:
+    // dev-hot mode is switched off again.
+    let mut stop = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(CliError::io("listening for Ctrl-C"))?;
     record(&apps, &app, &pushed.artifact, false, &namespace).await?;
     let dev_pods = |p: &Pod| p.annotations().contains_key(DEV_HOT_BASE_ANNOTATION);
     await_ready(&apps, &app, timeout).await?;
@@ -92,7 +96,7 @@ pub async fn run(args: &DevArgs, global: &GlobalArgs, printer: &Printer) -> Resu
         dir.display()
     ));
     let quiet = Printer::new(global.output, true);
-    let (releases, latest) = tokio::sync::watch::channel(None::<PackOutcome>);
+    let (releases, latest) = tokio::sync::watch::channel(None::<(PackOutcome, bool)>);
     let mut session = Session {
         client: client.clone(),
         namespace: namespace.clone(),
@@ -112,11 +116,9 @@ pub async fn run(args: &DevArgs, global: &GlobalArgs, printer: &Printer) -> Resu
         timeout,
         latest,
     ));
-    // One listener for the whole session: Ctrl-C pressed during an update is kept.
-    let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         tokio::select! {
-            _ = &mut stop => break,
+            _ = stop.recv() => break,
             Some(()) = changes.recv() => {
                 // Editors write a file in several steps: take them as one save.
                 tokio::time::sleep(SETTLE).await;
@@ -177,7 +179,8 @@ struct Session<'a> {
     serving: Option<aether_artifact::Digest>,
     /// To the recorder: the latest swapped-in update (None after a rollout: nothing
     /// older may be recorded over the release it pushed).
-    releases: tokio::sync::watch::Sender<Option<PackOutcome>>,
+    /// With it: whether every pod took it (else recording it rolls them).
+    releases: tokio::sync::watch::Sender<Option<(PackOutcome, bool)>>,
     printer: &'a Printer,
 }
 
@@ -223,6 +226,14 @@ impl Session<'_> {
             .iter()
             .find(|l| l.name == "app")
             .ok_or_else(|| CliError::io("packing")(std::io::Error::other("no app layer")))?;
+        if app_layer.size > hot::MAX_APP_LAYER_BYTES {
+            let why = format!(
+                "the app layer is {}, more than a dev-hot pod takes ({})",
+                crate::pack::human_bytes(app_layer.size),
+                crate::pack::human_bytes(hot::MAX_APP_LAYER_BYTES)
+            );
+            return self.roll_out(&why, push_args, global).await;
+        }
         let header = Header {
             manifest: String::from_utf8_lossy(&manifest).into_owned(),
             signature_key_id: packed.signature.as_ref().map(|s| s.key_id.clone()),
@@ -235,10 +246,10 @@ impl Session<'_> {
         if running.is_empty() {
             self.printer
                 .warn("no running pod of the app to update; recorded for the next one");
-            self.releases.send_replace(Some(packed));
+            self.releases.send_replace(Some((packed, false)));
             return Ok(());
         }
-        let swaps = running.iter().map(|name| swap(&pods, name, &update));
+        let swaps = running.iter().map(|name| ask(&pods, name, &update, SWAP_TIMEOUT));
         let replies = futures::future::join_all(swaps).await;
         let short = &packed.digest.hex()[..12];
         if let Some((_, r)) = replies.iter().find(|(_, r)| r.reason == hot::NEEDS_ROLLOUT) {
@@ -249,11 +260,6 @@ impl Session<'_> {
         for (pod, reply) in &replies {
             if reply.ok {
                 swapped += 1;
-                let patch = serde_json::json!({"metadata": {"annotations": {CODE_ANNOTATION: packed.digest.to_string()}}});
-                // Only what `aether status` shows: the pod runs the code either way.
-                let _ = pods
-                    .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await;
             } else {
                 self.printer.warn(format!(
                     "pod {pod} refused {short}: {}: {}",
@@ -271,7 +277,12 @@ impl Session<'_> {
             replies.len(),
             started.elapsed().as_millis()
         ));
-        self.releases.send_replace(Some(packed));
+        let everywhere = swapped == replies.len();
+        if !everywhere {
+            self.printer
+                .warn("not every pod took it: once recorded, the pods roll to it");
+        }
+        self.releases.send_replace(Some((packed, everywhere)));
         Ok(())
     }
 
@@ -313,8 +324,9 @@ async fn running_pods(pods: &Api<Pod>, app: &str) -> Result<Vec<String>, CliErro
         .collect())
 }
 
-/// Send `update` to the pod's runtime through a port-forward; its answer.
-async fn swap(pods: &Api<Pod>, pod: &str, update: &[u8]) -> (String, Reply) {
+/// Send `request` (an update, or [`hot::query`]) to the pod's runtime through a
+/// port-forward; its answer.
+pub async fn ask(pods: &Api<Pod>, pod: &str, request: &[u8], timeout: Duration) -> (String, Reply) {
     let failed = |reason: &str, message: String| Reply {
         ok: false,
         reason: reason.into(),
@@ -331,7 +343,7 @@ async fn swap(pods: &Api<Pod>, pod: &str, update: &[u8]) -> (String, Reply) {
             .take_stream(hot::PORT)
             .ok_or_else(|| failed("PortForwardFailed", "no stream".into()))?;
         stream
-            .write_all(update)
+            .write_all(request)
             .await
             .map_err(|e| failed("PortForwardFailed", e.to_string()))?;
         let mut line = String::new();
@@ -348,12 +360,9 @@ async fn swap(pods: &Api<Pod>, pod: &str, update: &[u8]) -> (String, Reply) {
             )
         })
     };
-    let reply = match tokio::time::timeout(SWAP_TIMEOUT, exchange).await {
+    let reply = match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(reply)) | Ok(Err(reply)) => reply,
-        Err(_) => failed(
-            "Timeout",
-            format!("no answer within {} s", SWAP_TIMEOUT.as_secs()),
-        ),
+        Err(_) => failed("Timeout", format!("no answer within {} s", timeout.as_secs())),
     };
     (pod.to_string(), reply)
 }
@@ -414,13 +423,13 @@ async fn recorder(
     app: String,
     storage: crate::args::StorageMode,
     timeout: Duration,
-    mut latest: tokio::sync::watch::Receiver<Option<PackOutcome>>,
+    mut latest: tokio::sync::watch::Receiver<Option<(PackOutcome, bool)>>,
 ) {
     let artifacts: Api<AetherArtifact> = Api::namespaced(client.clone(), &namespace);
     let apps: Api<AetherApp> = Api::namespaced(client, &namespace);
     let quiet = Printer::new(crate::args::OutputFormat::Human, true);
     while latest.changed().await.is_ok() {
-        let Some(packed) = latest.borrow_and_update().clone() else {
+        let Some((packed, swapped)) = latest.borrow_and_update().clone() else {
             continue;
         };
         let outcome = async {
@@ -428,10 +437,11 @@ async fn recorder(
                 super::push::publish(&artifacts, &namespace, &packed, storage, timeout, &quiet).await?;
             // Something newer came meanwhile (a later save, or a rollout whose
             // release must stay): this one is not the app's release any more.
-            if latest.has_changed().unwrap_or(false) {
+            let newest = latest.borrow().as_ref().map(|(p, _)| p.digest);
+            if newest != Some(packed.digest) {
                 return Ok(());
             }
-            record(&apps, &app, &published.name, true, &namespace).await
+            record(&apps, &app, &published.name, swapped, &namespace).await
         };
         if let Err(e) = outcome.await {
             eprintln!(

@@ -109,14 +109,13 @@ pub async fn gather(client: &kube::Client, ns: &str, app: &str, events: usize) -
         .selector
         .clone()
         .unwrap_or_else(|| format!("app.kubernetes.io/instance={app},app.kubernetes.io/name={app}"));
-    let mut pods: Vec<PodView> = pods
+    let listed = pods
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(err("pods"))?
-        .items
-        .iter()
-        .map(|p| pod_view(p, &known))
-        .collect();
+        .items;
+    let asked = ask_dev_hot_pods(&pods, &listed).await;
+    let mut pods: Vec<PodView> = listed.iter().map(|p| pod_view(p, &known, &asked)).collect();
     pods.sort_by(|x, y| x.name.cmp(&y.name));
 
     // The app's events and its pods' (image, init and probe failures show there).
@@ -184,8 +183,13 @@ pub async fn gather(client: &kube::Client, ns: &str, app: &str, events: usize) -
     })
 }
 
-/// `known`: artifact names by digest (the app's release and its history).
-fn pod_view(p: &Pod, known: &std::collections::BTreeMap<&str, &str>) -> PodView {
+/// `known`: artifact names by digest (the app's release and its history); `asked`:
+/// what dev-hot pods said they run.
+fn pod_view(
+    p: &Pod,
+    known: &std::collections::BTreeMap<&str, &str>,
+    asked: &std::collections::BTreeMap<String, String>,
+) -> PodView {
     let status = p.status.clone().unwrap_or_default();
     let ready = status
         .conditions
@@ -198,7 +202,10 @@ fn pod_view(p: &Pod, known: &std::collections::BTreeMap<&str, &str>) -> PodView 
         .flatten()
         .chain(status.container_statuses.iter().flatten())
         .find_map(container_problem);
-    let digest = aether_crds::pod::running_digest(p);
+    let digest = asked
+        .get(&p.name_any())
+        .cloned()
+        .or_else(|| aether_crds::pod::started_digest(p));
     PodView {
         name: p.name_any(),
         artifact: digest
@@ -210,6 +217,34 @@ fn pod_view(p: &Pod, known: &std::collections::BTreeMap<&str, &str>) -> PodView 
         ready,
         problem,
     }
+}
+
+/// Dev-hot pods may run newer code than they started on: ask each (through a
+/// port-forward, as `aether dev` sends updates) which. A pod that cannot be asked
+/// (no `pods/portforward` right, not running) is shown with the code it started on.
+async fn ask_dev_hot_pods(api: &Api<Pod>, pods: &[Pod]) -> std::collections::BTreeMap<String, String> {
+    let query = aether_artifact::hot::query();
+    let asks = pods
+        .iter()
+        .filter(|p| {
+            p.annotations()
+                .contains_key(aether_crds::pod::DEV_HOT_BASE_ANNOTATION)
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .map(|p| {
+            super::dev::ask(
+                api,
+                p.metadata.name.as_deref().unwrap_or_default(),
+                &query,
+                std::time::Duration::from_secs(3),
+            )
+        });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter(|(_, reply)| reply.ok && reply.reason == aether_artifact::hot::RUNNING)
+        .map(|(pod, reply)| (pod, reply.digest))
+        .collect()
 }
 
 /// `fetch: DigestMismatch: …` from a container's current or last failed exit, or

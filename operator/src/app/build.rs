@@ -10,9 +10,10 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-    Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, SleepAction, TCPSocketAction, Volume, VolumeMount,
+    KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction, TCPSocketAction, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -33,6 +34,9 @@ const UID: i64 = 10001;
 const ENTRYPOINT_LOCKED: &str = "AETHER_ENTRYPOINT_LOCKED";
 /// Set (to `true`) for a dev-hot app's runtime; the runtime's name for it.
 const DEV_HOT: &str = "AETHER_DEV_HOT";
+/// Where a dev-hot app's runtime reads the policy updates are checked against (the
+/// fetch Secret's `hot-policy`, which the operator keeps current).
+const HOT_POLICY_PATH: &str = "/var/run/aether/hot";
 
 /// Where the fetch container spools layers before extracting them (a disk volume).
 const SPOOL_PATH: &str = "/var/run/aether/spool";
@@ -50,7 +54,7 @@ pub fn unpacked_limit(compressed: u64) -> u64 {
 
 /// Compressed app-layer bytes a dev-hot pod's volumes leave room for, whatever the
 /// current code's size: sizes that followed each save would roll the pods.
-const DEV_APP_ALLOWANCE: u64 = 16 << 20;
+const DEV_APP_ALLOWANCE: u64 = aether_artifact::hot::MAX_APP_LAYER_BYTES;
 
 /// The compressed bytes the pod's volumes and limits are sized for.
 fn sized_for(app: &AetherApp, release: &Validated) -> u64 {
@@ -265,44 +269,64 @@ fn pod_template(app: &AetherApp, release: &Validated, config: &PodConfig) -> Pod
             }),
             init_containers: Some(vec![fetch_container(app, release, config)]),
             containers: vec![app_container(app, release, config)],
-            volumes: Some(vec![
-                // In memory: extracting ~20k files of node_modules to this kind of
-                // disk took ~14 s, to tmpfs well under one.
-                Volume {
-                    name: "aether".into(),
-                    empty_dir: Some(EmptyDirVolumeSource {
-                        medium: Some("Memory".into()),
-                        size_limit: Some(Quantity(
-                            (unpacked_limit(sized_for(app, release)) + RUNTIME_BYTES).to_string(),
-                        )),
-                    }),
-                    ..Default::default()
-                },
-                // The downloaded layers, checked there before extraction (fetch only).
-                Volume {
-                    name: "spool".into(),
-                    empty_dir: Some(EmptyDirVolumeSource {
-                        medium: None,
-                        size_limit: Some(Quantity((sized_for(app, release) + (1 << 20)).to_string())),
-                    }),
-                    ..Default::default()
-                },
-                Volume {
-                    name: "tmp".into(),
-                    empty_dir: Some(EmptyDirVolumeSource::default()),
-                    ..Default::default()
-                },
-                // Only the fetch container mounts it.
-                Volume {
-                    name: "downloads".into(),
+            volumes: Some(
+                vec![
+                    // In memory: extracting ~20k files of node_modules to this kind of
+                    // disk took ~14 s, to tmpfs well under one.
+                    Volume {
+                        name: "aether".into(),
+                        empty_dir: Some(EmptyDirVolumeSource {
+                            medium: Some("Memory".into()),
+                            size_limit: Some(Quantity(
+                                (unpacked_limit(sized_for(app, release)) + RUNTIME_BYTES).to_string(),
+                            )),
+                        }),
+                        ..Default::default()
+                    },
+                    // The downloaded layers, checked there before extraction (fetch only).
+                    Volume {
+                        name: "spool".into(),
+                        empty_dir: Some(EmptyDirVolumeSource {
+                            medium: None,
+                            size_limit: Some(Quantity((sized_for(app, release) + (1 << 20)).to_string())),
+                        }),
+                        ..Default::default()
+                    },
+                    Volume {
+                        name: "tmp".into(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Default::default()
+                    },
+                    // Only the fetch container mounts it.
+                    Volume {
+                        name: "downloads".into(),
+                        secret: Some(SecretVolumeSource {
+                            secret_name: Some(downloads::secret_name(&name)),
+                            default_mode: Some(0o440),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                ]
+                .into_iter()
+                // Dev-hot: the app container sees the policy entry of that Secret only
+                // (kubelet refreshes it in running pods), never the download URLs.
+                .chain(app.spec.dev_hot.then(|| Volume {
+                    name: "hot-policy".into(),
                     secret: Some(SecretVolumeSource {
                         secret_name: Some(downloads::secret_name(&name)),
                         default_mode: Some(0o440),
-                        ..Default::default()
+                        items: Some(vec![KeyToPath {
+                            key: super::hot::POLICY_KEY.into(),
+                            path: "policy.json".into(),
+                            ..Default::default()
+                        }]),
+                        optional: Some(true),
                     }),
                     ..Default::default()
-                },
-            ]),
+                }))
+                .collect(),
+            ),
             ..Default::default()
         }),
     }
@@ -333,6 +357,15 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
+/// The runtime's name for a verify policy.
+pub fn mode_name(policy: Policy) -> &'static str {
+    match policy {
+        Policy::Enforce => "enforce",
+        Policy::Warn => "warn",
+        Policy::Off => "off",
+    }
+}
+
 /// What the runtime checks a release against: the app, its namespace, the policy
 /// and the keys it trusts (the fetch container, and in dev-hot mode the app's).
 fn verification_env(app: &AetherApp, release: &Validated) -> Vec<EnvVar> {
@@ -349,14 +382,7 @@ fn verification_env(app: &AetherApp, release: &Validated) -> Vec<EnvVar> {
             }),
             ..Default::default()
         },
-        env(
-            "AETHER_VERIFY_MODE",
-            match release.policy {
-                Policy::Enforce => "enforce",
-                Policy::Warn => "warn",
-                Policy::Off => "off",
-            },
-        ),
+        env("AETHER_VERIFY_MODE", mode_name(release.policy)),
     ];
     if release.policy != Policy::Off {
         vars.push(env("AETHER_TRUSTED_KEYS", &release.trusted_pem));
@@ -482,6 +508,7 @@ fn app_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Co
         // holds the app's port and gives the app a loopback one (see the runtime's
         // `hot` module).
         vars.push(env("AETHER_PUBLIC_PORT", app.spec.port.to_string()));
+        vars.push(env("AETHER_HOT_POLICY", format!("{HOT_POLICY_PATH}/policy.json")));
         vars.extend(verification_env(app, release));
     }
     let probe = |period: i32, failures: i32| {
@@ -526,20 +553,30 @@ fn app_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Co
         readiness_probe: Some(probe(1, 3)),
         liveness_probe: Some(probe(10, 3)),
         resources: app.spec.resources.clone(),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "aether".into(),
-                mount_path: VOLUME_PATH.into(),
-                // Dev-hot updates replace the code in place.
-                read_only: Some(!app.spec.dev_hot),
+        volume_mounts: Some(
+            vec![
+                VolumeMount {
+                    name: "aether".into(),
+                    mount_path: VOLUME_PATH.into(),
+                    // Dev-hot updates replace the code in place.
+                    read_only: Some(!app.spec.dev_hot),
+                    ..Default::default()
+                },
+                VolumeMount {
+                    name: "tmp".into(),
+                    mount_path: "/tmp".into(),
+                    ..Default::default()
+                },
+            ]
+            .into_iter()
+            .chain(app.spec.dev_hot.then(|| VolumeMount {
+                name: "hot-policy".into(),
+                mount_path: HOT_POLICY_PATH.into(),
+                read_only: Some(true),
                 ..Default::default()
-            },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..Default::default()
-            },
-        ]),
+            }))
+            .collect(),
+        ),
         // A pod leaving a rollout keeps answering while kube-proxy and load balancers
         // drop it from their rules; it gets SIGTERM afterwards.
         lifecycle: Some(Lifecycle {

@@ -21,6 +21,25 @@ use super::validate::Validated;
 /// The fetch Secret's key naming the release a new pod fetches (the runtime's
 /// `fetch::RELEASE_FILE`).
 pub const RELEASE_KEY: &str = "release";
+/// The fetch Secret's key with the policy dev-hot pods check updates against, kept
+/// current on every reconcile (the pods' env is frozen while the app is invalid).
+pub const POLICY_KEY: &str = "hot-policy";
+
+/// The [`POLICY_KEY`] entry: updates are taken only while the app's release is valid,
+/// under the policy and keys it was validated with. `None`: the app is not dev-hot.
+pub fn policy_entry(app: &AetherApp, release: Option<&Validated>) -> Option<String> {
+    app.spec.dev_hot.then(|| {
+        let value = match release {
+            Some(r) => serde_json::json!({
+                "enabled": true,
+                "mode": super::build::mode_name(r.policy),
+                "trustedKeys": r.trusted_pem,
+            }),
+            None => serde_json::json!({"enabled": false}),
+        };
+        value.to_string()
+    })
+}
 
 /// The release as the pod template should name it: `release` itself, unless the app
 /// is dev-hot, its pods already run `release` (swapped in) and the Deployment's
@@ -58,4 +77,13 @@ pub fn release_entry(app: &AetherApp, release: &Validated) -> Option<String> {
         })
         .to_string()
     })
+}
+
+/// The layers of a [`RELEASE_KEY`] entry (none if it cannot be read).
+pub fn release_layers(entry: &str) -> Vec<aether_artifact::Digest> {
+    serde_json::from_str::<serde_json::Value>(entry)
+        .ok()
+        .and_then(|v| aether_artifact::Manifest::from_json(v["manifest"].as_str()?.as_bytes()).ok())
+        .map(|m| m.layers.iter().map(|l| l.digest).collect())
+        .unwrap_or_default()
 }

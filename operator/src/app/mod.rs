@@ -177,6 +177,9 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
             if let Some(entry) = hot::release_entry(app, &release) {
                 urls.insert(hot::RELEASE_KEY.into(), entry);
             }
+            if let Some(entry) = hot::policy_entry(app, Some(&release)) {
+                urls.insert(hot::POLICY_KEY.into(), entry);
+            }
             let template = hot::template_release(app, &release, d.running.as_ref());
             let children = build::build(app, &template, &urls, &ctx.config.pod);
             claim_children(ctx, app, &ns, &children, secret.as_ref().map(|s| &s.metadata))
@@ -195,16 +198,27 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
                 .flatten()
                 .filter(|s| ownership::owned_by(&s.metadata, &app.uid().unwrap_or_default()));
             if let Some(secret) = owned.filter(|_| !serving.is_empty()) {
-                let mut urls = download_urls(ctx, app, &ns, Some(&secret), &serving, began_at).await?;
                 let current = secret_strings(&secret);
-                // A dev-hot app's new pods keep starting on the release they would have.
-                if let Some(entry) = current.get(hot::RELEASE_KEY) {
+                // A dev-hot app's new pods keep starting on the release they would have
+                // (whose code its templates do not name), but its pods take no update
+                // until the app is valid again.
+                let release = current.get(hot::RELEASE_KEY);
+                let wanted = [
+                    serving.clone(),
+                    release.map(|r| hot::release_layers(r)).unwrap_or_default(),
+                ]
+                .concat();
+                let mut urls = download_urls(ctx, app, &ns, Some(&secret), &wanted, began_at).await?;
+                if let Some(entry) = release {
                     urls.insert(hot::RELEASE_KEY.into(), entry.clone());
+                }
+                if let Some(entry) = hot::policy_entry(app, None) {
+                    urls.insert(hot::POLICY_KEY.into(), entry);
                 }
                 if urls != current {
                     apply_one(ctx, &ns, &build::downloads_secret(app, &urls)).await?;
                 }
-                renew_in = Some(downloads::renew_in(&urls, &serving, began_at, ttl));
+                renew_in = Some(downloads::renew_in(&urls, &wanted, began_at, ttl));
             }
             // Counts of a Deployment of that name the app does not own are not its own.
             let uid = app.uid().unwrap_or_default();
