@@ -362,6 +362,9 @@ impl Unpacker {
         let failure = Failure::default();
         let result = thread::scope(|scope| {
             let mut writers = Writers::new(scope, &root, &failure, self.writers);
+            // Dropped before `writers` (reverse order): a panic below stops them
+            // before their queues close, so nothing queued is written after it.
+            let _stop = StopOnPanic(&failure);
             let result = self
                 .extract(compressed, &meter, &mut writers)
                 .and_then(|()| writers.flush());
@@ -905,6 +908,17 @@ impl Batch {
 struct Failure {
     failed: AtomicBool,
     error: Mutex<Option<UnpackError>>,
+}
+
+/// Stops the writers if dropped while the extracting thread panics.
+struct StopOnPanic<'a>(&'a Failure);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.0.stop();
+        }
+    }
 }
 
 impl Failure {
