@@ -14,16 +14,7 @@ BASE_IMAGE="localhost/aether-bench/node"   # :<major>, in buildah's storage only
 
 # Only the bench needs these, so `hack/deps.sh` (make test, CI) does not install them.
 baseline_packages() {
-  local p missing=()
-  for p in buildah docker-registry; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  if (( ${#missing[@]} )); then
-    log "installing for the Dockerfile baseline: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  apt_install buildah docker-registry || true
 }
 
 # buildah with its own storage: a bench run starts from an empty layer cache and

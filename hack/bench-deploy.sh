@@ -53,14 +53,6 @@ trap 'exit 130' INT TERM
 
 now_us() { echo "${EPOCHREALTIME/./}"; }
 
-# running PID: alive and not a zombie (a finished child not yet waited for).
-running() {
-  local stat
-  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-  stat="${stat##*) }"
-  [[ "${stat:0:1}" != Z ]]
-}
-
 # served URL WANT T0_US TIMEOUT_S [PID]: poll URL until it answers WANT; set
 # served_ms to the milliseconds since T0_US. Fails at the timeout, or as soon as PID
 # (the pipeline, or the dev session) exits unsuccessfully; a PID that exits with 0
@@ -74,7 +66,7 @@ served() {
     body="$(curl -s --max-time 1 "$url" || true)"
     t1="$(now_us)"
     if [[ "$body" == "$want" ]]; then served_ms=$(( (t1 - t0) / 1000 )); return 0; fi
-    if [[ -n "$pid" ]] && ! running "$pid"; then
+    if [[ -n "$pid" ]] && ! alive "$pid"; then
       rc=0; wait "$pid" || rc=$?
       (( rc == 0 )) || { log "exited with $rc before serving '$want'"; return 1; }
       pid=""; pid_done=1
@@ -281,11 +273,11 @@ dev_ready() {
 stop_dev() {
   local pid="$dev_pid"
   dev_pid=""
-  running "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
+  alive "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
   kill -INT "$pid" 2>/dev/null || true
   # It records the last save, then rolls the pods off dev-hot mode.
-  for _ in $(seq 900); do running "$pid" || break; sleep 0.1; done
-  if running "$pid"; then log "aether dev did not stop within 90s of SIGINT; sending SIGTERM"; kill -TERM "$pid" 2>/dev/null || true; fi
+  for _ in $(seq 900); do alive "$pid" || break; sleep 0.1; done
+  if alive "$pid"; then log "aether dev did not stop within 90s of SIGINT; sending SIGTERM"; kill -TERM "$pid" 2>/dev/null || true; fi
   wait "$pid" 2>/dev/null || true
   mkdir -p "$(dirname "$BENCH_JSON")"
   cp "$work/dev.log" "$(dirname "$BENCH_JSON")/aether-dev.log"
@@ -299,7 +291,7 @@ bench_dev() {
   dev_pid=$!
   local i want t0 deadline=$((SECONDS + SERVE_TIMEOUT))
   until dev_ready; do
-    if ! running "$dev_pid" || (( SECONDS >= deadline )); then
+    if ! alive "$dev_pid" || (( SECONDS >= deadline )); then
       tail -n 30 "$work/dev.log" >&2; dev_error="the session did not put the app in dev-hot mode"; return 1
     fi
     sleep 0.5

@@ -26,14 +26,6 @@ start() {
   readlink -f "$bin" > "$PIDS/$name.exe"
 }
 
-# alive PID: running and not a zombie waiting to be reaped by whoever adopted it.
-alive() {
-  local stat
-  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-  stat="${stat##*) }"
-  [[ "${stat:0:1}" != Z ]]
-}
-
 # pid_of NAME: the PID if that process is alive and still runs our binary.
 pid_of() {
   local name="$1" pid exe

@@ -10,15 +10,7 @@ PACKAGES=(
   e2fsprogs util-linux                         # mount/umount helpers for cleanup
 )
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if (( ${#missing[@]} )); then
-  log "installing: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if apt_install "${PACKAGES[@]}"; then
   # The packaged service must not run: hack/cluster.sh starts containerd itself.
   if command -v systemctl >/dev/null && systemctl is-active -q containerd 2>/dev/null; then
     systemctl stop containerd || true; systemctl disable containerd 2>/dev/null || true

@@ -52,6 +52,28 @@ kubectl_admin() { kubectl --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 log() { printf '\033[1m[%s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# alive PID: running and not a zombie (a finished child not yet waited for, or one
+# waiting to be reaped by whoever adopted it).
+alive() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z ]]
+}
+
+# apt_install PACKAGE...: install those not installed yet; true if any was.
+apt_install() {
+  local p missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  (( ${#missing[@]} )) || return 1
+  log "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 # phase NAME CMD...: run a step and print how long it took.
 phase() {
   local name="$1"; shift

@@ -77,3 +77,29 @@ pub fn query() -> Vec<u8> {
 
 /// The reason of the answer to [`query`].
 pub const RUNNING: &str = "Running";
+
+/// The fetch Secret's `release` entry of a dev-hot app: the release a new pod fetches
+/// (its template does not name it), written by the operator, read by `fetch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Release {
+    pub digest: String,
+    pub manifest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// The fetch Secret's `hot-policy` entry: whether a dev-hot pod takes updates now,
+/// and under which verify mode (`enforce`, `warn`, `off`) and trusted keys (PEM).
+/// Written by the operator on every reconcile, read by the runtime per update.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HotPolicy {
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trusted_keys: String,
+}

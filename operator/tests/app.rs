@@ -645,7 +645,18 @@ fn a_dev_hot_app_rolls_for_a_push_but_not_for_code_its_pods_already_run() {
     assert_eq!(kept.artifact, "web-v1");
     assert_eq!(template(&first), template(&build_for_release(&swapped, &kept)));
     let entry = hot::release_entry(&swapped, &v2).unwrap();
-    assert!(entry.contains(&v2.digest.to_string()), "{entry}");
+    let named: aether_artifact::hot::Release = serde_json::from_str(&entry).unwrap();
+    assert_eq!(
+        named.digest,
+        v2.digest.to_string(),
+        "the runtime reads what the operator wrote"
+    );
+    assert_eq!(hot::release_layers(&entry), v2.layers);
+    let policy = |r| -> aether_artifact::hot::HotPolicy {
+        serde_json::from_str(&hot::policy_entry(&swapped, r).unwrap()).unwrap()
+    };
+    assert!(policy(Some(&v2)).enabled && policy(Some(&v2)).mode.as_deref() == Some("enforce"));
+    assert!(!policy(None).enabled, "an invalid app's pods take no update");
     assert_eq!(hot::release_entry(&self::app(), &v2), None, "only dev-hot apps");
 
     // New dependencies cannot be swapped in: the pods roll even when marked swapped.

@@ -150,16 +150,7 @@ pub struct Fetched {
 
 /// The release named by the fetch Secret (dev-hot mode): what the pod template
 /// carries otherwise.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Release {
-    pub digest: String,
-    pub manifest: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature_key_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<String>,
-}
+pub use aether_artifact::hot::Release;
 
 /// Fill the release from the fetch Secret when the template named none.
 async fn resolve_release(args: &mut FetchArgs) -> Result<(), FetchError> {

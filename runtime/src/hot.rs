@@ -66,13 +66,13 @@ fn current_policy(config: &HotConfig) -> Result<(Policy, Vec<PublicKey>), String
     };
     let text = std::fs::read_to_string(path)
         .map_err(|_| "the operator has not allowed updates to this pod (yet)".to_string())?;
-    let value: serde_json::Value =
+    let current: hot::HotPolicy =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    if value["enabled"] != serde_json::Value::Bool(true) {
+    if !current.enabled {
         return Err("the app's release is not valid now (its AetherApp status says why)".into());
     }
-    let policy = parse_policy(value["mode"].as_str().unwrap_or("enforce"))?;
-    let trusted = signature::public_keys_from_pem_bundle(value["trustedKeys"].as_str().unwrap_or_default())
+    let policy = parse_policy(current.mode.as_deref().unwrap_or("enforce"))?;
+    let trusted = signature::public_keys_from_pem_bundle(&current.trusted_keys)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((policy, trusted))
 }

@@ -10,6 +10,7 @@
 //!
 //! Any other change of `artifactRef` (`aether push`, a GitOps commit) rolls as usual.
 
+use aether_artifact::hot::{HotPolicy, Release};
 use aether_crds::AetherApp;
 use aether_crds::pod::HOT_SWAPPED_ANNOTATION;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -29,15 +30,12 @@ pub const POLICY_KEY: &str = "hot-policy";
 /// under the policy and keys it was validated with. `None`: the app is not dev-hot.
 pub fn policy_entry(app: &AetherApp, release: Option<&Validated>) -> Option<String> {
     app.spec.dev_hot.then(|| {
-        let value = match release {
-            Some(r) => serde_json::json!({
-                "enabled": true,
-                "mode": super::build::mode_name(r.policy),
-                "trustedKeys": r.trusted_pem,
-            }),
-            None => serde_json::json!({"enabled": false}),
-        };
-        value.to_string()
+        let policy = release.map_or_else(HotPolicy::default, |r| HotPolicy {
+            enabled: true,
+            mode: Some(super::build::mode_name(r.policy).into()),
+            trusted_keys: r.trusted_pem.clone(),
+        });
+        serde_json::to_string(&policy).unwrap_or_default()
     })
 }
 
@@ -68,22 +66,22 @@ pub fn template_release(app: &AetherApp, release: &Validated, running: Option<&D
 /// verify (the runtime's `fetch::Release`). None for any other app.
 pub fn release_entry(app: &AetherApp, release: &Validated) -> Option<String> {
     app.spec.dev_hot.then(|| {
-        let (key_id, signature) = release.signature.clone().unzip();
-        serde_json::json!({
-            "digest": release.digest.to_string(),
-            "manifest": release.manifest_json,
-            "signatureKeyId": key_id,
-            "signature": signature,
-        })
-        .to_string()
+        let (signature_key_id, signature) = release.signature.clone().unzip();
+        let entry = Release {
+            digest: release.digest.to_string(),
+            manifest: release.manifest_json.clone(),
+            signature_key_id,
+            signature,
+        };
+        serde_json::to_string(&entry).unwrap_or_default()
     })
 }
 
 /// The layers of a [`RELEASE_KEY`] entry (none if it cannot be read).
 pub fn release_layers(entry: &str) -> Vec<aether_artifact::Digest> {
-    serde_json::from_str::<serde_json::Value>(entry)
+    serde_json::from_str::<Release>(entry)
         .ok()
-        .and_then(|v| aether_artifact::Manifest::from_json(v["manifest"].as_str()?.as_bytes()).ok())
+        .and_then(|r| aether_artifact::Manifest::from_json(r.manifest.as_bytes()).ok())
         .map(|m| m.layers.iter().map(|l| l.digest).collect())
         .unwrap_or_default()
 }
