@@ -96,6 +96,12 @@ build_garage() {
   rm -rf "$AETHER_CACHE/src/garage-target"
 }
 
+# Go's build cache for these builds is thrown away afterwards: the binaries are
+# what is cached (by version), and the cache would hold ~4 GB of the disk that the
+# Rust build and the cluster need next (CI's linker died of a full disk once).
+export GOCACHE="$AETHER_CACHE/src/go-build"
+trap 'rm -rf "$GOCACHE"' EXIT
+
 targets=("$@")
 (( ${#targets[@]} )) || targets=(kubernetes etcd coredns garage)
 for t in "${targets[@]}"; do
