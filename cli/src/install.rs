@@ -178,6 +178,9 @@ pub struct Installed {
     pub dir: PathBuf,
     /// True when the cache already had it and nothing ran.
     pub cached: bool,
+    /// True when npm updated a copy of this project's previous install instead of
+    /// installing from nothing.
+    pub updated: bool,
 }
 
 /// Install (or find in the cache) the dependencies of `project` for `target`.
@@ -194,7 +197,11 @@ pub fn ensure_installed(
 ) -> Result<Installed, CliError> {
     let dir = cache.join("deps").join(key);
     if is_installed(key, cache) {
-        return Ok(Installed { dir, cached: true });
+        return Ok(Installed {
+            dir,
+            cached: true,
+            updated: false,
+        });
     }
     let parent = cache.join("deps");
     std::fs::create_dir_all(&parent).map_err(CliError::io(format!("creating {}", parent.display())))?;
@@ -203,7 +210,15 @@ pub fn ensure_installed(
         .tempdir_in(&parent)
         .map_err(CliError::io("creating a staging folder"))?;
     copy_install_inputs(project, staging.path())?;
-    run_install(project, &tool.ensure(cache)?, mode, cache, staging.path())?;
+    let tool = tool.ensure(cache)?;
+    let lineage = lineage(project, target, &tool.spec, mode);
+    let updated = match previous_install(project, &lineage, cache) {
+        Some(previous) => update_install(project, &tool, mode, cache, &previous, staging.path())?,
+        None => false,
+    };
+    if !updated {
+        run_install(project, &tool, mode, cache, staging.path(), false)?;
+    }
     // Secrets used for the install must not outlive it.
     for name in [".npmrc", ".yarnrc", ".yarnrc.yml"] {
         let _ = std::fs::remove_file(staging.path().join(name));
@@ -218,6 +233,8 @@ pub fn ensure_installed(
     if mode == Mode::Production {
         check_native_modules(&staging.path().join("node_modules"), target)?;
     }
+    std::fs::write(staging.path().join(LINEAGE), &lineage)
+        .map_err(CliError::io("recording which project the install is of"))?;
     std::fs::write(staging.path().join(".complete"), key)
         .map_err(CliError::io("marking the install complete"))?;
     let staged = staging.keep();
@@ -229,7 +246,134 @@ pub fn ensure_installed(
         }
         Err(e) => return Err(CliError::io(format!("moving the install into {}", dir.display()))(e)),
     }
-    Ok(Installed { dir, cached: false })
+    Ok(Installed {
+        dir,
+        cached: false,
+        updated,
+    })
+}
+
+/// Next to each finished install: which project, manager, mode and target it is
+/// an install of, so a later install of the same project can start from it.
+const LINEAGE: &str = ".lineage";
+
+fn lineage(project: &Project, target: &Target, tool: &ToolSpec, mode: Mode) -> String {
+    let root = project
+        .root
+        .canonicalize()
+        .unwrap_or_else(|_| project.root.clone());
+    let mut h = Sha256::new();
+    h.update(b"aether-lineage-v1\n");
+    h.update(root.as_os_str().as_encoded_bytes());
+    h.update(format!(
+        "\n{}\n{}\n{mode:?}\n{}\n{}\n{}",
+        project.member,
+        tool.describe(),
+        target.node_major,
+        target.platform,
+        target.libc
+    ));
+    hex(&h.finalize())
+}
+
+/// The newest finished install of the same lineage, when npm can update a copy of
+/// it: a lockfile (so the result is what `npm ci` makes of it) and no workspaces.
+fn previous_install(project: &Project, lineage: &str, cache: &Path) -> Option<PathBuf> {
+    let updatable =
+        project.manager == PackageManager::Npm && project.lockfile.is_some() && project.members.is_empty();
+    if !updatable {
+        return None;
+    }
+    std::fs::read_dir(cache.join("deps"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|dir| std::fs::read_to_string(dir.join(LINEAGE)).is_ok_and(|l| l == lineage))
+        .filter_map(|dir| {
+            let finished = dir.join(".complete").metadata().ok()?.modified().ok()?;
+            Some((finished, dir))
+        })
+        .max()
+        .map(|(_, dir)| dir)
+}
+
+/// Install by updating a copy of `previous`'s tree, as a developer's `npm install`
+/// after editing package.json does: only the packages that changed are fetched and
+/// written (about 1 s instead of 10 s for the example). Equivalent to `npm ci` when
+/// the lockfile is in sync with package.json, so anything else (npm rewrote the
+/// lockfile, or failed) undoes the attempt and returns false for a clean install,
+/// which reports an out-of-sync lockfile as `npm ci` does.
+fn update_install(
+    project: &Project,
+    tool: &Tool,
+    mode: Mode,
+    cache: &Path,
+    previous: &Path,
+    staging: &Path,
+) -> Result<bool, CliError> {
+    let Some(lockfile) = project.lockfile.as_ref().and_then(|l| l.file_name()) else {
+        return Ok(false);
+    };
+    let lock = staging.join(lockfile);
+    let committed = std::fs::read(&lock).map_err(CliError::io("reading the lockfile"))?;
+    let tree = staging.join("node_modules");
+    copy_tree(&previous.join("node_modules"), &tree).map_err(CliError::io(format!(
+        "copying the install in {}",
+        previous.display()
+    )))?;
+    let ok = run_install(project, tool, mode, cache, staging, true).is_ok()
+        && std::fs::read(&lock).is_ok_and(|now| now == committed);
+    if ok {
+        // npm leaves the folders of packages it un-nested behind, empty; `npm ci`
+        // never makes an empty node_modules.
+        remove_empty_nests(&tree).map_err(CliError::io("tidying node_modules"))?;
+        return Ok(true);
+    }
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::write(&lock, committed).map_err(CliError::io("restoring the lockfile"))?;
+    Ok(false)
+}
+
+/// Copy a folder tree: files (with their modes), folders and symlinks as links.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// Remove every empty `node_modules` folder below `tree` (not `tree` itself).
+fn remove_empty_nests(tree: &Path) -> std::io::Result<()> {
+    // Whether `dir` is empty once its empty nests are gone.
+    fn visit(dir: &Path) -> std::io::Result<bool> {
+        let mut empty = true;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_dir() {
+                empty = false;
+                continue;
+            }
+            let path = entry.path();
+            let nest_empty = visit(&path)?;
+            if nest_empty && entry.file_name() == "node_modules" {
+                std::fs::remove_dir(&path)?;
+            } else {
+                empty = false;
+            }
+        }
+        Ok(empty)
+    }
+    visit(tree).map(drop)
 }
 
 /// The root's install inputs, and every workspace package's package.json at its
@@ -334,7 +478,25 @@ pub fn install_args(
     }
 }
 
-fn run_install(project: &Project, tool: &Tool, mode: Mode, cache: &Path, dir: &Path) -> Result<(), CliError> {
+/// npm's install over an existing tree, by the committed lockfile. Pure.
+pub fn update_args(mode: Mode) -> Vec<String> {
+    let mut args = vec!["install", "--no-audit", "--no-fund", "--loglevel=error"];
+    if mode == Mode::Production {
+        args.push("--omit=dev");
+    }
+    args.into_iter().map(String::from).collect()
+}
+
+/// Run the install in `dir`; `update`: npm updates the tree already there
+/// (`npm install`, keeping the lockfile) instead of replacing it (`npm ci`).
+fn run_install(
+    project: &Project,
+    tool: &Tool,
+    mode: Mode,
+    cache: &Path,
+    dir: &Path,
+    update: bool,
+) -> Result<(), CliError> {
     let member = (!project.member.is_empty()).then(|| Member {
         path: &project.member,
         name: project.package_json["name"].as_str().unwrap_or(&project.member),
@@ -347,17 +509,16 @@ fn run_install(project: &Project, tool: &Tool, mode: Mode, cache: &Path, dir: &P
         || std::fs::read_to_string(project.root.join(".yarnrc.yml"))
             .is_ok_and(|t| t.contains("workspace-tools"));
     let mut cmd = tool.command();
-    cmd.args(install_args(
-        project.manager,
-        mode,
-        project.lockfile.is_some(),
-        member,
-        focus,
-    ))
-    .current_dir(dir)
-    .env("CI", "true")
-    // A production NODE_ENV would make yarn and pnpm leave out dev dependencies.
-    .env_remove("NODE_ENV");
+    let args = if update {
+        update_args(mode)
+    } else {
+        install_args(project.manager, mode, project.lockfile.is_some(), member, focus)
+    };
+    cmd.args(args)
+        .current_dir(dir)
+        .env("CI", "true")
+        // A production NODE_ENV would make yarn and pnpm leave out dev dependencies.
+        .env_remove("NODE_ENV");
     if let Some(bin) = &tool.bin_dir {
         cmd.env("PATH", path_with(std::slice::from_ref(bin)));
     }
@@ -399,10 +560,21 @@ fn run_install(project: &Project, tool: &Tool, mode: Mode, cache: &Path, dir: &P
         return Err(CliError::InstallFailed {
             manager: tool.describe(),
             code: output.status.code().map_or("signal".into(), |c| c.to_string()),
-            output: tail(&text, 15),
+            output: tail(without_usage(&text), 15),
         });
     }
     Ok(())
+}
+
+/// A usage error (npm's `EUSAGE`: "`npm ci` can only install packages when your
+/// package.json and package-lock.json … are in sync") is followed by the whole
+/// usage text, which would push the reason out of the lines shown: cut it there.
+fn without_usage(output: &[u8]) -> &[u8] {
+    const USAGE: &[u8] = b"npm error Usage:";
+    output
+        .windows(USAGE.len())
+        .position(|w| w == USAGE)
+        .map_or(output, |at| &output[..at])
 }
 
 /// `$PATH` with `dirs` in front.
@@ -501,6 +673,21 @@ mod tests {
         assert_eq!(args(Pnpm, Mode::Full, web, true), "install --frozen-lockfile");
         // yarn 2/3 without the workspace-tools plugin has no `focus`.
         assert_eq!(args(YarnBerry, Mode::Production, None, false), "install");
+    }
+
+    #[test]
+    fn an_npm_usage_error_keeps_its_reason() {
+        let mut output = b"npm error code EUSAGE\nnpm error\nnpm error `npm ci` can only install packages when your package.json and package-lock.json are in sync.\nnpm error Missing: is-number@7.0.0 from lock file\nnpm error\nnpm error Clean install a project\nnpm error\n".to_vec();
+        output.extend(
+            b"npm error Usage:\n"
+                .iter()
+                .chain(b"npm error [--flag]\n".repeat(40).iter()),
+        );
+        let shown = tail(without_usage(&output), 15);
+        assert!(shown.contains("are in sync"), "{shown}");
+        assert!(shown.contains("Missing: is-number@7.0.0"), "{shown}");
+        assert!(!shown.contains("--flag"), "{shown}");
+        assert_eq!(without_usage(b"npm error 404"), b"npm error 404");
     }
 
     #[test]

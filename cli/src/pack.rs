@@ -92,7 +92,8 @@ pub struct PackOutcome {
     pub package_manager: String,
     /// True when no package manager ran.
     pub install_skipped: bool,
-    /// Where the deps layer came from: `installed`, `local-cache` or `remote:<artifact>`.
+    /// Where the deps layer came from: `installed`, `updated` (npm updated the last
+    /// install of the project), `local-cache` or `remote:<artifact>`.
     pub deps_source: String,
     /// Folder holding `blobs/sha256/<hex>` and `artifact.json`.
     pub out: PathBuf,
@@ -202,16 +203,21 @@ pub fn pack(req: &PackRequest, reporter: &dyn Reporter) -> Result<PackOutcome, C
                 &key,
                 &req.cache_dir,
             )?;
-            reporter.finished(Phase::Install, if installed.cached { "cached" } else { "done" });
+            let detail = match (installed.cached, installed.updated) {
+                (true, _) => "cached",
+                (false, true) => "done (updated the last install)",
+                (false, false) => "done",
+            };
+            reporter.finished(Phase::Install, detail);
             timings.install = ms(t);
             reporter.started(Phase::PackDeps);
             let t = Instant::now();
             let (stats, cached) = pack_deps(&installed.dir, &blobs, &options)?;
             timings.pack_deps = ms(t);
-            let source = if installed.cached {
-                "local-cache"
-            } else {
-                "installed"
+            let source = match (installed.cached, installed.updated) {
+                (true, _) => "local-cache",
+                (false, true) => "updated",
+                (false, false) => "installed",
             };
             (Some(installed), stats, cached, source.to_string())
         }

@@ -215,3 +215,74 @@ fn a_yarn_workspace_package_packs_the_same_from_its_folder_or_by_name() {
         "{deps:?}"
     );
 }
+
+/// `npm install --package-lock-only ARGS` in `dir`: the developer's own edit of
+/// package.json and the lockfile.
+fn npm_lock(dir: &Path, args: &[&str]) {
+    let status = std::process::Command::new("npm")
+        .args(["install", "--package-lock-only", "--no-audit", "--no-fund"])
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .expect("running npm");
+    assert!(status.success(), "npm install --package-lock-only failed");
+}
+
+#[test]
+fn a_dependency_change_updates_the_last_install_to_the_bytes_of_a_clean_one() {
+    // ms 2.0.0 at the top and debug's own ms 2.1.2 nested under it; then ms 2.1.2 at
+    // the top, which un-nests debug's copy and leaves npm an empty folder behind.
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(
+        project.path().join("package.json"),
+        r#"{"name": "deps-change", "version": "1.0.0", "main": "index.js",
+            "dependencies": {"debug": "4.3.4", "ms": "2.0.0"}}"#,
+    )
+    .unwrap();
+    std::fs::write(project.path().join("index.js"), "require('debug')\n").unwrap();
+    npm_lock(project.path(), &[]);
+    let cache = tempfile::tempdir().unwrap();
+    let first = pack(project.path(), cache.path(), &[]);
+    assert_eq!(first["depsSource"], "installed", "{first}");
+    let nested = |out: &serde_json::Value| {
+        layer_paths(&blob(out, 0))
+            .iter()
+            .any(|p| p.trim_end_matches('/').ends_with("debug/node_modules"))
+    };
+    assert!(nested(&first), "debug's ms is nested at first");
+
+    npm_lock(project.path(), &["ms@2.1.2", "--save-exact"]);
+    let updated = pack(project.path(), cache.path(), &[]);
+    assert_eq!(updated["depsSource"], "updated", "{updated}");
+    let clean = pack(project.path(), tempfile::tempdir().unwrap().path(), &[]);
+    assert_eq!(clean["depsSource"], "installed");
+    assert_eq!(
+        updated["layers"][0]["digest"], clean["layers"][0]["digest"],
+        "the updated install packs to other bytes than a clean one"
+    );
+    assert!(!nested(&updated), "the empty nest is gone");
+    assert_ne!(updated["layers"][0]["digest"], first["layers"][0]["digest"]);
+
+    // A package.json out of sync with the lockfile fails as `npm ci` does, and no
+    // install is recorded for it.
+    let manifest = project.path().join("package.json");
+    let mut package: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    package["dependencies"]["is-number"] = "7.0.0".into();
+    std::fs::write(&manifest, package.to_string()).unwrap();
+    let out = aether(project.path(), cache.path(), &["pack", "--no-sign"]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in sync"), "{stderr}");
+    let installs = std::fs::read_dir(cache.path().join("deps"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join(".complete").is_file())
+        .count();
+    assert_eq!(installs, 2, "only the two good installs are cached");
+}

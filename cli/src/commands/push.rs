@@ -37,7 +37,7 @@ pub struct PushOutcome {
     /// True when an identical, verified artifact already existed.
     pub reused: bool,
     pub install_skipped: bool,
-    /// `installed`, `local-cache`, or `remote:<artifact>` when a Ready artifact with
+    /// `installed`, `updated`, `local-cache`, or `remote:<artifact>` when a Ready artifact with
     /// the same dependencies supplied the deps layer.
     pub deps_source: String,
     /// Where the app answers (absent with --no-deploy).
