@@ -59,6 +59,13 @@ pub struct AetherAppSpec {
     #[x_kube(validation = Rule::new("self.all(e, !has(e.valueFrom) || ((!has(e.valueFrom.secretKeyRef) || (size(e.valueFrom.secretKeyRef.name) <= 253 && size(e.valueFrom.secretKeyRef.key) <= 253)) && (!has(e.valueFrom.configMapKeyRef) || (size(e.valueFrom.configMapKeyRef.name) <= 253 && size(e.valueFrom.configMapKeyRef.key) <= 253)) && (!has(e.valueFrom.fieldRef) || size(e.valueFrom.fieldRef.fieldPath) <= 256) && (!has(e.valueFrom.resourceFieldRef) || size(e.valueFrom.resourceFieldRef.resource) <= 256) && !has(e.valueFrom.fileKeyRef)))").message("env valueFrom: names and keys may be at most 253 characters, field paths 256; fileKeyRef is not supported"))]
     pub env: Vec<EnvVar>,
 
+    /// Set by `aether config` to the version of the app's config Secret after it
+    /// changed it: a new value rolls the pods at once, as a new generation (a hand
+    /// edit of a Secret or ConfigMap the app reads rolls them within a minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub config_revision: Option<String>,
+
     /// Sources of environment variables (ConfigMaps, Secrets) for the app container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
@@ -95,6 +102,14 @@ pub struct AetherAppSpec {
     /// Stop reconciling: the operator leaves the app's children as they are.
     #[serde(default)]
     pub suspend: bool,
+
+    /// When the rollout of a new release fails (its pods crash-loop or cannot start,
+    /// or the progress deadline passes) before it ever served, go back to the last
+    /// release that served, by itself: recorded as an `AutomaticRollback` release,
+    /// with a Warning event and `Ready=False`, `Stalled=True` (reason `RolledBack`)
+    /// until the app changes again. Off by default.
+    #[serde(default)]
+    pub auto_rollback: bool,
 }
 
 fn default_replicas() -> i32 {
@@ -194,6 +209,10 @@ pub struct AetherAppStatus {
     /// Pods of the current Deployment that pass their readiness probe.
     #[serde(default)]
     pub ready_replicas: i32,
+    /// The pod template the operator applied last, as its pods carry it in the
+    /// `aether.dev/template` annotation: pods with another are of an older release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     /// Label selector of the app's pods, for the scale subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,

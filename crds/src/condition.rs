@@ -52,3 +52,13 @@ pub mod artifact {
         matches!(reason, INVALID_SPEC | NAMESPACE_NOT_ENABLED | QUOTA_EXCEEDED)
     }
 }
+
+/// Reasons of an AetherApp's conditions that more than the operator acts on.
+pub mod app {
+    /// `spec.autoRollback` went back to the last release that served: the spec's
+    /// release failed (`Ready=False`, `Stalled=True`).
+    pub const ROLLED_BACK: &str = "RolledBack";
+    /// The rollout failed and `spec.autoRollback` is about to go back
+    /// (`Reconciling=True`).
+    pub const ROLLING_BACK: &str = "RollingBack";
+}

@@ -1,5 +1,5 @@
-//! Aether's API: the `AetherApp` and `AetherArtifact` custom resources, and the
-//! cluster admin's `AetherPolicy` (group `aether.dev`, version `v1alpha1`).
+//! Aether's API: the `AetherApp`, `AetherArtifact` and `AetherRelease` custom
+//! resources, and the cluster admin's `AetherPolicy` (group `aether.dev`, version `v1alpha1`).
 //!
 //! These Rust types are the source of truth. `cargo run -p aether-crds --bin crdgen`
 //! writes the CRD YAML under `config/crd/`, and a test fails when the committed YAML
@@ -15,12 +15,14 @@ pub mod condition;
 pub mod manifest;
 pub mod pod;
 mod policy;
+mod release;
 pub mod validation;
 
 pub use app::*;
 pub use artifact::*;
 pub use manifest::BlobRef;
 pub use policy::*;
+pub use release::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -35,7 +37,12 @@ pub const NODE_MAJORS: [u32; 4] = [18, 20, 22, 24];
 
 /// Every CRD this crate defines, in the order they should be installed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![AetherArtifact::crd(), AetherApp::crd(), AetherPolicy::crd()]
+    vec![
+        AetherArtifact::crd(),
+        AetherApp::crd(),
+        AetherRelease::crd(),
+        AetherPolicy::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream, exactly as written to `config/crd/`.

@@ -15,6 +15,10 @@ pub const DEV_HOT_BASE_ANNOTATION: &str = "aether.dev/dev-hot-base";
 /// AetherApp annotation `aether dev` sets with `spec.artifactRef`: the pods already
 /// run this artifact (swapped in), so a dev-hot app does not roll for it.
 pub const HOT_SWAPPED_ANNOTATION: &str = "aether.dev/hot-swapped";
+/// Pod-template annotation: a hash of the rest of the template, so a pod says which
+/// template it was made from (`status.template` names the current one). Two
+/// releases of one artifact with other configuration differ here.
+pub const TEMPLATE_ANNOTATION: &str = "aether.dev/template";
 /// The fetch container's termination message once it extracted a release:
 /// `Fetched sha256:<hex>` (the runtime writes it).
 pub const FETCHED: &str = "Fetched";

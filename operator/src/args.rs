@@ -102,6 +102,7 @@ impl Args {
             download_url_ttl: Duration::from_secs(self.download_url_ttl_seconds),
             trusted_keys_configmap: self.trusted_keys_configmap.clone(),
             url_mode: self.url_mode,
+            keep_releases: self.keep_releases,
         }
     }
 

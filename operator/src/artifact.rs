@@ -19,7 +19,7 @@ use std::time::Duration;
 use aether_artifact::Digest;
 use aether_crds::condition::{READY, STALLED, UPLOADED, VERIFIED, artifact as reason};
 use aether_crds::{
-    AetherApp, AetherArtifact, AetherArtifactStatus, BlobRef, BlobUpload, PartUpload,
+    AetherApp, AetherArtifact, AetherArtifactStatus, AetherRelease, BlobRef, BlobUpload, PartUpload,
     REISSUE_UPLOAD_ANNOTATION, UPLOAD_COMPLETE_ANNOTATION, UploadInstructions,
 };
 use aether_storage::{Blobs, Storage, StorageError, plan_parts};
@@ -169,8 +169,10 @@ async fn apply(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error>
     let ns = art.namespace().unwrap_or_default();
     let apps: Api<AetherApp> = Api::namespaced(ctx.client.clone(), &ns);
     let apps = apps.list(&ListParams::default()).await?.items;
+    let releases: Api<AetherRelease> = Api::namespaced(ctx.client.clone(), &ns);
+    let releases = releases.list(&ListParams::default()).await?.items;
     let now = Timestamp::now();
-    let decision = retention::decide(&art, &apps, &ctx.retention, now);
+    let decision = retention::decide(&art, &apps, &releases, &ctx.retention, now);
     if let retention::Decision::Delete(reason) = decision {
         info!(reason = reason.as_str(), "deleting the artifact (retention)");
         let note = format!("deleted by retention: {}", reason.as_str());

@@ -3,7 +3,9 @@
 //! through the finalizer (see [`crate::blobs`]).
 //!
 //! - An artifact an app runs or points at (`spec.artifactRef`, `status.artifact`) is
-//!   kept, and so are the current and the last `keep_releases` releases of each app.
+//!   kept, and so are the current and the last `keep_releases` releases of each app,
+//!   and every artifact an AetherRelease of an app still names (the operator deletes
+//!   releases past `keep_releases`; a rollback needs the artifact of each it keeps).
 //! - An artifact that was deployed and has since fallen out of those releases is
 //!   deleted: it was superseded.
 //! - An artifact no app has ever deployed is kept for `unreferenced_grace` (a GitOps
@@ -14,7 +16,7 @@
 use std::time::Duration;
 
 use aether_crds::condition::READY;
-use aether_crds::{AetherApp, AetherArtifact};
+use aether_crds::{AetherApp, AetherArtifact, AetherRelease};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
@@ -52,9 +54,20 @@ impl Reason {
     }
 }
 
-/// The fate of `artifact`, given every AetherApp of its namespace.
-pub fn decide(artifact: &AetherArtifact, apps: &[AetherApp], policy: &Policy, now: Timestamp) -> Decision {
+/// The fate of `artifact`, given every AetherApp and AetherRelease of its namespace.
+pub fn decide(
+    artifact: &AetherArtifact,
+    apps: &[AetherApp],
+    releases: &[AetherRelease],
+    policy: &Policy,
+    now: Timestamp,
+) -> Decision {
     let name = artifact.name_any();
+    // Releases go with their app (owner references), so a release here is one of an
+    // app that exists, or one the garbage collector is about to remove.
+    if releases.iter().any(|r| r.spec.artifact.name == name) {
+        return Decision::Keep;
+    }
     let mut deployed_before = false;
     for app in apps {
         if app.spec.artifact_ref.name == name {
@@ -174,18 +187,45 @@ mod tests {
         let now = at(100_000);
         for kept in ["v5", "v4", "v3"] {
             assert_eq!(
-                decide(&artifact(kept, 0, true), &apps, &policy(), now),
+                decide(&artifact(kept, 0, true), &apps, &[], &policy(), now),
                 Decision::Keep,
                 "{kept}"
             );
         }
         for gone in ["v2", "v1"] {
             assert_eq!(
-                decide(&artifact(gone, 0, true), &apps, &policy(), now),
+                decide(&artifact(gone, 0, true), &apps, &[], &policy(), now),
                 Decision::Delete(Reason::Superseded),
                 "{gone}"
             );
         }
+    }
+
+    #[test]
+    fn an_artifact_a_kept_release_names_is_kept_past_the_history() {
+        let apps = [app("v5", &["v5", "v4", "v3", "v2", "v1"])];
+        let release: aether_crds::AetherRelease = serde_json::from_value(serde_json::json!({
+            "apiVersion": "aether.dev/v1alpha1", "kind": "AetherRelease",
+            "metadata": {"name": "web-v1", "namespace": "ns"},
+            "spec": {"app": "web", "version": 1, "cause": "Push",
+                     "artifact": {"name": "v1", "digest": "sha256:1"}}
+        }))
+        .unwrap();
+        let now = at(100_000);
+        assert_eq!(
+            decide(
+                &artifact("v1", 0, true),
+                &apps,
+                std::slice::from_ref(&release),
+                &policy(),
+                now
+            ),
+            Decision::Keep
+        );
+        assert_eq!(
+            decide(&artifact("v2", 0, true), &apps, &[release], &policy(), now),
+            Decision::Delete(Reason::Superseded)
+        );
     }
 
     #[test]
@@ -194,17 +234,17 @@ mod tests {
         let apps = [app("v6", &["v5", "v4"])];
         let now = at(100_000);
         assert_eq!(
-            decide(&artifact("v6", 0, true), &apps, &policy(), now),
+            decide(&artifact("v6", 0, true), &apps, &[], &policy(), now),
             Decision::Keep
         );
         assert_eq!(
-            decide(&artifact("v5", 0, true), &apps, &policy(), now),
+            decide(&artifact("v5", 0, true), &apps, &[], &policy(), now),
             Decision::Keep
         );
         // Even an artifact far down the history stays while the spec names it (rollback).
         let rollback = [app("v1", &["v5", "v4", "v3", "v2", "v1"])];
         assert_eq!(
-            decide(&artifact("v1", 0, true), &rollback, &policy(), now),
+            decide(&artifact("v1", 0, true), &rollback, &[], &policy(), now),
             Decision::Keep
         );
     }
@@ -214,16 +254,16 @@ mod tests {
         let apps = [app("v2", &["v2"])];
         let pushed = artifact("gitops-candidate", 0, true);
         assert_eq!(
-            decide(&pushed, &apps, &policy(), at(60)),
+            decide(&pushed, &apps, &[], &policy(), at(60)),
             Decision::KeepUntil(at(3600))
         );
         assert_eq!(
-            decide(&pushed, &apps, &policy(), at(3600)),
+            decide(&pushed, &apps, &[], &policy(), at(3600)),
             Decision::Delete(Reason::NeverDeployed)
         );
         // With no app at all (e.g. `push --no-deploy` for a GitOps repository), likewise.
         assert_eq!(
-            decide(&pushed, &[], &policy(), at(60)),
+            decide(&pushed, &[], &[], &policy(), at(60)),
             Decision::KeepUntil(at(3600))
         );
     }
@@ -232,24 +272,24 @@ mod tests {
     fn uploads_never_completed_are_abandoned_sooner() {
         let stuck = artifact("half-uploaded", 0, false);
         assert_eq!(
-            decide(&stuck, &[], &policy(), at(599)),
+            decide(&stuck, &[], &[], &policy(), at(599)),
             Decision::KeepUntil(at(600))
         );
         assert_eq!(
-            decide(&stuck, &[], &policy(), at(600)),
+            decide(&stuck, &[], &[], &policy(), at(600)),
             Decision::Delete(Reason::AbandonedUpload)
         );
         // ... unless an app already points at it (a push is waiting for it).
         let waiting = [app("half-uploaded", &[])];
-        assert_eq!(decide(&stuck, &waiting, &policy(), at(9999)), Decision::Keep);
+        assert_eq!(decide(&stuck, &waiting, &[], &policy(), at(9999)), Decision::Keep);
         // An artifact verified once that lost a blob waits for a repair, as long as a
         // verified one would.
         let mut lost = stuck.clone();
         lost.status.as_mut().unwrap().verified_at =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(10)));
         assert_eq!(
-            decide(&lost, &[], &policy(), at(600)),
-            decide(&artifact("verified", 0, true), &[], &policy(), at(600))
+            decide(&lost, &[], &[], &policy(), at(600)),
+            decide(&artifact("verified", 0, true), &[], &[], &policy(), at(600))
         );
     }
 }

@@ -101,7 +101,13 @@ fn release(code: &str) -> (Validated, SigningKey) {
 }
 
 fn build_for(app: &AetherApp, code: &str) -> Children {
-    build::build(app, &release(code).0, &Default::default(), &config())
+    build::build(
+        app,
+        &release(code).0,
+        &Default::default(),
+        &Default::default(),
+        &config(),
+    )
 }
 
 fn env_of<'a>(c: &'a Container, name: &str) -> Option<&'a EnvVar> {
@@ -208,7 +214,7 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
         "http://s3/b/ns/team-a/blobs/sha256/abc?X-Amz-Signature=1".to_string(),
     )]
     .into();
-    let c = build::build(&app, &release, &urls, &config());
+    let c = build::build(&app, &release, &urls, &Default::default(), &config());
 
     // Every child: named after the app, the app's labels, owned by the app. The
     // ServiceAccount's name is one no app can have and no binding names by accident.
@@ -373,8 +379,20 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
 fn the_pod_template_changes_exactly_when_a_rollout_is_due() {
     let app = app();
     let (release, _) = release("v1");
-    let one = build::build(&app, &release, &Default::default(), &config());
-    let again = build::build(&app, &release, &Default::default(), &config());
+    let one = build::build(
+        &app,
+        &release,
+        &Default::default(),
+        &Default::default(),
+        &config(),
+    );
+    let again = build::build(
+        &app,
+        &release,
+        &Default::default(),
+        &Default::default(),
+        &config(),
+    );
     assert_eq!(
         one, again,
         "same inputs, same objects: a restarted operator rolls nothing"
@@ -384,6 +402,7 @@ fn the_pod_template_changes_exactly_when_a_rollout_is_due() {
         &app,
         &release,
         &[("sha256-x".to_string(), "http://s3/new".to_string())].into(),
+        &Default::default(),
         &config(),
     );
     assert_ne!(one.downloads, renewed.downloads);
@@ -410,6 +429,38 @@ fn the_pod_template_changes_exactly_when_a_rollout_is_due() {
         "env changes roll"
     );
 
+    // A new version of a Secret or ConfigMap the environment reads rolls, and the
+    // operator knows which ones those are.
+    let versions = |v: &str| [("secret/web-config".to_string(), v.to_string())].into();
+    let build_with = |v: &str| build::build(&app, &release, &Default::default(), &versions(v), &config());
+    assert_ne!(template(&build_with("1")), template(&one));
+    assert_ne!(
+        template(&build_with("1")),
+        template(&build_with("2")),
+        "an edited Secret rolls"
+    );
+    assert_eq!(template(&build_with("2")), template(&build_with("2")));
+    let mut reading = app.clone();
+    reading.spec.env_from = serde_json::from_value(serde_json::json!([
+        {"secretRef": {"name": "web-config"}}, {"configMapRef": {"name": "flags"}}
+    ]))
+    .unwrap();
+    reading.spec.env.push(
+        serde_json::from_value(serde_json::json!(
+            {"name": "DB", "valueFrom": {"secretKeyRef": {"name": "db", "key": "url"}}}
+        ))
+        .unwrap(),
+    );
+    let sources: Vec<(&str, String)> = build::config_sources(&reading).into_iter().collect();
+    assert_eq!(
+        sources,
+        [
+            ("configmap", "flags".into()),
+            ("secret", "db".into()),
+            ("secret", "web-config".into())
+        ]
+    );
+
     // Without a health path, probes only check that the port accepts connections.
     let mut bare = app.clone();
     bare.spec.health_check = None;
@@ -422,7 +473,7 @@ fn the_pod_template_changes_exactly_when_a_rollout_is_due() {
 }
 
 fn build_for_release(app: &AetherApp, release: &Validated) -> Children {
-    build::build(app, release, &Default::default(), &config())
+    build::build(app, release, &Default::default(), &Default::default(), &config())
 }
 
 fn pods(digest: &Digest) -> Vec<Pod> {
@@ -447,7 +498,7 @@ fn a_locked_entrypoint_reaches_the_runtime_and_the_app_cannot_unset_it() {
     });
     let (mut release, _) = release("v1");
     let locked = |release: &Validated| {
-        let c = build::build(&app, release, &Default::default(), &config());
+        let c = build::build(&app, release, &Default::default(), &Default::default(), &config());
         let pod = c.deployment.spec.unwrap().template.spec.unwrap();
         let vars: Vec<_> = pod.containers[0]
             .env

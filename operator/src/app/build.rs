@@ -23,7 +23,9 @@ use kube::{Resource, ResourceExt};
 use super::downloads;
 use super::validate::Validated;
 
-pub use aether_crds::pod::{ARTIFACT_ANNOTATION, DEV_HOT_BASE_ANNOTATION, DIGEST_ANNOTATION};
+pub use aether_crds::pod::{
+    ARTIFACT_ANNOTATION, DEV_HOT_BASE_ANNOTATION, DIGEST_ANNOTATION, TEMPLATE_ANNOTATION,
+};
 pub const MANAGED_BY: &str = "aether-operator";
 /// The shared volume: the init container extracts into it, the app runs from it.
 const VOLUME_PATH: &str = "/aether";
@@ -142,11 +144,41 @@ pub fn node_image(app: &AetherApp, release: &Validated, config: &PodConfig) -> S
         })
 }
 
+/// Pod template annotation: the resourceVersion of each Secret and ConfigMap the app
+/// reads its environment from, so that editing one rolls the pods.
+pub const CONFIG_VERSIONS_ANNOTATION: &str = "aether.dev/config-versions";
+
+/// The Secrets and ConfigMaps the app's environment reads (`env[].valueFrom`,
+/// `envFrom`), as `(kind, name)`: `kind` is `secret` or `configmap`.
+pub fn config_sources(app: &AetherApp) -> std::collections::BTreeSet<(&'static str, String)> {
+    let from_env = app
+        .spec
+        .env
+        .iter()
+        .filter_map(|e| e.value_from.as_ref())
+        .flat_map(|f| {
+            let secret = f.secret_key_ref.as_ref().map(|s| ("secret", s.name.clone()));
+            let configmap = f
+                .config_map_key_ref
+                .as_ref()
+                .map(|c| ("configmap", c.name.clone()));
+            secret.into_iter().chain(configmap)
+        });
+    let from_sources = app.spec.env_from.iter().flat_map(|e| {
+        let secret = e.secret_ref.as_ref().map(|s| ("secret", s.name.clone()));
+        let configmap = e.config_map_ref.as_ref().map(|c| ("configmap", c.name.clone()));
+        secret.into_iter().chain(configmap)
+    });
+    from_env.chain(from_sources).collect()
+}
+
 /// `download_urls`: the fetch Secret's data, as [`downloads::plan`] left it.
+/// `config_versions`: `kind/name` → resourceVersion of each of [`config_sources`].
 pub fn build(
     app: &AetherApp,
     release: &Validated,
     download_urls: &BTreeMap<String, String>,
+    config_versions: &BTreeMap<String, String>,
     config: &PodConfig,
 ) -> Children {
     let name = app.name_any();
@@ -187,7 +219,7 @@ pub fn build(
                 }),
                 revision_history_limit: Some(5),
                 progress_deadline_seconds: Some(300),
-                template: pod_template(app, release, config),
+                template: hashed(pod_template(app, release, config_versions, config)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -212,6 +244,34 @@ pub fn build(
     }
 }
 
+/// `template` with its own hash in [`TEMPLATE_ANNOTATION`] (sha256 of its JSON,
+/// whose maps are ordered, so the same template always has the same hash).
+fn hashed(mut template: PodTemplateSpec) -> PodTemplateSpec {
+    let json = serde_json::to_vec(&template).unwrap_or_default();
+    let hash = aether_artifact::Digest::of(&json).hex()[..16].to_string();
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(TEMPLATE_ANNOTATION.into(), hash);
+    template
+}
+
+/// The template hash a Deployment's pods carry.
+pub fn template_hash(deployment: &Deployment) -> Option<String> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(TEMPLATE_ANNOTATION)
+        .cloned()
+}
+
 /// The app's fetch Secret holding `download_urls` (see [`downloads`]).
 pub fn downloads_secret(app: &AetherApp, download_urls: &BTreeMap<String, String>) -> Secret {
     let name = app.name_any();
@@ -234,7 +294,12 @@ pub fn downloads_secret(app: &AetherApp, download_urls: &BTreeMap<String, String
     }
 }
 
-fn pod_template(app: &AetherApp, release: &Validated, config: &PodConfig) -> PodTemplateSpec {
+fn pod_template(
+    app: &AetherApp,
+    release: &Validated,
+    config_versions: &BTreeMap<String, String>,
+    config: &PodConfig,
+) -> PodTemplateSpec {
     let name = app.name_any();
     let mut labels = labels(&name);
     labels.retain(|k, _| k != "app.kubernetes.io/managed-by");
@@ -245,6 +310,14 @@ fn pod_template(app: &AetherApp, release: &Validated, config: &PodConfig) -> Pod
     .into();
     if app.spec.dev_hot {
         annotations.insert(DEV_HOT_BASE_ANNOTATION.into(), release.base_key.clone());
+    }
+    let mut config_versions = config_versions.clone();
+    if let Some(revision) = &app.spec.config_revision {
+        config_versions.insert("revision".into(), revision.clone());
+    }
+    if !config_versions.is_empty() {
+        let versions: Vec<String> = config_versions.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        annotations.insert(CONFIG_VERSIONS_ANNOTATION.into(), versions.join(","));
     }
     PodTemplateSpec {
         metadata: Some(ObjectMeta {

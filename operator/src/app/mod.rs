@@ -11,6 +11,7 @@ pub mod downloads;
 pub mod hot;
 pub mod ownership;
 pub mod policy;
+pub mod releases;
 pub mod status;
 pub mod validate;
 
@@ -19,12 +20,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aether_artifact::signature::{PolicyRefusal, Verdict};
-use aether_crds::{AetherApp, AetherAppStatus, AetherArtifact, AetherPolicy, KeysKind, VerifyMode};
+use aether_crds::{
+    AetherApp, AetherAppStatus, AetherArtifact, AetherPolicy, AetherRelease, KeysKind, RELEASE_APP_LABEL,
+    VerifyMode,
+};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::{Api, Resource, ResourceExt};
@@ -51,6 +55,9 @@ pub struct AppConfig {
     /// ConfigMap there whose entries are trusted public keys (PEM).
     pub trusted_keys_configmap: String,
     pub url_mode: UrlMode,
+    /// Releases kept per app besides the current one (older AetherReleases are
+    /// deleted, and with them the hold on their artifacts).
+    pub keep_releases: usize,
 }
 
 /// What `status.url` holds.
@@ -128,6 +135,11 @@ struct Dereferenced {
     /// Secrets in the namespace).
     downloads: Result<Option<Secret>, Invalid>,
     running: Option<Deployment>,
+    /// The app's releases (those it owns).
+    releases: Vec<AetherRelease>,
+    /// `kind/name` → resourceVersion of the Secrets and ConfigMaps its environment
+    /// reads (see [`build::config_sources`]).
+    config_versions: BTreeMap<String, String>,
 }
 
 #[instrument(skip_all, fields(app = %app.name_any(), ns = app.namespace().unwrap_or_default()))]
@@ -155,7 +167,23 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         return Ok(Action::await_change());
     }
 
-    let d = dereference(ctx, app, &ns).await?;
+    let mut d = dereference(ctx, app, &ns).await?;
+    // With spec.autoRollback, a spec whose release failed runs the last release that
+    // served instead, from here on (see [`releases::automatic`]).
+    let fallback = releases::automatic(app, &d.releases).map(|f| (f.failed.clone(), f.to.clone()));
+    let fallen;
+    let app = match &fallback {
+        Some((_, to)) => {
+            fallen = releases::fallen_back(app, to);
+            let artifacts: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), &ns);
+            d.artifact = artifacts
+                .get_opt(&to.spec.artifact.name)
+                .await
+                .map_err(dereference_error("the artifact of the release fallen back to"))?;
+            &fallen
+        }
+        None => app,
+    };
     // Whatever becomes of this release, the pods of every release still running may
     // restart: their download URLs are kept fresh.
     let serving = serving_layers(ctx, app, &ns, d.artifact.as_ref()).await?;
@@ -181,7 +209,7 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
                 urls.insert(hot::POLICY_KEY.into(), entry);
             }
             let template = hot::template_release(app, &release, d.running.as_ref());
-            let children = build::build(app, &template, &urls, &ctx.config.pod);
+            let children = build::build(app, &template, &urls, &d.config_versions, &ctx.config.pod);
             claim_children(ctx, app, &ns, &children, secret.as_ref().map(|s| &s.metadata))
                 .await?
                 .map(|()| (release, children))
@@ -268,6 +296,19 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         applied_at,
     };
     let new = status::applied(&old, generation, &release, &observed, Timestamp::now());
+    let rollout = status::rollout(&deployment, &pods, &release.digest.to_string());
+    let fell_back_to = fallback.as_ref().map(|(_, to)| to.spec.version);
+    let content = releases::content(app, &release);
+    record_releases(ctx, app, &ns, content, &d.releases, (&rollout, fell_back_to)).await?;
+    // The rollout failed and the app may go back: it does on the next look.
+    let falls_back = fallback.is_none()
+        && matches!(rollout, status::Rollout::Failed { .. })
+        && releases::can_fall_back(app, &d.releases);
+    let new = match &fallback {
+        Some((failed, to)) => status::fell_back(new, generation, failed, to),
+        None if falls_back => status::falling_back(new, generation),
+        None => new,
+    };
     record_phases(&ctx.metrics, &old, &new);
     warn_if_unverified(ctx, app, &old, &release).await;
     announce(ctx, app, &old, &new, EventType::Normal).await;
@@ -279,7 +320,14 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         // Only once no pod of an older template (which read it) can start again.
         prune_legacy_secret(ctx, app, &ns).await?;
     }
-    let next = if condition(aether_crds::condition::READY) {
+    let next = if falls_back {
+        // The release is now Failed: the next look goes back.
+        Duration::from_secs(1)
+    } else if condition(aether_crds::condition::READY) && !build::config_sources(app).is_empty() {
+        // Secrets and ConfigMaps are not watched (that would need reading every one
+        // in the cluster): an edit of one the app reads is seen on this look.
+        Duration::from_secs(60)
+    } else if condition(aether_crds::condition::READY) {
         Duration::from_secs(300)
     } else if condition(aether_crds::condition::STALLED) {
         Duration::from_secs(10)
@@ -357,13 +405,59 @@ async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Derefer
         .get_opt(&app.name_any())
         .await
         .map_err(dereference_error("the Deployment"))?;
+    let releases: Api<AetherRelease> = Api::namespaced(ctx.client.clone(), ns);
+    let uid = app.uid().unwrap_or_default();
+    let selector = format!("{RELEASE_APP_LABEL}={}", app.name_any());
+    let releases = releases
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(dereference_error("the app's releases"))?
+        .items
+        .into_iter()
+        .filter(|r| ownership::owned_by(&r.metadata, &uid))
+        .collect();
+    let config_versions = config_versions(ctx, app, ns).await?;
     Ok(Dereferenced {
         artifact,
         floor,
         trusted,
         downloads,
         running,
+        releases,
+        config_versions,
     })
+}
+
+/// The resourceVersion of each Secret and ConfigMap the app's environment reads
+/// (metadata only: their data is the kubelet's to read, not the operator's). One
+/// that is missing, or that the operator may not read, is left out.
+async fn config_versions(
+    ctx: &Context,
+    app: &AetherApp,
+    ns: &str,
+) -> Result<BTreeMap<String, String>, Error> {
+    let mut versions = BTreeMap::new();
+    for (kind, name) in build::config_sources(app) {
+        let version = match kind {
+            "secret" => Api::<Secret>::namespaced(ctx.client.clone(), ns)
+                .get_metadata_opt(&name)
+                .await
+                .map(|m| m.and_then(|m| m.resource_version())),
+            _ => Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+                .get_metadata_opt(&name)
+                .await
+                .map(|m| m.and_then(|m| m.resource_version())),
+        };
+        match version {
+            Ok(Some(version)) => {
+                versions.insert(format!("{kind}/{name}"), version);
+            }
+            Ok(None) => {}
+            Err(kube::Error::Api(e)) if e.code == 403 => {}
+            Err(e) => return Err(dereference_error(format!("{kind} {name}"))(e)),
+        }
+    }
+    Ok(versions)
 }
 
 /// The Secret's data as text (what is not UTF-8 is no URL, and is dropped).
@@ -624,6 +718,56 @@ where
         what: format!("{} {ns}/{name}", K::kind(&())),
         source,
     })
+}
+
+/// Carry out [`releases::plan`] for the app's releases (those it owns).
+async fn record_releases(
+    ctx: &Context,
+    app: &AetherApp,
+    ns: &str,
+    content: (aether_crds::ReleasedArtifact, aether_crds::ReleaseConfig),
+    existing: &[AetherRelease],
+    rollout: (&status::Rollout, Option<i64>),
+) -> Result<(), Error> {
+    let api: Api<AetherRelease> = Api::namespaced(ctx.client.clone(), ns);
+    let now = Timestamp::now();
+    let plan = releases::plan(app, content, existing, rollout, ctx.config.keep_releases, now);
+    let apply_error = |what: String| move |source| Error::Apply { what, source };
+    if let Some(release) = &plan.create {
+        let name = release.name_any();
+        match api.create(&PostParams::default(), release).await {
+            Ok(_) => {}
+            // Recorded by a reconcile this one raced with (an operator restart): the
+            // next look sees it.
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
+            Err(source) => return Err(apply_error(format!("AetherRelease {ns}/{name}"))(source)),
+        }
+        let cause = format!("{:?}", release.spec.cause);
+        let note = format!(
+            "release v{} ({cause}): {}",
+            release.spec.version, release.spec.artifact.name
+        );
+        let (type_, reason) = match release.spec.cause {
+            aether_crds::ReleaseCause::AutomaticRollback => (EventType::Warning, "RolledBack"),
+            _ => (EventType::Normal, "Released"),
+        };
+        events::publish(&ctx.recorder, &app.object_ref(&()), type_, reason, &note).await;
+        info!(release = %name, %cause, "recorded a release");
+    }
+    for (name, status) in &plan.statuses {
+        let patch = serde_json::json!({"status": status});
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(apply_error(format!("the status of AetherRelease {ns}/{name}")))?;
+    }
+    for name in &plan.delete {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => info!(release = %name, "deleted a release past retention"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => return Err(apply_error(format!("deleting AetherRelease {ns}/{name}"))(source)),
+        }
+    }
+    Ok(())
 }
 
 /// Delete pods whose fetch failed on bytes since repaired: their ReplicaSet starts

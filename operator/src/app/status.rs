@@ -1,8 +1,9 @@
 //! AetherApp status, derived from what was applied and what the cluster reports
 //! (the Deployment and its pods), never from what was hoped for. Pure.
 
+use aether_crds::condition::app::{ROLLED_BACK, ROLLING_BACK};
 use aether_crds::condition::{READY, RECONCILING, STALLED};
-use aether_crds::{AetherAppStatus, DeployTimings, DeployedArtifact, Release};
+use aether_crds::{AetherAppStatus, AetherRelease, DeployTimings, DeployedArtifact, Release};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
@@ -188,6 +189,7 @@ pub fn applied(
     let mut s = old.clone();
     s.observed_generation = generation;
     s.selector = Some(observed.selector.clone());
+    s.template = super::build::template_hash(observed.deployment);
     s.url = observed.url.clone();
     let dep_status = observed.deployment.status.clone().unwrap_or_default();
     s.replicas = dep_status.replicas.unwrap_or(0);
@@ -265,6 +267,58 @@ pub fn applied(
         }
     }
     s.last_deploy = Some(timings);
+    s
+}
+
+/// `spec.autoRollback` went back from the `failed` release to `to`: whatever the
+/// rollout of `to` says, what the spec asks for does not serve.
+pub fn fell_back(
+    mut s: AetherAppStatus,
+    generation: Option<i64>,
+    failed: &AetherRelease,
+    to: &AetherRelease,
+) -> AetherAppStatus {
+    let message = format!(
+        "release v{} ({}) failed before it served; spec.autoRollback went back to v{} ({}): push a fix or change the app to try again",
+        failed.spec.version, failed.spec.artifact.name, to.spec.version, to.spec.artifact.name
+    );
+    conditions::set(&mut s.conditions, READY, false, ROLLED_BACK, &message, generation);
+    conditions::set(&mut s.conditions, RECONCILING, false, ROLLED_BACK, "", generation);
+    conditions::set(
+        &mut s.conditions,
+        STALLED,
+        true,
+        ROLLED_BACK,
+        &message,
+        generation,
+    );
+    s
+}
+
+/// The rollout failed, and `spec.autoRollback` goes back on the next look: still in
+/// progress, not yet stalled (what failed stays in `Ready`'s message).
+pub fn falling_back(mut s: AetherAppStatus, generation: Option<i64>) -> AetherAppStatus {
+    let failure = aether_crds::condition::find(&s.conditions, READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    let message = format!("{failure}; going back to the last release that served (spec.autoRollback)");
+    conditions::set(
+        &mut s.conditions,
+        READY,
+        false,
+        ROLLING_BACK,
+        &message,
+        generation,
+    );
+    conditions::set(
+        &mut s.conditions,
+        RECONCILING,
+        true,
+        ROLLING_BACK,
+        &message,
+        generation,
+    );
+    conditions::set(&mut s.conditions, STALLED, false, ROLLING_BACK, "", generation);
     s
 }
 

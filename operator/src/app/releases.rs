@@ -1,0 +1,533 @@
+//! The app's releases (AetherRelease objects): which to record, which state each is
+//! in, which fall out of retention. Pure: the reconcile lists the app's releases,
+//! calls [`plan`] once its Deployment is applied, and carries the plan out.
+//!
+//! - A release is recorded whenever what the pods run changes: the artifact (its
+//!   digest) or the configuration (`spec.env`, `spec.envFrom`). Its version is one
+//!   more than the newest. Its cause is `Rollback` when the app carries
+//!   `aether.dev/rollback-to: N` and the content is release N's, else `Config` when
+//!   only the configuration changed, else `Push`.
+//! - The release the app runs is `Active`; it gets `readyAt` once its rollout
+//!   completes, and becomes `Failed` if its rollout fails before that. The others are
+//!   `Superseded` (a `Failed` one stays `Failed`).
+//! - The newest `keep + 1` releases are kept, the older ones deleted. Artifact
+//!   retention keeps whatever a kept release names.
+//! - With `spec.autoRollback`, an app whose spec names the content of a `Failed`
+//!   release runs the newest older release that served instead ([`automatic`]),
+//!   recorded once as an `AutomaticRollback` release, until the spec changes.
+
+use aether_crds::{
+    AetherApp, AetherRelease, AetherReleaseSpec, AetherReleaseStatus, ROLLBACK_TO_ANNOTATION, ReleaseCause,
+    ReleaseConfig, ReleaseState, ReleasedArtifact,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::{Resource, ResourceExt};
+
+use super::status::Rollout;
+use super::validate::Validated;
+
+/// What a release records of the app as applied.
+pub fn content(app: &AetherApp, release: &Validated) -> (ReleasedArtifact, ReleaseConfig) {
+    (
+        ReleasedArtifact {
+            name: release.artifact.clone(),
+            digest: release.digest.to_string(),
+        },
+        ReleaseConfig {
+            env: app.spec.env.clone(),
+            env_from: app.spec.env_from.clone(),
+        },
+    )
+}
+
+/// The app's spec asks for a release whose rollout failed, and it goes back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fallback<'a> {
+    /// The newest release of the spec's content, `Failed`.
+    pub failed: &'a AetherRelease,
+    /// The newest older release that served, which runs instead.
+    pub to: &'a AetherRelease,
+}
+
+/// With `spec.autoRollback`: does the app go back, and to which release? Releases
+/// are matched by artifact name (content-addressed) and configuration.
+pub fn automatic<'a>(app: &AetherApp, releases: &'a [AetherRelease]) -> Option<Fallback<'a>> {
+    if !app.spec.auto_rollback {
+        return None;
+    }
+    let config = ReleaseConfig {
+        env: app.spec.env.clone(),
+        env_from: app.spec.env_from.clone(),
+    };
+    let is_spec =
+        |r: &AetherRelease| r.spec.artifact.name == app.spec.artifact_ref.name && r.spec.config == config;
+    let state = |r: &AetherRelease| r.status.as_ref().and_then(|s| s.state);
+    let failed = releases
+        .iter()
+        .filter(|r| is_spec(r))
+        .max_by_key(|r| r.spec.version)
+        .filter(|r| state(r) == Some(ReleaseState::Failed))?;
+    let to = releases
+        .iter()
+        .filter(|r| r.spec.version < failed.spec.version && !is_spec(r))
+        .filter(|r| state(r) != Some(ReleaseState::Failed))
+        .filter(|r| r.status.as_ref().is_some_and(|s| s.ready_at.is_some()))
+        .max_by_key(|r| r.spec.version)?;
+    Some(Fallback { failed, to })
+}
+
+/// With `spec.autoRollback`: is there a release to go back to, should the spec's
+/// rollout fail? One that served, of other content than the spec's.
+pub fn can_fall_back(app: &AetherApp, releases: &[AetherRelease]) -> bool {
+    app.spec.auto_rollback
+        && releases.iter().any(|r| {
+            let status = r.status.clone().unwrap_or_default();
+            let is_spec = r.spec.artifact.name == app.spec.artifact_ref.name
+                && r.spec.config.env == app.spec.env
+                && r.spec.config.env_from == app.spec.env_from;
+            !is_spec && status.ready_at.is_some() && status.state != Some(ReleaseState::Failed)
+        })
+}
+
+/// `app` as it runs when it falls back: the release's artifact and configuration.
+pub fn fallen_back(app: &AetherApp, to: &AetherRelease) -> AetherApp {
+    let mut app = app.clone();
+    app.spec.artifact_ref.name = to.spec.artifact.name.clone();
+    app.spec.env = to.spec.config.env.clone();
+    app.spec.env_from = to.spec.config.env_from.clone();
+    app
+}
+
+/// What to write.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// A new release to create (its status goes in with a status patch after).
+    pub create: Option<AetherRelease>,
+    /// Status changes, by release name.
+    pub statuses: Vec<(String, AetherReleaseStatus)>,
+    /// Releases past retention, by name.
+    pub delete: Vec<String>,
+}
+
+/// Decide, from the app's `existing` releases, what the applied `artifact` and
+/// `config` and the `rollout` they are in make of them. `fallback`: the version
+/// they are, when the operator fell back to it by itself.
+pub fn plan(
+    app: &AetherApp,
+    (artifact, config): (ReleasedArtifact, ReleaseConfig),
+    existing: &[AetherRelease],
+    (rollout, fallback): (&Rollout, Option<i64>),
+    keep: usize,
+    now: Timestamp,
+) -> Plan {
+    let mut releases: Vec<&AetherRelease> = existing.iter().collect();
+    releases.sort_by_key(|r| std::cmp::Reverse(r.spec.version));
+    let newest = releases.first().copied();
+    let same = |r: &AetherRelease| r.spec.artifact == artifact && r.spec.config == config;
+
+    let mut plan = Plan::default();
+    let current = match newest.filter(|r| same(r)) {
+        Some(r) => r.name_any(),
+        None => {
+            let version = newest.map_or(1, |r| r.spec.version + 1);
+            let rollback_of = app
+                .annotations()
+                .get(ROLLBACK_TO_ANNOTATION)
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .filter(|v| releases.iter().any(|r| r.spec.version == *v && same(r)));
+            let (cause, rollback_of) = match (fallback, rollback_of, newest) {
+                (Some(v), _, _) => (ReleaseCause::AutomaticRollback, Some(v)),
+                (None, Some(v), _) => (ReleaseCause::Rollback, Some(v)),
+                (None, None, Some(r)) if r.spec.artifact.digest == artifact.digest => {
+                    (ReleaseCause::Config, None)
+                }
+                (None, None, _) => (ReleaseCause::Push, None),
+            };
+            let name = app.name_any();
+            let release = AetherRelease {
+                metadata: ObjectMeta {
+                    name: Some(AetherRelease::name_for(&name, version)),
+                    namespace: app.namespace(),
+                    labels: Some(AetherRelease::labels_for(&name)),
+                    owner_references: app.controller_owner_ref(&()).map(|o| vec![o]),
+                    ..Default::default()
+                },
+                spec: AetherReleaseSpec {
+                    app: name,
+                    version,
+                    artifact: artifact.clone(),
+                    config: config.clone(),
+                    cause,
+                    rollback_of,
+                },
+                status: None,
+            };
+            let created = release.name_any();
+            plan.create = Some(release);
+            created
+        }
+    };
+
+    let created = plan.create.as_ref();
+    for r in created.into_iter().chain(releases.iter().copied()) {
+        let old = r.status.clone().unwrap_or_default();
+        let mut new = old.clone();
+        if r.name_any() == current {
+            match rollout {
+                Rollout::Complete { .. } => {
+                    new.state = Some(ReleaseState::Active);
+                    new.ready_at.get_or_insert(Time(now));
+                }
+                Rollout::Failed { .. } if old.ready_at.is_none() => new.state = Some(ReleaseState::Failed),
+                _ => {
+                    if old.state != Some(ReleaseState::Failed) {
+                        new.state = Some(ReleaseState::Active);
+                    }
+                }
+            }
+        } else if old.state != Some(ReleaseState::Failed) {
+            new.state = Some(ReleaseState::Superseded);
+        }
+        if new != old || created.is_some_and(|c| c.name_any() == r.name_any()) {
+            plan.statuses.push((r.name_any(), new));
+        }
+    }
+
+    // Newest first: the created one (if any), then the rest.
+    let kept = keep + 1 - usize::from(created.is_some());
+    plan.delete = releases
+        .iter()
+        .skip(kept)
+        .map(|r| r.name_any())
+        .filter(|n| *n != current)
+        .collect();
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aether_crds::AetherAppSpec;
+    use k8s_openapi::api::core::v1::EnvVar;
+
+    fn app(env: &[(&str, &str)], rollback_to: Option<&str>) -> AetherApp {
+        let mut app = AetherApp::new(
+            "web",
+            serde_json::from_value::<AetherAppSpec>(serde_json::json!({"artifactRef": {"name": "web-a"}}))
+                .unwrap(),
+        );
+        app.metadata.namespace = Some("team".into());
+        app.metadata.uid = Some("uid-1".into());
+        app.spec.env = env
+            .iter()
+            .map(|(k, v)| EnvVar {
+                name: (*k).into(),
+                value: Some((*v).into()),
+                ..Default::default()
+            })
+            .collect();
+        if let Some(v) = rollback_to {
+            app.metadata.annotations = Some([(ROLLBACK_TO_ANNOTATION.to_string(), v.to_string())].into());
+        }
+        app
+    }
+
+    fn content_of(artifact: &str, app: &AetherApp) -> (ReleasedArtifact, ReleaseConfig) {
+        (
+            ReleasedArtifact {
+                name: format!("web-{artifact}"),
+                digest: format!("sha256:{artifact}"),
+            },
+            ReleaseConfig {
+                env: app.spec.env.clone(),
+                env_from: Vec::new(),
+            },
+        )
+    }
+
+    /// Release `version` of `artifact` with `app`'s config, in `state`.
+    fn release(
+        version: i64,
+        artifact: &str,
+        app: &AetherApp,
+        state: ReleaseState,
+        ready: bool,
+    ) -> AetherRelease {
+        let (artifact, config) = content_of(artifact, app);
+        let mut r = AetherRelease::new(
+            &AetherRelease::name_for("web", version),
+            AetherReleaseSpec {
+                app: "web".into(),
+                version,
+                artifact,
+                config,
+                cause: ReleaseCause::Push,
+                rollback_of: None,
+            },
+        );
+        r.status = Some(AetherReleaseStatus {
+            state: Some(state),
+            ready_at: ready.then_some(Time(Timestamp::UNIX_EPOCH)),
+        });
+        r
+    }
+
+    fn now() -> Timestamp {
+        "2026-11-28T12:00:00Z".parse().unwrap()
+    }
+
+    fn progressing() -> Rollout {
+        Rollout::Progressing {
+            message: String::new(),
+        }
+    }
+
+    fn state_of(plan: &Plan, name: &str) -> Option<ReleaseState> {
+        plan.statuses
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, s)| s.state)
+    }
+
+    #[test]
+    fn the_first_release_is_version_1_caused_by_a_push_and_owned_by_the_app() {
+        let a = app(&[], None);
+        let plan = plan(&a, content_of("a", &a), &[], (&progressing(), None), 5, now());
+        let created = plan.create.clone().unwrap();
+        assert_eq!(created.name_any(), "web-v1");
+        assert_eq!(created.spec.version, 1);
+        assert_eq!(created.spec.cause, ReleaseCause::Push);
+        assert_eq!(created.labels()["aether.dev/app"], "web");
+        assert_eq!(created.owner_references()[0].uid, "uid-1");
+        assert_eq!(state_of(&plan, "web-v1"), Some(ReleaseState::Active));
+    }
+
+    #[test]
+    fn nothing_changes_while_the_same_release_rolls_out() {
+        let a = app(&[], None);
+        let existing = [release(1, "a", &a, ReleaseState::Active, false)];
+        let plan = plan(
+            &a,
+            content_of("a", &a),
+            &existing,
+            (&progressing(), None),
+            5,
+            now(),
+        );
+        assert_eq!(plan, Plan::default());
+    }
+
+    #[test]
+    fn a_new_artifact_is_a_push_and_supersedes_the_last() {
+        let a = app(&[], None);
+        let existing = [release(1, "a", &a, ReleaseState::Active, true)];
+        let plan = plan(
+            &a,
+            content_of("b", &a),
+            &existing,
+            (&progressing(), None),
+            5,
+            now(),
+        );
+        let created = plan.create.as_ref().unwrap();
+        assert_eq!(
+            (created.spec.version, created.spec.cause),
+            (2, ReleaseCause::Push)
+        );
+        assert_eq!(state_of(&plan, "web-v2"), Some(ReleaseState::Active));
+        assert_eq!(state_of(&plan, "web-v1"), Some(ReleaseState::Superseded));
+    }
+
+    #[test]
+    fn new_configuration_for_the_same_artifact_is_a_config_release() {
+        let before = app(&[("A", "1")], None);
+        let after = app(&[("A", "2")], None);
+        let existing = [release(1, "a", &before, ReleaseState::Active, true)];
+        let plan = plan(
+            &after,
+            content_of("a", &after),
+            &existing,
+            (&progressing(), None),
+            5,
+            now(),
+        );
+        let created = plan.create.unwrap();
+        assert_eq!(created.spec.cause, ReleaseCause::Config);
+        assert_eq!(created.spec.config.env[0].value.as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn a_rollback_is_recorded_as_one_only_when_the_content_is_that_release() {
+        let a = app(&[], Some("1"));
+        let existing = [
+            release(1, "a", &a, ReleaseState::Superseded, true),
+            release(2, "b", &a, ReleaseState::Active, true),
+        ];
+        let back = plan(
+            &a,
+            content_of("a", &a),
+            &existing,
+            (&progressing(), None),
+            5,
+            now(),
+        );
+        let created = back.create.unwrap();
+        assert_eq!(created.spec.cause, ReleaseCause::Rollback);
+        assert_eq!((created.spec.version, created.spec.rollback_of), (3, Some(1)));
+
+        // A stale annotation with other content (a later push) is a push.
+        let later = plan(
+            &a,
+            content_of("c", &a),
+            &existing,
+            (&progressing(), None),
+            5,
+            now(),
+        );
+        let created = later.create.unwrap();
+        assert_eq!(
+            (created.spec.cause, created.spec.rollback_of),
+            (ReleaseCause::Push, None)
+        );
+    }
+
+    #[test]
+    fn a_complete_rollout_marks_the_release_ready_once() {
+        let a = app(&[], None);
+        let existing = [release(1, "a", &a, ReleaseState::Active, false)];
+        let complete = Rollout::Complete { ready: 1, desired: 1 };
+        let plan1 = plan(&a, content_of("a", &a), &existing, (&complete, None), 5, now());
+        let (_, status) = &plan1.statuses[0];
+        assert_eq!(status.ready_at, Some(Time(now())));
+
+        let ready = [release(1, "a", &a, ReleaseState::Active, true)];
+        assert_eq!(
+            plan(&a, content_of("a", &a), &ready, (&complete, None), 5, now()),
+            Plan::default()
+        );
+    }
+
+    #[test]
+    fn a_failed_rollout_fails_a_release_that_never_served_and_it_stays_failed() {
+        let a = app(&[], None);
+        let failed = Rollout::Failed {
+            reason: "CrashLoopBackOff".into(),
+            message: String::new(),
+        };
+        let existing = [
+            release(1, "a", &a, ReleaseState::Superseded, true),
+            release(2, "b", &a, ReleaseState::Active, false),
+        ];
+        let plan1 = plan(&a, content_of("b", &a), &existing, (&failed, None), 5, now());
+        assert_eq!(state_of(&plan1, "web-v2"), Some(ReleaseState::Failed));
+
+        // A release that served once is not failed by a later crash.
+        let served = [release(2, "b", &a, ReleaseState::Active, true)];
+        assert_eq!(
+            plan(&a, content_of("b", &a), &served, (&failed, None), 5, now()),
+            Plan::default()
+        );
+
+        // The next push supersedes the others, but the failed one stays failed.
+        let after = [
+            release(1, "a", &a, ReleaseState::Superseded, true),
+            release(2, "b", &a, ReleaseState::Failed, false),
+        ];
+        let plan2 = plan(&a, content_of("c", &a), &after, (&progressing(), None), 5, now());
+        assert_eq!(state_of(&plan2, "web-v2"), None);
+        assert_eq!(state_of(&plan2, "web-v3"), Some(ReleaseState::Active));
+    }
+
+    #[test]
+    fn with_auto_rollback_a_failed_release_falls_back_to_the_last_that_served_once() {
+        let mut a = app(&[], None);
+        a.spec.artifact_ref.name = "web-b".into();
+        let existing = [
+            release(1, "a", &a, ReleaseState::Superseded, true),
+            release(2, "b", &a, ReleaseState::Failed, false),
+        ];
+        assert_eq!(automatic(&a, &existing), None, "off by default");
+        assert!(!can_fall_back(&a, &existing));
+        a.spec.auto_rollback = true;
+        assert!(can_fall_back(&a, &existing));
+        assert!(!can_fall_back(&a, &existing[1..]), "nothing served before");
+        let fallback = automatic(&a, &existing).unwrap();
+        assert_eq!((fallback.failed.spec.version, fallback.to.spec.version), (2, 1));
+        let runs = fallen_back(&a, fallback.to);
+        assert_eq!(runs.spec.artifact_ref.name, "web-a");
+
+        // Recorded once, as an automatic rollback; the failed release stays failed.
+        let first = plan(
+            &runs,
+            content_of("a", &runs),
+            &existing,
+            (&progressing(), Some(1)),
+            5,
+            now(),
+        );
+        let created = first.create.clone().unwrap();
+        assert_eq!(
+            (created.spec.version, created.spec.cause, created.spec.rollback_of),
+            (3, ReleaseCause::AutomaticRollback, Some(1))
+        );
+        assert_eq!(state_of(&first, "web-v2"), None);
+        let after = [
+            existing[0].clone(),
+            existing[1].clone(),
+            release(3, "a", &a, ReleaseState::Active, true),
+        ];
+        let again = automatic(&a, &after).unwrap();
+        assert_eq!(again.to.spec.version, 1);
+        let steady = plan(
+            &runs,
+            content_of("a", &runs),
+            &after,
+            (&progressing(), Some(1)),
+            5,
+            now(),
+        );
+        assert_eq!(steady.create, None);
+
+        // A new spec (another artifact) is tried again; a release still rolling out
+        // is not given up on.
+        a.spec.artifact_ref.name = "web-c".into();
+        assert_eq!(automatic(&a, &after), None);
+        a.spec.artifact_ref.name = "web-b".into();
+        let rolling = [
+            existing[0].clone(),
+            release(2, "b", &a, ReleaseState::Active, false),
+        ];
+        assert_eq!(automatic(&a, &rolling), None);
+        // Nothing served before: nothing to go back to.
+        assert_eq!(automatic(&a, &existing[1..]), None);
+    }
+
+    #[test]
+    fn the_newest_keep_plus_one_releases_are_kept() {
+        let a = app(&[], None);
+        let existing: Vec<_> = (1..=4)
+            .map(|v| release(v, &v.to_string(), &a, ReleaseState::Superseded, true))
+            .collect();
+        // keep 2: the new v5 plus v4 and v3.
+        let plan = plan(
+            &a,
+            content_of("5", &a),
+            &existing,
+            (&progressing(), None),
+            2,
+            now(),
+        );
+        assert_eq!(plan.delete, ["web-v2", "web-v1"]);
+        // Without a new release: v4, v3, v2.
+        let same = super::plan(
+            &a,
+            content_of("4", &a),
+            &existing,
+            (&progressing(), None),
+            2,
+            now(),
+        );
+        assert_eq!(same.delete, ["web-v1"]);
+    }
+}
