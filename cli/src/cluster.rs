@@ -1,6 +1,7 @@
 //! The CLI's connection to Kubernetes: the kubeconfig, context and namespace chosen
 //! once, and API errors turned into ones a user can act on.
 
+use aether_crds::AetherApp;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -43,6 +44,28 @@ pub fn kube_error(e: kube::Error, verb: &str, resource: &str, namespace: &str) -
             source: e,
         },
     }
+}
+
+/// The AetherApp `name`; a missing one is an error naming app and namespace.
+pub async fn get_app(api: &kube::Api<AetherApp>, name: &str) -> Result<AetherApp, CliError> {
+    let namespace = api.namespace().unwrap_or("default");
+    api.get_opt(name)
+        .await
+        .map_err(|e| kube_error(e, "get", "aetherapps", namespace))?
+        .ok_or_else(|| CliError::AppNotFound {
+            app: name.into(),
+            namespace: namespace.into(),
+        })
+}
+
+/// The label selector of an app's pods: what the operator publishes for the scale
+/// subresource, else the labels it puts on them (`app.kubernetes.io/{instance,name}`).
+pub fn pod_selector(app: &AetherApp) -> String {
+    let name = kube::ResourceExt::name_any(app);
+    app.status
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .unwrap_or_else(|| format!("app.kubernetes.io/instance={name},app.kubernetes.io/name={name}"))
 }
 
 /// Watch `name` until `done` returns a value (no polling: each change arrives as it

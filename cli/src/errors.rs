@@ -236,10 +236,79 @@ pub enum CliError {
     #[diagnostic(
         code(aether::timeout),
         help(
-            "is the Aether operator running? `kubectl get pods -n aether-system`; `aether status` shows the app's pods and events; raise --timeout-seconds if the cluster is slow"
+            "is the Aether operator running? `kubectl get pods -n aether-system`; `aether status` shows the app's pods and events; raise --timeout (e.g. --timeout 10m) if the cluster is slow"
         )
     )]
     Timeout { what: String, seconds: u64 },
+
+    #[error("no --app, and {0} is not an app's project folder to take its name from")]
+    #[diagnostic(
+        code(aether::no_app),
+        help("pass --app NAME (`aether apps` lists them), or run aether in the app's project folder")
+    )]
+    NoApp(PathBuf),
+
+    #[error("there is no app {app} in namespace {namespace}")]
+    #[diagnostic(
+        code(aether::app_not_found),
+        help(
+            "`aether apps -n {namespace}` lists the apps there; pass --app NAME, or -n for another namespace"
+        )
+    )]
+    AppNotFound { app: String, namespace: String },
+
+    #[error(
+        "refusing to delete app {app} in namespace {namespace} without confirmation: stdin is not a terminal"
+    )]
+    #[diagnostic(
+        code(aether::confirmation_required),
+        help("pass --yes to delete it without asking")
+    )]
+    ConfirmationRequired { app: String, namespace: String },
+
+    #[error("app {app} was not deleted: not confirmed")]
+    #[diagnostic(code(aether::not_confirmed), help("answer y to delete it, or pass --yes"))]
+    NotConfirmed { app: String },
+
+    #[error("app {app} did not reach {replicas} ready pod(s): {reason}: {message}")]
+    #[diagnostic(
+        code(aether::scale_failed),
+        help(
+            "`aether status {app} -n {namespace}` and `aether logs --app {app} -n {namespace}` show why the pods fail"
+        )
+    )]
+    ScaleFailed {
+        app: String,
+        namespace: String,
+        replicas: i32,
+        reason: String,
+        message: String,
+    },
+
+    #[error("you may not {verb} Secrets in namespace {namespace}, where secret values are kept")]
+    #[diagnostic(
+        code(aether::secret_forbidden),
+        help(
+            "secret values go into the Secret <app>-config with your own rights (the built-in edit role has them; aether-editor alone does not): ask an admin, or set the value without --secret if it is not secret"
+        )
+    )]
+    SecretForbidden { verb: String, namespace: String },
+
+    #[error("cannot roll app {app} back: {reason}")]
+    #[diagnostic(
+        code(aether::no_rollback),
+        help("`aether releases --app {app}` lists its releases; pick one with --to N")
+    )]
+    NoRollback { app: String, reason: String },
+
+    #[error("app {app}'s fields are managed elsewhere: {owners}")]
+    #[diagnostic(
+        code(aether::managed_elsewhere),
+        help(
+            "a rollback here would be undone by that manager: if it is a GitOps tool, revert the change in Git instead; to take the fields over anyway, pass --force"
+        )
+    )]
+    ManagedElsewhere { app: String, owners: String },
 
     #[error("{context}: {source}")]
     #[diagnostic(code(aether::io))]
@@ -263,19 +332,27 @@ impl CliError {
             | Self::UnknownWorkspace { .. }
             | Self::StartMissing { .. }
             | Self::UnsupportedNode { .. }
-            | Self::BadAppName(_) => 3,
+            | Self::BadAppName(_)
+            | Self::NoApp(_) => 3,
             Self::InstallFailed { .. }
             | Self::NoPackageManager { .. }
             | Self::BuildFailed { .. }
             | Self::ToolFetch { .. } => 4,
             Self::NativeMismatch { .. } | Self::Pack(_) => 5,
             Self::Key { .. } | Self::KeyExists(_) => 6,
-            Self::NoKubeconfig(_) | Self::Forbidden { .. } | Self::Kube { .. } => 7,
+            Self::NoKubeconfig(_)
+            | Self::Forbidden { .. }
+            | Self::SecretForbidden { .. }
+            | Self::Kube { .. } => 7,
             Self::UploadFailed { .. } | Self::DirectStorage(_) => 8,
             Self::ArtifactFailed { .. } => 9,
             Self::Timeout { .. } => 10,
-            Self::DeployFailed { .. } => 11,
-            Self::Io { .. } => 1,
+            Self::DeployFailed { .. } | Self::ScaleFailed { .. } => 11,
+            Self::AppNotFound { .. } => 12,
+            Self::NoRollback { .. } | Self::ManagedElsewhere { .. } => 13,
+            // Like a missing argument: the command cannot run as given.
+            Self::ConfirmationRequired { .. } => 2,
+            Self::Io { .. } | Self::NotConfirmed { .. } => 1,
         }
     }
 

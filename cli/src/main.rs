@@ -1,7 +1,5 @@
-use clap::Parser;
-
 fn main() {
-    let cli = aether_cli::args::Cli::parse();
+    let cli = aether_cli::args::Cli::parse_invoked();
     if let Err(err) = aether_cli::run(cli) {
         let code = err.exit_code();
         eprintln!("{:?}", miette::Report::new(err));

@@ -43,15 +43,54 @@ impl Printer {
         }
     }
 
+    /// Ask on stderr and read the answer from stdin (callers ask only a terminal).
+    pub fn ask(&self, question: &str) -> std::io::Result<String> {
+        let mut err = std::io::stderr().lock();
+        write!(err, "{question} ")?;
+        err.flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        Ok(answer)
+    }
+
     /// Data on stdout. A closed pipe (`aether pack | head -1`) is not an error.
     pub fn data(&self, text: &str) {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{text}");
     }
 
-    pub fn json(&self, value: &impl serde::Serialize) {
-        self.data(&serde_json::to_string_pretty(value).expect("output serialises"));
+    /// A result on stdout, as JSON or YAML by `-o` (JSON when asked for human output).
+    pub fn value(&self, value: &impl serde::Serialize) {
+        let text = match self.format {
+            OutputFormat::Yaml => serde_yaml::to_string(value).expect("output serialises"),
+            OutputFormat::Json | OutputFormat::Human => {
+                serde_json::to_string_pretty(value).expect("output serialises")
+            }
+        };
+        self.data(text.trim_end());
     }
+}
+
+/// Columns padded to their widest cell, three spaces apart, as `kubectl get` prints.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let padded: Vec<String> = cells
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        padded.join("   ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(&mut headers.iter().copied());
+    for row in rows {
+        out += &line(&mut row.iter().map(String::as_str));
+    }
+    out
 }
 
 impl Reporter for Printer {
@@ -72,5 +111,25 @@ impl Reporter for Printer {
             bar.finish_and_clear();
             eprintln!("  {:<36} {detail} ({secs:.1}s)", phase.label());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_aligns_columns_to_the_widest_cell() {
+        let rows = vec![
+            vec!["web".to_string(), "True".into(), "http://10.96.0.12".into()],
+            vec!["a-longer-name".to_string(), "False".into(), "-".into()],
+        ];
+        assert_eq!(
+            table(&["NAME", "READY", "URL"], &rows),
+            "NAME            READY   URL\n\
+             web             True    http://10.96.0.12\n\
+             a-longer-name   False   -\n"
+        );
+        assert_eq!(table(&["NAME", "AGE"], &[]), "NAME   AGE\n");
     }
 }

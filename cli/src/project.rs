@@ -740,6 +740,26 @@ pub fn app_name(project: &Project, explicit: Option<&str>) -> Result<String, Cli
     }
 }
 
+/// The app a command acts on (`status`, `scale`, `logs`, `delete`): `--app`, else the
+/// app `aether push` deploys from the current folder.
+pub fn target_app(explicit: Option<&str>) -> Result<String, CliError> {
+    if let Some(app) = explicit {
+        return match aether_crds::validation::is_dns_label(app) {
+            true => Ok(app.to_string()),
+            false => Err(CliError::BadAppName(app.to_string())),
+        };
+    }
+    let cwd = std::env::current_dir().map_err(CliError::io("reading the current folder"))?;
+    match detect(&cwd, None, true) {
+        Ok(project) => app_name(&project, None),
+        // No package.json here, or a workspace root: there is no one app to name.
+        Err(CliError::NotNodeProject(dir) | CliError::WorkspaceRoot { root: dir, .. }) => {
+            Err(CliError::NoApp(dir))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A DNS-label app name from package.json's name: `@acme/Web_API` → `web-api`.
 pub fn app_name_from(pkg_name: &str) -> Option<String> {
     let base = pkg_name
@@ -773,6 +793,17 @@ mod tests {
 
     fn sh(script: &str) -> Option<Vec<String>> {
         Some(vec!["/bin/sh".into(), "-c".into(), script.into()])
+    }
+
+    #[test]
+    fn a_named_app_must_be_a_dns_label() {
+        assert_eq!(target_app(Some("web-2")).unwrap(), "web-2");
+        for bad in ["Web", "2web", "web_api", ""] {
+            assert!(
+                matches!(target_app(Some(bad)), Err(CliError::BadAppName(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use aether_crds::AetherApp;
+use aether_crds::condition::app::ROLLED_BACK;
 use aether_crds::condition::{READY, STALLED};
-use aether_crds::pod::started_digest;
+use aether_crds::pod::{TEMPLATE_ANNOTATION, started_digest};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -32,6 +33,9 @@ pub struct Deployed {
     /// The digest of the code served.
     #[serde(skip)]
     pub digest: String,
+    /// The pod template serving it (`status.template`).
+    #[serde(skip)]
+    pub template: Option<String>,
     /// The operator's phase timings, from the start of its reconcile that first took
     /// the (Ready) artifact: → Deployment applied, → pods Ready.
     pub applied_after_ms: Option<i64>,
@@ -56,8 +60,6 @@ pub async fn deploy(
     follow: Option<Follow>,
     printer: &Printer,
 ) -> Result<Deployed, CliError> {
-    let started = std::time::Instant::now();
-    let api: Api<AetherApp> = Api::namespaced(client.clone(), namespace);
     let body = serde_json::json!({
         "apiVersion": "aether.dev/v1alpha1",
         "kind": "AetherApp",
@@ -67,18 +69,39 @@ pub async fn deploy(
         },
         "spec": {"artifactRef": {"name": artifact}},
     });
-    // Forced: `aether push` is an explicit request to run this artifact, even if
-    // another manager (a GitOps tool) set artifactRef before.
+    let announce = format!("App {app} in {namespace} now runs {artifact}");
+    apply_and_follow(
+        client,
+        namespace,
+        (app, artifact),
+        (&body, FIELD_MANAGER, &announce),
+        follow,
+        printer,
+    )
+    .await
+}
+
+/// Server-side apply `body` to the app as `manager`, which names `artifact`, and say
+/// `announce`; with `follow`, wait until the app serves it alone.
+pub async fn apply_and_follow(
+    client: Client,
+    namespace: &str,
+    (app, artifact): (&str, &str),
+    (body, manager, announce): (&serde_json::Value, &str, &str),
+    follow: Option<Follow>,
+    printer: &Printer,
+) -> Result<Deployed, CliError> {
+    let started = std::time::Instant::now();
+    let api: Api<AetherApp> = Api::namespaced(client.clone(), namespace);
+    // Forced: the command is an explicit request to run this, even if another
+    // manager (a GitOps tool) set these fields before (`aether rollback` checks
+    // for that first).
     let applied = api
-        .patch(
-            app,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
+        .patch(app, &PatchParams::apply(manager).force(), &Patch::Apply(body))
         .await
         .map_err(|e| crate::cluster::kube_error(e, "apply", "aetherapps", namespace))?;
     let generation = applied.metadata.generation.unwrap_or(0);
-    printer.info(format!("App {app} in {namespace} now runs {artifact}"));
+    printer.info(announce);
     let Some(Follow { timeout, repaired_at }) = follow else {
         return Ok(Deployed {
             url: applied.status.and_then(|s| s.url),
@@ -108,6 +131,7 @@ pub async fn deploy(
                         .map(|a| a.digest.clone())
                         .unwrap_or_default(),
                     serving: true,
+                    template: status.template.clone(),
                     applied_after_ms: timings.and_then(|t| t.applied_after_milliseconds),
                     ready_after_ms: timings.and_then(|t| t.ready_after_milliseconds),
                 }));
@@ -141,7 +165,11 @@ pub async fn deploy(
             // EndpointSlices route to this release alone.
             let left = timeout.saturating_sub(started.elapsed());
             let digest = deployed.digest.clone();
-            let of_release = runs_digest(&digest);
+            let template = deployed.template.clone();
+            let runs = runs_digest(&digest);
+            // Of the template applied last (a configuration change keeps the digest),
+            // where the operator says which that is.
+            let of_release = |pod: &Pod| runs(pod) && template.as_ref().is_none_or(|t| has_template(pod, t));
             await_routed(&client, namespace, app, (artifact, &of_release), left, printer).await?;
             if let Some(url) = &deployed.url {
                 await_reachable(url, printer).await;
@@ -195,6 +223,15 @@ pub fn routing(slices: &[EndpointSlice], pods: &[Pod], of_release: impl Fn(&Pod)
         (_, 0) => Routing::Only,
         (release, others) => Routing::Mixed { release, others },
     }
+}
+
+/// A pod made from the pod template whose hash is `template`.
+pub fn has_template(pod: &Pod, template: &str) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(TEMPLATE_ANNOTATION))
+        .is_some_and(|t| t == template)
 }
 
 /// A pod that started on the code of `digest` (see [`started_digest`]: a dev-hot
@@ -295,6 +332,9 @@ fn deploy_failed(
     let hint = match reason {
         "ArtifactUnsigned" => "sign it (`aether keys generate`, then push without --no-sign), or set the app's spec.verify.mode".to_string(),
         "SignatureRejected" => "ask a cluster admin to trust your key: `aether keys show` prints it for the aether-trusted-keys ConfigMap in aether-system (or the app's spec.verify.keysRef)".to_string(),
+        ROLLED_BACK => format!(
+            "the app went back to its last good release by itself (spec.autoRollback); `aether logs --app {app} -n {namespace}` and `aether releases` show what failed"
+        ),
         _ => format!("`aether status {app} -n {namespace}` shows the pods and events; {still}"),
     };
     CliError::DeployFailed {

@@ -47,13 +47,13 @@ pub async fn run(args: &DevArgs, global: &GlobalArgs, printer: &Printer) -> Resu
         namespace: Some(namespace.clone()),
         ..global.clone()
     };
-    let timeout = Duration::from_secs(args.timeout_seconds);
+    let timeout = args.timeout;
     let push_args = PushArgs {
         pack: args.pack.clone(),
         no_deploy: false,
         wait: true,
         no_wait: false,
-        timeout_seconds: args.timeout_seconds,
+        timeout: args.timeout,
         storage: args.storage,
     };
     let pushed = super::push::run(&push_args, &global, printer).await?;

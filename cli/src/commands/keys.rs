@@ -59,7 +59,7 @@ pub fn generate(args: &KeysGenerateArgs, printer: &Printer) -> Result<(), CliErr
     std::fs::write(&pub_path, public.to_pem()).map_err(CliError::io("writing the public key"))?;
 
     match printer.format {
-        OutputFormat::Json => printer.json(&serde_json::json!({
+        OutputFormat::Json | OutputFormat::Yaml => printer.value(&serde_json::json!({
             "keyId": public.key_id(),
             "privateKey": path,
             "publicKey": pub_path,
@@ -94,7 +94,7 @@ pub fn show(args: &KeysShowArgs, printer: &Printer) -> Result<(), CliError> {
         SigningKey::from_pem(&text).map_err(key_error)?.public_key()
     };
     match printer.format {
-        OutputFormat::Json => printer.json(&serde_json::json!({
+        OutputFormat::Json | OutputFormat::Yaml => printer.value(&serde_json::json!({
             "keyId": public.key_id(),
             "publicKeyPem": public.to_pem(),
         })),

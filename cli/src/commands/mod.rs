@@ -1,6 +1,13 @@
+pub mod apps;
+pub mod completions;
+pub mod config;
+pub mod delete;
 pub mod deploy;
 pub mod dev;
 pub mod keys;
+pub mod logs;
 pub mod pack;
 pub mod push;
+pub mod releases;
+pub mod scale;
 pub mod status;

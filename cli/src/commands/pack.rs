@@ -103,7 +103,7 @@ pub fn request(args: &PackArgs, global: &GlobalArgs, printer: &Printer) -> Resul
 
 fn print(outcome: &PackOutcome, printer: &Printer) {
     match printer.format {
-        OutputFormat::Json => printer.json(outcome),
+        OutputFormat::Json | OutputFormat::Yaml => printer.value(outcome),
         OutputFormat::Human => {
             for l in &outcome.layers {
                 printer.info(format!(

@@ -82,7 +82,7 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
         ..Default::default()
     };
 
-    let timeout = Duration::from_secs(args.timeout_seconds);
+    let timeout = args.timeout;
     let Published {
         name,
         artifact: art,
@@ -139,7 +139,7 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
         timings_ms: timings,
     };
     match printer.format {
-        OutputFormat::Json => printer.json(&outcome),
+        OutputFormat::Json | OutputFormat::Yaml => printer.value(&outcome),
         OutputFormat::Human => {
             let t = &outcome.timings_ms;
             printer.info(format!(

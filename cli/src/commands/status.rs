@@ -65,18 +65,11 @@ pub struct EventView {
 }
 
 pub async fn run(args: &StatusArgs, global: &GlobalArgs, printer: &Printer) -> Result<(), CliError> {
-    let app = match &args.app {
-        Some(a) => a.clone(),
-        None => {
-            let cwd = std::env::current_dir().map_err(CliError::io("reading the current folder"))?;
-            let project = crate::project::detect(&cwd, None, true)?;
-            crate::project::app_name(&project, None)?
-        }
-    };
+    let app = crate::project::target_app(args.app.as_deref().or(args.app_flag.as_deref()))?;
     let (client, namespace) = crate::cluster::connect(global).await?;
     let view = gather(&client, &namespace, &app, args.events).await?;
     match printer.format {
-        OutputFormat::Json => printer.json(&view),
+        OutputFormat::Json | OutputFormat::Yaml => printer.value(&view),
         OutputFormat::Human => printer.data(render(&view).trim_end()),
     }
     Ok(())
@@ -85,7 +78,7 @@ pub async fn run(args: &StatusArgs, global: &GlobalArgs, printer: &Printer) -> R
 pub async fn gather(client: &kube::Client, ns: &str, app: &str, events: usize) -> Result<AppView, CliError> {
     let err = |resource: &'static str| move |e| crate::cluster::kube_error(e, "get", resource, ns);
     let apps: Api<AetherApp> = Api::namespaced(client.clone(), ns);
-    let a = apps.get(app).await.map_err(err("aetherapps"))?;
+    let a = crate::cluster::get_app(&apps, app).await?;
     let status = a.status.clone().unwrap_or_default();
     let ready = status
         .conditions
@@ -104,11 +97,7 @@ pub async fn gather(client: &kube::Client, ns: &str, app: &str, events: usize) -
         )
         .collect();
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    // The operator publishes its pods' selector (for the scale subresource).
-    let selector = status
-        .selector
-        .clone()
-        .unwrap_or_else(|| format!("app.kubernetes.io/instance={app},app.kubernetes.io/name={app}"));
+    let selector = crate::cluster::pod_selector(&a);
     let listed = pods
         .list(&ListParams::default().labels(&selector))
         .await
