@@ -294,6 +294,15 @@ pub enum CliError {
     )]
     SecretForbidden { verb: String, namespace: String },
 
+    #[error("app {app} is autoscaled between {min} and {max} pods: its autoscaler sets the count")]
+    #[diagnostic(
+        code(aether::autoscaled),
+        help(
+            "change spec.autoscaling (minReplicas, maxReplicas) instead, or remove it to set the count yourself"
+        )
+    )]
+    Autoscaled { app: String, min: i32, max: i32 },
+
     #[error("cannot roll app {app} back: {reason}")]
     #[diagnostic(
         code(aether::no_rollback),
@@ -349,7 +358,7 @@ impl CliError {
             Self::Timeout { .. } => 10,
             Self::DeployFailed { .. } | Self::ScaleFailed { .. } => 11,
             Self::AppNotFound { .. } => 12,
-            Self::NoRollback { .. } | Self::ManagedElsewhere { .. } => 13,
+            Self::NoRollback { .. } | Self::ManagedElsewhere { .. } | Self::Autoscaled { .. } => 13,
             // Like a missing argument: the command cannot run as given.
             Self::ConfirmationRequired { .. } => 2,
             Self::Io { .. } | Self::NotConfirmed { .. } => 1,

@@ -46,6 +46,15 @@ pub struct AetherAppSpec {
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
 
+    /// Scale between `minReplicas` and `maxReplicas` on CPU use: the operator makes a
+    /// HorizontalPodAutoscaler against this app's scale subresource, which then sets
+    /// `replicas` (keep `replicas` out of Git then, as for any autoscaled workload;
+    /// `aether scale` refuses). CPU targets need the cluster's metrics-server; the
+    /// bounds hold without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas may not exceed maxReplicas"))]
+    pub autoscaling: Option<Autoscaling>,
+
     /// Port the app listens on; passed to it as `PORT`.
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
@@ -117,6 +126,24 @@ fn default_replicas() -> i32 {
 }
 fn default_port() -> i32 {
     3000
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Average CPU use, as a percentage of the app container's CPU request, that the
+    /// autoscaler keeps the pods at.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+fn default_cpu_target() -> i32 {
+    80
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

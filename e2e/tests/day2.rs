@@ -292,3 +292,85 @@ async fn apps_scale_logs_and_delete_work_on_a_pushed_app() -> anyhow::Result<()>
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a cluster with Aether installed: run `make e2e`"]
+async fn autoscaling_gives_the_app_an_autoscaler_that_holds_its_bounds() -> anyhow::Result<()> {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    with_temp_ns("autoscale", |client: Client, ns: String| async move {
+        let dir = tempfile::tempdir()?;
+        example_app(dir.path(), "scaled")?;
+        succeeded(&cli(dir.path(), &ns, &["push", "--timeout", "4m"]), "push");
+
+        let patch = r#"{"spec":{"autoscaling":{"minReplicas":2,"maxReplicas":3}}}"#;
+        let out = Command::new("kubectl")
+            .args([
+                "-n",
+                &ns,
+                "patch",
+                "aetherapp",
+                APP,
+                "--type",
+                "merge",
+                "-p",
+                patch,
+            ])
+            .output()?;
+        succeeded(&out, "kubectl patch autoscaling");
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+        let hpa = wait_until("the app's autoscaler", Duration::from_secs(60), || async {
+            Ok(hpas.get_opt(APP).await?)
+        })
+        .await?;
+        let spec = hpa.spec.unwrap();
+        assert_eq!(
+            (
+                spec.scale_target_ref.kind.as_str(),
+                spec.scale_target_ref.name.as_str()
+            ),
+            ("AetherApp", APP)
+        );
+        assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 3));
+
+        // The autoscaler raises the app to its minimum through the scale subresource
+        // (no metrics needed for that), and the pods follow.
+        let apps: Api<AetherApp> = Api::namespaced(client.clone(), &ns);
+        wait_until("two ready pods", Duration::from_secs(180), || async {
+            let app = apps.get(APP).await?;
+            let ready = pods(&client, &ns).await?.iter().filter(|p| is_ready(p)).count();
+            Ok((app.spec.replicas == 2 && ready == 2).then_some(()))
+        })
+        .await?;
+
+        // `aether scale` does not fight the autoscaler.
+        let refused = cli(dir.path(), &ns, &["scale", "1"]);
+        assert_eq!(refused.status.code(), Some(13), "{}", said(&refused));
+        assert!(
+            said(&refused).contains("autoscaled between 2 and 3"),
+            "{}",
+            said(&refused)
+        );
+
+        // Without autoscaling, the autoscaler goes.
+        let out = Command::new("kubectl")
+            .args([
+                "-n",
+                &ns,
+                "patch",
+                "aetherapp",
+                APP,
+                "--type",
+                "merge",
+                "-p",
+                r#"{"spec":{"autoscaling":null}}"#,
+            ])
+            .output()?;
+        succeeded(&out, "kubectl patch autoscaling null");
+        wait_until("the autoscaler gone", Duration::from_secs(60), || async {
+            Ok(hpas.get_opt(APP).await?.is_none().then_some(()))
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+}

@@ -765,3 +765,27 @@ fn an_app_cannot_set_the_runtime_s_variables() {
     assert_eq!(values("AETHER_DEV_HOT"), ["false"]);
     assert!(values("AETHER_VERIFY_MODE").is_empty());
 }
+
+#[test]
+fn autoscaling_makes_an_autoscaler_of_the_app_s_scale_subresource() {
+    let mut app = app();
+    assert!(build::autoscaler(&app).is_none(), "none unless asked for");
+    app.spec.autoscaling =
+        serde_json::from_value(serde_json::json!({"minReplicas": 2, "maxReplicas": 5})).unwrap();
+    let hpa = build::autoscaler(&app).unwrap();
+    let spec = hpa.spec.unwrap();
+    assert_eq!(spec.scale_target_ref.kind, "AetherApp");
+    assert_eq!(
+        spec.scale_target_ref.api_version.as_deref(),
+        Some("aether.dev/v1alpha1")
+    );
+    assert_eq!(spec.scale_target_ref.name, app.metadata.name.clone().unwrap());
+    assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 5));
+    let cpu = &spec.metrics.unwrap()[0];
+    assert_eq!(
+        cpu.resource.as_ref().unwrap().target.average_utilization,
+        Some(80),
+        "the default target"
+    );
+    assert_eq!(hpa.metadata.owner_references.unwrap()[0].kind, "AetherApp");
+}

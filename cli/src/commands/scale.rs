@@ -39,7 +39,15 @@ pub async fn run(args: &ScaleArgs, global: &GlobalArgs, printer: &Printer) -> Re
     let app = crate::project::target_app(args.app.app.as_deref())?;
     let (client, namespace) = crate::cluster::connect(global).await?;
     let api: Api<AetherApp> = Api::namespaced(client, &namespace);
-    let previous = crate::cluster::get_app(&api, &app).await?.spec.replicas;
+    let found = crate::cluster::get_app(&api, &app).await?;
+    if let Some(scaling) = &found.spec.autoscaling {
+        return Err(CliError::Autoscaled {
+            app,
+            min: scaling.min_replicas,
+            max: scaling.max_replicas,
+        });
+    }
+    let previous = found.spec.replicas;
     let patch = serde_json::json!({"spec": {"replicas": args.replicas}});
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),

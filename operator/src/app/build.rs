@@ -8,6 +8,10 @@ use aether_artifact::signature::Policy;
 use aether_crds::AetherApp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
     KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec,
@@ -270,6 +274,46 @@ pub fn template_hash(deployment: &Deployment) -> Option<String> {
         .as_ref()?
         .get(TEMPLATE_ANNOTATION)
         .cloned()
+}
+
+/// The app's HorizontalPodAutoscaler, when `spec.autoscaling` asks for one: it
+/// scales the AetherApp through its scale subresource, and the Deployment follows
+/// `spec.replicas` as always.
+pub fn autoscaler(app: &AetherApp) -> Option<HorizontalPodAutoscaler> {
+    let scaling = app.spec.autoscaling.as_ref()?;
+    let name = app.name_any();
+    Some(HorizontalPodAutoscaler {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: app.namespace(),
+            labels: Some(labels(&name)),
+            owner_references: app.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some(AetherApp::api_version(&()).into()),
+                kind: AetherApp::kind(&()).into(),
+                name,
+            },
+            min_replicas: Some(scaling.min_replicas),
+            max_replicas: scaling.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(scaling.target_cpu_utilization_percentage),
+                        ..Default::default()
+                    },
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    })
 }
 
 /// The app's fetch Secret holding `download_urls` (see [`downloads`]).

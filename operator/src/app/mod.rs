@@ -25,6 +25,7 @@ use aether_crds::{
     VerifyMode,
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
@@ -273,6 +274,7 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     };
 
     let (deployment, service) = apply(ctx, &ns, &children).await?;
+    reconcile_autoscaler(ctx, app, &ns).await?;
     let applied_at = Timestamp::now();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let selector = build::selector_string(&app.name_any());
@@ -718,6 +720,51 @@ where
         what: format!("{} {ns}/{name}", K::kind(&())),
         source,
     })
+}
+
+/// The app's HorizontalPodAutoscaler: applied while `spec.autoscaling` asks for one,
+/// deleted when it no longer does. One of that name the app does not own is left
+/// alone (with a Warning), as any object the operator did not create.
+async fn reconcile_autoscaler(ctx: &Context, app: &AetherApp, ns: &str) -> Result<(), Error> {
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
+    let name = app.name_any();
+    let existing = api
+        .get_opt(&name)
+        .await
+        .map_err(dereference_error("the app's HorizontalPodAutoscaler"))?;
+    let owned = existing
+        .as_ref()
+        .map(|h| ownership::owned_by(&h.metadata, &app.uid().unwrap_or_default()));
+    match (build::autoscaler(app), owned) {
+        (Some(_), Some(false)) => {
+            let note = format!(
+                "HorizontalPodAutoscaler {ns}/{name} exists and is not this app's: spec.autoscaling is not applied"
+            );
+            events::publish(
+                &ctx.recorder,
+                &app.object_ref(&()),
+                EventType::Warning,
+                "NameConflict",
+                &note,
+            )
+            .await;
+        }
+        (Some(hpa), _) => {
+            apply_one(ctx, ns, &hpa).await?;
+        }
+        (None, Some(true)) => match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Apply {
+                    what: format!("deleting HorizontalPodAutoscaler {ns}/{name}"),
+                    source,
+                });
+            }
+        },
+        (None, _) => {}
+    }
+    Ok(())
 }
 
 /// Carry out [`releases::plan`] for the app's releases (those it owns).
