@@ -303,6 +303,19 @@ pub enum CliError {
     )]
     Autoscaled { app: String, min: i32, max: i32 },
 
+    #[error("Secret {name} in {namespace} exists and is not app {app}'s config Secret")]
+    #[diagnostic(
+        code(aether::secret_not_ours),
+        help(
+            "aether keeps secret values only in a Secret it made for the app (label aether.dev/app, owned by the app): rename or remove that Secret, or reference it yourself in spec.envFrom"
+        )
+    )]
+    SecretNotOurs {
+        name: String,
+        app: String,
+        namespace: String,
+    },
+
     #[error("cannot roll app {app} back: {reason}")]
     #[diagnostic(
         code(aether::no_rollback),
@@ -358,7 +371,10 @@ impl CliError {
             Self::Timeout { .. } => 10,
             Self::DeployFailed { .. } | Self::ScaleFailed { .. } => 11,
             Self::AppNotFound { .. } => 12,
-            Self::NoRollback { .. } | Self::ManagedElsewhere { .. } | Self::Autoscaled { .. } => 13,
+            Self::NoRollback { .. }
+            | Self::ManagedElsewhere { .. }
+            | Self::Autoscaled { .. }
+            | Self::SecretNotOurs { .. } => 13,
             // Like a missing argument: the command cannot run as given.
             Self::ConfirmationRequired { .. } => 2,
             Self::Io { .. } | Self::NotConfirmed { .. } => 1,

@@ -106,6 +106,10 @@ pub struct AetherReleaseStatus {
     /// When the app first served it with every pod ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_at: Option<Time>,
+    /// The app's generation when its rollout failed: `spec.autoRollback` goes back
+    /// only while the app is unchanged since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_generation: Option<i64>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

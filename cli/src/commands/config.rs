@@ -4,7 +4,8 @@
 //! (`--secret`) never go into the AetherApp or any status: they go into the Secret
 //! `<app>-config`, written with the user's own rights, which the app reads through
 //! `spec.envFrom`. The operator sees only the Secret's name and version, and rolls
-//! the pods when the version changes. Either way the operator records a release.
+//! the pods when the version changes. A change of `env` or `envFrom` is a release; a
+//! new value in the Secret rolls the pods without one (releases record references).
 
 use std::collections::BTreeMap;
 
@@ -237,6 +238,26 @@ async fn write_secret(
 ) -> Result<String, CliError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let name = secret_name(&app.name_any());
+    // Never another Secret of that name: the app would read all of it, and delete it
+    // with itself.
+    let existing = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| secret_error(e, "read", namespace))?;
+    if let Some(existing) = existing {
+        let labelled = existing.labels().get("aether.dev/app") == Some(&app.name_any());
+        let owned = existing
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == app.uid().as_ref());
+        if !(labelled && owned) {
+            return Err(CliError::SecretNotOurs {
+                name,
+                app: app.name_any(),
+                namespace: namespace.into(),
+            });
+        }
+    }
     let data: BTreeMap<&str, &str> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let owner = serde_json::json!({
         "apiVersion": "aether.dev/v1alpha1",

@@ -284,7 +284,7 @@ mod tests {
         );
         r.status = Some(AetherReleaseStatus {
             state: Some(state),
-            ready_at: None,
+            ..Default::default()
         });
         r
     }

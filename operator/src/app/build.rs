@@ -155,20 +155,23 @@ pub const CONFIG_VERSIONS_ANNOTATION: &str = "aether.dev/config-versions";
 /// The Secrets and ConfigMaps the app's environment reads (`env[].valueFrom`,
 /// `envFrom`), as `(kind, name)`: `kind` is `secret` or `configmap`.
 pub fn config_sources(app: &AetherApp) -> std::collections::BTreeSet<(&'static str, String)> {
-    let from_env = app
-        .spec
-        .env
-        .iter()
-        .filter_map(|e| e.value_from.as_ref())
-        .flat_map(|f| {
-            let secret = f.secret_key_ref.as_ref().map(|s| ("secret", s.name.clone()));
-            let configmap = f
-                .config_map_key_ref
-                .as_ref()
-                .map(|c| ("configmap", c.name.clone()));
-            secret.into_iter().chain(configmap)
-        });
-    let from_sources = app.spec.env_from.iter().flat_map(|e| {
+    config_sources_of(&app.spec.env, &app.spec.env_from)
+}
+
+/// [`config_sources`] of an `env` and `envFrom`.
+pub fn config_sources_of(
+    env: &[k8s_openapi::api::core::v1::EnvVar],
+    env_from: &[k8s_openapi::api::core::v1::EnvFromSource],
+) -> std::collections::BTreeSet<(&'static str, String)> {
+    let from_env = env.iter().filter_map(|e| e.value_from.as_ref()).flat_map(|f| {
+        let secret = f.secret_key_ref.as_ref().map(|s| ("secret", s.name.clone()));
+        let configmap = f
+            .config_map_key_ref
+            .as_ref()
+            .map(|c| ("configmap", c.name.clone()));
+        secret.into_iter().chain(configmap)
+    });
+    let from_sources = env_from.iter().flat_map(|e| {
         let secret = e.secret_ref.as_ref().map(|s| ("secret", s.name.clone()));
         let configmap = e.config_map_ref.as_ref().map(|c| ("configmap", c.name.clone()));
         secret.into_iter().chain(configmap)

@@ -171,19 +171,39 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     let mut d = dereference(ctx, app, &ns).await?;
     // With spec.autoRollback, a spec whose release failed runs the last release that
     // served instead, from here on (see [`releases::automatic`]).
-    let fallback = releases::automatic(app, &d.releases).map(|f| (f.failed.clone(), f.to.clone()));
+    let mut fallback = releases::automatic(app, &d.releases).map(|f| (f.failed.clone(), f.to.clone()));
+    let mut fallen_artifact = None;
+    if let Some((_, to)) = &fallback {
+        let artifacts: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), &ns);
+        let artifact = artifacts
+            .get_opt(&to.spec.artifact.name)
+            .await
+            .map_err(dereference_error("the artifact of the release fallen back to"))?;
+        // Only the very bytes the release ran: an artifact of that name made since
+        // (deleted and pushed again) is not it.
+        match artifact.filter(|a| a.spec.digest == to.spec.artifact.digest) {
+            Some(artifact) => fallen_artifact = Some(artifact),
+            None => {
+                warn!(release = %to.name_any(), "its artifact is gone or another now: not going back to it");
+                fallback = None;
+            }
+        }
+    }
     let fallen;
-    let app = match &fallback {
-        Some((_, to)) => {
+    let app = match (&fallback, fallen_artifact) {
+        (Some((_, to)), Some(artifact)) => {
             fallen = releases::fallen_back(app, to);
-            let artifacts: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), &ns);
-            d.artifact = artifacts
-                .get_opt(&to.spec.artifact.name)
-                .await
-                .map_err(dereference_error("the artifact of the release fallen back to"))?;
+            // It reads no Secret or ConfigMap the spec does not (see releases::last_good).
+            let sources = build::config_sources(&fallen);
+            d.config_versions.retain(|key, _| {
+                sources
+                    .iter()
+                    .any(|(kind, name)| *key == format!("{kind}/{name}"))
+            });
+            d.artifact = Some(artifact);
             &fallen
         }
-        None => app,
+        _ => app,
     };
     // Whatever becomes of this release, the pods of every release still running may
     // restart: their download URLs are kept fresh.
@@ -322,9 +342,14 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         // Only once no pod of an older template (which read it) can start again.
         prune_legacy_secret(ctx, app, &ns).await?;
     }
-    let next = if falls_back {
-        // The release is now Failed: the next look goes back.
+    let already_falling_back = aether_crds::condition::find(&old.conditions, aether_crds::condition::READY)
+        .is_some_and(|c| c.reason == aether_crds::condition::app::ROLLING_BACK);
+    let next = if falls_back && !already_falling_back {
+        // The release is now Failed: the next look goes back (once soon; should it
+        // not, as a Stalled app after that).
         Duration::from_secs(1)
+    } else if falls_back {
+        Duration::from_secs(10)
     } else if condition(aether_crds::condition::READY) && !build::config_sources(app).is_empty() {
         // Secrets and ConfigMaps are not watched (that would need reading every one
         // in the cluster): an edit of one the app reads is seen on this look.
@@ -786,7 +811,23 @@ async fn record_releases(
             Ok(_) => {}
             // Recorded by a reconcile this one raced with (an operator restart): the
             // next look sees it.
-            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let other = api.get_opt(&name).await.ok().flatten();
+                if other.is_some_and(|r| !ownership::owned_by(&r.metadata, &app.uid().unwrap_or_default())) {
+                    let note = format!(
+                        "AetherRelease {ns}/{name} exists and is not this app's (left from an app of that name?): no release is recorded until it is deleted"
+                    );
+                    events::publish(
+                        &ctx.recorder,
+                        &app.object_ref(&()),
+                        EventType::Warning,
+                        "NameConflict",
+                        &note,
+                    )
+                    .await;
+                }
+                return Ok(());
+            }
             Err(source) => return Err(apply_error(format!("AetherRelease {ns}/{name}"))(source)),
         }
         let cause = format!("{:?}", release.spec.cause);

@@ -50,44 +50,68 @@ pub struct Fallback<'a> {
     pub to: &'a AetherRelease,
 }
 
-/// With `spec.autoRollback`: does the app go back, and to which release? Releases
-/// are matched by artifact name (content-addressed) and configuration.
+/// The newest release of the spec's content (artifact name, which is
+/// content-addressed, and configuration), if one was recorded.
+fn spec_release<'a>(app: &AetherApp, releases: &'a [AetherRelease]) -> Option<&'a AetherRelease> {
+    releases
+        .iter()
+        .filter(|r| r.spec.artifact.name == app.spec.artifact_ref.name)
+        .filter(|r| r.spec.config.env == app.spec.env && r.spec.config.env_from == app.spec.env_from)
+        .max_by_key(|r| r.spec.version)
+}
+
+/// The release to go back to from `from` (a version, or the spec's newest): the
+/// newest older one that served and did not fail, of other content, that reads no
+/// Secret or ConfigMap the spec does not (the admission policy judged the spec's
+/// references; a release's older ones may have been removed on purpose).
+fn last_good<'a>(
+    app: &AetherApp,
+    releases: &'a [AetherRelease],
+    from: Option<i64>,
+) -> Option<&'a AetherRelease> {
+    let spec_sources = super::build::config_sources_of(&app.spec.env, &app.spec.env_from);
+    releases
+        .iter()
+        .filter(|r| from.is_none_or(|v| r.spec.version < v))
+        .filter(|r| {
+            r.spec.artifact.name != app.spec.artifact_ref.name
+                || r.spec.config.env != app.spec.env
+                || r.spec.config.env_from != app.spec.env_from
+        })
+        .filter(|r| {
+            let status = r.status.clone().unwrap_or_default();
+            status.ready_at.is_some() && status.state != Some(ReleaseState::Failed)
+        })
+        .filter(|r| {
+            super::build::config_sources_of(&r.spec.config.env, &r.spec.config.env_from)
+                .is_subset(&spec_sources)
+        })
+        .max_by_key(|r| r.spec.version)
+}
+
+/// With `spec.autoRollback`: does the app go back, and to which release? Only while
+/// the spec is the one whose release failed (`failedGeneration`): any change of the
+/// app (a push, `aether rollback` to that content, an edit) tries it again.
 pub fn automatic<'a>(app: &AetherApp, releases: &'a [AetherRelease]) -> Option<Fallback<'a>> {
     if !app.spec.auto_rollback {
         return None;
     }
-    let config = ReleaseConfig {
-        env: app.spec.env.clone(),
-        env_from: app.spec.env_from.clone(),
-    };
-    let is_spec =
-        |r: &AetherRelease| r.spec.artifact.name == app.spec.artifact_ref.name && r.spec.config == config;
-    let state = |r: &AetherRelease| r.status.as_ref().and_then(|s| s.state);
-    let failed = releases
-        .iter()
-        .filter(|r| is_spec(r))
-        .max_by_key(|r| r.spec.version)
-        .filter(|r| state(r) == Some(ReleaseState::Failed))?;
-    let to = releases
-        .iter()
-        .filter(|r| r.spec.version < failed.spec.version && !is_spec(r))
-        .filter(|r| state(r) != Some(ReleaseState::Failed))
-        .filter(|r| r.status.as_ref().is_some_and(|s| s.ready_at.is_some()))
-        .max_by_key(|r| r.spec.version)?;
+    let failed = spec_release(app, releases).filter(|r| {
+        let status = r.status.clone().unwrap_or_default();
+        status.state == Some(ReleaseState::Failed) && status.failed_generation == app.metadata.generation
+    })?;
+    let to = last_good(app, releases, Some(failed.spec.version))?;
     Some(Fallback { failed, to })
 }
 
-/// With `spec.autoRollback`: is there a release to go back to, should the spec's
-/// rollout fail? One that served, of other content than the spec's.
+/// With `spec.autoRollback`, the spec's rollout just failed: will the next look go
+/// back? Exactly when [`automatic`] will, once the spec's release is marked Failed
+/// (it is, having never served).
 pub fn can_fall_back(app: &AetherApp, releases: &[AetherRelease]) -> bool {
+    let spec = spec_release(app, releases);
     app.spec.auto_rollback
-        && releases.iter().any(|r| {
-            let status = r.status.clone().unwrap_or_default();
-            let is_spec = r.spec.artifact.name == app.spec.artifact_ref.name
-                && r.spec.config.env == app.spec.env
-                && r.spec.config.env_from == app.spec.env_from;
-            !is_spec && status.ready_at.is_some() && status.state != Some(ReleaseState::Failed)
-        })
+        && spec.is_none_or(|r| r.status.as_ref().is_none_or(|s| s.ready_at.is_none()))
+        && last_good(app, releases, spec.map(|r| r.spec.version)).is_some()
 }
 
 /// `app` as it runs when it falls back: the release's artifact and configuration.
@@ -179,7 +203,12 @@ pub fn plan(
                     new.state = Some(ReleaseState::Active);
                     new.ready_at.get_or_insert(Time(now));
                 }
-                Rollout::Failed { .. } if old.ready_at.is_none() => new.state = Some(ReleaseState::Failed),
+                Rollout::Failed { .. } if old.ready_at.is_none() => {
+                    new.state = Some(ReleaseState::Failed);
+                    if old.state != Some(ReleaseState::Failed) {
+                        new.failed_generation = app.metadata.generation;
+                    }
+                }
                 _ => {
                     if old.state != Some(ReleaseState::Failed) {
                         new.state = Some(ReleaseState::Active);
@@ -201,6 +230,8 @@ pub fn plan(
         .skip(kept)
         .map(|r| r.name_any())
         .filter(|n| *n != current)
+        // The release an automatic rollback would go back to stays.
+        .filter(|n| last_good(app, existing, None).is_none_or(|g| g.name_any() != *n))
         .collect();
     plan
 }
@@ -219,6 +250,7 @@ mod tests {
         );
         app.metadata.namespace = Some("team".into());
         app.metadata.uid = Some("uid-1".into());
+        app.metadata.generation = Some(1);
         app.spec.env = env
             .iter()
             .map(|(k, v)| EnvVar {
@@ -241,7 +273,7 @@ mod tests {
             },
             ReleaseConfig {
                 env: app.spec.env.clone(),
-                env_from: Vec::new(),
+                env_from: app.spec.env_from.clone(),
             },
         )
     }
@@ -269,6 +301,7 @@ mod tests {
         r.status = Some(AetherReleaseStatus {
             state: Some(state),
             ready_at: ready.then_some(Time(Timestamp::UNIX_EPOCH)),
+            failed_generation: (state == ReleaseState::Failed).then_some(1),
         });
         r
     }
@@ -501,6 +534,80 @@ mod tests {
         assert_eq!(automatic(&a, &rolling), None);
         // Nothing served before: nothing to go back to.
         assert_eq!(automatic(&a, &existing[1..]), None);
+    }
+
+    #[test]
+    fn auto_rollback_retries_on_any_change_and_never_brings_back_a_secret_the_spec_dropped() {
+        let mut a = app(&[], None);
+        a.spec.auto_rollback = true;
+        a.spec.artifact_ref.name = "web-b".into();
+        let existing = [
+            release(1, "a", &a, ReleaseState::Superseded, true),
+            release(2, "b", &a, ReleaseState::Failed, false),
+        ];
+        assert!(automatic(&a, &existing).is_some());
+        // The app changed since the release failed (a new generation): tried again.
+        a.metadata.generation = Some(2);
+        assert_eq!(automatic(&a, &existing), None);
+        a.metadata.generation = Some(1);
+
+        // v1 read a Secret the spec no longer names: it is no release to go back to.
+        let mut reading = a.clone();
+        reading.spec.env_from =
+            serde_json::from_value(serde_json::json!([{"secretRef": {"name": "db-creds"}}])).unwrap();
+        let with_secret = [
+            release(1, "a", &reading, ReleaseState::Superseded, true),
+            release(2, "b", &a, ReleaseState::Failed, false),
+        ];
+        assert_eq!(automatic(&a, &with_secret), None);
+        assert!(!can_fall_back(&a, &with_secret[..1]));
+        // The spec still naming it, it is.
+        let mut b = reading.clone();
+        b.spec.artifact_ref.name = "web-b".into();
+        let both = [
+            release(1, "a", &reading, ReleaseState::Superseded, true),
+            release(2, "b", &b, ReleaseState::Failed, false),
+        ];
+        assert!(automatic(&b, &both).is_some());
+    }
+
+    #[test]
+    fn a_release_that_served_and_crashes_later_is_not_given_up_on() {
+        let mut a = app(&[], None);
+        a.spec.auto_rollback = true;
+        a.spec.artifact_ref.name = "web-b".into();
+        let existing = [
+            release(1, "a", &a, ReleaseState::Superseded, true),
+            release(2, "b", &a, ReleaseState::Active, true),
+        ];
+        assert!(
+            !can_fall_back(&a, &existing),
+            "v2 served: a crash now is no failed rollout"
+        );
+        let rolling = [
+            existing[0].clone(),
+            release(2, "b", &a, ReleaseState::Active, false),
+        ];
+        assert!(can_fall_back(&a, &rolling));
+    }
+
+    #[test]
+    fn the_release_to_go_back_to_outlives_retention() {
+        let a = app(&[], None);
+        let existing = [
+            release(1, "1", &a, ReleaseState::Superseded, true),
+            release(2, "2", &a, ReleaseState::Failed, false),
+            release(3, "3", &a, ReleaseState::Failed, false),
+        ];
+        let plan = plan(
+            &a,
+            content_of("4", &a),
+            &existing,
+            (&progressing(), None),
+            1,
+            now(),
+        );
+        assert_eq!(plan.delete, ["web-v2"], "v1 is the last that served");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::validate::{Invalid, Validated};
 use crate::conditions;
-use aether_crds::pod::{DIGEST_ANNOTATION, failure_message};
+use aether_crds::pod::{DIGEST_ANNOTATION, TEMPLATE_ANNOTATION, failure_message};
 
 /// Releases kept in `status.history`.
 pub const HISTORY: usize = 10;
@@ -45,16 +45,30 @@ pub fn rollout(deployment: &Deployment, pods: &[Pod], digest: &str) -> Rollout {
     let available = status.available_replicas.unwrap_or(0);
     let ready = status.ready_replicas.unwrap_or(0);
 
-    // Failures of the new release's pods say more than any count.
-    for pod in pods.iter().filter(|p| pod_digest(p) == Some(digest)) {
+    // Failures of the new template's pods say more than any count (a pod of an
+    // older one, even of the same artifact, says nothing about this rollout).
+    let template = super::build::template_hash(deployment);
+    let of_rollout = |p: &&Pod| match &template {
+        Some(t) => {
+            p.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(TEMPLATE_ANNOTATION))
+                == Some(t)
+        }
+        None => pod_digest(p) == Some(digest),
+    };
+    for pod in pods.iter().filter(of_rollout) {
         if let Some((reason, message)) = pod_failure(pod) {
             return Rollout::Failed { reason, message };
         }
     }
+    // Only a deadline the Deployment judged with this template in it.
     if let Some(c) = status
         .conditions
         .iter()
         .flatten()
+        .filter(|_| observed)
         .find(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
     {
         return Rollout::Failed {
