@@ -87,6 +87,33 @@ pub async fn enable_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Give the person `user` the ClusterRole `role` in `ns` (a RoleBinding, as an admin
+/// does), to act as them with `kubectl --as`.
+pub async fn bind_user(client: &Client, ns: &str, user: &str, role: &str) -> anyhow::Result<()> {
+    let binding = RoleBinding {
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!("{role}-{}", user.split('@').next().unwrap_or(user))),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: role.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "User".into(),
+            name: user.into(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            ..Default::default()
+        }]),
+    };
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .with_context(|| format!("binding {user} to {role} in {ns}"))?;
+    Ok(())
+}
+
 /// Run `test` in a fresh namespace, enabled for Aether, and delete the namespace
 /// afterwards, whether the test passed, failed or panicked.
 pub async fn with_temp_ns<F, Fut>(prefix: &str, test: F) -> anyhow::Result<()>

@@ -14,7 +14,7 @@ use aether_e2e::app::{aether, aether_bin, example_app, shared_cache};
 use aether_e2e::{wait_until, with_temp_ns};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
 const APP: &str = "express-api";
@@ -302,21 +302,16 @@ async fn autoscaling_gives_the_app_an_autoscaler_that_holds_its_bounds() -> anyh
         example_app(dir.path(), "scaled")?;
         succeeded(&cli(dir.path(), &ns, &["push", "--timeout", "4m"]), "push");
 
-        let patch = r#"{"spec":{"autoscaling":{"minReplicas":2,"maxReplicas":3}}}"#;
-        let out = Command::new("kubectl")
-            .args([
-                "-n",
-                &ns,
-                "patch",
-                "aetherapp",
-                APP,
-                "--type",
-                "merge",
-                "-p",
-                patch,
-            ])
-            .output()?;
-        succeeded(&out, "kubectl patch autoscaling");
+        // As a GitOps tool or `kubectl patch` would.
+        let apps: Api<AetherApp> = Api::namespaced(client.clone(), &ns);
+        let autoscaling = |value: serde_json::Value| {
+            let apps = apps.clone();
+            async move {
+                let patch = Patch::Merge(serde_json::json!({"spec": {"autoscaling": value}}));
+                apps.patch(APP, &PatchParams::default(), &patch).await
+            }
+        };
+        autoscaling(serde_json::json!({"minReplicas": 2, "maxReplicas": 3})).await?;
         let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
         let hpa = wait_until("the app's autoscaler", Duration::from_secs(60), || async {
             Ok(hpas.get_opt(APP).await?)
@@ -334,7 +329,6 @@ async fn autoscaling_gives_the_app_an_autoscaler_that_holds_its_bounds() -> anyh
 
         // The autoscaler raises the app to its minimum through the scale subresource
         // (no metrics needed for that), and the pods follow.
-        let apps: Api<AetherApp> = Api::namespaced(client.clone(), &ns);
         wait_until("two ready pods", Duration::from_secs(180), || async {
             let app = apps.get(APP).await?;
             let ready = pods(&client, &ns).await?.iter().filter(|p| is_ready(p)).count();
@@ -352,20 +346,7 @@ async fn autoscaling_gives_the_app_an_autoscaler_that_holds_its_bounds() -> anyh
         );
 
         // Without autoscaling, the autoscaler goes.
-        let out = Command::new("kubectl")
-            .args([
-                "-n",
-                &ns,
-                "patch",
-                "aetherapp",
-                APP,
-                "--type",
-                "merge",
-                "-p",
-                r#"{"spec":{"autoscaling":null}}"#,
-            ])
-            .output()?;
-        succeeded(&out, "kubectl patch autoscaling null");
+        autoscaling(serde_json::Value::Null).await?;
         wait_until("the autoscaler gone", Duration::from_secs(60), || async {
             Ok(hpas.get_opt(APP).await?.is_none().then_some(()))
         })

@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use aether_crds::{AetherArtifact, AetherRelease};
 use aether_e2e::app::{aether, example_app, set_greeting, wait_for_body};
-use aether_e2e::{wait_until, with_temp_ns};
-use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
-use kube::api::{ObjectMeta, PostParams};
+use aether_e2e::{bind_user, wait_until, with_temp_ns};
 use kube::{Api, Client};
 
 const APP: &str = "express-api";
@@ -143,26 +141,7 @@ async fn pushes_are_releases_and_rollback_serves_the_earlier_one_again() -> anyh
         wait_for_body(&client, &ns, APP, &url, "release one\n", Duration::from_secs(60)).await?;
 
         // An editor reads releases but cannot write one (it would forge history).
-        let binding = RoleBinding {
-            metadata: ObjectMeta {
-                name: Some("erin-aether".into()),
-                ..Default::default()
-            },
-            role_ref: RoleRef {
-                api_group: "rbac.authorization.k8s.io".into(),
-                kind: "ClusterRole".into(),
-                name: "aether-editor".into(),
-            },
-            subjects: Some(vec![Subject {
-                kind: "User".into(),
-                name: EDITOR.into(),
-                api_group: Some("rbac.authorization.k8s.io".into()),
-                ..Default::default()
-            }]),
-        };
-        Api::<RoleBinding>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &binding)
-            .await?;
+        bind_user(&client, &ns, EDITOR, "aether-editor").await?;
         let can = |verb: &str| {
             let out = kubectl(&["auth", "can-i", verb, "aetherreleases", "-n", &ns, "--as", EDITOR]);
             String::from_utf8_lossy(&out.stdout).trim() == "yes"
@@ -266,31 +245,6 @@ async fn with_auto_rollback_a_crashing_push_goes_back_to_the_last_good_release()
     .await
 }
 
-/// Bind `user` to the ClusterRole `role` in `ns`.
-async fn bind(client: &Client, ns: &str, user: &str, role: &str) -> anyhow::Result<()> {
-    let binding = RoleBinding {
-        metadata: ObjectMeta {
-            name: Some(format!("{role}-{}", user.split('@').next().unwrap_or(user))),
-            ..Default::default()
-        },
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "ClusterRole".into(),
-            name: role.into(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "User".into(),
-            name: user.into(),
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            ..Default::default()
-        }]),
-    };
-    Api::<RoleBinding>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &binding)
-        .await?;
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a cluster with Aether installed: run `make e2e`"]
 async fn config_changes_roll_out_as_releases_and_secret_values_stay_out_of_sight() -> anyhow::Result<()> {
@@ -350,7 +304,7 @@ async fn config_changes_roll_out_as_releases_and_secret_values_stay_out_of_sight
             !text.contains(SECRET) && text.contains("secret express-api-config key GREETING"),
             "{text}"
         );
-        bind(&client, &ns, VIEWER, "aether-viewer").await?;
+        bind_user(&client, &ns, VIEWER, "aether-viewer").await?;
         let seen = kubectl(&[
             "--as",
             VIEWER,

@@ -765,14 +765,7 @@ async fn reconcile_autoscaler(ctx: &Context, app: &AetherApp, ns: &str) -> Resul
             let note = format!(
                 "HorizontalPodAutoscaler {ns}/{name} exists and is not this app's: spec.autoscaling is not applied"
             );
-            events::publish(
-                &ctx.recorder,
-                &app.object_ref(&()),
-                EventType::Warning,
-                "NameConflict",
-                &note,
-            )
-            .await;
+            name_conflict(ctx, app, &note).await;
         }
         (Some(hpa), _) => {
             apply_one(ctx, ns, &hpa).await?;
@@ -790,6 +783,18 @@ async fn reconcile_autoscaler(ctx: &Context, app: &AetherApp, ns: &str) -> Resul
         (None, _) => {}
     }
     Ok(())
+}
+
+/// A Warning that an object of a name the app would use is not the app's.
+async fn name_conflict(ctx: &Context, app: &AetherApp, note: &str) {
+    events::publish(
+        &ctx.recorder,
+        &app.object_ref(&()),
+        EventType::Warning,
+        "NameConflict",
+        note,
+    )
+    .await;
 }
 
 /// Carry out [`releases::plan`] for the app's releases (those it owns).
@@ -817,14 +822,7 @@ async fn record_releases(
                     let note = format!(
                         "AetherRelease {ns}/{name} exists and is not this app's (left from an app of that name?): no release is recorded until it is deleted"
                     );
-                    events::publish(
-                        &ctx.recorder,
-                        &app.object_ref(&()),
-                        EventType::Warning,
-                        "NameConflict",
-                        &note,
-                    )
-                    .await;
+                    name_conflict(ctx, app, &note).await;
                 }
                 return Ok(());
             }

@@ -223,6 +223,7 @@ pub fn plan(
         }
     }
 
+    let keep_good = last_good(app, existing, None).map(|g| g.name_any());
     // Newest first: the created one (if any), then the rest.
     let kept = keep + 1 - usize::from(created.is_some());
     plan.delete = releases
@@ -231,7 +232,7 @@ pub fn plan(
         .map(|r| r.name_any())
         .filter(|n| *n != current)
         // The release an automatic rollback would go back to stays.
-        .filter(|n| last_good(app, existing, None).is_none_or(|g| g.name_any() != *n))
+        .filter(|n| keep_good.as_ref() != Some(n))
         .collect();
     plan
 }
