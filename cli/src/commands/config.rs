@@ -175,7 +175,7 @@ async fn apply(
     let revision = match change {
         Change::Set(_) => None,
         Change::SetSecret(pairs) => Some(write_secret(&client, &namespace, &app, pairs).await?),
-        Change::Unset(keys) => remove_from_secret(&client, &namespace, &name, keys).await?,
+        Change::Unset(keys) => remove_from_secret(&client, &namespace, &app, keys).await?,
     };
     let (env, env_from) = change.apply_to(&app);
     if env == app.spec.env && env_from == app.spec.env_from && revision.is_none() {
@@ -244,19 +244,12 @@ async fn write_secret(
         .get_opt(&name)
         .await
         .map_err(|e| secret_error(e, "read", namespace))?;
-    if let Some(existing) = existing {
-        let labelled = existing.labels().get("aether.dev/app") == Some(&app.name_any());
-        let owned = existing
-            .owner_references()
-            .iter()
-            .any(|o| Some(&o.uid) == app.uid().as_ref());
-        if !(labelled && owned) {
-            return Err(CliError::SecretNotOurs {
-                name,
-                app: app.name_any(),
-                namespace: namespace.into(),
-            });
-        }
+    if existing.is_some_and(|existing| !is_apps(&existing, app)) {
+        return Err(CliError::SecretNotOurs {
+            name,
+            app: app.name_any(),
+            namespace: namespace.into(),
+        });
     }
     let data: BTreeMap<&str, &str> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let owner = serde_json::json!({
@@ -292,24 +285,19 @@ async fn write_secret(
 async fn remove_from_secret(
     client: &Client,
     namespace: &str,
-    app: &str,
+    app: &AetherApp,
     keys: &[String],
 ) -> Result<Option<String>, CliError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let name = secret_name(app);
-    let existing = match api.get_metadata_opt(&name).await {
-        Ok(existing) => existing,
+    let name = secret_name(&app.name_any());
+    let secret = match api.get_opt(&name).await {
+        // Only the app's own: another Secret of that name is not aether's to edit.
+        Ok(Some(secret)) if is_apps(&secret, app) => secret,
+        Ok(_) => return Ok(None),
         // Someone without rights on Secrets can still unset plain values.
         Err(kube::Error::Api(e)) if e.code == 403 => return Ok(None),
         Err(e) => return Err(secret_error(e, "read", namespace)),
     };
-    if existing.is_none() {
-        return Ok(None);
-    }
-    let secret = api
-        .get(&name)
-        .await
-        .map_err(|e| secret_error(e, "read", namespace))?;
     let held: Vec<&String> = keys
         .iter()
         .filter(|k| secret.data.as_ref().is_some_and(|d| d.contains_key(*k)))
@@ -331,6 +319,15 @@ async fn remove_from_secret(
         .await
         .map_err(|e| secret_error(e, "write", namespace))?;
     Ok(Some(written.resource_version().unwrap_or_default()))
+}
+
+/// The app's own config Secret: labelled for it and owned by it (by uid).
+fn is_apps(secret: &Secret, app: &AetherApp) -> bool {
+    secret.labels().get("aether.dev/app") == Some(&app.name_any())
+        && secret
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == app.uid().as_ref())
 }
 
 fn secret_error(e: kube::Error, verb: &str, namespace: &str) -> CliError {
