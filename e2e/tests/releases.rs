@@ -281,6 +281,31 @@ async fn config_changes_roll_out_as_releases_and_secret_values_stay_out_of_sight
         })
         .await?;
 
+        // A Secret of that name the app did not make is neither used nor adopted.
+        let theirs = kubectl(&[
+            "-n",
+            &ns,
+            "create",
+            "secret",
+            "generic",
+            "express-api-config",
+            "--from-literal=OTHER=x",
+        ]);
+        assert!(
+            theirs.status.success(),
+            "{}",
+            String::from_utf8_lossy(&theirs.stderr)
+        );
+        let refused = aether(dir.path(), &ns, &["config", "set", "--secret", "GREETING=nope"]);
+        assert_eq!(refused.code, Some(13), "{}", refused.stderr);
+        assert!(
+            refused.stderr.contains("is not app express-api"),
+            "{}",
+            refused.stderr
+        );
+        let gone = kubectl(&["-n", &ns, "delete", "secret", "express-api-config"]);
+        assert!(gone.status.success());
+
         // A secret value: served, in the Secret only, never in what a viewer reads.
         let run = tokio::task::block_in_place(|| {
             aether(
