@@ -294,6 +294,13 @@ pub struct ConfigSetArgs {
     #[arg(long)]
     pub secret: bool,
     #[command(flatten)]
+    pub change: ConfigChangeArgs,
+}
+
+/// Which app a config change is for, and how it is made.
+#[derive(Debug, Args)]
+pub struct ConfigChangeArgs {
+    #[command(flatten)]
     pub app: AppArg,
     /// Change them even where another field manager (a GitOps tool) owns the app's env.
     #[arg(long)]
@@ -308,12 +315,7 @@ pub struct ConfigUnsetArgs {
     #[arg(required = true, value_name = "KEY", value_parser = crate::commands::config::check_key)]
     pub keys: Vec<String>,
     #[command(flatten)]
-    pub app: AppArg,
-    /// Change them even where another field manager (a GitOps tool) owns the app's env.
-    #[arg(long)]
-    pub force: bool,
-    #[command(flatten)]
-    pub wait: WaitArgs,
+    pub change: ConfigChangeArgs,
 }
 
 #[derive(Debug, Args)]

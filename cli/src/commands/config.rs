@@ -17,7 +17,9 @@ use serde::Serialize;
 
 use super::deploy::{self, Follow};
 use super::releases::foreign_owners;
-use crate::args::{ConfigGetArgs, ConfigSetArgs, ConfigUnsetArgs, GlobalArgs, OutputFormat};
+use crate::args::{
+    ConfigChangeArgs, ConfigGetArgs, ConfigSetArgs, ConfigUnsetArgs, GlobalArgs, OutputFormat,
+};
 use crate::errors::CliError;
 use crate::printer::{Printer, table};
 
@@ -126,36 +128,20 @@ pub async fn set(args: &ConfigSetArgs, global: &GlobalArgs, printer: &Printer) -
         true => Change::SetSecret(&args.pairs),
         false => Change::Set(&args.pairs),
     };
-    let target = Target {
-        app: args.app.app.as_deref(),
-        force: args.force,
-        wait: args.wait.timeout(),
-    };
-    apply(target, change, global, printer).await
+    apply(&args.change, change, global, printer).await
 }
 
 pub async fn unset(args: &ConfigUnsetArgs, global: &GlobalArgs, printer: &Printer) -> Result<(), CliError> {
-    let target = Target {
-        app: args.app.app.as_deref(),
-        force: args.force,
-        wait: args.wait.timeout(),
-    };
-    apply(target, Change::Unset(&args.keys), global, printer).await
-}
-
-struct Target<'a> {
-    app: Option<&'a str>,
-    force: bool,
-    wait: Option<std::time::Duration>,
+    apply(&args.change, Change::Unset(&args.keys), global, printer).await
 }
 
 async fn apply(
-    target: Target<'_>,
+    target: &ConfigChangeArgs,
     change: Change<'_>,
     global: &GlobalArgs,
     printer: &Printer,
 ) -> Result<(), CliError> {
-    let name = crate::project::target_app(target.app)?;
+    let name = crate::project::target_app(target.app.app.as_deref())?;
     let (client, namespace) = crate::cluster::connect(global).await?;
     let apps: Api<AetherApp> = Api::namespaced(client.clone(), &namespace);
     let app = crate::cluster::get_app(&apps, &name).await?;
@@ -197,7 +183,7 @@ async fn apply(
         "metadata": {"name": name},
         "spec": spec,
     });
-    let follow = target.wait.map(|timeout| Follow {
+    let follow = target.wait.timeout().map(|timeout| Follow {
         timeout,
         repaired_at: None,
     });
