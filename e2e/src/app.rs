@@ -67,6 +67,23 @@ pub fn set_greeting(dir: &Path, greeting: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An error message as one line: miette wraps it at 80 columns behind `│`, breaking
+/// after a `-` too (`kustomize-` / `controller`).
+pub fn one_line(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines().map(|l| l.replace('│', " ")) {
+        let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+        if line.is_empty() {
+            continue;
+        }
+        if !out.is_empty() && !out.ends_with('-') {
+            out.push(' ');
+        }
+        out.push_str(&line);
+    }
+    out
+}
+
 /// What one `aether` run did.
 #[derive(Debug)]
 pub struct Run {
@@ -124,4 +141,16 @@ pub async fn wait_for_body(
         Ok(Some(()))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_wrapped_message_reads_as_one_line() {
+        let wrapped = "  × app web's fields are managed elsewhere: spec.env by kustomize-\n  │ controller\n  help: revert the change\n        in Git\n";
+        assert_eq!(
+            super::one_line(wrapped),
+            "× app web's fields are managed elsewhere: spec.env by kustomize-controller help: revert the change in Git"
+        );
+    }
 }

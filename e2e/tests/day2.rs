@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use aether_crds::AetherApp;
-use aether_e2e::app::{aether, aether_bin, example_app, shared_cache};
+use aether_e2e::app::{aether, aether_bin, example_app, one_line, shared_cache};
 use aether_e2e::{wait_until, with_temp_ns};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -38,13 +38,9 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// stderr as one line: miette wraps messages at 80 columns behind `│`.
+/// stderr as one line (see [`one_line`]).
 fn said(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr)
-        .replace('│', " ")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    one_line(&String::from_utf8_lossy(&out.stderr))
 }
 
 fn succeeded(out: &Output, what: &str) -> String {

@@ -169,10 +169,15 @@ async fn apply(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error>
     let ns = art.namespace().unwrap_or_default();
     let apps: Api<AetherApp> = Api::namespaced(ctx.client.clone(), &ns);
     let apps = apps.list(&ListParams::default()).await?.items;
-    let releases: Api<AetherRelease> = Api::namespaced(ctx.client.clone(), &ns);
-    let releases = releases.list(&ListParams::default()).await?.items;
     let now = Timestamp::now();
-    let decision = retention::decide(&art, &apps, &releases, &ctx.retention, now);
+    // Releases are read only when the apps alone would not keep the artifact (at
+    // rest, nearly every artifact is some app's current one).
+    let mut decision = retention::decide(&art, &apps, &[], &ctx.retention, now);
+    if decision != retention::Decision::Keep {
+        let releases: Api<AetherRelease> = Api::namespaced(ctx.client.clone(), &ns);
+        let releases = releases.list(&ListParams::default()).await?.items;
+        decision = retention::decide(&art, &apps, &releases, &ctx.retention, now);
+    }
     if let retention::Decision::Delete(reason) = decision {
         info!(reason = reason.as_str(), "deleting the artifact (retention)");
         let note = format!("deleted by retention: {}", reason.as_str());

@@ -536,10 +536,11 @@ fn only_pods_stuck_on_since_repaired_bytes_are_replaced() {
     assert!(status::stale_fetch_failures(&orphan, &digest, Some(at("2026-11-28T11:00:00Z"))).is_empty());
 }
 
-fn observe<'a>(deployment: &'a Deployment, pods: &'a [Pod], applied_at: Timestamp) -> Observed<'a> {
+fn observe<'a>(deployment: &'a Deployment, pods: &[Pod], applied_at: Timestamp) -> Observed<'a> {
+    let digest = release("v1").0.digest.to_string();
     Observed {
         deployment,
-        pods,
+        rollout: status::rollout(deployment, pods, &digest),
         url: Some("http://10.96.0.20".into()),
         selector: build::selector_string("web"),
         began_at: applied_at.checked_sub(SignedDuration::from_millis(40)).unwrap(),

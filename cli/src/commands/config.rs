@@ -16,7 +16,7 @@ use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
 use super::deploy::{self, Follow};
-use super::releases::foreign_owners;
+use super::releases::refuse_foreign_owners;
 use crate::args::{
     ConfigChangeArgs, ConfigGetArgs, ConfigSetArgs, ConfigUnsetArgs, GlobalArgs, OutputFormat,
 };
@@ -145,18 +145,7 @@ async fn apply(
     let (client, namespace) = crate::cluster::connect(global).await?;
     let apps: Api<AetherApp> = Api::namespaced(client.clone(), &namespace);
     let app = crate::cluster::get_app(&apps, &name).await?;
-    // Another field manager (a GitOps tool) would undo the change.
-    let owners: Vec<String> = foreign_owners(&app)
-        .into_iter()
-        .filter(|(field, _)| field == "spec.env" || field == "spec.envFrom")
-        .map(|(field, manager)| format!("{field} by {manager}"))
-        .collect();
-    if !owners.is_empty() && !target.force {
-        return Err(CliError::ManagedElsewhere {
-            app: name,
-            owners: owners.join(", "),
-        });
-    }
+    refuse_foreign_owners(&app, &["spec.env", "spec.envFrom"], target.force)?;
 
     let revision = match change {
         Change::Set(_) => None,

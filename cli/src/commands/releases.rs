@@ -188,6 +188,23 @@ pub fn foreign_owners(app: &AetherApp) -> Vec<(String, String)> {
     owners
 }
 
+/// Refuse (unless `force`) a change of `fields` (as [`foreign_owners`] names them)
+/// that another field manager owns: it would undo the change.
+pub fn refuse_foreign_owners(app: &AetherApp, fields: &[&str], force: bool) -> Result<(), CliError> {
+    let owners: Vec<String> = foreign_owners(app)
+        .into_iter()
+        .filter(|(field, _)| fields.contains(&field.as_str()))
+        .map(|(field, manager)| format!("{field} by {manager}"))
+        .collect();
+    if owners.is_empty() || force {
+        return Ok(());
+    }
+    Err(CliError::ManagedElsewhere {
+        app: app.name_any(),
+        owners: owners.join(", "),
+    })
+}
+
 pub async fn rollback(args: &RollbackArgs, global: &GlobalArgs, printer: &Printer) -> Result<(), CliError> {
     let app = crate::project::target_app(args.app.app.as_deref())?;
     let (client, namespace) = crate::cluster::connect(global).await?;
@@ -198,17 +215,8 @@ pub async fn rollback(args: &RollbackArgs, global: &GlobalArgs, printer: &Printe
         app: app.clone(),
         reason,
     })?;
-    let owners = foreign_owners(&found);
-    if !owners.is_empty() && !args.force {
-        return Err(CliError::ManagedElsewhere {
-            app: app.clone(),
-            owners: owners
-                .iter()
-                .map(|(field, manager)| format!("{field} by {manager}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    }
+    let fields = ROLLED_BACK_FIELDS.map(|(_, field)| field);
+    refuse_foreign_owners(&found, &fields, args.force)?;
     let version = release.spec.version;
     let body = serde_json::json!({
         "apiVersion": "aether.dev/v1alpha1",
@@ -330,6 +338,18 @@ mod tests {
         assert_eq!(
             foreign_owners(&app),
             [("spec.env".to_string(), "kustomize-controller".to_string())]
+        );
+        assert!(matches!(
+            refuse_foreign_owners(&app, &["spec.env"], false),
+            Err(CliError::ManagedElsewhere { owners, .. }) if owners == "spec.env by kustomize-controller"
+        ));
+        assert!(
+            refuse_foreign_owners(&app, &["spec.env"], true).is_ok(),
+            "--force"
+        );
+        assert!(
+            refuse_foreign_owners(&app, &["spec.artifactRef"], false).is_ok(),
+            "Aether's own field"
         );
     }
 

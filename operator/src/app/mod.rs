@@ -309,16 +309,16 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         pods.retain(|p| p.metadata.name.as_ref().is_none_or(|n| !stale.contains(n)));
     }
     let url = url(ctx.config.url_mode, &app.name_any(), &ns, &service);
+    let rollout = status::rollout(&deployment, &pods, &release.digest.to_string());
     let observed = status::Observed {
         deployment: &deployment,
-        pods: &pods,
+        rollout: rollout.clone(),
         url,
         selector,
         began_at,
         applied_at,
     };
     let new = status::applied(&old, generation, &release, &observed, Timestamp::now());
-    let rollout = status::rollout(&deployment, &pods, &release.digest.to_string());
     let fell_back_to = fallback.as_ref().map(|(_, to)| to.spec.version);
     let content = releases::content(app, &release);
     record_releases(ctx, app, &ns, content, &d.releases, (&rollout, fell_back_to)).await?;

@@ -184,7 +184,8 @@ fn pod_failure(pod: &Pod) -> Option<(String, String)> {
 #[derive(Debug)]
 pub struct Observed<'a> {
     pub deployment: &'a Deployment,
-    pub pods: &'a [Pod],
+    /// Where its rollout stands ([`rollout`] of it and its pods).
+    pub rollout: Rollout,
     pub url: Option<String>,
     pub selector: String,
     /// When this reconcile began (it found the release valid) and when its apply
@@ -230,7 +231,7 @@ pub fn applied(
     }
 
     let digest = release.digest.to_string();
-    match rollout(observed.deployment, observed.pods, &digest) {
+    match observed.rollout.clone() {
         Rollout::Complete { ready, desired } => {
             if timings.ready_after_milliseconds.is_none() {
                 timings.ready_after_milliseconds = Some(since_start(now));
