@@ -47,9 +47,9 @@ pub struct AetherAppSpec {
     pub replicas: i32,
 
     /// Scale between `minReplicas` and `maxReplicas` on CPU use: the operator makes a
-    /// HorizontalPodAutoscaler against this app's scale subresource, which then sets
-    /// `replicas` (keep `replicas` out of Git then, as for any autoscaled workload;
-    /// `aether scale` refuses). CPU targets need the cluster's metrics-server; the
+    /// HorizontalPodAutoscaler of the app's Deployment, which then sets the pod count.
+    /// `replicas` is not read meanwhile, so a value kept in Git fights nothing
+    /// (`aether scale` refuses). CPU targets need the cluster's metrics-server; the
     /// bounds hold without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas may not exceed maxReplicas"))]
@@ -67,13 +67,6 @@ pub struct AetherAppSpec {
     #[x_kube(validation = Rule::new("self.all(e, size(e.name) <= 256)").message("an env name may be at most 256 characters"))]
     #[x_kube(validation = Rule::new("self.all(e, !has(e.valueFrom) || ((!has(e.valueFrom.secretKeyRef) || (size(e.valueFrom.secretKeyRef.name) <= 253 && size(e.valueFrom.secretKeyRef.key) <= 253)) && (!has(e.valueFrom.configMapKeyRef) || (size(e.valueFrom.configMapKeyRef.name) <= 253 && size(e.valueFrom.configMapKeyRef.key) <= 253)) && (!has(e.valueFrom.fieldRef) || size(e.valueFrom.fieldRef.fieldPath) <= 256) && (!has(e.valueFrom.resourceFieldRef) || size(e.valueFrom.resourceFieldRef.resource) <= 256) && !has(e.valueFrom.fileKeyRef)))").message("env valueFrom: names and keys may be at most 253 characters, field paths 256; fileKeyRef is not supported"))]
     pub env: Vec<EnvVar>,
-
-    /// Set by `aether config` to the version of the app's config Secret after it
-    /// changed it: a new value rolls the pods at once, as a new generation (a hand
-    /// edit of a Secret or ConfigMap the app reads rolls them within a minute).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
-    pub config_revision: Option<String>,
 
     /// Sources of environment variables (ConfigMaps, Secrets) for the app container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

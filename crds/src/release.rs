@@ -17,6 +17,37 @@ pub const RELEASE_APP_LABEL: &str = "aether.dev/app";
 /// follows as a rollback only when its content is that version's.
 pub const ROLLBACK_TO_ANNOTATION: &str = "aether.dev/rollback-to";
 
+/// The Secret `aether config set --secret` writes an app's secret values into:
+/// immutable and named by its content, `<app>-config-<10 hex>`, so a release that
+/// names it names the values it ran with, and a rollback restores them. A change
+/// of values is a new Secret and a new `spec.envFrom` reference, hence a release.
+pub fn config_secret_name(app: &str, data: &BTreeMap<String, Vec<u8>>) -> String {
+    let mut bytes = Vec::new();
+    for (key, value) in data {
+        for part in [key.as_bytes(), value] {
+            bytes.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            bytes.extend_from_slice(part);
+        }
+    }
+    let hex = aether_artifact::Digest::of(&bytes).hex();
+    format!("{app}-config-{}", &hex[..CONFIG_HASH_LEN])
+}
+
+const CONFIG_HASH_LEN: usize = 10;
+
+/// Whether `name` is the form of [`config_secret_name`] for `app` (whose Secret it
+/// is, its owner reference says).
+pub fn is_config_secret_name(app: &str, name: &str) -> bool {
+    name.strip_prefix(app)
+        .and_then(|rest| rest.strip_prefix("-config-"))
+        .is_some_and(|hash| {
+            hash.len() == CONFIG_HASH_LEN
+                && hash
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+}
+
 /// One immutable, numbered release of an app: the artifact and the configuration its
 /// pods ran with. The operator records one each time an app's pods roll to a new
 /// artifact or configuration (`spec.artifactRef`, `spec.env`, `spec.envFrom`), names
@@ -135,5 +166,50 @@ impl AetherRelease {
                 "aether-operator".to_string(),
             ),
         ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_secret_is_named_by_its_content_and_its_app() {
+        let data = |pairs: &[(&str, &str)]| -> BTreeMap<String, Vec<u8>> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        let one = config_secret_name("web", &data(&[("A", "1"), ("B", "2")]));
+        // Pinned: releases recorded by one version name Secrets another must find.
+        assert_eq!(one, "web-config-3989a5b1cb");
+        assert_eq!(one, config_secret_name("web", &data(&[("B", "2"), ("A", "1")])));
+        assert!(
+            one.starts_with("web-config-") && one.len() == "web-config-".len() + 10,
+            "{one}"
+        );
+        assert_ne!(one, config_secret_name("web", &data(&[("A", "12")])));
+        assert_ne!(one, config_secret_name("web", &data(&[("A", "1"), ("B", "3")])));
+        // Lengths delimit keys and values: no two maps share a name by concatenation.
+        assert_ne!(
+            config_secret_name("web", &data(&[("AB", "")])),
+            config_secret_name("web", &data(&[("A", "B")]))
+        );
+        assert!(is_config_secret_name("web", &one));
+        for other in [
+            "web-config",
+            "web-config-",
+            "web-config-0123456789a",
+            "web-config-ABCDEF0123",
+            "webx-config-0123456789",
+        ] {
+            assert!(!is_config_secret_name("web", other), "{other}");
+        }
+        let theirs = config_secret_name("web-config", &data(&[("A", "1")]));
+        assert!(
+            !is_config_secret_name("web", &theirs),
+            "app web-config's is not app web's"
+        );
     }
 }

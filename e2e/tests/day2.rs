@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use aether_crds::AetherApp;
-use aether_e2e::app::{aether, aether_bin, example_app, one_line, shared_cache};
+use aether_e2e::app::{aether, aether_bin, example_app, one_line, set_greeting, shared_cache};
 use aether_e2e::{wait_until, with_temp_ns};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -291,23 +291,32 @@ async fn apps_scale_logs_and_delete_work_on_a_pushed_app() -> anyhow::Result<()>
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a cluster with Aether installed: run `make e2e`"]
-async fn autoscaling_gives_the_app_an_autoscaler_that_holds_its_bounds() -> anyhow::Result<()> {
+async fn autoscaling_holds_its_bounds_and_does_not_fight_replicas_kept_in_git() -> anyhow::Result<()> {
     use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
     with_temp_ns("autoscale", |client: Client, ns: String| async move {
         let dir = tempfile::tempdir()?;
         example_app(dir.path(), "scaled")?;
         succeeded(&cli(dir.path(), &ns, &["push", "--timeout", "4m"]), "push");
 
-        // As a GitOps tool or `kubectl patch` would.
+        // As a GitOps tool keeping `replicas: 1` in Git applies the app.
         let apps: Api<AetherApp> = Api::namespaced(client.clone(), &ns);
-        let autoscaling = |value: serde_json::Value| {
+        let git = |autoscaling: serde_json::Value| {
             let apps = apps.clone();
             async move {
-                let patch = Patch::Merge(serde_json::json!({"spec": {"autoscaling": value}}));
-                apps.patch(APP, &PatchParams::default(), &patch).await
+                let mut manifest = serde_json::json!({
+                    "apiVersion": "aether.dev/v1alpha1", "kind": "AetherApp",
+                    "metadata": {"name": APP},
+                    "spec": {"replicas": 1},
+                });
+                // Left out of the manifest, the field goes (the tool owned it).
+                if !autoscaling.is_null() {
+                    manifest["spec"]["autoscaling"] = autoscaling;
+                }
+                let gitops = PatchParams::apply("kustomize-controller").force();
+                apps.patch(APP, &gitops, &Patch::Apply(&manifest)).await
             }
         };
-        autoscaling(serde_json::json!({"minReplicas": 2, "maxReplicas": 3})).await?;
+        git(serde_json::json!({"minReplicas": 2, "maxReplicas": 3})).await?;
         let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
         let hpa = wait_until("the app's autoscaler", Duration::from_secs(60), || async {
             Ok(hpas.get_opt(APP).await?)
@@ -319,18 +328,40 @@ async fn autoscaling_gives_the_app_an_autoscaler_that_holds_its_bounds() -> anyh
                 spec.scale_target_ref.kind.as_str(),
                 spec.scale_target_ref.name.as_str()
             ),
-            ("AetherApp", APP)
+            ("Deployment", APP)
         );
         assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 3));
 
-        // The autoscaler raises the app to its minimum through the scale subresource
-        // (no metrics needed for that), and the pods follow.
+        // The app is raised to its minimum (no metrics needed for that) while Git's
+        // `replicas: 1` stays as it is.
+        let ready_pods = || async {
+            Ok::<_, anyhow::Error>(pods(&client, &ns).await?.iter().filter(|p| is_ready(p)).count())
+        };
         wait_until("two ready pods", Duration::from_secs(180), || async {
-            let app = apps.get(APP).await?;
-            let ready = pods(&client, &ns).await?.iter().filter(|p| is_ready(p)).count();
-            Ok((app.spec.replicas == 2 && ready == 2).then_some(()))
+            Ok((ready_pods().await? == 2).then_some(()))
         })
         .await?;
+        assert_eq!(
+            apps.get(APP).await?.spec.replicas,
+            1,
+            "Git's value is not rewritten"
+        );
+
+        // The GitOps tool applies again and a new release rolls out: still two pods.
+        git(serde_json::json!({"minReplicas": 2, "maxReplicas": 3})).await?;
+        set_greeting(dir.path(), "scaled again")?;
+        succeeded(&cli(dir.path(), &ns, &["push", "--timeout", "4m"]), "second push");
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let replicas = deployments.get(APP).await?.spec.unwrap().replicas;
+        assert_eq!(replicas, Some(2), "the Deployment keeps the autoscaler's count");
+        wait_until(
+            "two ready pods after the rollout",
+            Duration::from_secs(60),
+            || async { Ok((ready_pods().await? == 2).then_some(())) },
+        )
+        .await?;
+        let listed = stdout(&cli(dir.path(), &ns, &["apps"]));
+        assert!(listed.contains("2/2 (2-3)"), "{listed}");
 
         // `aether scale` does not fight the autoscaler.
         let refused = cli(dir.path(), &ns, &["scale", "1"]);
@@ -341,10 +372,16 @@ async fn autoscaling_gives_the_app_an_autoscaler_that_holds_its_bounds() -> anyh
             said(&refused)
         );
 
-        // Without autoscaling, the autoscaler goes.
-        autoscaling(serde_json::Value::Null).await?;
+        // Without autoscaling, the autoscaler goes and Git's count holds again.
+        git(serde_json::Value::Null).await?;
         wait_until("the autoscaler gone", Duration::from_secs(60), || async {
             Ok(hpas.get_opt(APP).await?.is_none().then_some(()))
+        })
+        .await?;
+        wait_until("one pod, as Git says", Duration::from_secs(120), || async {
+            let d = deployments.get(APP).await?;
+            let total = d.status.and_then(|s| s.replicas).unwrap_or(0);
+            Ok((d.spec.unwrap().replicas == Some(1) && total == 1).then_some(()))
         })
         .await?;
         Ok(())

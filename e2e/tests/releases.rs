@@ -274,15 +274,22 @@ async fn config_changes_roll_out_as_releases_and_secret_values_stay_out_of_sight
         })
         .await?;
 
-        // A Secret of that name the app did not make is neither used nor adopted.
+        // Secret values go into an immutable Secret named by its content. One of that
+        // name the app did not make is neither used nor adopted.
+        let config_secret = |value: &str| {
+            aether_crds::config_secret_name(
+                APP,
+                &[("GREETING".to_string(), value.as_bytes().to_vec())].into(),
+            )
+        };
         let theirs = kubectl(&[
             "-n",
             &ns,
             "create",
             "secret",
             "generic",
-            "express-api-config",
-            "--from-literal=OTHER=x",
+            &config_secret("nope"),
+            "--from-literal=GREETING=nope",
         ]);
         assert!(
             theirs.status.success(),
@@ -293,32 +300,33 @@ async fn config_changes_roll_out_as_releases_and_secret_values_stay_out_of_sight
         assert_eq!(refused.code, Some(13), "{}", refused.stderr);
         let said = one_line(&refused.stderr);
         assert!(said.contains("is not app express-api's config Secret"), "{said}");
-        let gone = kubectl(&["-n", &ns, "delete", "secret", "express-api-config"]);
+        let gone = kubectl(&["-n", &ns, "delete", "secret", &config_secret("nope")]);
         assert!(gone.status.success());
 
         // A secret value: served, in the Secret only, never in what a viewer reads.
-        let run = tokio::task::block_in_place(|| {
-            aether(
-                dir.path(),
-                &ns,
-                &[
-                    "config",
-                    "set",
-                    "--secret",
-                    &format!("GREETING={SECRET}"),
-                    "--timeout",
-                    "4m",
-                ],
-            )
-        });
-        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let set_secret = |value: &str| {
+            let run = tokio::task::block_in_place(|| {
+                aether(
+                    dir.path(),
+                    &ns,
+                    &[
+                        "config",
+                        "set",
+                        "--secret",
+                        &format!("GREETING={value}"),
+                        "--timeout",
+                        "4m",
+                    ],
+                )
+            });
+            assert_eq!(run.code, Some(0), "{}", run.stderr);
+        };
+        set_secret(SECRET);
         wait_for_body(&client, &ns, APP, &url, &format!("{SECRET}\n"), SOON).await?;
         let get = aether(dir.path(), &ns, &["config", "get"]);
         let text = get.json.to_string();
-        assert!(
-            !text.contains(SECRET) && text.contains("secret express-api-config key GREETING"),
-            "{text}"
-        );
+        let from = format!("secret {} key GREETING", config_secret(SECRET));
+        assert!(!text.contains(SECRET) && text.contains(&from), "{text}");
         bind_user(&client, &ns, VIEWER, "aether-viewer").await?;
         let seen = kubectl(&[
             "--as",
@@ -333,20 +341,68 @@ async fn config_changes_roll_out_as_releases_and_secret_values_stay_out_of_sight
         assert!(seen.status.success(), "{}", String::from_utf8_lossy(&seen.stderr));
         let seen = String::from_utf8_lossy(&seen.stdout);
         assert!(
-            seen.contains("express-api-config"),
+            seen.contains(&config_secret(SECRET)),
             "the viewer sees the reference"
         );
         assert!(!seen.contains(SECRET), "a viewer can read the secret value");
-        let secret = kubectl(&["--as", VIEWER, "-n", &ns, "get", "secret", "express-api-config"]);
+        let secret = kubectl(&["--as", VIEWER, "-n", &ns, "get", "secret", &config_secret(SECRET)]);
         assert!(!secret.status.success(), "a viewer read the config Secret");
 
-        // Editing the Secret by hand (not through aether) rolls the pods too.
+        // A new secret value is a release, and a rollback serves the earlier value.
+        set_secret("second");
+        wait_for_body(&client, &ns, APP, &url, "second\n", SOON).await?;
+        let run = tokio::task::block_in_place(|| aether(dir.path(), &ns, &["rollback", "--timeout", "4m"]));
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        wait_for_body(&client, &ns, APP, &url, &format!("{SECRET}\n"), SOON).await?;
+        let r = releases(dir.path(), &ns);
+        let newest: Vec<_> = r.iter().take(3).map(|(v, c, _, _)| (*v, c.as_str())).collect();
+        assert_eq!(newest, [(5, "Rollback"), (4, "Config"), (3, "Config")], "{r:?}");
+
+        // Unset: the variable is gone from the app (and no config Secret is read).
+        let run = tokio::task::block_in_place(|| {
+            aether(
+                dir.path(),
+                &ns,
+                &["config", "unset", "GREETING", "--timeout", "4m"],
+            )
+        });
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        wait_for_body(&client, &ns, APP, &url, "unset\n", SOON).await?;
+
+        // Editing, by hand, a Secret the app reads rolls the pods too.
+        let hand = kubectl(&[
+            "-n",
+            &ns,
+            "create",
+            "secret",
+            "generic",
+            "by-hand",
+            "--from-literal=GREETING=by hand",
+        ]);
+        assert!(hand.status.success(), "{}", String::from_utf8_lossy(&hand.stderr));
+        let wired = kubectl(&[
+            "-n",
+            &ns,
+            "patch",
+            "aetherapp",
+            APP,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"envFrom":[{"secretRef":{"name":"by-hand"}}]}}"#,
+        ]);
+        assert!(
+            wired.status.success(),
+            "{}",
+            String::from_utf8_lossy(&wired.stderr)
+        );
+        wait_for_body(&client, &ns, APP, &url, "by hand\n", Duration::from_secs(150)).await?;
         let edited = kubectl(&[
             "-n",
             &ns,
             "patch",
             "secret",
-            "express-api-config",
+            "by-hand",
             "--type",
             "merge",
             "-p",
@@ -366,17 +422,6 @@ async fn config_changes_roll_out_as_releases_and_secret_values_stay_out_of_sight
             Duration::from_secs(150),
         )
         .await?;
-
-        // Unset: the variable is gone from the app and from the Secret.
-        let run = tokio::task::block_in_place(|| {
-            aether(
-                dir.path(),
-                &ns,
-                &["config", "unset", "GREETING", "--timeout", "4m"],
-            )
-        });
-        assert_eq!(run.code, Some(0), "{}", run.stderr);
-        wait_for_body(&client, &ns, APP, &url, "unset\n", SOON).await?;
         Ok(())
     })
     .await

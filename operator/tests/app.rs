@@ -107,6 +107,7 @@ fn build_for(app: &AetherApp, code: &str) -> Children {
         &Default::default(),
         &Default::default(),
         &config(),
+        None,
     )
 }
 
@@ -214,7 +215,7 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
         "http://s3/b/ns/team-a/blobs/sha256/abc?X-Amz-Signature=1".to_string(),
     )]
     .into();
-    let c = build::build(&app, &release, &urls, &Default::default(), &config());
+    let c = build::build(&app, &release, &urls, &Default::default(), &config(), None);
 
     // Every child: named after the app, the app's labels, owned by the app. The
     // ServiceAccount's name is one no app can have and no binding names by accident.
@@ -385,6 +386,7 @@ fn the_pod_template_changes_exactly_when_a_rollout_is_due() {
         &Default::default(),
         &Default::default(),
         &config(),
+        None,
     );
     let again = build::build(
         &app,
@@ -392,6 +394,7 @@ fn the_pod_template_changes_exactly_when_a_rollout_is_due() {
         &Default::default(),
         &Default::default(),
         &config(),
+        None,
     );
     assert_eq!(
         one, again,
@@ -404,6 +407,7 @@ fn the_pod_template_changes_exactly_when_a_rollout_is_due() {
         &[("sha256-x".to_string(), "http://s3/new".to_string())].into(),
         &Default::default(),
         &config(),
+        None,
     );
     assert_ne!(one.downloads, renewed.downloads);
     assert_eq!(one.deployment, renewed.deployment);
@@ -432,7 +436,8 @@ fn the_pod_template_changes_exactly_when_a_rollout_is_due() {
     // A new version of a Secret or ConfigMap the environment reads rolls, and the
     // operator knows which ones those are.
     let versions = |v: &str| [("secret/web-config".to_string(), v.to_string())].into();
-    let build_with = |v: &str| build::build(&app, &release, &Default::default(), &versions(v), &config());
+    let build_with =
+        |v: &str| build::build(&app, &release, &Default::default(), &versions(v), &config(), None);
     assert_ne!(template(&build_with("1")), template(&one));
     assert_ne!(
         template(&build_with("1")),
@@ -473,7 +478,14 @@ fn the_pod_template_changes_exactly_when_a_rollout_is_due() {
 }
 
 fn build_for_release(app: &AetherApp, release: &Validated) -> Children {
-    build::build(app, release, &Default::default(), &Default::default(), &config())
+    build::build(
+        app,
+        release,
+        &Default::default(),
+        &Default::default(),
+        &config(),
+        None,
+    )
 }
 
 fn pods(digest: &Digest) -> Vec<Pod> {
@@ -498,7 +510,14 @@ fn a_locked_entrypoint_reaches_the_runtime_and_the_app_cannot_unset_it() {
     });
     let (mut release, _) = release("v1");
     let locked = |release: &Validated| {
-        let c = build::build(&app, release, &Default::default(), &Default::default(), &config());
+        let c = build::build(
+            &app,
+            release,
+            &Default::default(),
+            &Default::default(),
+            &config(),
+            None,
+        );
         let pod = c.deployment.spec.unwrap().template.spec.unwrap();
         let vars: Vec<_> = pod.containers[0]
             .env
@@ -768,18 +787,15 @@ fn an_app_cannot_set_the_runtime_s_variables() {
 }
 
 #[test]
-fn autoscaling_makes_an_autoscaler_of_the_app_s_scale_subresource() {
+fn autoscaling_makes_an_autoscaler_of_the_app_s_deployment() {
     let mut app = app();
     assert!(build::autoscaler(&app).is_none(), "none unless asked for");
     app.spec.autoscaling =
         serde_json::from_value(serde_json::json!({"minReplicas": 2, "maxReplicas": 5})).unwrap();
     let hpa = build::autoscaler(&app).unwrap();
     let spec = hpa.spec.unwrap();
-    assert_eq!(spec.scale_target_ref.kind, "AetherApp");
-    assert_eq!(
-        spec.scale_target_ref.api_version.as_deref(),
-        Some("aether.dev/v1alpha1")
-    );
+    assert_eq!(spec.scale_target_ref.kind, "Deployment");
+    assert_eq!(spec.scale_target_ref.api_version.as_deref(), Some("apps/v1"));
     assert_eq!(spec.scale_target_ref.name, app.metadata.name.clone().unwrap());
     assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 5));
     let cpu = &spec.metrics.unwrap()[0];
@@ -789,4 +805,85 @@ fn autoscaling_makes_an_autoscaler_of_the_app_s_scale_subresource() {
         "the default target"
     );
     assert_eq!(hpa.metadata.owner_references.unwrap()[0].kind, "AetherApp");
+}
+
+/// The app's Deployment as the API returns it: `replicas`, written last by `manager`.
+fn deployment_scaled_by(replicas: i32, manager: &str) -> Deployment {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "managedFields": [
+            {"manager": "aether-operator", "operation": "Apply", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:spec": {"f:template": {}, "f:selector": {}}}},
+            {"manager": manager, "operation": "Update", "subresource": "scale", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+        ]},
+        "spec": {"replicas": replicas, "selector": {}, "template": {}},
+    }))
+    .unwrap()
+}
+
+#[test]
+fn an_autoscaled_deployment_s_count_is_the_autoscaler_s_and_spec_replicas_is_not_read() {
+    let mut app = app();
+    app.spec.replicas = 1; // as kept in Git
+    let ours = |replicas: i32| {
+        let mut d = deployment_scaled_by(replicas, "aether-operator");
+        d.metadata.managed_fields.as_mut().unwrap().truncate(1);
+        d.metadata.managed_fields.as_mut().unwrap()[0]
+            .fields_v1
+            .as_mut()
+            .unwrap()
+            .0["f:spec"]["f:replicas"] = serde_json::json!({});
+        d
+    };
+    assert_eq!(
+        build::replicas(&app, None),
+        Some(1),
+        "without autoscaling: spec.replicas"
+    );
+    assert_eq!(build::replicas(&app, Some(&ours(4))), Some(1));
+
+    app.spec.autoscaling =
+        serde_json::from_value(serde_json::json!({"minReplicas": 2, "maxReplicas": 5})).unwrap();
+    assert_eq!(
+        build::replicas(&app, None),
+        Some(2),
+        "a new Deployment starts within the bounds"
+    );
+    assert_eq!(
+        build::replicas(&app, Some(&ours(4))),
+        Some(4),
+        "the count found is kept while the operator alone owns it"
+    );
+    assert_eq!(
+        build::replicas(&app, Some(&ours(9))),
+        Some(5),
+        "brought within the bounds"
+    );
+    let scaled = deployment_scaled_by(3, "kube-controller-manager");
+    assert_eq!(
+        build::replicas(&app, Some(&scaled)),
+        None,
+        "once the autoscaler wrote it, the field is its own"
+    );
+    let children = build::build(
+        &app,
+        &release("v1").0,
+        &Default::default(),
+        &Default::default(),
+        &config(),
+        Some(&scaled),
+    );
+    let applied = serde_json::to_value(&children.deployment).unwrap();
+    assert!(
+        applied["spec"].get("replicas").is_none(),
+        "left out of the applied Deployment: {}",
+        applied["spec"]
+    );
+
+    app.spec.autoscaling = None;
+    assert_eq!(
+        build::replicas(&app, Some(&scaled)),
+        Some(1),
+        "without autoscaling the operator takes the count back"
+    );
 }

@@ -33,11 +33,22 @@ pub struct AppItem {
     pub artifact: String,
     /// The digest of the artifact deployed (during a rollout, still the old one).
     pub digest: Option<String>,
-    /// Pods asked for.
+    /// Pods asked for: `spec.replicas`, or for an autoscaled app the pods its
+    /// autoscaler keeps (`status.replicas`).
     pub replicas: i32,
+    /// The autoscaler's bounds, when the app has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Bounds>,
     pub ready_replicas: i32,
     pub url: Option<String>,
     pub created: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bounds {
+    pub min_replicas: i32,
+    pub max_replicas: i32,
 }
 
 pub async fn run(global: &GlobalArgs, printer: &Printer) -> Result<(), CliError> {
@@ -72,7 +83,15 @@ fn item(app: &AetherApp) -> AppItem {
         message: ready.map(|c| c.message.clone()),
         artifact: app.spec.artifact_ref.name.clone(),
         digest: status.artifact.map(|a| a.digest),
-        replicas: app.spec.replicas,
+        // An autoscaled app's spec.replicas is not read (a GitOps tool may keep it).
+        replicas: match &app.spec.autoscaling {
+            Some(_) => status.replicas,
+            None => app.spec.replicas,
+        },
+        autoscaling: app.spec.autoscaling.as_ref().map(|a| Bounds {
+            min_replicas: a.min_replicas,
+            max_replicas: a.max_replicas,
+        }),
         ready_replicas: status.ready_replicas,
         url: status.url,
         created: app.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
@@ -96,7 +115,13 @@ pub fn render(items: &[AppItem], now: Timestamp) -> String {
                 dash(&i.ready_status),
                 dash(&i.reason),
                 i.artifact.clone(),
-                format!("{}/{}", i.ready_replicas, i.replicas),
+                match &i.autoscaling {
+                    Some(b) => format!(
+                        "{}/{} ({}-{})",
+                        i.ready_replicas, i.replicas, b.min_replicas, b.max_replicas
+                    ),
+                    None => format!("{}/{}", i.ready_replicas, i.replicas),
+                },
                 dash(&i.url),
                 age,
             ]
@@ -174,18 +199,29 @@ status:
 metadata: {name: api, namespace: team-a, creationTimestamp: "2025-01-01T10:04:00Z"}
 spec: {artifactRef: {name: api-ba9876543210}}
 "#);
-        let items = [item(&ready), item(&new)];
+        let scaled = app(r#"
+metadata: {name: shop, namespace: team-a, creationTimestamp: "2025-01-01T09:05:00Z"}
+spec: {artifactRef: {name: shop-0123456789ab}, replicas: 1, autoscaling: {minReplicas: 2, maxReplicas: 5}}
+status: {replicas: 3, readyReplicas: 3}
+"#);
+        let items = [item(&ready), item(&new), item(&scaled)];
         let now: Timestamp = "2025-01-01T10:05:00Z".parse().unwrap();
         assert_eq!(
             render(&items, now),
-            "NAME   READY   REASON     ARTIFACT           REPLICAS   URL                 AGE\n\
-             web    True    Deployed   web-0123456789ab   2/2        http://10.96.0.12   5m\n\
-             api    -       -          api-ba9876543210   0/1        -                   60s\n"
+            "NAME   READY   REASON     ARTIFACT            REPLICAS    URL                 AGE\n\
+             web    True    Deployed   web-0123456789ab    2/2         http://10.96.0.12   5m\n\
+             api    -       -          api-ba9876543210    0/1         -                   60s\n\
+             shop   -       -          shop-0123456789ab   3/3 (2-5)   -                   60m\n"
         );
         let json = serde_json::to_value(AppList { items: items.into() }).unwrap();
         assert_eq!(json["items"][0]["ready"], true);
         assert_eq!(json["items"][0]["readyReplicas"], 2);
         assert_eq!(json["items"][1]["ready"], false);
         assert_eq!(json["items"][1]["url"], serde_json::Value::Null);
+        assert_eq!(
+            json["items"][2]["replicas"], 3,
+            "the autoscaler's count, not Git's 1"
+        );
+        assert_eq!(json["items"][2]["autoscaling"]["maxReplicas"], 5);
     }
 }

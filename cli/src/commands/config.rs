@@ -1,18 +1,21 @@
 //! `aether config set|unset|get`: the app's environment, changed as a release.
 //!
 //! Plain values go into `spec.env` (field manager `aether-config`). Secret values
-//! (`--secret`) never go into the AetherApp or any status: they go into the Secret
-//! `<app>-config`, written with the user's own rights, which the app reads through
-//! `spec.envFrom`. The operator sees only the Secret's name and version, and rolls
-//! the pods when the version changes. A change of `env` or `envFrom` is a release; a
-//! new value in the Secret rolls the pods without one (releases record references).
+//! (`--secret`) never go into the AetherApp or any status: they go into an immutable
+//! Secret named by its content (`<app>-config-<hash>`, see
+//! [`aether_crds::config_secret_name`]), written with the user's own rights, which
+//! the app reads through `spec.envFrom`. New values are a new Secret and a new
+//! reference, so every change is a release, and a rollback restores the values the
+//! release ran with. The operator sees only the Secret's name and version.
 
 use std::collections::BTreeMap;
 
-use aether_crds::AetherApp;
+use aether_crds::{AetherApp, RELEASE_APP_LABEL, config_secret_name, is_config_secret_name};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, Secret, SecretEnvSource};
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, ResourceExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::PostParams;
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 
 use super::deploy::{self, Follow};
@@ -24,12 +27,29 @@ use crate::errors::CliError;
 use crate::printer::{Printer, table};
 
 /// Field manager of `aether config`: it owns `spec.env` and `spec.envFrom` once it
-/// changed them, and the keys it wrote into the config Secret.
+/// changed them.
 pub const CONFIG_MANAGER: &str = "aether-config";
 
-/// The Secret holding an app's secret values.
-pub fn secret_name(app: &str) -> String {
+/// Secret values by key.
+pub type Values = BTreeMap<String, Vec<u8>>;
+
+/// The single, mutable Secret earlier versions kept an app's secret values in: still
+/// read (its values carry over into the first content-named Secret), never written.
+fn legacy_secret_name(app: &str) -> String {
     format!("{app}-config")
+}
+
+/// The app's config Secret: the Secret `spec.envFrom` reads (without a prefix) that
+/// `aether config` wrote. Pure.
+pub fn config_source(app: &AetherApp) -> Option<String> {
+    let name = app.name_any();
+    app.spec
+        .env_from
+        .iter()
+        .filter(|e| e.prefix.is_none())
+        .filter_map(|e| e.secret_ref.as_ref())
+        .map(|s| s.name.clone())
+        .find(|n| is_config_secret_name(&name, n) || *n == legacy_secret_name(&name))
 }
 
 /// `KEY=VALUE`, with KEY an environment variable name (clap's value parser). Pure.
@@ -78,22 +98,37 @@ pub fn without(env: &[EnvVar], keys: &[String]) -> Vec<EnvVar> {
     env.iter().filter(|e| !keys.contains(&e.name)).cloned().collect()
 }
 
-/// `env_from` reading the Secret `name` (once). Pure.
-pub fn with_secret_source(env_from: &[EnvFromSource], name: &str) -> Vec<EnvFromSource> {
-    let mut env_from = env_from.to_vec();
-    let present = env_from
-        .iter()
-        .any(|e| e.prefix.is_none() && e.secret_ref.as_ref().is_some_and(|s| s.name == name));
-    if !present {
-        env_from.push(EnvFromSource {
-            secret_ref: Some(SecretEnvSource {
-                name: name.into(),
-                optional: None,
-            }),
-            ..Default::default()
-        });
+/// `env_from` reading the Secret `to` instead of `from`: in its place, appended when
+/// `from` is not read, and `from` dropped when `to` is None. Pure.
+pub fn switch_secret_source(
+    env_from: &[EnvFromSource],
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Vec<EnvFromSource> {
+    let reads = |e: &EnvFromSource, name: &str| {
+        e.prefix.is_none() && e.secret_ref.as_ref().is_some_and(|s| s.name == name)
+    };
+    let source = |name: &str| EnvFromSource {
+        secret_ref: Some(SecretEnvSource {
+            name: name.into(),
+            optional: None,
+        }),
+        ..Default::default()
+    };
+    let mut switched = Vec::new();
+    for e in env_from {
+        match (from, to) {
+            (Some(from), Some(to)) if reads(e, from) && !switched.iter().any(|s| reads(s, to)) => {
+                switched.push(source(to));
+            }
+            (Some(from), _) if reads(e, from) => {}
+            _ => switched.push(e.clone()),
+        }
     }
-    env_from
+    if let Some(to) = to.filter(|to| !switched.iter().any(|s| reads(s, to))) {
+        switched.push(source(to));
+    }
+    switched
 }
 
 /// A change of the app's environment.
@@ -109,17 +144,37 @@ pub enum Change<'a> {
 }
 
 impl Change<'_> {
-    /// The app's `env` and `envFrom` after the change. Pure.
-    pub fn apply_to(self, app: &AetherApp) -> (Vec<EnvVar>, Vec<EnvFromSource>) {
-        let keys = |pairs: &[(String, String)]| pairs.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    /// The config Secret's values after the change, from those it `held`; None when
+    /// the change leaves them as they are. Pure.
+    pub fn secret_values(self, held: &Values) -> Option<Values> {
         match self {
-            Change::Set(pairs) => (with_values(&app.spec.env, pairs), app.spec.env_from.clone()),
-            Change::SetSecret(pairs) => (
-                without(&app.spec.env, &keys(pairs)),
-                with_secret_source(&app.spec.env_from, &secret_name(&app.name_any())),
+            Change::Set(_) => None,
+            Change::SetSecret(pairs) => {
+                let mut values = held.clone();
+                values.extend(pairs.iter().map(|(k, v)| (k.clone(), v.clone().into_bytes())));
+                Some(values)
+            }
+            Change::Unset(keys) if keys.iter().any(|k| held.contains_key(k)) => Some(
+                held.iter()
+                    .filter(|(k, _)| !keys.contains(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             ),
-            Change::Unset(keys) => (without(&app.spec.env, keys), app.spec.env_from.clone()),
+            Change::Unset(_) => None,
         }
+    }
+
+    /// The app's `env` and `envFrom` after the change, `secret` being the config
+    /// Secret it leaves (None: none, the values are all gone). Pure.
+    pub fn apply_to(self, app: &AetherApp, secret: Option<&str>) -> (Vec<EnvVar>, Vec<EnvFromSource>) {
+        let keys = |pairs: &[(String, String)]| pairs.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        let env = match self {
+            Change::Set(pairs) => with_values(&app.spec.env, pairs),
+            Change::SetSecret(pairs) => without(&app.spec.env, &keys(pairs)),
+            Change::Unset(keys) => without(&app.spec.env, keys),
+        };
+        let env_from = switch_secret_source(&app.spec.env_from, config_source(app).as_deref(), secret);
+        (env, env_from)
     }
 }
 
@@ -147,30 +202,28 @@ async fn apply(
     let app = crate::cluster::get_app(&apps, &name).await?;
     refuse_foreign_owners(&app, &["spec.env", "spec.envFrom"], target.force)?;
 
-    let revision = match change {
-        Change::Set(_) => None,
-        Change::SetSecret(pairs) => Some(write_secret(&client, &namespace, &app, pairs).await?),
-        Change::Unset(keys) => remove_from_secret(&client, &namespace, &app, keys).await?,
+    let current = config_source(&app);
+    let held = match (change, &current) {
+        (Change::Set(_), _) | (_, None) => Values::new(),
+        (_, Some(source)) => held_values(&client, &namespace, &app, source, change).await?,
     };
-    let (env, env_from) = change.apply_to(&app);
-    if env == app.spec.env && env_from == app.spec.env_from && revision.is_none() {
+    let secret = match change.secret_values(&held) {
+        None => current,
+        Some(values) if values.is_empty() => None,
+        Some(values) => Some(write_secret(&client, &namespace, &app, &values).await?),
+    };
+    let (env, env_from) = change.apply_to(&app, secret.as_deref());
+    if env == app.spec.env && env_from == app.spec.env_from {
         printer.info(format!(
             "app {name}'s configuration is already so: nothing to change"
         ));
         return Ok(());
     }
-    // The Secret's new version, in the spec: a new generation, which rolls the pods
-    // and which the wait below follows like any other change.
-    let revision = revision.or_else(|| app.spec.config_revision.clone());
-    let mut spec = serde_json::json!({"env": env, "envFrom": env_from});
-    if let Some(revision) = revision {
-        spec["configRevision"] = revision.into();
-    }
     let body = serde_json::json!({
         "apiVersion": "aether.dev/v1alpha1",
         "kind": "AetherApp",
         "metadata": {"name": name},
-        "spec": spec,
+        "spec": {"env": env, "envFrom": env_from},
     });
     let follow = target.wait.timeout().map(|timeout| Follow {
         timeout,
@@ -202,103 +255,100 @@ async fn apply(
     Ok(())
 }
 
-/// Put `pairs` into the app's config Secret (created on first use); its new
-/// resourceVersion.
-/// The app owns the Secret, so it goes with the app.
+/// The values the app's config Secret `name` holds. A Secret of that name that is
+/// not the app's is refused for `--secret` (the app would keep reading it) and
+/// ignored by `unset`, as is one the user may not read (plain values can still go).
+async fn held_values(
+    client: &Client,
+    namespace: &str,
+    app: &AetherApp,
+    name: &str,
+    change: Change<'_>,
+) -> Result<Values, CliError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let setting = matches!(change, Change::SetSecret(_));
+    match api.get_opt(name).await {
+        Ok(Some(secret)) if is_apps(&secret, app) => Ok(values_of(&secret)),
+        Ok(Some(_)) if setting => Err(CliError::SecretNotOurs {
+            name: name.into(),
+            app: app.name_any(),
+            namespace: namespace.into(),
+        }),
+        Ok(_) => Ok(Values::new()),
+        Err(kube::Error::Api(e)) if e.code == 403 && !setting => Ok(Values::new()),
+        Err(e) => Err(secret_error(e, "read", namespace)),
+    }
+}
+
+fn values_of(secret: &Secret) -> Values {
+    let data = secret.data.clone().unwrap_or_default();
+    data.into_iter().map(|(k, v)| (k, v.0)).collect()
+}
+
+/// Create the app's immutable config Secret holding `values` (it may exist already:
+/// the same values name the same Secret); its name. The app owns it, so it goes
+/// with the app; the operator deletes it once no release the app keeps names it.
 async fn write_secret(
     client: &Client,
     namespace: &str,
     app: &AetherApp,
-    pairs: &[(String, String)],
+    values: &Values,
 ) -> Result<String, CliError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let name = secret_name(&app.name_any());
-    // Never another Secret of that name: the app would read all of it, and delete it
-    // with itself.
-    let existing = api
-        .get_opt(&name)
-        .await
-        .map_err(|e| secret_error(e, "read", namespace))?;
-    if existing.is_some_and(|existing| !is_apps(&existing, app)) {
-        return Err(CliError::SecretNotOurs {
-            name,
-            app: app.name_any(),
-            namespace: namespace.into(),
-        });
-    }
-    let data: BTreeMap<&str, &str> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let owner = serde_json::json!({
-        "apiVersion": "aether.dev/v1alpha1",
-        "kind": "AetherApp",
-        "name": app.name_any(),
-        "uid": app.uid().unwrap_or_default(),
-    });
-    let body = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": name,
-            "labels": {"aether.dev/app": app.name_any(), "app.kubernetes.io/managed-by": "aether"},
-            "ownerReferences": [owner],
+    let name = config_secret_name(&app.name_any(), values);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(BTreeMap::from([
+                (RELEASE_APP_LABEL.to_string(), app.name_any()),
+                ("app.kubernetes.io/managed-by".to_string(), "aether".to_string()),
+            ])),
+            // The app controls it (the operator deletes it past retention), without
+            // blockOwnerDeletion, which would need rights on the app's finalizers.
+            owner_references: Some(vec![OwnerReference {
+                api_version: AetherApp::api_version(&()).into(),
+                kind: AetherApp::kind(&()).into(),
+                name: app.name_any(),
+                uid: app.uid().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            }]),
+            ..Default::default()
         },
-        "type": "Opaque",
-        "stringData": data,
-    });
-    let written = api
-        .patch(
-            &name,
-            &PatchParams::apply(CONFIG_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map_err(|e| secret_error(e, "write", namespace))?;
-    Ok(written.resource_version().unwrap_or_default())
-}
-
-/// Remove `keys` from the app's config Secret; its new resourceVersion, or None
-/// when it held none of them (or does not exist).
-async fn remove_from_secret(
-    client: &Client,
-    namespace: &str,
-    app: &AetherApp,
-    keys: &[String],
-) -> Result<Option<String>, CliError> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let name = secret_name(&app.name_any());
-    let secret = match api.get_opt(&name).await {
-        // Only the app's own: another Secret of that name is not aether's to edit.
-        Ok(Some(secret)) if is_apps(&secret, app) => secret,
-        Ok(_) => return Ok(None),
-        // Someone without rights on Secrets can still unset plain values.
-        Err(kube::Error::Api(e)) if e.code == 403 => return Ok(None),
-        Err(e) => return Err(secret_error(e, "read", namespace)),
+        type_: Some("Opaque".into()),
+        immutable: Some(true),
+        data: Some(
+            values
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+                .collect(),
+        ),
+        ..Default::default()
     };
-    let held: Vec<&String> = keys
-        .iter()
-        .filter(|k| secret.data.as_ref().is_some_and(|d| d.contains_key(*k)))
-        .collect();
-    if held.is_empty() {
-        return Ok(None);
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(name),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            // Never another Secret of that name: the app would read all of it.
+            let existing = api
+                .get_opt(&name)
+                .await
+                .map_err(|e| secret_error(e, "read", namespace))?;
+            match existing {
+                Some(existing) if is_apps(&existing, app) && values_of(&existing) == *values => Ok(name),
+                _ => Err(CliError::SecretNotOurs {
+                    name,
+                    app: app.name_any(),
+                    namespace: namespace.into(),
+                }),
+            }
+        }
+        Err(e) => Err(secret_error(e, "write", namespace)),
     }
-    // A merge patch with null values removes those keys.
-    let data: serde_json::Map<String, serde_json::Value> = held
-        .iter()
-        .map(|k| ((*k).clone(), serde_json::Value::Null))
-        .collect();
-    let written = api
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "data": data })),
-        )
-        .await
-        .map_err(|e| secret_error(e, "write", namespace))?;
-    Ok(Some(written.resource_version().unwrap_or_default()))
 }
 
 /// The app's own config Secret: labelled for it and owned by it (by uid).
 fn is_apps(secret: &Secret, app: &AetherApp) -> bool {
-    secret.labels().get("aether.dev/app") == Some(&app.name_any())
+    secret.labels().get(RELEASE_APP_LABEL) == Some(&app.name_any())
         && secret
             .owner_references()
             .iter()
@@ -394,8 +444,7 @@ pub async fn get(args: &ConfigGetArgs, global: &GlobalArgs, printer: &Printer) -
     let mut view = view(&app);
     // The config Secret's keys (never its values), for those who may read it.
     let secrets: Api<Secret> = Api::namespaced(client, &namespace);
-    let config = secret_name(&name);
-    if view.sources.iter().any(|s| s == &format!("secret {config}"))
+    if let Some(config) = config_source(&app)
         && let Ok(Some(secret)) = secrets.get_opt(&config).await
     {
         for key in secret.data.unwrap_or_default().into_keys() {
@@ -460,11 +509,99 @@ mod tests {
         assert_eq!(without(&set, &["A".into(), "C".into()]), [plain("B", "3")]);
     }
 
+    fn source(name: &str, prefix: Option<&str>) -> EnvFromSource {
+        EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: name.into(),
+                optional: None,
+            }),
+            prefix: prefix.map(Into::into),
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn the_config_secret_is_referenced_once() {
-        let once = with_secret_source(&[], "web-config");
-        assert_eq!(once.len(), 1);
-        assert_eq!(with_secret_source(&once, "web-config"), once);
+    fn the_config_secret_is_switched_in_place_and_read_once() {
+        let theirs = source("db", None);
+        let env_from = [source("web-config-0000000000", None), theirs.clone()];
+        let next = "web-config-1111111111";
+        let names = |e: &[EnvFromSource]| {
+            e.iter()
+                .map(|s| s.secret_ref.as_ref().unwrap().name.clone())
+                .collect::<Vec<_>>()
+        };
+        let switched = switch_secret_source(&env_from, Some("web-config-0000000000"), Some(next));
+        assert_eq!(names(&switched), [next, "db"], "in its place");
+        assert_eq!(
+            names(&switch_secret_source(
+                std::slice::from_ref(&theirs),
+                None,
+                Some(next)
+            )),
+            ["db", next]
+        );
+        assert_eq!(
+            names(&switch_secret_source(
+                &env_from,
+                Some("web-config-0000000000"),
+                None
+            )),
+            ["db"],
+            "no values left, no reference"
+        );
+        assert_eq!(switch_secret_source(&switched, Some(next), Some(next)), switched);
+        let prefixed = [source(next, Some("X_"))];
+        assert_eq!(
+            switch_secret_source(&prefixed, None, Some(next)).len(),
+            2,
+            "a prefixed source is someone else's use of it"
+        );
+    }
+
+    #[test]
+    fn secret_values_merge_and_unset_and_only_secret_changes_touch_them() {
+        let held: Values = [("A".to_string(), b"1".to_vec()), ("B".to_string(), b"2".to_vec())].into();
+        let set = [
+            ("B".to_string(), "3".to_string()),
+            ("C".to_string(), "4".to_string()),
+        ];
+        let values = Change::SetSecret(&set).secret_values(&held).unwrap();
+        assert_eq!(values.get("B").unwrap(), b"3");
+        assert_eq!(values.len(), 3);
+        let gone = Change::Unset(&["A".to_string()]).secret_values(&held).unwrap();
+        assert_eq!(gone.keys().collect::<Vec<_>>(), ["B"]);
+        assert_eq!(
+            Change::Unset(&["Z".to_string()]).secret_values(&held),
+            None,
+            "nothing held"
+        );
+        assert_eq!(Change::Set(&set).secret_values(&held), None);
+    }
+
+    #[test]
+    fn the_app_s_config_secret_is_the_one_aether_config_wrote() {
+        let mut app: AetherApp = serde_json::from_value(serde_json::json!({
+            "apiVersion": "aether.dev/v1alpha1", "kind": "AetherApp",
+            "metadata": {"name": "web"}, "spec": {"artifactRef": {"name": "a"}}
+        }))
+        .unwrap();
+        assert_eq!(config_source(&app), None);
+        app.spec.env_from = vec![source("db", None), source("web-config-0123456789", Some("X_"))];
+        assert_eq!(
+            config_source(&app),
+            None,
+            "not a config Secret, or read with a prefix"
+        );
+        app.spec.env_from.push(source("web-config", None));
+        assert_eq!(
+            config_source(&app).as_deref(),
+            Some("web-config"),
+            "an earlier version's"
+        );
+        app.spec.env_from = vec![source("web-config-0123456789", None)];
+        assert_eq!(config_source(&app).as_deref(), Some("web-config-0123456789"));
+        let (_, env_from) = Change::SetSecret(&[]).apply_to(&app, Some("web-config-abcdefabcd"));
+        assert_eq!(env_from, [source("web-config-abcdefabcd", None)]);
     }
 
     #[test]
@@ -477,7 +614,7 @@ mod tests {
                              {"name": "DB", "valueFrom": {"secretKeyRef": {"name": "db", "key": "url"}}}]}
         }))
         .unwrap();
-        app.spec.env_from = with_secret_source(&[], "web-config");
+        app.spec.env_from = switch_secret_source(&[], None, Some("web-config"));
         let v = view(&app);
         assert_eq!(v.items[0].value.as_deref(), Some("1"));
         assert_eq!(v.items[1].value, None);

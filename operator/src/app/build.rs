@@ -181,12 +181,14 @@ pub fn config_sources_of(
 
 /// `download_urls`: the fetch Secret's data, as [`downloads::plan`] left it.
 /// `config_versions`: `kind/name` → resourceVersion of each of [`config_sources`].
+/// `running`: the app's Deployment as it is, if any (see [`replicas`]).
 pub fn build(
     app: &AetherApp,
     release: &Validated,
     download_urls: &BTreeMap<String, String>,
     config_versions: &BTreeMap<String, String>,
     config: &PodConfig,
+    running: Option<&Deployment>,
 ) -> Children {
     let name = app.name_any();
     let meta = || ObjectMeta {
@@ -210,7 +212,7 @@ pub fn build(
         deployment: Deployment {
             metadata: meta(),
             spec: Some(DeploymentSpec {
-                replicas: Some(app.spec.replicas),
+                replicas: replicas(app, running),
                 selector: LabelSelector {
                     match_labels: Some(selector_labels(&name)),
                     ..Default::default()
@@ -279,9 +281,42 @@ pub fn template_hash(deployment: &Deployment) -> Option<String> {
         .cloned()
 }
 
-/// The app's HorizontalPodAutoscaler, when `spec.autoscaling` asks for one: it
-/// scales the AetherApp through its scale subresource, and the Deployment follows
-/// `spec.replicas` as always.
+/// The Deployment's `replicas` as the operator applies it (`None`: left out).
+///
+/// Without autoscaling it is `spec.replicas`. With it, the autoscaler scales the
+/// Deployment and `spec.replicas` is not read, so a value kept in Git fights
+/// nothing. The operator then starts a new Deployment within the bounds and keeps
+/// the count it finds (brought within the bounds) until another manager (the
+/// autoscaler) has written it; from then on it leaves the field out. It cannot
+/// leave it out before: a field its only owner drops is reset to its default, 1.
+pub fn replicas(app: &AetherApp, running: Option<&Deployment>) -> Option<i32> {
+    let Some(scaling) = &app.spec.autoscaling else {
+        return Some(app.spec.replicas);
+    };
+    if running.is_some_and(replicas_written_by_another_manager) {
+        return None;
+    }
+    let current = running
+        .and_then(|d| d.spec.as_ref()?.replicas)
+        .unwrap_or(app.spec.replicas);
+    Some(current.max(scaling.min_replicas).min(scaling.max_replicas))
+}
+
+/// Whether a field manager other than the operator owns the Deployment's `replicas`.
+fn replicas_written_by_another_manager(deployment: &Deployment) -> bool {
+    deployment.metadata.managed_fields.iter().flatten().any(|entry| {
+        entry.manager.as_deref() != Some(crate::artifact::MANAGER)
+            && entry
+                .fields_v1
+                .as_ref()
+                .and_then(|fields| fields.0.get("f:spec")?.get("f:replicas"))
+                .is_some()
+    })
+}
+
+/// The app's HorizontalPodAutoscaler, when `spec.autoscaling` asks for one. It
+/// scales the app's Deployment (not the AetherApp's scale subresource, whose
+/// `spec.replicas` a GitOps tool may keep; see [`replicas`]).
 pub fn autoscaler(app: &AetherApp) -> Option<HorizontalPodAutoscaler> {
     let scaling = app.spec.autoscaling.as_ref()?;
     let name = app.name_any();
@@ -295,8 +330,8 @@ pub fn autoscaler(app: &AetherApp) -> Option<HorizontalPodAutoscaler> {
         },
         spec: Some(HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
-                api_version: Some(AetherApp::api_version(&()).into()),
-                kind: AetherApp::kind(&()).into(),
+                api_version: Some(Deployment::api_version(&()).into()),
+                kind: Deployment::kind(&()).into(),
                 name,
             },
             min_replicas: Some(scaling.min_replicas),
@@ -357,10 +392,6 @@ fn pod_template(
     .into();
     if app.spec.dev_hot {
         annotations.insert(DEV_HOT_BASE_ANNOTATION.into(), release.base_key.clone());
-    }
-    let mut config_versions = config_versions.clone();
-    if let Some(revision) = &app.spec.config_revision {
-        config_versions.insert("revision".into(), revision.clone());
     }
     if !config_versions.is_empty() {
         let versions: Vec<String> = config_versions.iter().map(|(k, v)| format!("{k}={v}")).collect();

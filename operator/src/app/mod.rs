@@ -230,7 +230,14 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
                 urls.insert(hot::POLICY_KEY.into(), entry);
             }
             let template = hot::template_release(app, &release, d.running.as_ref());
-            let children = build::build(app, &template, &urls, &d.config_versions, &ctx.config.pod);
+            let children = build::build(
+                app,
+                &template,
+                &urls,
+                &d.config_versions,
+                &ctx.config.pod,
+                d.running.as_ref(),
+            );
             claim_children(ctx, app, &ns, &children, secret.as_ref().map(|s| &s.metadata))
                 .await?
                 .map(|()| (release, children))
@@ -851,6 +858,23 @@ async fn record_releases(
             Ok(_) => info!(release = %name, "deleted a release past retention"),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(source) => return Err(apply_error(format!("deleting AetherRelease {ns}/{name}"))(source)),
+        }
+    }
+    // Only the app's own (a Secret of that name someone else made stays).
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    for name in &plan.config_secrets {
+        let owned = secrets
+            .get_metadata_opt(name)
+            .await
+            .map_err(dereference_error("the app's config Secrets"))?
+            .is_some_and(|s| ownership::owned_by(&s.metadata, &app.uid().unwrap_or_default()));
+        if !owned {
+            continue;
+        }
+        match secrets.delete(name, &DeleteParams::default()).await {
+            Ok(_) => info!(secret = %name, "deleted a config Secret no kept release names"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => return Err(apply_error(format!("deleting Secret {ns}/{name}"))(source)),
         }
     }
     Ok(())

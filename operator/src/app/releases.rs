@@ -11,19 +11,23 @@
 //!   completes, and becomes `Failed` if its rollout fails before that. The others are
 //!   `Superseded` (a `Failed` one stays `Failed`).
 //! - The newest `keep + 1` releases are kept, the older ones deleted. Artifact
-//!   retention keeps whatever a kept release names.
+//!   retention keeps whatever a kept release names; the app's config Secrets
+//!   (`aether config set --secret`) that only deleted releases named go with them.
 //! - With `spec.autoRollback`, an app whose spec names the content of a `Failed`
 //!   release runs the newest older release that served instead ([`automatic`]),
 //!   recorded once as an `AutomaticRollback` release, until the spec changes.
 
+use std::collections::BTreeSet;
+
 use aether_crds::{
     AetherApp, AetherRelease, AetherReleaseSpec, AetherReleaseStatus, ROLLBACK_TO_ANNOTATION, ReleaseCause,
-    ReleaseConfig, ReleaseState, ReleasedArtifact,
+    ReleaseConfig, ReleaseState, ReleasedArtifact, is_config_secret_name,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
+use super::build::config_sources_of;
 use super::status::Rollout;
 use super::validate::Validated;
 
@@ -132,6 +136,10 @@ pub struct Plan {
     pub statuses: Vec<(String, AetherReleaseStatus)>,
     /// Releases past retention, by name.
     pub delete: Vec<String>,
+    /// The app's config Secrets (see [`aether_crds::config_secret_name`]) that only
+    /// the deleted releases name: neither the app's spec, what it runs, nor a kept
+    /// release reads them. The executor deletes those the app owns.
+    pub config_secrets: Vec<String>,
 }
 
 /// Decide, from the app's `existing` releases, what the applied `artifact` and
@@ -233,6 +241,27 @@ pub fn plan(
         .filter(|n| *n != current)
         // The release an automatic rollback would go back to stays.
         .filter(|n| keep_good.as_ref() != Some(n))
+        .collect();
+
+    let secrets = |env: &[_], env_from: &[_]| {
+        config_sources_of(env, env_from)
+            .into_iter()
+            .filter(|(kind, _)| *kind == "secret")
+            .map(|(_, name)| name)
+            .collect::<BTreeSet<_>>()
+    };
+    let named = |c: &ReleaseConfig| secrets(&c.env, &c.env_from);
+    let (deleted, kept): (Vec<&AetherRelease>, Vec<&AetherRelease>) =
+        releases.iter().partition(|r| plan.delete.contains(&r.name_any()));
+    let mut in_use: BTreeSet<String> = kept.iter().flat_map(|r| named(&r.spec.config)).collect();
+    in_use.extend(named(&config));
+    in_use.extend(secrets(&app.spec.env, &app.spec.env_from));
+    plan.config_secrets = deleted
+        .iter()
+        .flat_map(|r| named(&r.spec.config))
+        .filter(|n| is_config_secret_name(&app.name_any(), n) && !in_use.contains(n))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
     plan
 }
@@ -637,5 +666,60 @@ mod tests {
             now(),
         );
         assert_eq!(same.delete, ["web-v1"]);
+    }
+
+    #[test]
+    fn config_secrets_only_deleted_releases_name_go_with_them() {
+        use k8s_openapi::api::core::v1::{EnvFromSource, SecretEnvSource};
+        let reading = |secrets: &[&str]| {
+            let mut a = app(&[], None);
+            a.spec.env_from = secrets
+                .iter()
+                .map(|name| EnvFromSource {
+                    secret_ref: Some(SecretEnvSource {
+                        name: (*name).into(),
+                        optional: None,
+                    }),
+                    ..Default::default()
+                })
+                .collect();
+            a
+        };
+        let (one, two, three) = (
+            "web-config-1111111111",
+            "web-config-2222222222",
+            "web-config-3333333333",
+        );
+        let existing = [
+            release(1, "a", &reading(&[one, "db"]), ReleaseState::Superseded, true),
+            release(2, "a", &reading(&[two]), ReleaseState::Superseded, true),
+            release(3, "a", &reading(&[one]), ReleaseState::Superseded, true),
+            release(4, "a", &reading(&[three]), ReleaseState::Active, true),
+        ];
+        // keep 1: the new v5 and v4 stay; v1..v3 go.
+        let now_reading = reading(&[three]);
+        let plan = plan(
+            &now_reading,
+            content_of("a", &reading(&["web-config-5555555555"])),
+            &existing,
+            (&progressing(), None),
+            1,
+            now(),
+        );
+        assert_eq!(plan.delete, ["web-v3", "web-v2", "web-v1"]);
+        assert_eq!(
+            plan.config_secrets,
+            [one, two],
+            "not v4's (kept), not what runs or the spec reads, not someone else's Secret (db)"
+        );
+        let nothing_deleted = super::plan(
+            &now_reading,
+            content_of("a", &now_reading),
+            &existing,
+            (&progressing(), None),
+            5,
+            now(),
+        );
+        assert!(nothing_deleted.config_secrets.is_empty());
     }
 }
