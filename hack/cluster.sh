@@ -419,7 +419,7 @@ EOF
 }
 
 install_crds() {
-  kubectl_admin apply --server-side --field-manager aether-hack -f "$REPO_ROOT/config/crd/aether.dev.yaml" >/dev/null
+  KUBECONFIG="$KUBECONFIG_ADMIN" apply_owned -f "$REPO_ROOT/config/crd/aether.dev.yaml"
   kubectl_admin wait --for=condition=Established crd/aetherapps.aether.dev crd/aetherartifacts.aether.dev --timeout=60s >/dev/null
 }
 

@@ -49,7 +49,7 @@ enable_namespace() {
 }
 
 apply_all() {
-  kubectl apply --server-side --force-conflicts --field-manager aether-hack -k "$REPO_ROOT/kustomize/overlays/local" >/dev/null
+  apply_owned -k "$REPO_ROOT/kustomize/overlays/local"
   secret_from_env_file aether-storage "$STATE_DIR/garage/credentials"
   # App pods hold no storage credentials any more (presigned download URLs instead).
   kubectl -n aether-system delete secret aether-storage-reader --ignore-not-found >/dev/null

@@ -75,6 +75,21 @@ apt_install() {
 }
 
 # phase NAME CMD...: run a step and print how long it took.
+# apply_owned KUBECTL_APPLY_ARGS...: server-side apply as field manager aether-hack,
+# taking over the fields Aether's manifests set from whoever set them before (a
+# `kubectl apply -f config/crd/` by hand, an older install), and saying which:
+# a dry run without --force-conflicts names each conflict.
+apply_owned() {
+  local conflicts
+  conflicts="$(kubectl apply --server-side --field-manager aether-hack --dry-run=server "$@" 2>&1 >/dev/null \
+    | grep -o 'conflicts\? with "[^"]*".*' || true)"
+  if [[ -n "$conflicts" ]]; then
+    log "taking over fields other managers set (they keep the rest):"
+    sed 's/^/    /' <<<"$conflicts" >&2
+  fi
+  kubectl apply --server-side --force-conflicts --field-manager aether-hack "$@" >/dev/null
+}
+
 phase() {
   local name="$1"; shift
   local start=$SECONDS
