@@ -39,9 +39,11 @@ e2e: ## e2e tests against the cluster in KUBECONFIG with Aether installed (stora
 	cargo build -q -p aether-cli
 	cargo test -p aether-e2e -- --ignored --test-threads=$(E2E_THREADS)
 
-lint: ## rustfmt and clippy, warnings are errors
+lint: ## rustfmt, clippy (warnings are errors), shellcheck on hack/, cargo-deny
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	shellcheck -x hack/*.sh .ci/run
+	hack/deny.sh
 
 crds: ## regenerate config/crd from the Rust types
 	cargo run -q -p aether-crds --bin crdgen -- config/crd/aether.dev.yaml

@@ -16,7 +16,9 @@
 # (target/bench/deploy.json). Namespaces: aether-bench and aether-bench-docker,
 # deleted at the end, with everything the baseline started or stored.
 # shellcheck source-path=SCRIPTDIR
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
+# shellcheck source=bench-baseline.sh
 source "$HACK_DIR/bench-baseline.sh"
 [[ -n "${KUBECONFIG:-}" ]] || eval "$("$HACK_DIR/cluster.sh" env)"
 

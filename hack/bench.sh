@@ -4,6 +4,7 @@
 #   RUNS=7 (default)   BENCH_DIR=/dev/shm/aether-bench (default: tmpfs, like the
 #   memory-backed volume the init container extracts into; point it at a disk folder
 #   to measure that instead)
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 example="$REPO_ROOT/examples/express-api"

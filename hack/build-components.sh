@@ -2,6 +2,7 @@
 # Build (once) the Kubernetes server components, etcd, CoreDNS and Garage into the
 # version-keyed cache. Every step is skipped when its output already exists.
 #   hack/build-components.sh [kubernetes|etcd|coredns|garage]...   (default: all)
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)

@@ -9,6 +9,7 @@
 # kube-controller-manager, kube-scheduler, kubelet, kube-proxy (built from the
 # k8s.io/kubernetes module), CoreDNS (cluster DNS) and Garage (S3). Nothing
 # listens on a non-loopback address except on the pod bridge this script creates.
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 # Stop order is the reverse of start order.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the local cluster (after `make up deploy`): push the example app
 # with the CLI a developer uses, then ask it what it answers.
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 eval "$("$HACK_DIR/cluster.sh" env)"
 aether="$REPO_ROOT/target/debug/aether"

@@ -4,6 +4,7 @@
 # kustomize/overlays/local overlay, the operator's storage Secret from the running
 # cluster's credentials, the namespace `default` enabled for apps, and your signing
 # key trusted. Idempotent; waits for the operator.
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 [[ -f "$KUBECONFIG_ADMIN" && -f "$STATE_DIR/garage/credentials" ]] \
   || die "the local cluster is not up: run hack/cluster.sh up"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages the local cluster and the tests need (idempotent).
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 PACKAGES=(
@@ -8,6 +9,7 @@ PACKAGES=(
   zstd jq curl ca-certificates gcc libc6-dev   # images, benchmarks, pause binary
   openssl                                      # the local cluster's PKI
   e2fsprogs util-linux                         # mount/umount helpers for cleanup
+  shellcheck                                   # make lint: the hack/ scripts
 )
 
 if apt_install "${PACKAGES[@]}"; then
@@ -20,4 +22,5 @@ command -v kubectl >/dev/null || die "kubectl is required (this machine image sh
 command -v go >/dev/null || die "Go is required to build the Kubernetes components"
 command -v cargo >/dev/null || die "cargo is required"
 command -v node >/dev/null || die "Node.js is required (runtime image and examples)"
-log "system packages present"
+install_cargo_deny
+log "system packages and tools present"

