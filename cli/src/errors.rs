@@ -327,7 +327,7 @@ pub enum CliError {
     #[diagnostic(
         code(aether::managed_elsewhere),
         help(
-            "a rollback here would be undone by that manager: if it is a GitOps tool, revert the change in Git instead; to take the fields over anyway, pass --force"
+            "a change here would be undone by that manager: if it is a GitOps tool, make the change (or revert) in Git instead; to take the fields over anyway, pass --force"
         )
     )]
     ManagedElsewhere { app: String, owners: String },

@@ -347,21 +347,33 @@ async fn autoscaling_holds_its_bounds_and_does_not_fight_replicas_kept_in_git() 
             "Git's value is not rewritten"
         );
 
-        // The GitOps tool applies again and a new release rolls out: still two pods.
+        // The autoscaler raises the count (done here through the Deployment's scale
+        // subresource, as it does, since the local cluster has no metrics); then the
+        // GitOps tool applies again and a new release rolls out: the count holds.
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let scale = Patch::Merge(serde_json::json!({"spec": {"replicas": 3}}));
+        let autoscaler = PatchParams {
+            field_manager: Some("horizontal-pod-autoscaler".into()),
+            ..Default::default()
+        };
+        deployments.patch_scale(APP, &autoscaler, &scale).await?;
+        wait_until("three ready pods", Duration::from_secs(180), || async {
+            Ok((ready_pods().await? == 3).then_some(()))
+        })
+        .await?;
         git(serde_json::json!({"minReplicas": 2, "maxReplicas": 3})).await?;
         set_greeting(dir.path(), "scaled again")?;
         succeeded(&cli(dir.path(), &ns, &["push", "--timeout", "4m"]), "second push");
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         let replicas = deployments.get(APP).await?.spec.unwrap().replicas;
-        assert_eq!(replicas, Some(2), "the Deployment keeps the autoscaler's count");
+        assert_eq!(replicas, Some(3), "the Deployment keeps the autoscaler's count");
         wait_until(
-            "two ready pods after the rollout",
+            "three ready pods after the rollout",
             Duration::from_secs(60),
-            || async { Ok((ready_pods().await? == 2).then_some(())) },
+            || async { Ok((ready_pods().await? == 3).then_some(())) },
         )
         .await?;
         let listed = stdout(&cli(dir.path(), &ns, &["apps"]));
-        assert!(listed.contains("2/2 (2-3)"), "{listed}");
+        assert!(listed.contains("3/3 (2-3)"), "{listed}");
 
         // `aether scale` does not fight the autoscaler.
         let refused = cli(dir.path(), &ns, &["scale", "1"]);

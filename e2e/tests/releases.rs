@@ -121,7 +121,7 @@ async fn pushes_are_releases_and_rollback_serves_the_earlier_one_again() -> anyh
         assert_eq!(refused.code, Some(13), "{}", refused.stderr);
         let said = one_line(&refused.stderr);
         assert!(
-            said.contains("spec.env by kustomize-controller") && said.contains("revert the change in Git"),
+            said.contains("spec.env by kustomize-controller") && said.contains("in Git instead"),
             "{said}"
         );
         assert_eq!(releases(dir.path(), &ns)[0].0, 4, "the refused rollback changed nothing");
@@ -274,36 +274,55 @@ async fn config_changes_roll_out_as_releases_and_secret_values_stay_out_of_sight
         })
         .await?;
 
-        // Secret values go into an immutable Secret named by its content. One of that
-        // name the app did not make is neither used nor adopted.
-        let config_secret = |value: &str| {
-            aether_crds::config_secret_name(
-                APP,
-                &[("GREETING".to_string(), value.as_bytes().to_vec())].into(),
-            )
-        };
+        // A Secret the app reads in the form of a config Secret, which the app did not
+        // make, is neither written nor adopted.
         let theirs = kubectl(&[
             "-n",
             &ns,
             "create",
             "secret",
             "generic",
-            &config_secret("nope"),
-            "--from-literal=GREETING=nope",
+            "express-api-config-h4ndm",
+            "--from-literal=OTHER=x",
         ]);
         assert!(
             theirs.status.success(),
             "{}",
             String::from_utf8_lossy(&theirs.stderr)
         );
-        let refused = aether(dir.path(), &ns, &["config", "set", "--secret", "GREETING=nope"]);
+        let reads = |source: &str| {
+            kubectl(&[
+                "-n",
+                &ns,
+                "patch",
+                "aetherapp",
+                APP,
+                "--type",
+                "merge",
+                "-p",
+                &format!(r#"{{"spec":{{"envFrom":{source}}}}}"#),
+            ])
+        };
+        assert!(
+            reads(r#"[{"secretRef":{"name":"express-api-config-h4ndm"}}]"#)
+                .status
+                .success()
+        );
+        // (kubectl-patch owns envFrom now: `--force` takes it over, as a user would.)
+        let refused = aether(
+            dir.path(),
+            &ns,
+            &["config", "set", "--secret", "GREETING=nope", "--force"],
+        );
         assert_eq!(refused.code, Some(13), "{}", refused.stderr);
         let said = one_line(&refused.stderr);
         assert!(said.contains("is not app express-api's config Secret"), "{said}");
-        let gone = kubectl(&["-n", &ns, "delete", "secret", &config_secret("nope")]);
+        assert!(reads("null").status.success());
+        let gone = kubectl(&["-n", &ns, "delete", "secret", "express-api-config-h4ndm"]);
         assert!(gone.status.success());
 
-        // A secret value: served, in the Secret only, never in what a viewer reads.
+        // A secret value: served, in a new immutable Secret only, never in what a
+        // viewer reads.
         let set_secret = |value: &str| {
             let run = tokio::task::block_in_place(|| {
                 aether(
@@ -321,12 +340,34 @@ async fn config_changes_roll_out_as_releases_and_secret_values_stay_out_of_sight
             });
             assert_eq!(run.code, Some(0), "{}", run.stderr);
         };
+        let apps: Api<aether_crds::AetherApp> = Api::namespaced(client.clone(), &ns);
+        let config_secret = || async {
+            let app = apps.get(APP).await.unwrap();
+            let sources = app.spec.env_from.iter().filter_map(|e| e.secret_ref.clone());
+            sources.map(|s| s.name).collect::<Vec<_>>()
+        };
         set_secret(SECRET);
         wait_for_body(&client, &ns, APP, &url, &format!("{SECRET}\n"), SOON).await?;
+        let first = config_secret().await;
+        assert!(
+            first.len() == 1 && first[0].starts_with("express-api-config-"),
+            "{first:?}"
+        );
+        let first = first[0].clone();
         let get = aether(dir.path(), &ns, &["config", "get"]);
         let text = get.json.to_string();
-        let from = format!("secret {} key GREETING", config_secret(SECRET));
+        let from = format!("secret {first} key GREETING");
         assert!(!text.contains(SECRET) && text.contains(&from), "{text}");
+        let edit = kubectl(&[
+            "-n",
+            &ns,
+            "patch",
+            "secret",
+            &first,
+            "-p",
+            r#"{"stringData":{"GREETING":"changed"}}"#,
+        ]);
+        assert!(!edit.status.success(), "a release's config Secret is immutable");
         bind_user(&client, &ns, VIEWER, "aether-viewer").await?;
         let seen = kubectl(&[
             "--as",
@@ -340,12 +381,9 @@ async fn config_changes_roll_out_as_releases_and_secret_values_stay_out_of_sight
         ]);
         assert!(seen.status.success(), "{}", String::from_utf8_lossy(&seen.stderr));
         let seen = String::from_utf8_lossy(&seen.stdout);
-        assert!(
-            seen.contains(&config_secret(SECRET)),
-            "the viewer sees the reference"
-        );
+        assert!(seen.contains(&first), "the viewer sees the reference");
         assert!(!seen.contains(SECRET), "a viewer can read the secret value");
-        let secret = kubectl(&["--as", VIEWER, "-n", &ns, "get", "secret", &config_secret(SECRET)]);
+        let secret = kubectl(&["--as", VIEWER, "-n", &ns, "get", "secret", &first]);
         assert!(!secret.status.success(), "a viewer read the config Secret");
 
         // A new secret value is a release, and a rollback serves the earlier value.
@@ -354,9 +392,10 @@ async fn config_changes_roll_out_as_releases_and_secret_values_stay_out_of_sight
         let run = tokio::task::block_in_place(|| aether(dir.path(), &ns, &["rollback", "--timeout", "4m"]));
         assert_eq!(run.code, Some(0), "{}", run.stderr);
         wait_for_body(&client, &ns, APP, &url, &format!("{SECRET}\n"), SOON).await?;
+        assert_eq!(config_secret().await, [first], "the first values' Secret again");
         let r = releases(dir.path(), &ns);
         let newest: Vec<_> = r.iter().take(3).map(|(v, c, _, _)| (*v, c.as_str())).collect();
-        assert_eq!(newest, [(5, "Rollback"), (4, "Config"), (3, "Config")], "{r:?}");
+        assert_eq!(newest, [(7, "Rollback"), (6, "Config"), (5, "Config")], "{r:?}");
 
         // Unset: the variable is gone from the app (and no config Secret is read).
         let run = tokio::task::block_in_place(|| {

@@ -865,6 +865,11 @@ fn an_autoscaled_deployment_s_count_is_the_autoscaler_s_and_spec_replicas_is_not
         None,
         "once the autoscaler wrote it, the field is its own"
     );
+    assert_eq!(
+        build::replicas(&app, Some(&deployment_scaled_by(0, "kubectl"))),
+        Some(2),
+        "a count out of the bounds is brought back within them"
+    );
     let children = build::build(
         &app,
         &release("v1").0,

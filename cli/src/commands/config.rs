@@ -1,21 +1,21 @@
 //! `aether config set|unset|get`: the app's environment, changed as a release.
 //!
 //! Plain values go into `spec.env` (field manager `aether-config`). Secret values
-//! (`--secret`) never go into the AetherApp or any status: they go into an immutable
-//! Secret named by its content (`<app>-config-<hash>`, see
-//! [`aether_crds::config_secret_name`]), written with the user's own rights, which
+//! (`--secret`) never go into the AetherApp or any status: they go into a new
+//! immutable Secret (`<app>-config-<random>`, see
+//! [`aether_crds::config_secret_prefix`]), written with the user's own rights, which
 //! the app reads through `spec.envFrom`. New values are a new Secret and a new
 //! reference, so every change is a release, and a rollback restores the values the
 //! release ran with. The operator sees only the Secret's name and version.
 
 use std::collections::BTreeMap;
 
-use aether_crds::{AetherApp, RELEASE_APP_LABEL, config_secret_name, is_config_secret_name};
+use aether_crds::{AetherApp, RELEASE_APP_LABEL, config_secret_prefix, is_config_secret_name};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, Secret, SecretEnvSource};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::PostParams;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 
 use super::deploy::{self, Follow};
@@ -33,14 +33,9 @@ pub const CONFIG_MANAGER: &str = "aether-config";
 /// Secret values by key.
 pub type Values = BTreeMap<String, Vec<u8>>;
 
-/// The single, mutable Secret earlier versions kept an app's secret values in: still
-/// read (its values carry over into the first content-named Secret), never written.
-fn legacy_secret_name(app: &str) -> String {
-    format!("{app}-config")
-}
-
 /// The app's config Secret: the Secret `spec.envFrom` reads (without a prefix) that
-/// `aether config` wrote. Pure.
+/// `aether config` wrote (earlier versions wrote one mutable `<app>-config`, whose
+/// values carry over into the first new one). Pure.
 pub fn config_source(app: &AetherApp) -> Option<String> {
     let name = app.name_any();
     app.spec
@@ -49,7 +44,7 @@ pub fn config_source(app: &AetherApp) -> Option<String> {
         .filter(|e| e.prefix.is_none())
         .filter_map(|e| e.secret_ref.as_ref())
         .map(|s| s.name.clone())
-        .find(|n| is_config_secret_name(&name, n) || *n == legacy_secret_name(&name))
+        .find(|n| is_config_secret_name(&name, n))
 }
 
 /// `KEY=VALUE`, with KEY an environment variable name (clap's value parser). Pure.
@@ -147,6 +142,10 @@ impl Change<'_> {
     /// The config Secret's values after the change, from those it `held`; None when
     /// the change leaves them as they are. Pure.
     pub fn secret_values(self, held: &Values) -> Option<Values> {
+        self.changed_values(held).filter(|values| values != held)
+    }
+
+    fn changed_values(self, held: &Values) -> Option<Values> {
         match self {
             Change::Set(_) => None,
             Change::SetSecret(pairs) => {
@@ -190,6 +189,10 @@ pub async fn unset(args: &ConfigUnsetArgs, global: &GlobalArgs, printer: &Printe
     apply(&args.change, Change::Unset(&args.keys), global, printer).await
 }
 
+/// Attempts at a change while other changes of the app keep landing between the
+/// read and the write.
+const ATTEMPTS: usize = 5;
+
 async fn apply(
     target: &ConfigChangeArgs,
     change: Change<'_>,
@@ -199,43 +202,64 @@ async fn apply(
     let name = crate::project::target_app(target.app.app.as_deref())?;
     let (client, namespace) = crate::cluster::connect(global).await?;
     let apps: Api<AetherApp> = Api::namespaced(client.clone(), &namespace);
-    let app = crate::cluster::get_app(&apps, &name).await?;
-    refuse_foreign_owners(&app, &["spec.env", "spec.envFrom"], target.force)?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let mut attempt = 0;
+    let applied = loop {
+        attempt += 1;
+        let app = crate::cluster::get_app(&apps, &name).await?;
+        refuse_foreign_owners(&app, &["spec.env", "spec.envFrom"], target.force)?;
 
-    let current = config_source(&app);
-    let held = match (change, &current) {
-        (Change::Set(_), _) | (_, None) => Values::new(),
-        (_, Some(source)) => held_values(&client, &namespace, &app, source, change).await?,
+        let current = config_source(&app);
+        let held = match (change, &current) {
+            (Change::Set(_), _) | (_, None) => Values::new(),
+            (_, Some(source)) => held_values(&secrets, &app, source, change, printer).await?,
+        };
+        let (secret, created) = match change.secret_values(&held) {
+            None => (current, None),
+            Some(values) if values.is_empty() => (None, None),
+            Some(values) => {
+                let created = write_secret(&secrets, &app, &values).await?;
+                (Some(created.clone()), Some(created))
+            }
+        };
+        let (env, env_from) = change.apply_to(&app, secret.as_deref());
+        if env == app.spec.env && env_from == app.spec.env_from {
+            printer.info(format!(
+                "app {name}'s configuration is already so: nothing to change"
+            ));
+            return Ok(());
+        }
+        // Against the version read: a change made meanwhile (another `config set`)
+        // is not overwritten with values copied before it; the API refuses, and the
+        // change is made again on what is there now.
+        let body = serde_json::json!({
+            "apiVersion": "aether.dev/v1alpha1",
+            "kind": "AetherApp",
+            "metadata": {"name": name, "resourceVersion": app.resource_version()},
+            "spec": {"env": env, "envFrom": env_from},
+        });
+        let outcome = deploy::apply_app(&apps, &name, &body, CONFIG_MANAGER).await;
+        if let (Err(_), Some(created)) = (&outcome, &created) {
+            // Not read by the app: gone again (what stays goes with the app).
+            let _ = secrets.delete(created, &Default::default()).await;
+        }
+        match outcome {
+            Ok(applied) => break applied,
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < ATTEMPTS => continue,
+            Err(e) => return Err(crate::cluster::kube_error(e, "apply", "aetherapps", &namespace)),
+        }
     };
-    let secret = match change.secret_values(&held) {
-        None => current,
-        Some(values) if values.is_empty() => None,
-        Some(values) => Some(write_secret(&client, &namespace, &app, &values).await?),
-    };
-    let (env, env_from) = change.apply_to(&app, secret.as_deref());
-    if env == app.spec.env && env_from == app.spec.env_from {
-        printer.info(format!(
-            "app {name}'s configuration is already so: nothing to change"
-        ));
-        return Ok(());
-    }
-    let body = serde_json::json!({
-        "apiVersion": "aether.dev/v1alpha1",
-        "kind": "AetherApp",
-        "metadata": {"name": name},
-        "spec": {"env": env, "envFrom": env_from},
-    });
     let follow = target.wait.timeout().map(|timeout| Follow {
         timeout,
         repaired_at: None,
     });
-    let artifact = app.spec.artifact_ref.name.clone();
+    let artifact = applied.spec.artifact_ref.name.clone();
     let announce = format!("App {name} in {namespace}: new configuration for {artifact}");
-    let deployed = deploy::apply_and_follow(
+    let deployed = deploy::follow_applied(
         client,
         &namespace,
         (&name, &artifact),
-        (&body, CONFIG_MANAGER, &announce),
+        (&applied, &announce),
         follow,
         printer,
     )
@@ -257,26 +281,38 @@ async fn apply(
 
 /// The values the app's config Secret `name` holds. A Secret of that name that is
 /// not the app's is refused for `--secret` (the app would keep reading it) and
-/// ignored by `unset`, as is one the user may not read (plain values can still go).
+/// ignored by `unset`. One the user may not read is refused unless the change needs
+/// none of it (`unset` of plain values only).
 async fn held_values(
-    client: &Client,
-    namespace: &str,
+    api: &Api<Secret>,
     app: &AetherApp,
     name: &str,
     change: Change<'_>,
+    printer: &Printer,
 ) -> Result<Values, CliError> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let namespace = app.namespace().unwrap_or_default();
     let setting = matches!(change, Change::SetSecret(_));
+    let plain_only = match change {
+        Change::Unset(keys) => keys.iter().all(|k| app.spec.env.iter().any(|e| &e.name == k)),
+        _ => false,
+    };
     match api.get_opt(name).await {
         Ok(Some(secret)) if is_apps(&secret, app) => Ok(values_of(&secret)),
         Ok(Some(_)) if setting => Err(CliError::SecretNotOurs {
             name: name.into(),
             app: app.name_any(),
-            namespace: namespace.into(),
+            namespace,
         }),
-        Ok(_) => Ok(Values::new()),
-        Err(kube::Error::Api(e)) if e.code == 403 && !setting => Ok(Values::new()),
-        Err(e) => Err(secret_error(e, "read", namespace)),
+        Ok(Some(_)) => Ok(Values::new()),
+        Ok(None) => {
+            printer.warn(format!(
+                "the config Secret {name} app {} reads is gone: its values are lost",
+                app.name_any()
+            ));
+            Ok(Values::new())
+        }
+        Err(kube::Error::Api(e)) if e.code == 403 && plain_only => Ok(Values::new()),
+        Err(e) => Err(secret_error(e, "read", &namespace)),
     }
 }
 
@@ -285,20 +321,13 @@ fn values_of(secret: &Secret) -> Values {
     data.into_iter().map(|(k, v)| (k, v.0)).collect()
 }
 
-/// Create the app's immutable config Secret holding `values` (it may exist already:
-/// the same values name the same Secret); its name. The app owns it, so it goes
-/// with the app; the operator deletes it once no release the app keeps names it.
-async fn write_secret(
-    client: &Client,
-    namespace: &str,
-    app: &AetherApp,
-    values: &Values,
-) -> Result<String, CliError> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let name = config_secret_name(&app.name_any(), values);
+/// Create a new immutable config Secret of the app holding `values`; its name (the
+/// API server's, from [`config_secret_prefix`]). The app owns it, so it goes with
+/// the app; the operator deletes it once no release the app keeps names it.
+async fn write_secret(api: &Api<Secret>, app: &AetherApp, values: &Values) -> Result<String, CliError> {
     let secret = Secret {
         metadata: ObjectMeta {
-            name: Some(name.clone()),
+            generate_name: Some(config_secret_prefix(&app.name_any())),
             labels: Some(BTreeMap::from([
                 (RELEASE_APP_LABEL.to_string(), app.name_any()),
                 ("app.kubernetes.io/managed-by".to_string(), "aether".to_string()),
@@ -325,25 +354,11 @@ async fn write_secret(
         ),
         ..Default::default()
     };
-    match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(name),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            // Never another Secret of that name: the app would read all of it.
-            let existing = api
-                .get_opt(&name)
-                .await
-                .map_err(|e| secret_error(e, "read", namespace))?;
-            match existing {
-                Some(existing) if is_apps(&existing, app) && values_of(&existing) == *values => Ok(name),
-                _ => Err(CliError::SecretNotOurs {
-                    name,
-                    app: app.name_any(),
-                    namespace: namespace.into(),
-                }),
-            }
-        }
-        Err(e) => Err(secret_error(e, "write", namespace)),
-    }
+    let created = api
+        .create(&PostParams::default(), &secret)
+        .await
+        .map_err(|e| secret_error(e, "write", &app.namespace().unwrap_or_default()))?;
+    Ok(created.name_any())
 }
 
 /// The app's own config Secret: labelled for it and owned by it (by uid).
@@ -576,6 +591,12 @@ mod tests {
             "nothing held"
         );
         assert_eq!(Change::Set(&set).secret_values(&held), None);
+        let same = [("A".to_string(), "1".to_string())];
+        assert_eq!(
+            Change::SetSecret(&same).secret_values(&held),
+            None,
+            "already so: no new Secret"
+        );
     }
 
     #[test]

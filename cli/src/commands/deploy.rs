@@ -91,20 +91,51 @@ pub async fn apply_and_follow(
     follow: Option<Follow>,
     printer: &Printer,
 ) -> Result<Deployed, CliError> {
-    let started = std::time::Instant::now();
     let api: Api<AetherApp> = Api::namespaced(client.clone(), namespace);
-    // Forced: the command is an explicit request to run this, even if another
-    // manager (a GitOps tool) set these fields before (`aether rollback` checks
-    // for that first).
-    let applied = api
-        .patch(app, &PatchParams::apply(manager).force(), &Patch::Apply(body))
+    let applied = apply_app(&api, app, body, manager)
         .await
         .map_err(|e| crate::cluster::kube_error(e, "apply", "aetherapps", namespace))?;
+    follow_applied(
+        client,
+        namespace,
+        (app, artifact),
+        (&applied, announce),
+        follow,
+        printer,
+    )
+    .await
+}
+
+/// Server-side apply `body` to the app as `manager`. Forced: the command is an
+/// explicit request to run this, even if another manager (a GitOps tool) set these
+/// fields before (`aether rollback` and `aether config` check for that first).
+pub async fn apply_app(
+    api: &Api<AetherApp>,
+    app: &str,
+    body: &serde_json::Value,
+    manager: &str,
+) -> Result<AetherApp, kube::Error> {
+    api.patch(app, &PatchParams::apply(manager).force(), &Patch::Apply(body))
+        .await
+}
+
+/// Say `announce` about the `applied` app, which names `artifact`; with `follow`,
+/// wait until it serves it alone.
+pub async fn follow_applied(
+    client: Client,
+    namespace: &str,
+    (app, artifact): (&str, &str),
+    (applied, announce): (&AetherApp, &str),
+    follow: Option<Follow>,
+    printer: &Printer,
+) -> Result<Deployed, CliError> {
+    let started = std::time::Instant::now();
+    let api: Api<AetherApp> = Api::namespaced(client.clone(), namespace);
     let generation = applied.metadata.generation.unwrap_or(0);
     printer.info(announce);
     let Some(Follow { timeout, repaired_at }) = follow else {
         return Ok(Deployed {
-            url: applied.status.and_then(|s| s.url),
+            url: applied.status.as_ref().and_then(|s| s.url.clone()),
             ..Default::default()
         });
     };

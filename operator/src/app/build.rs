@@ -289,17 +289,18 @@ pub fn template_hash(deployment: &Deployment) -> Option<String> {
 /// the count it finds (brought within the bounds) until another manager (the
 /// autoscaler) has written it; from then on it leaves the field out. It cannot
 /// leave it out before: a field its only owner drops is reset to its default, 1.
+/// A count out of the bounds (someone's `kubectl scale deployment --replicas 0`,
+/// which would also switch the autoscaler off) is brought back within them.
 pub fn replicas(app: &AetherApp, running: Option<&Deployment>) -> Option<i32> {
     let Some(scaling) = &app.spec.autoscaling else {
         return Some(app.spec.replicas);
     };
-    if running.is_some_and(replicas_written_by_another_manager) {
-        return None;
-    }
     let current = running
         .and_then(|d| d.spec.as_ref()?.replicas)
         .unwrap_or(app.spec.replicas);
-    Some(current.max(scaling.min_replicas).min(scaling.max_replicas))
+    let bounded = current.max(scaling.min_replicas).min(scaling.max_replicas);
+    let autoscaled = running.is_some_and(replicas_written_by_another_manager);
+    (!autoscaled || bounded != current).then_some(bounded)
 }
 
 /// Whether a field manager other than the operator owns the Deployment's `replicas`.

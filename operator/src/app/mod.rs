@@ -15,7 +15,7 @@ pub mod releases;
 pub mod status;
 pub mod validate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::{Api, Resource, ResourceExt};
@@ -506,12 +506,9 @@ fn secret_strings(secret: &Secret) -> BTreeMap<String, String> {
 
 /// The layers of every release a ReplicaSet of the app's Deployment still runs.
 /// `known`: an artifact already read (the app's current one), not read again.
-async fn serving_layers(
-    ctx: &Context,
-    app: &AetherApp,
-    ns: &str,
-    known: Option<&AetherArtifact>,
-) -> Result<Vec<aether_artifact::Digest>, Error> {
+/// The app's ReplicaSets that have or want pods (old releases during a rollout, or
+/// the only ones serving while a rollout is stuck).
+async fn running_sets(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Vec<ReplicaSet>, Error> {
     let name = app.name_any();
     let sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
     let sets = sets
@@ -519,8 +516,8 @@ async fn serving_layers(
         .await
         .map_err(dereference_error("the app's ReplicaSets"))?
         .items;
-    let mut artifacts: Vec<String> = sets
-        .iter()
+    Ok(sets
+        .into_iter()
         .filter(|rs| {
             let ours = rs
                 .metadata
@@ -532,6 +529,49 @@ async fn serving_layers(
                 + rs.status.as_ref().map_or(0, |s| s.replicas);
             ours && replicas > 0
         })
+        .collect())
+}
+
+/// The Secrets the app may still read: those its spec names, read afresh (a
+/// rollback or `aether config` may have named one again since this reconcile
+/// began), and those the pods of its running ReplicaSets read.
+async fn secrets_in_use(ctx: &Context, app: &AetherApp, ns: &str) -> Result<BTreeSet<String>, Error> {
+    let apps: Api<AetherApp> = Api::namespaced(ctx.client.clone(), ns);
+    let fresh = apps
+        .get(&app.name_any())
+        .await
+        .map_err(dereference_error("the app"))?;
+    let mut sources = build::config_sources(&fresh);
+    for rs in running_sets(ctx, app, ns).await? {
+        let containers = rs
+            .spec
+            .and_then(|s| s.template)
+            .and_then(|t| t.spec)
+            .map(|p| p.containers)
+            .unwrap_or_default();
+        for c in containers {
+            sources.extend(build::config_sources_of(
+                &c.env.unwrap_or_default(),
+                &c.env_from.unwrap_or_default(),
+            ));
+        }
+    }
+    Ok(sources
+        .into_iter()
+        .filter(|(kind, _)| *kind == "secret")
+        .map(|(_, name)| name)
+        .collect())
+}
+
+async fn serving_layers(
+    ctx: &Context,
+    app: &AetherApp,
+    ns: &str,
+    known: Option<&AetherArtifact>,
+) -> Result<Vec<aether_artifact::Digest>, Error> {
+    let mut artifacts: Vec<String> = running_sets(ctx, app, ns)
+        .await?
+        .iter()
         .filter_map(|rs| {
             rs.spec
                 .as_ref()?
@@ -860,20 +900,31 @@ async fn record_releases(
             Err(source) => return Err(apply_error(format!("deleting AetherRelease {ns}/{name}"))(source)),
         }
     }
-    // Only the app's own (a Secret of that name someone else made stays).
+    if plan.config_secrets.is_empty() {
+        return Ok(());
+    }
+    // Only the app's own (a Secret of that name someone else made stays), and none
+    // the app may still read.
+    let in_use = secrets_in_use(ctx, app, ns).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    for name in &plan.config_secrets {
+    for name in plan.config_secrets.iter().filter(|n| !in_use.contains(*n)) {
         let owned = secrets
             .get_metadata_opt(name)
             .await
             .map_err(dereference_error("the app's config Secrets"))?
-            .is_some_and(|s| ownership::owned_by(&s.metadata, &app.uid().unwrap_or_default()));
-        if !owned {
-            continue;
-        }
-        match secrets.delete(name, &DeleteParams::default()).await {
+            .filter(|s| ownership::owned_by(&s.metadata, &app.uid().unwrap_or_default()));
+        let Some(owned) = owned else { continue };
+        // That very Secret: not one made again under the name since.
+        let this_one = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: owned.metadata.uid,
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match secrets.delete(name, &this_one).await {
             Ok(_) => info!(secret = %name, "deleted a config Secret no kept release names"),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(source) => return Err(apply_error(format!("deleting Secret {ns}/{name}"))(source)),
         }
     }

@@ -690,17 +690,24 @@ mod tests {
             "web-config-2222222222",
             "web-config-3333333333",
         );
+        let (in_spec, running) = ("web-config-sp3c", "web-config-run5");
         let existing = [
-            release(1, "a", &reading(&[one, "db"]), ReleaseState::Superseded, true),
-            release(2, "a", &reading(&[two]), ReleaseState::Superseded, true),
-            release(3, "a", &reading(&[one]), ReleaseState::Superseded, true),
+            release(
+                1,
+                "a",
+                &reading(&[one, "db", in_spec]),
+                ReleaseState::Superseded,
+                true,
+            ),
+            release(2, "a", &reading(&[two, running]), ReleaseState::Superseded, true),
+            release(3, "a", &reading(&[one, three]), ReleaseState::Superseded, true),
             release(4, "a", &reading(&[three]), ReleaseState::Active, true),
         ];
         // keep 1: the new v5 and v4 stay; v1..v3 go.
-        let now_reading = reading(&[three]);
+        let now_reading = reading(&[in_spec]);
         let plan = plan(
             &now_reading,
-            content_of("a", &reading(&["web-config-5555555555"])),
+            content_of("a", &reading(&[running])),
             &existing,
             (&progressing(), None),
             1,
@@ -710,7 +717,7 @@ mod tests {
         assert_eq!(
             plan.config_secrets,
             [one, two],
-            "not v4's (kept), not what runs or the spec reads, not someone else's Secret (db)"
+            "not v4's (kept), not what runs, not what the spec reads, not someone else's Secret (db)"
         );
         let nothing_deleted = super::plan(
             &now_reading,
