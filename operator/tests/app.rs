@@ -884,6 +884,25 @@ fn an_autoscaled_deployment_s_count_is_the_autoscaler_s_and_spec_replicas_is_not
         "left out of the applied Deployment: {}",
         applied["spec"]
     );
+    assert!(
+        applied["metadata"].get("resourceVersion").is_none(),
+        "nothing to guard"
+    );
+    let mut held = ours(2);
+    held.metadata.resource_version = Some("41".into());
+    let children = build::build(
+        &app,
+        &release("v1").0,
+        &Default::default(),
+        &Default::default(),
+        &config(),
+        Some(&held),
+    );
+    assert_eq!(
+        children.deployment.metadata.resource_version.as_deref(),
+        Some("41"),
+        "the count the operator still holds is written onto the version read"
+    );
 
     app.spec.autoscaling = None;
     assert_eq!(

@@ -198,6 +198,13 @@ pub fn build(
         owner_references: app.controller_owner_ref(&()).map(|o| vec![o]),
         ..Default::default()
     };
+    let replicas = replicas(app, running);
+    // While the operator still holds an autoscaled app's count, it writes it only
+    // onto the version of the Deployment it read: an autoscaler's write in between
+    // wins (the apply conflicts, and the next look leaves the count to it).
+    let read_version = running
+        .filter(|_| app.spec.autoscaling.is_some() && replicas.is_some())
+        .and_then(|d| d.metadata.resource_version.clone());
     Children {
         service_account: ServiceAccount {
             metadata: ObjectMeta {
@@ -210,9 +217,12 @@ pub fn build(
             ..Default::default()
         },
         deployment: Deployment {
-            metadata: meta(),
+            metadata: ObjectMeta {
+                resource_version: read_version,
+                ..meta()
+            },
             spec: Some(DeploymentSpec {
-                replicas: replicas(app, running),
+                replicas,
                 selector: LabelSelector {
                     match_labels: Some(selector_labels(&name)),
                     ..Default::default()
