@@ -57,6 +57,10 @@ pub struct Context {
     /// The AetherPolicies: a namespace's storage cap.
     pub policies: crate::policies::Policies,
     pub metrics: Arc<Metrics>,
+    /// Every AetherApp, as the app controller's watch keeps them: retention reads
+    /// them here instead of listing the namespace's apps for each artifact (which
+    /// at 1000 apps was a million objects per pass, and most of the memory).
+    pub apps: kube::runtime::reflector::Store<AetherApp>,
 }
 
 impl Context {
@@ -167,13 +171,21 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
 /// the blobs), then the upload conversation.
 async fn apply(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error> {
     let ns = art.namespace().unwrap_or_default();
-    let apps: Api<AetherApp> = Api::namespaced(ctx.client.clone(), &ns);
-    let apps = apps.list(&ListParams::default()).await?.items;
     let now = Timestamp::now();
-    // Releases are read only when the apps alone would not keep the artifact (at
-    // rest, nearly every artifact is some app's current one).
-    let mut decision = retention::decide(&art, &apps, &[], &ctx.retention, now);
+    // From the watched apps first (at rest, nearly every artifact is some app's
+    // current one). Only what they would not keep is judged again on a fresh read
+    // of the namespace's apps and releases, so a deletion never rests on a cache.
+    let _ = ctx.apps.wait_until_ready().await;
+    let cached: Vec<Arc<AetherApp>> = ctx
+        .apps
+        .state()
+        .into_iter()
+        .filter(|a| a.namespace().as_deref() == Some(ns.as_str()))
+        .collect();
+    let mut decision = retention::decide(&art, &cached, &[], &ctx.retention, now);
     if decision != retention::Decision::Keep {
+        let apps: Api<AetherApp> = Api::namespaced(ctx.client.clone(), &ns);
+        let apps = apps.list(&ListParams::default()).await?.items;
         let releases: Api<AetherRelease> = Api::namespaced(ctx.client.clone(), &ns);
         let releases = releases.list(&ListParams::default()).await?.items;
         decision = retention::decide(&art, &apps, &releases, &ctx.retention, now);

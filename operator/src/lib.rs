@@ -30,7 +30,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
@@ -98,6 +98,11 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     };
     let storage = aether_storage::Storage::new(&args.storage());
     let enabled = Arc::new(enabled::Enablement::new(client.clone(), args.namespace.clone()));
+    let bounded = controller::Config::default().concurrency(args.max_concurrent_reconciles);
+    // The app controller's cache of every AetherApp serves the artifact controller's
+    // retention too.
+    let apps = Controller::new(Api::<AetherApp>::all(client.clone()), watcher::Config::default())
+        .with_config(bounded.clone());
     let artifact_ctx = Arc::new(artifact::Context {
         client: client.clone(),
         storage: storage.clone(),
@@ -114,6 +119,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         enabled: enabled.clone(),
         policies: policies.clone(),
         metrics: metrics.clone(),
+        apps: apps.store(),
     });
     let app_ctx = Arc::new(app::Context {
         client: client.clone(),
@@ -126,6 +132,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     });
 
     let artifact_controller = Controller::new(artifacts.clone(), watcher::Config::default())
+        .with_config(bounded.clone())
         // An app's new release may push an older one out of the kept releases.
         .watches(
             Api::<AetherApp>::all(client.clone()),
@@ -146,7 +153,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         "app.kubernetes.io/managed-by={}",
         app::build::MANAGED_BY
     ));
-    let app_controller = Controller::new(Api::<AetherApp>::all(client.clone()), watcher::Config::default())
+    let app_controller = apps
         .owns(Api::<Deployment>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<ServiceAccount>::all(client.clone()), owned)

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -31,6 +32,9 @@ pub struct Metrics {
     pub failures: Family<FailureLabels, Counter>,
     pub reconcile_duration: Histograms<ControllerLabels>,
     pub deploy_phase: Histograms<PhaseLabels>,
+    /// The process's resident memory, read at each scrape (`make bench`'s scale
+    /// figures read it through the API server).
+    pub resident_memory: Gauge,
     registry: Registry,
 }
 
@@ -59,11 +63,18 @@ impl Default for Metrics {
             "Time from the reconcile that first applies a new artifact to each deploy phase",
             deploy_phase.clone(),
         );
+        let resident_memory = Gauge::default();
+        registry.register(
+            "resident_memory_bytes",
+            "Resident memory of the operator process (Linux)",
+            resident_memory.clone(),
+        );
         Self {
             reconciles,
             failures,
             reconcile_duration,
             deploy_phase,
+            resident_memory,
             registry,
         }
     }
@@ -72,6 +83,9 @@ impl Default for Metrics {
 impl Metrics {
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        if let Some(bytes) = resident_bytes() {
+            self.resident_memory.set(bytes);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -82,5 +96,27 @@ impl Metrics {
         self.failures
             .get_or_create(&FailureLabels { controller, error })
             .inc();
+    }
+}
+
+/// Resident set size from `/proc/self/statm` (pages × 4 KiB, the page size of every
+/// platform the operator image is built for); None elsewhere.
+fn resident_bytes() -> Option<i64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_exposition_reports_resident_memory() {
+        let text = super::Metrics::default().encode();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("aether_operator_resident_memory_bytes "))
+            .expect(&text);
+        let bytes: i64 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        assert!(bytes > 1 << 20, "{line}");
     }
 }

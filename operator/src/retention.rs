@@ -55,9 +55,9 @@ impl Reason {
 }
 
 /// The fate of `artifact`, given every AetherApp and AetherRelease of its namespace.
-pub fn decide(
+pub fn decide<A: std::borrow::Borrow<AetherApp>>(
     artifact: &AetherArtifact,
-    apps: &[AetherApp],
+    apps: &[A],
     releases: &[AetherRelease],
     policy: &Policy,
     now: Timestamp,
@@ -69,7 +69,7 @@ pub fn decide(
         return Decision::Keep;
     }
     let mut deployed_before = false;
-    for app in apps {
+    for app in apps.iter().map(std::borrow::Borrow::borrow) {
         if app.spec.artifact_ref.name == name {
             return Decision::Keep;
         }
@@ -263,7 +263,7 @@ mod tests {
         );
         // With no app at all (e.g. `push --no-deploy` for a GitOps repository), likewise.
         assert_eq!(
-            decide(&pushed, &[], &[], &policy(), at(60)),
+            decide(&pushed, &[] as &[AetherApp], &[], &policy(), at(60)),
             Decision::KeepUntil(at(3600))
         );
     }
@@ -272,11 +272,11 @@ mod tests {
     fn uploads_never_completed_are_abandoned_sooner() {
         let stuck = artifact("half-uploaded", 0, false);
         assert_eq!(
-            decide(&stuck, &[], &[], &policy(), at(599)),
+            decide(&stuck, &[] as &[AetherApp], &[], &policy(), at(599)),
             Decision::KeepUntil(at(600))
         );
         assert_eq!(
-            decide(&stuck, &[], &[], &policy(), at(600)),
+            decide(&stuck, &[] as &[AetherApp], &[], &policy(), at(600)),
             Decision::Delete(Reason::AbandonedUpload)
         );
         // ... unless an app already points at it (a push is waiting for it).
@@ -288,8 +288,14 @@ mod tests {
         lost.status.as_mut().unwrap().verified_at =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(10)));
         assert_eq!(
-            decide(&lost, &[], &[], &policy(), at(600)),
-            decide(&artifact("verified", 0, true), &[], &[], &policy(), at(600))
+            decide(&lost, &[] as &[AetherApp], &[], &policy(), at(600)),
+            decide(
+                &artifact("verified", 0, true),
+                &[] as &[AetherApp],
+                &[],
+                &policy(),
+                at(600)
+            )
         );
     }
 }

@@ -291,10 +291,13 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
             announce(ctx, app, &old, &new, type_).await;
             patch_status(ctx, app, &new).await?;
             info!(reason = invalid.reason, "release not applied");
-            let next = if invalid.waiting {
-                Duration::from_secs(2)
-            } else {
-                Duration::from_secs(300)
+            // An artifact's every change wakes its app (the watch in lib.rs): waiting
+            // for one needs no quick polling, which 1000 waiting apps would make a
+            // flood. Other waits (an enablement, a Secret) are polled.
+            let next = match (invalid.waiting, invalid.reason) {
+                (true, "AwaitingArtifact") => Duration::from_secs(30),
+                (true, _) => Duration::from_secs(2),
+                (false, _) => Duration::from_secs(300),
             };
             return Ok(Action::requeue(renew_in.map_or(next, |r| r.min(next))));
         }

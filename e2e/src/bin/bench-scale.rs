@@ -1,0 +1,303 @@
+//! `make bench`'s scale figures (issue: 1000 apps). In a fresh namespace: one
+//! `aether push --no-deploy` uploads the example's blobs, then APPS (1000) AetherApps
+//! with `replicas: 0` are applied at once, each with its own AetherArtifact (the
+//! pushed spec, signed for that app with your signing key, so every app is
+//! verified on its own). The operator is restarted as soon as they are all written.
+//! Prints, and writes to BENCH_JSON (target/bench/scale.json): seconds from the
+//! restart until every app is Ready, the operator's peak and settled resident
+//! memory (its `aether_operator_resident_memory_bytes`, read through the API
+//! server), and whether another namespace's app deployed meanwhile. Then, at rest:
+//! reconciles per app per minute, and after a second restart the seconds until the
+//! operator has looked at every app and artifact again. A benchmark that prints
+//! numbers, not a test: it fails only when something does not happen.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use aether_artifact::Digest;
+use aether_artifact::signature::SigningKey;
+use aether_crds::{AetherApp, AetherArtifact, Signature};
+use aether_e2e::app::{aether, example_app};
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+
+const APP: &str = "scale";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let apps_wanted: usize = std::env::var("APPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let out = PathBuf::from(std::env::var("BENCH_JSON").unwrap_or_else(|_| "target/bench/scale.json".into()));
+    let operator_ns = std::env::var("AETHER_OPERATOR_NAMESPACE").unwrap_or_else(|_| "aether-system".into());
+    let client = aether_e2e::client().await?;
+    let ns = fresh_namespace(&client, "aether-scale").await?;
+    let other = fresh_namespace(&client, "aether-scale-other").await?;
+    let result = run(&client, &ns, &other, &operator_ns, apps_wanted, &out).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for name in [&ns, &other] {
+        let _ = namespaces.delete(name, &DeleteParams::background()).await;
+    }
+    result
+}
+
+async fn run(
+    client: &Client,
+    ns: &str,
+    other: &str,
+    operator_ns: &str,
+    count: usize,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    example_app(dir.path(), "scale")?;
+    eprintln!("pushing the example once (its blobs serve every app)");
+    let first = push(dir.path(), ns, &format!("{APP}-0"))?;
+    let arts: Api<AetherArtifact> = Api::namespaced(client.clone(), ns);
+    let template = arts.get(&first).await?;
+    let key_path = std::env::var("AETHER_SIGNING_KEY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".config/aether/signing-key.pem")
+        });
+    let key = SigningKey::from_pem(
+        &std::fs::read_to_string(&key_path).with_context(|| format!("reading {}", key_path.display()))?,
+    )?;
+    let digest: Digest = template
+        .spec
+        .digest
+        .parse()
+        .context("the pushed artifact's digest")?;
+
+    let base = rss(client, operator_ns).await?;
+    eprintln!(
+        "applying {count} apps with their artifacts (operator at {} MiB)",
+        base >> 20
+    );
+    let started = Instant::now();
+    let apps: Api<AetherApp> = Api::namespaced(client.clone(), ns);
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let (arts, apps, template, key) = (arts.clone(), apps.clone(), template.clone(), &key);
+            async move {
+                let app = format!("{APP}-{i}");
+                let name = format!("{app}-{}", &digest.hex()[..12]);
+                let mut spec = template.spec.clone();
+                spec.app = app.clone();
+                spec.signature = Some(Signature {
+                    key_id: key.public_key().key_id(),
+                    value: key.sign(&digest, ns, &app),
+                });
+                let art = AetherArtifact::new(&name, spec);
+                match arts.create(&PostParams::default(), &art).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(anyhow::Error::from(e)),
+                }
+                let body = serde_json::json!({
+                    "apiVersion": "aether.dev/v1alpha1", "kind": "AetherApp",
+                    "metadata": {"name": app},
+                    "spec": {"artifactRef": {"name": name}, "replicas": 0},
+                });
+                apps.patch(&app, &PatchParams::apply("bench-scale"), &Patch::Apply(&body))
+                    .await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()?;
+    eprintln!(
+        "written in {:.1} s; restarting the operator",
+        started.elapsed().as_secs_f64()
+    );
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), operator_ns);
+    let operators = ListParams::default().labels("app.kubernetes.io/name=aether-operator");
+    for pod in pods.list(&operators).await? {
+        pods.delete(&pod.name_any(), &DeleteParams::default()).await?;
+    }
+    let restarted = Instant::now();
+
+    // Meanwhile another tenant deploys: it must not wait for this namespace.
+    let other_dir = tempfile::tempdir()?;
+    example_app(other_dir.path(), "other")?;
+    let other_run = {
+        let dir = other_dir.path().to_path_buf();
+        let other = other.to_string();
+        tokio::task::spawn_blocking(move || {
+            let began = Instant::now();
+            let run = aether(&dir, &other, &["push", "--timeout", "10m"]);
+            (run.code, began.elapsed())
+        })
+    };
+
+    let mut peak = 0u64;
+    let all_ready = loop {
+        if let Ok(bytes) = rss(client, operator_ns).await {
+            peak = peak.max(bytes);
+        }
+        let ready = apps
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|a| {
+                a.status
+                    .as_ref()
+                    .is_some_and(|s| aether_crds::condition::is_true(&s.conditions, "Ready"))
+            })
+            .count();
+        if ready >= count {
+            break restarted.elapsed();
+        }
+        anyhow::ensure!(
+            restarted.elapsed() < Duration::from_secs(900),
+            "{ready} of {count} apps Ready 15 minutes after the restart"
+        );
+        eprintln!(
+            "  {ready}/{count} Ready after {:.0} s",
+            restarted.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let (other_code, other_took) = other_run.await?;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let settled = rss(client, operator_ns).await?;
+
+    eprintln!("at rest for a minute");
+    let before = reconciles(client, operator_ns).await?;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let after = reconciles(client, operator_ns).await?;
+    let per_app_minute = (after.0 + after.1).saturating_sub(before.0 + before.1) as f64 / count as f64;
+
+    eprintln!("restarting the operator at rest");
+    let old: Vec<String> = pods
+        .list(&operators)
+        .await?
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    for pod in &old {
+        pods.delete(pod, &DeleteParams::default()).await?;
+    }
+    let restarted = Instant::now();
+    // Counters start at zero in the new process: wait until only it answers, then
+    // for a pass over every app and artifact (its first list reconciles each once).
+    loop {
+        let now = pods.list(&operators).await?;
+        if now.iter().all(|p| !old.contains(&p.name_any())) && !now.items.is_empty() {
+            break;
+        }
+        anyhow::ensure!(
+            restarted.elapsed() < Duration::from_secs(300),
+            "the old operator pod did not go"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let relooked = loop {
+        if let Ok((apps_done, arts_done)) = reconciles(client, operator_ns).await
+            && apps_done >= count as u64
+            && arts_done >= count as u64
+        {
+            break restarted.elapsed();
+        }
+        anyhow::ensure!(
+            restarted.elapsed() < Duration::from_secs(900),
+            "the restarted operator had not looked at every app within 15 minutes"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+
+    let figures = serde_json::json!({
+        "apps": count,
+        "readyAfterRestartSeconds": all_ready.as_secs_f64(),
+        "operatorPeakMiB": peak >> 20,
+        "operatorSettledMiB": settled >> 20,
+        "operatorIdleMiB": base >> 20,
+        "otherTenantPushSeconds": other_took.as_secs_f64(),
+        "otherTenantPushSucceeded": other_code == Some(0),
+        "reconcilesPerAppMinuteAtRest": per_app_minute,
+        "relookedAfterRestartAtRestSeconds": relooked.as_secs_f64(),
+    });
+    println!(
+        "| apps | all Ready after the restart | operator memory peak / settled (idle) | another tenant's push meanwhile | reconciles per app per minute at rest | every app looked at again after a restart at rest |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {count} | {:.1} s | {} / {} MiB ({} MiB) | {:.1} s{} | {per_app_minute:.2} | {:.1} s |",
+        all_ready.as_secs_f64(),
+        peak >> 20,
+        settled >> 20,
+        base >> 20,
+        other_took.as_secs_f64(),
+        if other_code == Some(0) { "" } else { " (failed)" },
+        relooked.as_secs_f64(),
+    );
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(out, serde_json::to_vec_pretty(&figures)?)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// `aether push --no-deploy --app APP`: the Ready artifact's name.
+fn push(dir: &std::path::Path, ns: &str, app: &str) -> anyhow::Result<String> {
+    let run = aether(dir, ns, &["push", "--no-deploy", "--app", app, "--timeout", "5m"]);
+    anyhow::ensure!(run.code == Some(0), "push failed: {}", run.stderr);
+    Ok(run.json["artifact"]
+        .as_str()
+        .context("no artifact in the push's output")?
+        .to_string())
+}
+
+/// A new namespace `PREFIX-…`, enabled for Aether.
+async fn fresh_namespace(client: &Client, prefix: &str) -> anyhow::Result<String> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.generate_name = Some(format!("{prefix}-"));
+    ns.metadata.labels = Some([(aether_e2e::E2E_LABEL.to_string(), "bench-scale".to_string())].into());
+    let name = namespaces.create(&PostParams::default(), &ns).await?.name_any();
+    aether_e2e::enable_namespace(client, &name).await?;
+    Ok(name)
+}
+
+/// The operator's resident memory, from its metrics.
+async fn rss(client: &Client, operator_ns: &str) -> anyhow::Result<u64> {
+    let text = metrics(client, operator_ns).await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("aether_operator_resident_memory_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("the operator reports no aether_operator_resident_memory_bytes")
+}
+
+/// The operator's reconciles so far: (apps, artifacts).
+async fn reconciles(client: &Client, operator_ns: &str) -> anyhow::Result<(u64, u64)> {
+    let text = metrics(client, operator_ns).await?;
+    let count = |controller: &str| {
+        let prefix = format!("aether_operator_reconciles_total{{controller=\"{controller}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((count("aetherapp"), count("aetherartifact")))
+}
+
+/// The operator's /metrics, through the API server's Service proxy.
+async fn metrics(client: &Client, operator_ns: &str) -> anyhow::Result<String> {
+    let path =
+        format!("/api/v1/namespaces/{operator_ns}/services/aether-operator-metrics:metrics/proxy/metrics");
+    let request = client.request_text(http::Request::get(&path).body(Vec::new())?);
+    // An operator that is down (OOMKilled) leaves the proxy hanging.
+    Ok(tokio::time::timeout(Duration::from_secs(5), request)
+        .await
+        .context("the operator's metrics did not answer within 5 s")??)
+}
