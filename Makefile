@@ -49,9 +49,10 @@ crds: ## regenerate config/crd from the Rust types
 	cargo run -q -p aether-crds --bin crdgen -- config/crd/aether.dev.yaml
 
 # RUNS, RUNS_DEV, BENCH_JSON: see hack/bench-deploy.sh (installs buildah and docker-registry).
-bench: ## pack/unpack vs tar|zstd; change -> served, Aether vs a Dockerfile pipeline (needs `make deploy`)
+bench: ## pack/unpack vs tar|zstd; change -> served vs a Dockerfile pipeline; 1000 apps (needs `make deploy`)
 	hack/bench.sh
 	hack/bench-deploy.sh
+	if [ -z "$${KUBECONFIG:-}" ]; then $(LOCAL_ENV); fi; cargo run -q -p aether-e2e --bin bench-scale
 
 FUZZ_SECONDS ?= 60
 fuzz: ## fuzz the unpacker (cargo-fuzz, nightly) for FUZZ_SECONDS

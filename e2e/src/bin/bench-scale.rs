@@ -1,5 +1,8 @@
 //! `make bench`'s scale figures (issue: 1000 apps). In a fresh namespace: one
-//! `aether push --no-deploy` uploads the example's blobs, then APPS (1000) AetherApps
+//! `aether push --no-deploy` of a small app (a one-file server without
+//! dependencies; BENCH_PROJECT=example takes examples/express-api, whose 10 MiB
+//! dependency layer each artifact's verification reads again) uploads its blobs,
+//! then APPS (1000) AetherApps
 //! with `replicas: 0` are applied at once, each with its own AetherArtifact (the
 //! pushed spec, signed for that app with your signing key, so every app is
 //! verified on its own). The operator is restarted as soon as they are all written.
@@ -54,8 +57,12 @@ async fn run(
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    example_app(dir.path(), "scale")?;
-    eprintln!("pushing the example once (its blobs serve every app)");
+    if std::env::var("BENCH_PROJECT").as_deref() == Ok("example") {
+        example_app(dir.path(), "scale")?;
+    } else {
+        small_app(dir.path())?;
+    }
+    eprintln!("pushing the app once (its blobs serve every app)");
     let first = push(dir.path(), ns, &format!("{APP}-0"))?;
     let arts: Api<AetherArtifact> = Api::namespaced(client.clone(), ns);
     let template = arts.get(&first).await?;
@@ -300,4 +307,21 @@ async fn metrics(client: &Client, operator_ns: &str) -> anyhow::Result<String> {
     Ok(tokio::time::timeout(Duration::from_secs(5), request)
         .await
         .context("the operator's metrics did not answer within 5 s")??)
+}
+
+/// A one-file Node server without dependencies.
+fn small_app(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::write(
+        dir.join("package.json"),
+        r#"{"name": "scale", "version": "1.0.0", "private": true, "scripts": {"start": "node server.js"}}"#,
+    )?;
+    std::fs::write(
+        dir.join("package-lock.json"),
+        r#"{"name": "scale", "version": "1.0.0", "lockfileVersion": 3, "requires": true, "packages": {"": {"name": "scale", "version": "1.0.0"}}}"#,
+    )?;
+    std::fs::write(
+        dir.join("server.js"),
+        "require('http').createServer((_, res) => res.end('scale\\n')).listen(process.env.PORT || 3000);\n",
+    )?;
+    Ok(())
 }
