@@ -870,15 +870,17 @@ fn an_autoscaled_deployment_s_count_is_the_autoscaler_s_and_spec_replicas_is_not
         Some(2),
         "a count out of the bounds is brought back within them"
     );
-    let children = build::build(
-        &app,
-        &release("v1").0,
-        &Default::default(),
-        &Default::default(),
-        &config(),
-        Some(&scaled),
-    );
-    let applied = serde_json::to_value(&children.deployment).unwrap();
+    let build_on = |running: &Deployment| {
+        build::build(
+            &app,
+            &release("v1").0,
+            &Default::default(),
+            &Default::default(),
+            &config(),
+            Some(running),
+        )
+    };
+    let applied = serde_json::to_value(&build_on(&scaled).deployment).unwrap();
     assert!(
         applied["spec"].get("replicas").is_none(),
         "left out of the applied Deployment: {}",
@@ -890,16 +892,8 @@ fn an_autoscaled_deployment_s_count_is_the_autoscaler_s_and_spec_replicas_is_not
     );
     let mut held = ours(2);
     held.metadata.resource_version = Some("41".into());
-    let children = build::build(
-        &app,
-        &release("v1").0,
-        &Default::default(),
-        &Default::default(),
-        &config(),
-        Some(&held),
-    );
     assert_eq!(
-        children.deployment.metadata.resource_version.as_deref(),
+        build_on(&held).deployment.metadata.resource_version.as_deref(),
         Some("41"),
         "the count the operator still holds is written onto the version read"
     );
