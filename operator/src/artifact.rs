@@ -61,6 +61,8 @@ pub struct Context {
     /// them here instead of listing the namespace's apps for each artifact (which
     /// at 1000 apps was a million objects per pass, and most of the memory).
     pub apps: kube::runtime::reflector::Store<AetherApp>,
+    /// Retries of artifacts whose reconcile failed, per artifact.
+    pub backoff: crate::backoff::Backoff,
 }
 
 impl Context {
@@ -151,6 +153,7 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
         controller: CONTROLLER,
     };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
+    let key = backoff_key(&art);
     let api: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), &art.namespace().unwrap_or_default());
     let result = kube::runtime::finalizer::finalizer(&api, FINALIZER, art, |event| async {
         match event {
@@ -160,6 +163,9 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.backoff.succeeded(&key);
+    }
     ctx.metrics
         .reconcile_duration
         .get_or_create(&labels)
@@ -825,14 +831,19 @@ pub fn error_policy(art: Arc<AetherArtifact>, err: &Error, ctx: Arc<Context>) ->
     }
     warn!(artifact = %art.name_any(), reason = err.metric_label(), error = %err, "reconcile failed; retrying");
     ctx.metrics.failed(CONTROLLER, err.metric_label());
+    let backoff = ctx.backoff.failed(&backoff_key(&art));
     match err {
         Error::Storage(StorageError::Unauthorized { .. } | StorageError::NotConfigured(_)) => {
-            Action::requeue(Duration::from_secs(60))
+            Action::requeue(backoff.max(Duration::from_secs(60)))
         }
         // Storage is down: every Ready artifact's recheck would fail alike.
-        Error::Storage(StorageError::Unavailable(_)) => Action::requeue(Duration::from_secs(30)),
-        _ => Action::requeue(Duration::from_secs(5)),
+        Error::Storage(StorageError::Unavailable(_)) => Action::requeue(backoff.max(Duration::from_secs(30))),
+        _ => Action::requeue(backoff),
     }
+}
+
+fn backoff_key(art: &AetherArtifact) -> String {
+    format!("{}/{}", art.namespace().unwrap_or_default(), art.name_any())
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 pub mod app;
 pub mod args;
 pub mod artifact;
+pub mod backoff;
 pub mod blobs;
 pub mod conditions;
 pub mod enabled;
@@ -120,6 +121,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         policies: policies.clone(),
         metrics: metrics.clone(),
         apps: apps.store(),
+        backoff: Default::default(),
     });
     let app_ctx = Arc::new(app::Context {
         client: client.clone(),
@@ -129,6 +131,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         recorder,
         metrics,
         config: args.app_config(),
+        backoff: Default::default(),
     });
 
     let artifact_controller = Controller::new(artifacts.clone(), watcher::Config::default())

@@ -82,6 +82,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub config: AppConfig,
+    /// Retries of apps whose reconcile failed, per app.
+    pub backoff: crate::backoff::Backoff,
 }
 
 impl std::fmt::Debug for Context {
@@ -151,6 +153,9 @@ pub async fn reconcile(app: Arc<AetherApp>, ctx: Arc<Context>) -> Result<Action,
     };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
     let result = reconcile_inner(&app, &ctx).await;
+    if result.is_ok() {
+        ctx.backoff.succeeded(&backoff_key(&app));
+    }
     ctx.metrics
         .reconcile_duration
         .get_or_create(&labels)
@@ -1092,5 +1097,9 @@ async fn patch_status(ctx: &Context, app: &AetherApp, status: &AetherAppStatus) 
 pub fn error_policy(app: Arc<AetherApp>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(app = %app.name_any(), reason = err.metric_label(), error = %err, "reconcile failed; retrying");
     ctx.metrics.failed(CONTROLLER, err.metric_label());
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(ctx.backoff.failed(&backoff_key(&app)))
+}
+
+fn backoff_key(app: &AetherApp) -> String {
+    format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
 }
