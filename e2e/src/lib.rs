@@ -114,6 +114,18 @@ pub async fn bind_user(client: &Client, ns: &str, user: &str, role: &str) -> any
     Ok(())
 }
 
+/// A new namespace `PREFIX-…`, labelled [`E2E_LABEL`]`=label` and enabled for Aether.
+pub async fn enabled_namespace(client: &Client, prefix: &str, label: &str) -> anyhow::Result<String> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.generate_name = Some(format!("{prefix}-"));
+    ns.metadata.labels = Some([(E2E_LABEL.to_string(), label.to_string())].into());
+    let ns = namespaces.create(&PostParams::default(), &ns).await?;
+    let name = ns.metadata.name.context("namespace without a name")?;
+    enable_namespace(client, &name).await?;
+    Ok(name)
+}
+
 /// Run `test` in a fresh namespace, enabled for Aether, and delete the namespace
 /// afterwards, whether the test passed, failed or panicked.
 pub async fn with_temp_ns<F, Fut>(prefix: &str, test: F) -> anyhow::Result<()>
@@ -123,12 +135,7 @@ where
 {
     let client = client().await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut ns = Namespace::default();
-    ns.metadata.generate_name = Some(format!("e2e-{prefix}-"));
-    ns.metadata.labels = Some([(E2E_LABEL.to_string(), prefix.to_string())].into());
-    let ns = namespaces.create(&PostParams::default(), &ns).await?;
-    let name = ns.metadata.name.context("namespace without a name")?;
-    enable_namespace(&client, &name).await?;
+    let name = enabled_namespace(&client, &format!("e2e-{prefix}"), prefix).await?;
 
     // Pods cannot be admitted until the namespace's default ServiceAccount exists.
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);

@@ -38,8 +38,8 @@ async fn main() -> anyhow::Result<()> {
     let out = PathBuf::from(std::env::var("BENCH_JSON").unwrap_or_else(|_| "target/bench/scale.json".into()));
     let operator_ns = std::env::var("AETHER_OPERATOR_NAMESPACE").unwrap_or_else(|_| "aether-system".into());
     let client = aether_e2e::client().await?;
-    let ns = fresh_namespace(&client, "aether-scale").await?;
-    let other = fresh_namespace(&client, "aether-scale-other").await?;
+    let ns = aether_e2e::enabled_namespace(&client, "aether-scale", "bench-scale").await?;
+    let other = aether_e2e::enabled_namespace(&client, "aether-scale-other", "bench-scale").await?;
     let result = run(&client, &ns, &other, &operator_ns, apps_wanted, &out).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for name in [&ns, &other] {
@@ -263,17 +263,6 @@ fn push(dir: &std::path::Path, ns: &str, app: &str) -> anyhow::Result<String> {
         .as_str()
         .context("no artifact in the push's output")?
         .to_string())
-}
-
-/// A new namespace `PREFIX-…`, enabled for Aether.
-async fn fresh_namespace(client: &Client, prefix: &str) -> anyhow::Result<String> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut ns = Namespace::default();
-    ns.metadata.generate_name = Some(format!("{prefix}-"));
-    ns.metadata.labels = Some([(aether_e2e::E2E_LABEL.to_string(), "bench-scale".to_string())].into());
-    let name = namespaces.create(&PostParams::default(), &ns).await?.name_any();
-    aether_e2e::enable_namespace(client, &name).await?;
-    Ok(name)
 }
 
 /// The operator's resident memory, from its metrics.

@@ -179,6 +179,18 @@ pub fn config_sources_of(
     from_env.chain(from_sources).collect()
 }
 
+/// The names of the Secrets among [`config_sources_of`] an `env` and `envFrom`.
+pub fn secret_names(
+    env: &[k8s_openapi::api::core::v1::EnvVar],
+    env_from: &[k8s_openapi::api::core::v1::EnvFromSource],
+) -> std::collections::BTreeSet<String> {
+    config_sources_of(env, env_from)
+        .into_iter()
+        .filter(|(kind, _)| *kind == "secret")
+        .map(|(_, name)| name)
+        .collect()
+}
+
 /// `download_urls`: the fetch Secret's data, as [`downloads::plan`] left it.
 /// `config_versions`: `kind/name` → resourceVersion of each of [`config_sources`].
 /// `running`: the app's Deployment as it is, if any (see [`replicas`]).

@@ -549,7 +549,7 @@ async fn secrets_in_use(ctx: &Context, app: &AetherApp, ns: &str) -> Result<BTre
         .get(&app.name_any())
         .await
         .map_err(dereference_error("the app"))?;
-    let mut sources = build::config_sources(&fresh);
+    let mut secrets = build::secret_names(&fresh.spec.env, &fresh.spec.env_from);
     for rs in running_sets(ctx, app, ns).await? {
         let containers = rs
             .spec
@@ -558,17 +558,13 @@ async fn secrets_in_use(ctx: &Context, app: &AetherApp, ns: &str) -> Result<BTre
             .map(|p| p.containers)
             .unwrap_or_default();
         for c in containers {
-            sources.extend(build::config_sources_of(
+            secrets.extend(build::secret_names(
                 &c.env.unwrap_or_default(),
                 &c.env_from.unwrap_or_default(),
             ));
         }
     }
-    Ok(sources
-        .into_iter()
-        .filter(|(kind, _)| *kind == "secret")
-        .map(|(_, name)| name)
-        .collect())
+    Ok(secrets)
 }
 
 async fn serving_layers(

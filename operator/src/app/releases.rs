@@ -27,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
-use super::build::config_sources_of;
+use super::build::secret_names;
 use super::status::Rollout;
 use super::validate::Validated;
 
@@ -243,19 +243,12 @@ pub fn plan(
         .filter(|n| keep_good.as_ref() != Some(n))
         .collect();
 
-    let secrets = |env: &[_], env_from: &[_]| {
-        config_sources_of(env, env_from)
-            .into_iter()
-            .filter(|(kind, _)| *kind == "secret")
-            .map(|(_, name)| name)
-            .collect::<BTreeSet<_>>()
-    };
-    let named = |c: &ReleaseConfig| secrets(&c.env, &c.env_from);
+    let named = |c: &ReleaseConfig| secret_names(&c.env, &c.env_from);
     let (deleted, kept): (Vec<&AetherRelease>, Vec<&AetherRelease>) =
         releases.iter().partition(|r| plan.delete.contains(&r.name_any()));
     let mut in_use: BTreeSet<String> = kept.iter().flat_map(|r| named(&r.spec.config)).collect();
     in_use.extend(named(&config));
-    in_use.extend(secrets(&app.spec.env, &app.spec.env_from));
+    in_use.extend(secret_names(&app.spec.env, &app.spec.env_from));
     plan.config_secrets = deleted
         .iter()
         .flat_map(|r| named(&r.spec.config))
