@@ -1,7 +1,13 @@
 //! What Aether's app pods say about themselves, read by the operator (status) and by
 //! `aether status` alike.
 
-use k8s_openapi::api::core::v1::ContainerStatus;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, PodStatus};
+
+/// The container that runs the app (from the Node image).
+pub const APP_CONTAINER: &str = "app";
+/// The container that fetches, verifies and extracts the app: beside it, or an init
+/// container in dev-hot pods.
+pub const FETCH_CONTAINER: &str = "fetch";
 
 /// Pod-template annotation holding the artifact digest: a new artifact changes the
 /// template, so the Deployment rolls exactly once.
@@ -29,12 +35,7 @@ pub const FETCHED: &str = "Fetched";
 pub fn started_digest(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
     let annotations = pod.metadata.annotations.as_ref();
     let fetched = || {
-        pod.status
-            .as_ref()?
-            .init_container_statuses
-            .iter()
-            .flatten()
-            .find(|c| c.name == "fetch")?
+        fetch_status(pod.status.as_ref()?)?
             .state
             .as_ref()?
             .terminated
@@ -48,6 +49,64 @@ pub fn started_digest(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
     fetched().or_else(template)
 }
 
+/// The fetch container's status, wherever the pod runs it.
+pub fn fetch_status(status: &PodStatus) -> Option<&ContainerStatus> {
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find(|c| c.name == FETCH_CONTAINER)
+}
+
+/// The fetch container's failure, if it is failed right now: exited non-zero, or
+/// waiting to be restarted after that. Not while it runs (retrying, or beside the
+/// app, done: it stays up, and a failure before stays in its `lastState`), nor once
+/// the app started on what it fetched.
+pub fn fetch_failed_now(status: &PodStatus) -> Option<&ContainerStateTerminated> {
+    if app_started(status) {
+        return None;
+    }
+    let c = fetch_status(status)?;
+    let state = c.state.as_ref()?;
+    let failure = match (&state.terminated, &state.waiting) {
+        (Some(t), _) => Some(t),
+        (None, Some(_)) => c.last_state.as_ref()?.terminated.as_ref(),
+        (None, None) => None,
+    };
+    failure.filter(|t| t.exit_code != 0)
+}
+
+/// Whether the fetch container stands between the app and its code right now: it
+/// never ran yet (its image still pulling, say) or is waiting to run again. The app
+/// container's own failures then follow from it.
+pub fn fetch_pending(status: &PodStatus) -> bool {
+    !app_started(status)
+        && fetch_status(status)
+            .and_then(|c| c.state.as_ref())
+            .is_some_and(|s| s.waiting.is_some())
+}
+
+/// `Reason: detail` the runtime wrote when it ended, or the exit code.
+pub fn termination_text(t: &ContainerStateTerminated) -> String {
+    let message = t.message.as_deref().unwrap_or_default().trim();
+    if message.is_empty() {
+        format!("exit code {}", t.exit_code)
+    } else {
+        message.chars().take(1000).collect()
+    }
+}
+
+/// Whether the app container has started (passed its startup probe): the fetch
+/// container did its work.
+pub fn app_started(status: &PodStatus) -> bool {
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .any(|c| c.name == APP_CONTAINER && c.started == Some(true))
+}
+
 /// The message of the container's current or last non-zero exit (the runtime writes
 /// `Reason: detail` there), or its exit code; None if it never failed.
 pub fn failure_message(c: &ContainerStatus) -> Option<String> {
@@ -56,10 +115,5 @@ pub fn failure_message(c: &ContainerStatus) -> Option<String> {
     let t = current
         .filter(|t| t.exit_code != 0)
         .or(last.filter(|t| t.exit_code != 0))?;
-    let message = t.message.as_deref().unwrap_or_default().trim();
-    Some(if message.is_empty() {
-        format!("exit code {}", t.exit_code)
-    } else {
-        message.chars().take(1000).collect()
-    })
+    Some(termination_text(t))
 }

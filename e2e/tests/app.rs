@@ -207,7 +207,9 @@ async fn an_applied_aetherapp_yaml_deploys_an_existing_artifact() -> anyhow::Res
         wait_for_body(&client, &ns, APP, &url, "Hello, GitOps!\n", Duration::from_secs(10)).await?;
         // The health path from the YAML is what the pods are probed on.
         let dep = Api::<Deployment>::namespaced(client.clone(), &ns).get(APP).await?;
-        let probe = dep.spec.unwrap().template.spec.unwrap().containers[0].readiness_probe.clone().unwrap();
+        let pod = dep.spec.unwrap().template.spec.unwrap();
+        let main = pod.containers.iter().find(|c| c.name == "app").unwrap();
+        let probe = main.readiness_probe.clone().unwrap();
         assert_eq!(probe.http_get.unwrap().path.as_deref(), Some("/healthz"));
         Ok(())
     })

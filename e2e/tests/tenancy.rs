@@ -557,7 +557,7 @@ async fn app_pods_hold_no_storage_credentials_only_urls_for_their_namespace() ->
         }
         // Only the fetch container mounts it.
         let pod = dep.spec.unwrap().template.spec.unwrap();
-        let app = &pod.containers[0];
+        let app = pod.containers.iter().find(|c| c.name == "app").unwrap();
         assert!(app.volume_mounts.iter().flatten().all(|m| m.name != "downloads"));
         Ok(())
     })

@@ -40,7 +40,8 @@ pub struct Args {
     /// The operator's namespace: its Lease and the default trusted keys live there.
     #[arg(long, env = "POD_NAMESPACE", default_value = "aether-system")]
     pub namespace: String,
-    /// Image of the in-pod runtime (the `fetch` init container).
+    /// Image of the in-pod runtime (the `fetch` container); it must hold the runtime at
+    /// /usr/local/bin/aether-runtime, which the fetch container's postStart hook runs.
     #[arg(long, env = "AETHER_RUNTIME_IMAGE", default_value = concat!("ghcr.io/aether-dev/aether-runtime:", env!("CARGO_PKG_VERSION")))]
     pub runtime_image: String,
     /// Image that runs the app; `{major}` becomes the artifact's Node major version.
@@ -56,7 +57,7 @@ pub struct Args {
     #[arg(long, env = "AETHER_DOWNLOAD_URL_TTL_SECONDS", default_value_t = 12 * 3600,
           value_parser = clap::value_parser!(u64).range(120..=7 * 24 * 3600))]
     pub download_url_ttl_seconds: u64,
-    /// The init container gives up after this long.
+    /// The fetch container gives up after this long (then restarts, with back-off).
     #[arg(long, env = "AETHER_FETCH_DEADLINE_SECONDS", default_value_t = 300)]
     pub fetch_deadline_seconds: i64,
     /// ConfigMap in --namespace whose entries are the public keys trusted by apps

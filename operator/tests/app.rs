@@ -267,8 +267,27 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
     assert_eq!((psc.run_as_non_root, psc.run_as_user), (Some(true), Some(10001)));
     assert_eq!(psc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
 
-    let fetch = &pod.init_containers.as_ref().unwrap()[0];
+    // The fetch container runs first, beside the app: the kubelet starts both in one
+    // pass (the app's `supervise --code` waits for the verified tree), after the
+    // fetch container's hook installed the runtime the app container runs.
+    let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["fetch", "app"]);
+    assert_eq!(pod.init_containers, None);
+    assert_eq!(
+        annotations["kubectl.kubernetes.io/default-container"], "app",
+        "kubectl logs without -c shows the app"
+    );
+    let fetch = &pod.containers[0];
     assert_eq!(fetch.image.as_deref(), Some("registry.example/aether-runtime:1"));
+    assert_eq!(
+        fetch.args.as_ref().unwrap().last().map(String::as_str),
+        Some("--sidecar")
+    );
+    let hook = fetch.lifecycle.as_ref().unwrap().post_start.as_ref().unwrap();
+    assert_eq!(
+        hook.exec.as_ref().unwrap().command.as_ref().unwrap(),
+        &["/usr/local/bin/aether-runtime", "install", "--into", "/aether"]
+    );
     assert_eq!(
         env_of(fetch, "AETHER_ARTIFACT_DIGEST").unwrap().value.as_deref(),
         Some(release.digest.to_string().as_str())
@@ -306,7 +325,7 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
     let mounts =
         |c: &Container| -> Vec<String> { c.volume_mounts.iter().flatten().map(|m| m.name.clone()).collect() };
     assert!(mounts(fetch).contains(&"downloads".to_string()));
-    assert!(!mounts(&pod.containers[0]).contains(&"downloads".to_string()));
+    assert!(!mounts(&pod.containers[1]).contains(&"downloads".to_string()));
     assert_eq!(
         env_of(fetch, "AETHER_DOWNLOADS_DIR").unwrap().value.as_deref(),
         Some("/var/run/aether/downloads")
@@ -339,19 +358,27 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
     assert_eq!(build::unpacked_limit(1 << 30), 4 << 30, "at most 4 GiB");
     assert_eq!(build::unpacked_limit(20 << 20), 640 << 20);
 
-    let main = &pod.containers[0];
+    let main = &pod.containers[1];
     assert_eq!(main.image.as_deref(), Some("node:20-slim"));
     assert_eq!(
         main.command.as_ref().unwrap(),
         &[
             "/aether/bin/aether-runtime",
             "supervise",
+            "--code",
+            "/aether",
+            "--workdir",
+            "/aether/app",
             "--",
             "node",
             "server.js"
         ]
     );
-    assert_eq!(main.working_dir.as_deref(), Some("/aether/app"));
+    assert_eq!(
+        main.working_dir.as_deref(),
+        Some("/aether"),
+        "there before the code"
+    );
     assert_eq!(env_of(main, "PORT").unwrap().value.as_deref(), Some("8080"));
     // The app's own NODE_ENV wins over the default, once (apply needs unique names).
     let node_env: Vec<_> = main
@@ -470,7 +497,7 @@ fn the_pod_template_changes_exactly_when_a_rollout_is_due() {
     let mut bare = app.clone();
     bare.spec.health_check = None;
     let c = build_for_release(&bare, &release);
-    let probe = c.deployment.spec.unwrap().template.spec.unwrap().containers[0]
+    let probe = c.deployment.spec.unwrap().template.spec.unwrap().containers[1]
         .readiness_probe
         .clone()
         .unwrap();
@@ -489,10 +516,11 @@ fn build_for_release(app: &AetherApp, release: &Validated) -> Children {
 }
 
 fn pods(digest: &Digest) -> Vec<Pod> {
-    let path = format!(
-        "{}/tests/fixtures/pods-init-failed.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    pods_of("pods-init-failed.yaml", digest)
+}
+
+fn pods_of(fixture: &str, digest: &Digest) -> Vec<Pod> {
+    let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(path)
         .unwrap()
         .replace("${DIGEST}", &digest.to_string());
@@ -519,7 +547,7 @@ fn a_locked_entrypoint_reaches_the_runtime_and_the_app_cannot_unset_it() {
             None,
         );
         let pod = c.deployment.spec.unwrap().template.spec.unwrap();
-        let vars: Vec<_> = pod.containers[0]
+        let vars: Vec<_> = pod.containers[1]
             .env
             .iter()
             .flatten()
@@ -553,6 +581,41 @@ fn only_pods_stuck_on_since_repaired_bytes_are_replaced() {
     let mut orphan = pods.clone();
     orphan[0].metadata.owner_references = None;
     assert!(status::stale_fetch_failures(&orphan, &digest, Some(at("2026-11-28T11:00:00Z"))).is_empty());
+}
+
+#[test]
+fn a_fetch_beside_the_app_fails_the_rollout_only_until_the_app_starts() {
+    let (release, _) = release("v1");
+    let digest = release.digest.to_string();
+    let rolling: Deployment = fixture("deployment-rolling.yaml");
+    let at = |s: &str| -> Timestamp { s.parse().unwrap() };
+    let pods = pods_of("pods-fetch-beside.yaml", &release.digest);
+    let (waiting, serving, crashing, pulling) = (&pods[..1], &pods[1..2], &pods[2..3], &pods[3..]);
+    assert!(matches!(
+        status::rollout(&rolling, waiting, &digest),
+        Rollout::Failed { ref reason, ref message } if reason == "DigestMismatch" && message.contains("web-7d9f-waiting")
+    ));
+    // Its earlier failure stays in lastState while it runs on: not a failure.
+    assert!(matches!(
+        status::rollout(&rolling, serving, &digest),
+        Rollout::Progressing { .. }
+    ));
+    // Its app crashing later is the app's failure, not that old one.
+    assert!(matches!(
+        status::rollout(&rolling, crashing, &digest),
+        Rollout::Failed { ref reason, ref message } if reason == "AppCrashing" && message.contains("TypeError")
+    ));
+    // Its image still pulling: the app container, started anyway, fails for want of
+    // the runtime, which is not the release failing.
+    assert!(matches!(
+        status::rollout(&rolling, pulling, &digest),
+        Rollout::Progressing { .. }
+    ));
+    // Running pods still waiting on a since-repaired blob are replaced; serving ones not.
+    assert_eq!(
+        status::stale_fetch_failures(&pods, &digest, Some(at("2026-11-28T11:00:00Z"))),
+        vec!["web-7d9f-waiting".to_string()]
+    );
 }
 
 fn observe<'a>(deployment: &'a Deployment, pods: &[Pod], applied_at: Timestamp) -> Observed<'a> {
@@ -743,6 +806,8 @@ fn a_dev_hot_app_rolls_for_a_push_but_not_for_code_its_pods_already_run() {
     assert_eq!(pod.automount_service_account_token, Some(false));
     let fetch = &pod.init_containers.as_ref().unwrap()[0];
     assert!(env_of(fetch, "AETHER_MANIFEST").is_none());
+    // An init container, whose termination message names the code the pod started on.
+    assert_eq!(pod.containers.len(), 1);
     let main = &pod.containers[0];
     assert_eq!(
         env_of(main, "AETHER_DEV_HOT").unwrap().value.as_deref(),
@@ -772,7 +837,7 @@ fn an_app_cannot_set_the_runtime_s_variables() {
         serde_json::from_value(serde_json::json!({"name": "AETHER_VERIFY_MODE", "value": "off"})).unwrap(),
     );
     let c = build_for(&app, "v1");
-    let main = &c.deployment.spec.unwrap().template.spec.unwrap().containers[0];
+    let main = &c.deployment.spec.unwrap().template.spec.unwrap().containers[1];
     let values = |name: &str| {
         main.env
             .iter()
@@ -799,11 +864,9 @@ fn autoscaling_makes_an_autoscaler_of_the_app_s_deployment() {
     assert_eq!(spec.scale_target_ref.name, app.metadata.name.clone().unwrap());
     assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 5));
     let cpu = &spec.metrics.unwrap()[0];
-    assert_eq!(
-        cpu.resource.as_ref().unwrap().target.average_utilization,
-        Some(80),
-        "the default target"
-    );
+    let cpu = cpu.container_resource.as_ref().unwrap();
+    assert_eq!(cpu.target.average_utilization, Some(80), "the default target");
+    assert_eq!(cpu.container, "app", "not diluted by the idle fetch container");
     assert_eq!(hpa.metadata.owner_references.unwrap()[0].kind, "AetherApp");
 }
 

@@ -1,4 +1,10 @@
-//! `aether-runtime fetch`: the init container.
+//! `aether-runtime fetch`: the fetch container.
+//!
+//! It runs beside the app container (`--sidecar`: it stays up once it fetched), so
+//! the kubelet starts both at once instead of noticing an init container's exit at
+//! its next relist (about a second later); the app's `supervise --code` waits for
+//! [`READY_FILE`]. Dev-hot pods keep it as an init container: its termination
+//! message says which code the pod started on.
 //!
 //! Everything it needs comes from the pod template the operator wrote: the manifest
 //! (canonical JSON) and its digest, the signature and the trusted public keys; and
@@ -30,6 +36,10 @@ pub const STATE_DIR: &str = "state";
 /// without a rollout).
 pub const RELEASE_FILE: &str = "release";
 pub const BIN_DIR: &str = "bin";
+/// Under `--into`: written last (atomically, holding the digest), once the app is
+/// verified and extracted. The app starts only then; a restarted sidecar that finds
+/// it leaves the running app's tree alone.
+pub const READY_FILE: &str = "state/ready";
 pub const BINARY_NAME: &str = "aether-runtime";
 
 #[derive(Debug, clap::Args)]
@@ -74,6 +84,10 @@ pub struct FetchArgs {
     /// Give up after this long, retries included.
     #[arg(long, env = "AETHER_FETCH_DEADLINE_SECONDS", default_value_t = 300)]
     pub deadline_seconds: u64,
+    /// Keep running after a successful fetch, until SIGTERM (beside the app, in a pod
+    /// whose containers restart).
+    #[arg(long)]
+    pub sidecar: bool,
     /// Where Kubernetes reads the container's termination message.
     #[arg(long, env = "AETHER_TERMINATION_LOG", default_value = "/dev/termination-log")]
     pub termination_log: PathBuf,
@@ -170,35 +184,96 @@ async fn resolve_release(args: &mut FetchArgs) -> Result<(), FetchError> {
     Ok(())
 }
 
-pub async fn main(mut args: FetchArgs) -> ExitCode {
-    let started = Instant::now();
-    if let Err(e) = resolve_release(&mut args).await {
-        return failed(&args, &e);
+pub async fn main(args: FetchArgs) -> ExitCode {
+    if !args.sidecar {
+        return fetch_once(args).await.unwrap_or_else(|code| code);
     }
+    // Beside the app it lives as long as the pod: SIGTERM (as PID 1 it has no default
+    // action) ends it at any point.
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            eprintln!("aether-runtime: cannot listen for SIGTERM: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ready = args.into.join(READY_FILE);
+    tokio::select! {
+        code = beside(args) => code,
+        _ = term.recv() => if ready.exists() { ExitCode::SUCCESS } else { ExitCode::from(143) },
+    }
+}
+
+/// How long a failed fetch beside the app waits before it exits: the postStart hook
+/// of this start may still run, and a container that ends under its hook is
+/// reported `FailedPostStartHook` and killed again. (The kubelet's restart back-off
+/// is 10 s and more.)
+const LINGER_AFTER_FAILURE: Duration = Duration::from_secs(2);
+
+/// The fetch beside the app: fetch unless a run before this restart did, then stay.
+async fn beside(args: FetchArgs) -> ExitCode {
+    if args.into.join(READY_FILE).exists() {
+        eprintln!("aether-runtime: the app was fetched before this restart; leaving it as it is");
+    } else {
+        // Not before the postStart hook installed the runtime, for the same reason.
+        await_install(&args.into.join(BIN_DIR).join(BINARY_NAME)).await;
+        if let Err(code) = fetch_once(args).await {
+            tokio::time::sleep(LINGER_AFTER_FAILURE).await;
+            return code;
+        }
+    }
+    std::future::pending().await
+}
+
+/// Fetch, verify and extract, then mark the tree ready; Err: the exit code of the
+/// failure (its reason is in the termination log).
+async fn fetch_once(mut args: FetchArgs) -> Result<ExitCode, ExitCode> {
+    let ready = args.into.join(READY_FILE);
+    // An earlier attempt's (an init container runs again when its pod's sandbox is
+    // recreated): nothing may start on a tree being replaced.
+    remove_if_present(&ready).map_err(|e| failed(&args, &e))?;
+    let started = Instant::now();
+    resolve_release(&mut args).await.map_err(|e| failed(&args, &e))?;
     let deadline = Duration::from_secs(args.deadline_seconds);
     let result = match tokio::time::timeout(deadline, fetch(&args, started + deadline)).await {
         Ok(result) => result,
+        // Extraction (a blocking task) may have finished just as time ran out.
+        Err(_) if ready.exists() => {
+            eprintln!("aether-runtime: fetched, just at the deadline");
+            return Ok(ExitCode::SUCCESS);
+        }
         Err(_) => Err(FetchError::Deadline(args.deadline_seconds)),
     };
-    match result {
-        Ok(done) => {
-            if let Verdict::Unverified(why) = &done.verdict {
-                eprintln!("aether-runtime: warning: running an unverified artifact: {why}");
-            }
-            eprintln!(
-                "aether-runtime: fetched {} bytes in {} ms, extracted {} files in {} ms, total {} ms",
-                done.bytes,
-                done.download.as_millis(),
-                done.files,
-                done.extract.as_millis(),
-                started.elapsed().as_millis()
-            );
-            // Which code the pod started on, for `aether status` (the pod's status
-            // keeps an init container's last message).
-            let _ = std::fs::write(&args.termination_log, format!("{FETCHED} {}", args.digest));
-            ExitCode::SUCCESS
-        }
-        Err(e) => failed(&args, &e),
+    let done = result.map_err(|e| failed(&args, &e))?;
+    if let Verdict::Unverified(why) = &done.verdict {
+        eprintln!("aether-runtime: warning: running an unverified artifact: {why}");
+    }
+    eprintln!(
+        "aether-runtime: fetched {} bytes in {} ms, extracted {} files in {} ms, total {} ms",
+        done.bytes,
+        done.download.as_millis(),
+        done.files,
+        done.extract.as_millis(),
+        started.elapsed().as_millis()
+    );
+    // Which code the pod started on, for `aether status` (the pod's status keeps an
+    // init container's last message).
+    let _ = std::fs::write(&args.termination_log, format!("{FETCHED} {}", args.digest));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Wait (at most 30 s: the fetch itself installs the binary too) for `binary`.
+async fn await_install(binary: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !binary.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<(), FetchError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
+        _ => Ok(()),
     }
 }
 
@@ -273,6 +348,7 @@ async fn fetch(args: &FetchArgs, deadline: std::time::Instant) -> Result<Fetched
             .collect::<Result<Vec<_>, _>>()?;
         let files = extract(&into, layers, limits).and_then(|files| {
             record(&into, &manifest)?;
+            mark_ready(&into, &manifest.digest())?;
             Ok(files)
         });
         // The spool volume is the pod's for its lifetime: give the disk back.
@@ -293,7 +369,7 @@ async fn fetch(args: &FetchArgs, deadline: std::time::Instant) -> Result<Fetched
 }
 
 /// Extract verified layers (in manifest order) into a fresh `into/app`, and copy this
-/// binary to `into/bin`. An earlier, failed attempt of this init container may have
+/// binary to `into/bin`. An earlier, failed attempt of the fetch container may have
 /// left a partial tree: it is removed first. Returns the number of files.
 pub fn extract(
     into: &Path,
@@ -322,13 +398,22 @@ pub fn record(into: &Path, manifest: &Manifest) -> Result<(), FetchError> {
     std::fs::write(&path, manifest.to_canonical_json()).map_err(io(&path))
 }
 
+/// Write [`READY_FILE`] under `into`, atomically: the app may start now.
+pub fn mark_ready(into: &Path, digest: &Digest) -> Result<(), FetchError> {
+    let path = into.join(READY_FILE);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, digest.to_string()).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))
+}
+
 /// Copy the running binary to `dir/aether-runtime` (atomically, 0755), for the main
 /// container's `supervise`.
-fn install_self(dir: &Path) -> Result<(), FetchError> {
+pub fn install_self(dir: &Path) -> Result<(), FetchError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
-    let tmp = dir.join(format!(".{BINARY_NAME}.tmp"));
+    // Per process: the fetch container's hook and its fetch may both install.
+    let tmp = dir.join(format!(".{BINARY_NAME}.{}.tmp", std::process::id()));
     std::fs::copy(&exe, &tmp).map_err(io(&tmp))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(io(&tmp))?;
     let dest = dir.join(BINARY_NAME);

@@ -1,5 +1,6 @@
 //! The in-pod half of Aether, one small binary in its own image:
-//! - [`fetch`] runs as the init container: it downloads the artifact's layers through
+//! - [`fetch`] runs beside the app container (before it, as an init container, in
+//!   dev-hot pods): it downloads the artifact's layers through
 //!   the presigned URLs of the app's fetch Secret ([`download`]), checks the manifest digest, the signature (per the
 //!   app's policy) and every layer digest, then extracts with the hardened unpacker
 //!   into the shared volume, and copies itself there;

@@ -29,7 +29,18 @@ const FORWARDED: [(SignalKind, Signal); 6] = [
     (SignalKind::user_defined2(), Signal::SIGUSR2),
 ];
 
-pub async fn run(argv: &[String]) -> ExitCode {
+pub async fn run(code: Option<&Path>, workdir: Option<&Path>, argv: &[String]) -> ExitCode {
+    if let Some(root) = code
+        && let Err(code) = wait_for_code(root).await
+    {
+        return ExitCode::from(code);
+    }
+    if let Some(dir) = workdir
+        && let Err(e) = std::env::set_current_dir(dir)
+    {
+        eprintln!("aether-runtime: the app's directory {}: {e}", dir.display());
+        return ExitCode::from(127);
+    }
     let result = if std::env::var(crate::hot::DEV_HOT).is_ok_and(|v| v == "true") {
         // The volume the fetch container filled: this binary runs from its `bin/`.
         let root = std::env::current_exe()
@@ -51,6 +62,29 @@ pub async fn run(argv: &[String]) -> ExitCode {
             ExitCode::from(127)
         }
     }
+}
+
+/// Wait until the fetch container marked the code under `root` ready. Beside the
+/// app, it may still be downloading when the kubelet starts this container; the
+/// app container's startup probe bounds the wait. Err: a signal came first (the pod
+/// is going away), with the exit code to report.
+pub async fn wait_for_code(root: &Path) -> Result<(), u8> {
+    let ready = root.join(crate::fetch::READY_FILE);
+    if ready.exists() {
+        return Ok(());
+    }
+    eprintln!("aether-runtime: waiting for the fetch container to verify and extract the app");
+    let mut streams = signal_streams().map_err(|e| {
+        eprintln!("aether-runtime: {e}");
+        127u8
+    })?;
+    while !ready.exists() {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+            sig = next_signal(&mut streams) => return Err(128u8.saturating_add(sig as u8)),
+        }
+    }
+    Ok(())
 }
 
 /// Set (to `true`) by the operator when a cluster admin's policy forbids replacing

@@ -62,6 +62,7 @@ fn args(manifest: &Manifest, digest: Digest, policy: Policy) -> FetchArgs {
         max_unpacked_bytes: None,
         into: "/nonexistent".into(),
         deadline_seconds: 10,
+        sidecar: false,
         termination_log: "/dev/null".into(),
     }
 }

@@ -185,10 +185,11 @@ fn pod_view(
         .iter()
         .flatten()
         .any(|c| c.type_ == "Ready" && c.status == "True");
-    let problem = status
-        .init_container_statuses
-        .iter()
-        .flatten()
+    // The fetch container's first: the app container waits on it, and its failure
+    // is the cause of the app's.
+    let problem = aether_crds::pod::fetch_status(&status)
+        .into_iter()
+        .chain(status.init_container_statuses.iter().flatten())
         .chain(status.container_statuses.iter().flatten())
         .find_map(container_problem);
     let digest = asked
@@ -202,7 +203,12 @@ fn pod_view(
             .and_then(|d| known.get(d))
             .map(|a| a.to_string()),
         digest,
-        phase: status.phase.unwrap_or_default(),
+        // A pod is Running as soon as a container runs, while its app may still wait
+        // for the fetch container or for its startup probe.
+        phase: match status.phase.as_deref() {
+            Some("Running") if !aether_crds::pod::app_started(&status) => "Starting".into(),
+            _ => status.phase.clone().unwrap_or_default(),
+        },
         ready,
         problem,
     }
@@ -309,4 +315,31 @@ pub fn render(v: &AppView) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_s_problem_is_its_fetch_failure_before_the_app_s_that_follows_from_it() {
+        // Statuses come sorted by name: the app's before the fetch container's.
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1"},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "app", "image": "node", "imageID": "", "ready": false, "restartCount": 2,
+                 "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting"}}},
+                {"name": "fetch", "image": "r", "imageID": "", "ready": false, "restartCount": 1,
+                 "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                 "lastState": {"terminated": {"exitCode": 11, "message": "DigestMismatch: blob in storage does not match"}}}
+            ]}
+        }))
+        .unwrap();
+        let view = pod_view(&pod, &Default::default(), &Default::default());
+        assert_eq!(view.phase, "Starting", "not Running before its app started");
+        assert_eq!(
+            view.problem.as_deref(),
+            Some("fetch: DigestMismatch: blob in storage does not match")
+        );
+    }
 }

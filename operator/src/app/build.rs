@@ -9,12 +9,12 @@ use aether_crds::AetherApp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
-    MetricTarget, ResourceMetricSource,
+    ContainerResourceMetricSource, CrossVersionObjectReference, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-    KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
+    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
     SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction, TCPSocketAction, Volume,
     VolumeMount,
@@ -28,10 +28,11 @@ use super::downloads;
 use super::validate::Validated;
 
 pub use aether_crds::pod::{
-    ARTIFACT_ANNOTATION, DEV_HOT_BASE_ANNOTATION, DIGEST_ANNOTATION, TEMPLATE_ANNOTATION,
+    APP_CONTAINER, ARTIFACT_ANNOTATION, DEV_HOT_BASE_ANNOTATION, DIGEST_ANNOTATION, FETCH_CONTAINER,
+    TEMPLATE_ANNOTATION,
 };
 pub const MANAGED_BY: &str = "aether-operator";
-/// The shared volume: the init container extracts into it, the app runs from it.
+/// The shared volume: the fetch container extracts into it, the app runs from it.
 const VOLUME_PATH: &str = "/aether";
 /// The non-root user every container runs as.
 const UID: i64 = 10001;
@@ -46,6 +47,11 @@ const HOT_POLICY_PATH: &str = "/var/run/aether/hot";
 
 /// Where the fetch container spools layers before extracting them (a disk volume).
 const SPOOL_PATH: &str = "/var/run/aether/spool";
+/// The runtime image's binary (its entrypoint), for the fetch container's hook.
+const RUNTIME_IN_IMAGE: &str = "/usr/local/bin/aether-runtime";
+/// Seconds the app container's startup probe allows the app to listen, once its
+/// code is there.
+const APP_START_SECONDS: i32 = 120;
 /// Room for the runtime binary the fetch container copies next to the app.
 const RUNTIME_BYTES: u64 = 64 << 20;
 
@@ -359,9 +365,12 @@ pub fn autoscaler(app: &AetherApp) -> Option<HorizontalPodAutoscaler> {
             },
             min_replicas: Some(scaling.min_replicas),
             max_replicas: scaling.max_replicas,
+            // The app container's CPU alone: the idle fetch container beside it would
+            // count its request and dilute a pod-wide utilization.
             metrics: Some(vec![MetricSpec {
-                type_: "Resource".into(),
-                resource: Some(ResourceMetricSource {
+                type_: "ContainerResource".into(),
+                container_resource: Some(ContainerResourceMetricSource {
+                    container: APP_CONTAINER.into(),
                     name: "cpu".into(),
                     target: MetricTarget {
                         type_: "Utilization".into(),
@@ -420,6 +429,29 @@ fn pod_template(
         let versions: Vec<String> = config_versions.iter().map(|(k, v)| format!("{k}={v}")).collect();
         annotations.insert(CONFIG_VERSIONS_ANNOTATION.into(), versions.join(","));
     }
+    // The fetch container runs first, beside the app: the kubelet starts both in one
+    // pass, where an init container's exit (or a sidecar's start) is only noticed at
+    // its next relist, about a second later. It starts a pod's containers in order,
+    // each after the one before's postStart hook (as Istio's
+    // holdApplicationUntilProxyStarts relies on), so the runtime the fetch
+    // container's hook installs is there for the app container's command; that
+    // `supervise --code` waits for the verified tree. A dev-hot pod keeps an init
+    // container, whose termination message says which code it started on (its
+    // template does not name it).
+    let (fetch, main) = (
+        fetch_container(app, release, config),
+        app_container(app, release, config),
+    );
+    let (init_containers, containers) = if app.spec.dev_hot {
+        (Some(vec![fetch]), vec![main])
+    } else {
+        (None, vec![fetch, main])
+    };
+    // `kubectl logs` and `kubectl exec` without `-c` mean the app.
+    annotations.insert(
+        "kubectl.kubernetes.io/default-container".into(),
+        APP_CONTAINER.into(),
+    );
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
@@ -441,8 +473,8 @@ fn pod_template(
                 }),
                 ..Default::default()
             }),
-            init_containers: Some(vec![fetch_container(app, release, config)]),
-            containers: vec![app_container(app, release, config)],
+            init_containers,
+            containers,
             volumes: Some(
                 vec![
                     // In memory: extracting ~20k files of node_modules to this kind of
@@ -588,16 +620,40 @@ fn fetch_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> 
             config.fetch_deadline_seconds.to_string(),
         ),
     ]);
+    // Beside the app (not dev-hot): see `pod_template`. It stays up once it fetched,
+    // and its postStart hook puts the runtime in the volume for the app container's
+    // command, which the kubelet starts only after the hook.
+    let beside = !app.spec.dev_hot;
+    let mut args = vec!["fetch".to_string(), "--into".into(), VOLUME_PATH.into()];
+    if beside {
+        args.push("--sidecar".into());
+    }
     Container {
-        name: "fetch".into(),
+        name: FETCH_CONTAINER.into(),
         image: Some(config.runtime_image.clone()),
         image_pull_policy: Some(config.image_pull_policy.clone()),
-        args: Some(vec!["fetch".into(), "--into".into(), VOLUME_PATH.into()]),
+        args: Some(args),
+        lifecycle: beside.then(|| Lifecycle {
+            post_start: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec![
+                        RUNTIME_IN_IMAGE.into(),
+                        "install".into(),
+                        "--into".into(),
+                        VOLUME_PATH.into(),
+                    ]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         env: Some(vars),
         // Layers stream through the spool volume; what is extracted lands in tmpfs,
         // whose pages count as this container's memory.
         resources: Some(ResourceRequirements {
-            requests: Some(quantities(&[("cpu", "100m"), ("memory", "64Mi")])),
+            // It stays up, idle, once it fetched: a small CPU request (it adds to the
+            // app's; an init container's did not).
+            requests: Some(quantities(&[("cpu", "10m"), ("memory", "64Mi")])),
             limits: Some(
                 [(
                     "memory".to_string(),
@@ -647,11 +703,23 @@ fn app_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Co
         .command
         .clone()
         .unwrap_or_else(|| release.entrypoint.clone());
-    let mut command = vec![
-        format!("{VOLUME_PATH}/bin/aether-runtime"),
-        "supervise".into(),
-        "--".into(),
-    ];
+    let workdir = match &release.workdir {
+        Some(dir) => format!("{VOLUME_PATH}/app/{dir}"),
+        None => format!("{VOLUME_PATH}/app"),
+    };
+    let mut command = vec![format!("{VOLUME_PATH}/bin/aether-runtime"), "supervise".into()];
+    if !app.spec.dev_hot {
+        // Beside the fetch container: wait for its verified tree, then go into it (it
+        // is not there yet when the container starts, in a volume the app may not
+        // write to).
+        command.extend([
+            "--code".into(),
+            VOLUME_PATH.into(),
+            "--workdir".into(),
+            workdir.clone(),
+        ]);
+    }
+    command.push("--".into());
     command.extend(argv);
     // Defaults the app's own env may override (names must be unique for apply).
     let mut vars: Vec<EnvVar> = [
@@ -705,13 +773,14 @@ fn app_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Co
         }
     };
     Container {
-        name: "app".into(),
+        name: APP_CONTAINER.into(),
         image: Some(node_image(app, release, config)),
         image_pull_policy: Some(config.image_pull_policy.clone()),
         command: Some(command),
-        working_dir: Some(match &release.workdir {
-            Some(dir) => format!("{VOLUME_PATH}/app/{dir}"),
-            None => format!("{VOLUME_PATH}/app"),
+        working_dir: Some(if app.spec.dev_hot {
+            workdir
+        } else {
+            VOLUME_PATH.into()
         }),
         env: Some(vars),
         env_from: (!app.spec.env_from.is_empty()).then(|| app.spec.env_from.clone()),
@@ -721,9 +790,14 @@ fn app_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Co
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        // Probed every second while starting (for up to two minutes) so a new release
+        // Probed every second while starting (for up to two minutes once the code is
+        // there, which the fetch may take up to its deadline for) so a new release
         // takes traffic as soon as it answers; liveness is calmer.
-        startup_probe: Some(probe(1, 120)),
+        startup_probe: Some(probe(
+            1,
+            APP_START_SECONDS
+                .saturating_add(i32::try_from(config.fetch_deadline_seconds).unwrap_or(i32::MAX)),
+        )),
         readiness_probe: Some(probe(1, 3)),
         liveness_probe: Some(probe(10, 3)),
         resources: app.spec.resources.clone(),

@@ -11,7 +11,10 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::validate::{Invalid, Validated};
 use crate::conditions;
-use aether_crds::pod::{DIGEST_ANNOTATION, TEMPLATE_ANNOTATION, failure_message};
+use aether_crds::pod::{
+    APP_CONTAINER, DIGEST_ANNOTATION, FETCH_CONTAINER, TEMPLATE_ANNOTATION, failure_message,
+    fetch_failed_now, fetch_pending, termination_text,
+};
 
 /// Releases kept in `status.history`.
 pub const HISTORY: usize = 10;
@@ -88,8 +91,8 @@ pub fn rollout(deployment: &Deployment, pods: &[Pod], digest: &str) -> Rollout {
 /// the bytes in storage (`DigestMismatch`, `ArtifactNotFound`) before the artifact
 /// was verified again at `verified_at`: storage was repaired since, so they only
 /// wait out kubelet's back-off, and replacing them starts the release now. Only
-/// pods a ReplicaSet controls, that have not started (their init container is
-/// failed or backing off right now), so a running pod is never touched.
+/// pods a ReplicaSet controls whose app never started (their fetch container is
+/// failed or backing off right now), so a serving pod is never touched.
 pub fn stale_fetch_failures(pods: &[Pod], digest: &str, verified_at: Option<Timestamp>) -> Vec<String> {
     let Some(verified_at) = verified_at else {
         return Vec::new();
@@ -102,27 +105,11 @@ pub fn stale_fetch_failures(pods: &[Pod], digest: &str, verified_at: Option<Time
             .any(|o| o.kind == "ReplicaSet" && o.controller == Some(true))
     };
     let stuck_before_repair = |p: &Pod| {
-        let Some(status) = p.status.as_ref() else {
-            return false;
-        };
-        status.phase.as_deref() == Some("Pending")
-            && status.init_container_statuses.iter().flatten().any(|c| {
-                let state = c.state.as_ref();
-                // Failed now, or waiting to be retried after failing.
-                let failed = match state.and_then(|s| s.terminated.as_ref()) {
-                    Some(t) => Some(t),
-                    None if state.is_some_and(|s| s.waiting.is_some()) => {
-                        c.last_state.as_ref().and_then(|s| s.terminated.as_ref())
-                    }
-                    None => None,
-                };
-                failed.is_some_and(|t| {
-                    let message = t.message.as_deref().unwrap_or_default();
-                    t.exit_code != 0
-                        && (message.starts_with("DigestMismatch") || message.starts_with("ArtifactNotFound"))
-                        && t.finished_at.as_ref().is_some_and(|f| f.0 < verified_at)
-                })
-            })
+        p.status.as_ref().and_then(fetch_failed_now).is_some_and(|t| {
+            let message = t.message.as_deref().unwrap_or_default();
+            (message.starts_with("DigestMismatch") || message.starts_with("ArtifactNotFound"))
+                && t.finished_at.as_ref().is_some_and(|f| f.0 < verified_at)
+        })
     };
     pods.iter()
         .filter(|p| pod_digest(p) == Some(digest) && replicated(p) && stuck_before_repair(p))
@@ -138,33 +125,33 @@ fn pod_digest(pod: &Pod) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// The init container failed (its termination message says why), or the app keeps
+/// The fetch container failed (its termination message says why), or the app keeps
 /// crashing.
 fn pod_failure(pod: &Pod) -> Option<(String, String)> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let status = pod.status.as_ref()?;
-    for c in status.init_container_statuses.iter().flatten() {
-        // A fetch that failed before but has since completed is no failure.
-        let completed = c
-            .state
-            .as_ref()
-            .and_then(|s| s.terminated.as_ref())
-            .is_some_and(|t| t.exit_code == 0);
-        if !completed && let Some(message) = failure_message(c) {
-            // The runtime writes `Reason: detail`.
-            let reason = message
-                .split_once(':')
-                .map(|(r, _)| r.trim())
-                .filter(|r| !r.is_empty() && r.chars().all(|ch| ch.is_ascii_alphanumeric()))
-                .unwrap_or("FetchFailed")
-                .to_string();
-            return Some((
-                reason,
-                format!("pod {name}: init container {}: {message}", c.name),
-            ));
-        }
+    if let Some(t) = fetch_failed_now(status) {
+        let message = termination_text(t);
+        // The runtime writes `Reason: detail`.
+        let reason = message
+            .split_once(':')
+            .map(|(r, _)| r.trim())
+            .filter(|r| !r.is_empty() && r.chars().all(|ch| ch.is_ascii_alphanumeric()))
+            .unwrap_or("FetchFailed")
+            .to_string();
+        return Some((reason, format!("pod {name}: {FETCH_CONTAINER}: {message}")));
     }
-    for c in status.container_statuses.iter().flatten() {
+    if fetch_pending(status) {
+        // The app container cannot run its code before the fetch container did
+        // (beside it, it is started anyway, and fails): not the app's failure.
+        return None;
+    }
+    for c in status
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter(|c| c.name == APP_CONTAINER)
+    {
         if c.restart_count >= 2
             && let Some(message) = failure_message(c)
         {

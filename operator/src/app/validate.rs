@@ -13,7 +13,7 @@ use super::policy::Floor;
 #[derive(Debug, Clone, Default)]
 pub struct TrustedKeys {
     pub source: String,
-    /// Every key as PEM, handed to the init container.
+    /// Every key as PEM, handed to the fetch container.
     pub pem: String,
     pub keys: Vec<PublicKey>,
 }
@@ -43,7 +43,7 @@ pub fn trusted_keys_from(source: String, texts: &[String]) -> Result<TrustedKeys
 pub struct Validated {
     pub artifact: String,
     pub digest: Digest,
-    /// Canonical manifest JSON: the init container recomputes the digest from it.
+    /// Canonical manifest JSON: the fetch container recomputes the digest from it.
     pub manifest_json: String,
     /// The layers' digests: the blobs the pods download.
     pub layers: Vec<Digest>,
