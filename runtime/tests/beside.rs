@@ -10,34 +10,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aether_artifact::Manifest;
-use aether_artifact::layer::{PackOptions, collect, pack_layer};
-use aether_artifact::manifest::{LayerDescriptor, RuntimeDescriptor};
+mod common;
+
+use aether_artifact::{Digest, Manifest};
 use aether_runtime::fetch::READY_FILE;
+use common::{layer, manifest};
 
 fn runtime() -> Command {
     Command::new(env!("CARGO_BIN_EXE_aether-runtime"))
-}
-
-fn layer(root: &Path, files: &[(&str, &str)]) -> (Vec<u8>, LayerDescriptor) {
-    for (path, text) in files {
-        let p = root.join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    let paths = collect(root, &mut |_, _| true).unwrap();
-    let mut out = Vec::new();
-    let stats = pack_layer(root, &paths, &mut out, &PackOptions::default()).unwrap();
-    let descriptor = LayerDescriptor {
-        name: String::new(),
-        media_type: aether_artifact::LAYER_MEDIA_TYPE.into(),
-        digest: stats.digest,
-        size: stats.size,
-        entries: stats.entries,
-        files_digest: stats.files_digest,
-        cache_key: None,
-    };
-    (out, descriptor)
 }
 
 /// Storage on loopback: GET `/<hex>` answers that blob, slowly (`delay` before each
@@ -93,7 +73,18 @@ fn terminate(mut child: Child) -> std::process::ExitStatus {
     }
 }
 
+/// The fetch container's postStart hook.
+fn install(vol: &Path) {
+    let status = runtime().args(["install", "--into"]).arg(vol).status().unwrap();
+    assert!(status.success());
+}
+
 fn fetch_sidecar(manifest: &Manifest, vol: &Path, downloads: &Path, spool: &Path) -> Child {
+    fetch_pinned(manifest, &manifest.digest(), vol, downloads, spool)
+}
+
+/// `fetch --sidecar` of `manifest`, which the pod template pins to `digest`.
+fn fetch_pinned(manifest: &Manifest, digest: &Digest, vol: &Path, downloads: &Path, spool: &Path) -> Child {
     runtime()
         .args(["fetch", "--sidecar", "--into"])
         .arg(vol)
@@ -101,7 +92,7 @@ fn fetch_sidecar(manifest: &Manifest, vol: &Path, downloads: &Path, spool: &Path
             "AETHER_MANIFEST",
             String::from_utf8(manifest.to_canonical_json()).unwrap(),
         )
-        .env("AETHER_ARTIFACT_DIGEST", manifest.digest().to_string())
+        .env("AETHER_ARTIFACT_DIGEST", digest.to_string())
         .env("AETHER_NAMESPACE", "team-a")
         .env("AETHER_APP", "web")
         .env("AETHER_VERIFY_MODE", "off")
@@ -124,19 +115,7 @@ fn the_app_starts_only_on_the_verified_tree_and_a_restarted_sidecar_keeps_it() {
         &[("node_modules/left-pad/index.js", "module.exports = 1;\n")],
     );
     let (app, app_layer) = layer(&tmp.path().join("src/app"), &[("server.js", "release one\n")]);
-    let manifest = Manifest {
-        schema_version: 1,
-        media_type: aether_artifact::MANIFEST_MEDIA_TYPE.into(),
-        layers: vec![deps_layer.clone(), app_layer.clone()],
-        runtime: RuntimeDescriptor {
-            node_major: 20,
-            platform: "linux/amd64".into(),
-            libc: "glibc".into(),
-        },
-        entrypoint: vec!["node".into(), "server.js".into()],
-        workdir: None,
-        source: None,
-    };
+    let manifest = manifest(vec![deps_layer.clone(), app_layer.clone()]);
     let blobs: BTreeMap<String, Vec<u8>> = [
         (deps_layer.digest.hex().to_string(), deps),
         (app_layer.digest.hex().to_string(), app),
@@ -155,14 +134,7 @@ fn the_app_starts_only_on_the_verified_tree_and_a_restarted_sidecar_keeps_it() {
     }
 
     // The postStart hook, then the app container, while the fetch downloads.
-    assert!(
-        runtime()
-            .args(["install", "--into"])
-            .arg(&vol)
-            .status()
-            .unwrap()
-            .success()
-    );
+    install(&vol);
     let sidecar = fetch_sidecar(&manifest, &vol, &downloads, &spool);
     let out = tmp.path().join("served");
     // In the app's directory, which does not exist yet.
@@ -215,47 +187,18 @@ fn the_app_starts_only_on_the_verified_tree_and_a_restarted_sidecar_keeps_it() {
 fn a_failed_fetch_ends_with_its_reason_and_marks_nothing_ready() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, app_layer) = layer(&tmp.path().join("src/app"), &[("server.js", "x\n")]);
-    let manifest = Manifest {
-        schema_version: 1,
-        media_type: aether_artifact::MANIFEST_MEDIA_TYPE.into(),
-        layers: vec![app_layer],
-        runtime: RuntimeDescriptor {
-            node_major: 20,
-            platform: "linux/amd64".into(),
-            libc: "glibc".into(),
-        },
-        entrypoint: vec!["node".into(), "server.js".into()],
-        workdir: None,
-        source: None,
-    };
+    let manifest = manifest(vec![app_layer]);
     let vol = tmp.path().join("aether");
-    assert!(
-        runtime()
-            .args(["install", "--into"])
-            .arg(&vol)
-            .status()
-            .unwrap()
-            .success()
-    );
+    install(&vol);
     // A manifest other than the one the template pins.
-    let mut fetch = runtime()
-        .args(["fetch", "--sidecar", "--into"])
-        .arg(&vol)
-        .env(
-            "AETHER_MANIFEST",
-            String::from_utf8(manifest.to_canonical_json()).unwrap(),
-        )
-        .env(
-            "AETHER_ARTIFACT_DIGEST",
-            aether_artifact::Digest::of(b"another").to_string(),
-        )
-        .env("AETHER_NAMESPACE", "team-a")
-        .env("AETHER_APP", "web")
-        .env("AETHER_VERIFY_MODE", "off")
-        .env("AETHER_TERMINATION_LOG", tmp.path().join("termination-log"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let d = tmp.path();
+    let mut fetch = fetch_pinned(
+        &manifest,
+        &Digest::of(b"another"),
+        &vol,
+        &d.join("d"),
+        &d.join("s"),
+    );
     let t = Instant::now();
     let status = loop {
         if let Some(status) = fetch.try_wait().unwrap() {
@@ -272,7 +215,7 @@ fn a_failed_fetch_ends_with_its_reason_and_marks_nothing_ready() {
         t.elapsed() >= Duration::from_secs(1),
         "it outlasts the postStart hook before it exits"
     );
-    let message = std::fs::read_to_string(tmp.path().join("termination-log")).unwrap();
+    let message = std::fs::read_to_string(vol.parent().unwrap().join("termination-log")).unwrap();
     assert!(message.starts_with("DigestMismatch: "), "{message}");
     assert!(!vol.join(READY_FILE).exists());
 }

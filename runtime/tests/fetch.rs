@@ -1,51 +1,13 @@
-//! The init container's offline half: what it refuses before touching storage, and
+//! The fetch container's offline half: what it refuses before touching storage, and
 //! extraction into the shared volume (including after a failed earlier attempt).
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+mod common;
 
-use aether_artifact::layer::{PackOptions, collect, pack_layer};
-use aether_artifact::manifest::{LayerDescriptor, RuntimeDescriptor};
 use aether_artifact::signature::{Policy, SigningKey, Verdict};
 use aether_artifact::{Digest, Limits, Manifest};
 use aether_runtime::fetch::{FetchArgs, FetchError, check, extract};
-
-fn layer(root: &Path, files: &[(&str, &str)]) -> (Vec<u8>, LayerDescriptor) {
-    for (path, text) in files {
-        let p = root.join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    let paths = collect(root, &mut |_, _| true).unwrap();
-    let mut out = Vec::new();
-    let stats = pack_layer(root, &paths, &mut out, &PackOptions::default()).unwrap();
-    let descriptor = LayerDescriptor {
-        name: String::new(),
-        media_type: aether_artifact::LAYER_MEDIA_TYPE.into(),
-        digest: stats.digest,
-        size: stats.size,
-        entries: stats.entries,
-        files_digest: stats.files_digest,
-        cache_key: None,
-    };
-    (out, descriptor)
-}
-
-fn manifest(layers: Vec<LayerDescriptor>) -> Manifest {
-    Manifest {
-        schema_version: 1,
-        media_type: aether_artifact::MANIFEST_MEDIA_TYPE.into(),
-        layers,
-        runtime: RuntimeDescriptor {
-            node_major: 20,
-            platform: "linux/amd64".into(),
-            libc: "glibc".into(),
-        },
-        entrypoint: vec!["node".into(), "server.js".into()],
-        workdir: None,
-        source: None,
-    }
-}
+use common::{layer, manifest};
 
 fn args(manifest: &Manifest, digest: Digest, policy: Policy) -> FetchArgs {
     FetchArgs {
