@@ -196,11 +196,14 @@ setup() {
   prev_tag=first   # the image the Dockerfile Deployment runs before the next sample
   docker_url="$(service_url "$DOCKER_NS")"
   settle "$NS"; settle "$DOCKER_NS"
-  local ok=0 url
+  local url answer
   for url in "$aether_url" "$docker_url"; do
-    [[ "$(curl -s --max-time 2 "$url")" == "bench first" ]] && ok=$((ok + 1))
+    answer="$(curl -s --max-time 2 "$url" || true)"
+    [[ "$answer" == "bench first" ]] || {
+      kubectl get pods -A -o wide 2>&1 | grep -E "^NAMESPACE|^($NS|$DOCKER_NS) " >&2 || true
+      die "after the first deploys $url answers '${answer:0:80}', not 'bench first'"
+    }
   done
-  (( ok == 2 )) || die "after the first deploys the Services do not both answer 'bench first'"
 }
 
 # -------------------------------------------------------------------- cases --
