@@ -1052,3 +1052,109 @@ async fn keys_an_admin_pins_cannot_be_widened_by_an_app_s_own_keys() -> anyhow::
     })
     .await
 }
+
+/// Whether the operator gives apps NetworkPolicies (`AETHER_APP_NETWORK_POLICIES` in
+/// its ConfigMap, as the local overlay sets it).
+async fn operator_makes_network_policies(client: &Client) -> anyhow::Result<bool> {
+    let operator_ns = std::env::var("AETHER_OPERATOR_NAMESPACE").unwrap_or_else(|_| "aether-system".into());
+    let config = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &operator_ns)
+        .get_opt("aether-operator-config")
+        .await?;
+    Ok(config
+        .and_then(|c| c.data)
+        .and_then(|d| d.get("AETHER_APP_NETWORK_POLICIES").cloned())
+        .is_some_and(|v| v == "true"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a cluster with Aether installed: run `make e2e`"]
+async fn the_tenant_overlay_runs_apps_under_restricted_pod_security_each_fenced_by_its_policy()
+-> anyhow::Result<()> {
+    with_temp_ns("restricted", |client, ns| async move {
+        // config/tenant/namespace and config/tenant, applied to this namespace as their
+        // headers say (kustomize takes a base by a relative path only).
+        for part in ["config/tenant/namespace", "config/tenant"] {
+            let overlay = tempfile::tempdir()?;
+            let dir = std::fs::canonicalize(format!("{}/../{part}", env!("CARGO_MANIFEST_DIR")))?;
+            let up = "../".repeat(overlay.path().components().count() - 1);
+            let base = format!("{up}{}", dir.strip_prefix("/")?.display());
+            std::fs::write(
+                overlay.path().join("kustomization.yaml"),
+                format!("namespace: {ns}\nresources:\n  - {base}\n"),
+            )?;
+            let out = Command::new("kubectl").arg("apply").arg("-k").arg(overlay.path()).output()?;
+            assert!(out.status.success(), "{part}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let labels = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .get(&ns)
+            .await?
+            .metadata
+            .labels
+            .unwrap_or_default();
+        assert_eq!(
+            labels.get("pod-security.kubernetes.io/enforce").map(String::as_str),
+            Some("restricted")
+        );
+        // Pod Security admission holds there: a root pod is refused.
+        let root_pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: root\nspec:\n  containers:\n    - name: c\n      image: busybox\n      securityContext:\n        runAsUser: 0\n";
+        let out = kubectl_apply(&ns, None, root_pod);
+        assert!(!out.status.success(), "a root pod was admitted: the label has no effect");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("restricted"));
+
+        // An app's pods (the fetch container and the app's) are admitted and serve.
+        editor(&client, &ns).await?;
+        let dir = tempfile::tempdir()?;
+        example_app(dir.path(), "Restricted")?;
+        let run = tokio::task::block_in_place(|| aether(dir.path(), &ns, &["push", "--timeout-seconds", "240"]));
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let app = run.json["app"].as_str().unwrap().to_string();
+        let url = run.json["url"].as_str().unwrap().to_string();
+        wait_for_body(&client, &ns, &app, &url, "Restricted\n", Duration::from_secs(5)).await?;
+
+        if !operator_makes_network_policies(&client).await? {
+            println!("the operator gives apps no NetworkPolicy (AETHER_APP_NETWORK_POLICIES): not checked");
+            return Ok(());
+        }
+        let policy_name = format!("aether.{app}");
+        let policy = Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(client.clone(), &ns)
+            .get(&policy_name)
+            .await?;
+        let spec = serde_json::to_value(policy.spec.unwrap())?;
+        assert_eq!(spec["podSelector"]["matchLabels"]["app.kubernetes.io/instance"], app.as_str());
+        assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+        assert_eq!(spec["podSelector"]["matchLabels"]["app.kubernetes.io/part-of"], "aether");
+        assert_eq!(spec["ingress"][0]["from"][0], serde_json::json!({"podSelector": {}}));
+        let egress = spec["egress"].as_array().unwrap();
+        assert_eq!(egress[1]["to"][0]["podSelector"]["matchLabels"]["k8s-app"], "kube-dns");
+        assert!(
+            egress[2]["to"][0]["ipBlock"]["cidr"].as_str().is_some_and(|c| c.contains('/')),
+            "storage is reachable: {spec}"
+        );
+        // The editor can neither remove nor widen it.
+        let out = Command::new("kubectl")
+            .args(["--as", EDITOR, "-n", &ns, "delete", "networkpolicy", &policy_name])
+            .output()?;
+        assert!(!out.status.success(), "the editor deleted the app's NetworkPolicy");
+        let allow_all = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: open\nspec:\n  podSelector: {}\n  ingress: [{}]\n  egress: [{}]\n";
+        let out = kubectl_apply(&ns, Some(EDITOR), allow_all);
+        assert!(!out.status.success(), "the editor created an allow-all NetworkPolicy");
+
+        // Someone else's policy holding an app's policy name stops that app: its pods
+        // do not run unfenced.
+        let foreign = allow_all.replace("name: open", "name: aether.shadow");
+        let out = kubectl_apply(&ns, None, &foreign);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let artifact = artifact_for(&ns, "shadow")?;
+        apply_as_editor(
+            &ns,
+            &format!(
+                "apiVersion: aether.dev/v1alpha1\nkind: AetherApp\nmetadata:\n  name: shadow\nspec:\n  artifactRef:\n    name: {artifact}\n"
+            ),
+        );
+        let message = stalled(&client, &ns, "shadow", "NameConflict").await?;
+        assert!(message.contains("NetworkPolicy aether.shadow"), "{message}");
+        assert!(Api::<Deployment>::namespaced(client.clone(), &ns).get_opt("shadow").await?.is_none());
+        Ok(())
+    })
+    .await
+}

@@ -90,14 +90,42 @@ pub struct Args {
     /// artifact deleted) after this long.
     #[arg(long, env = "AETHER_ABANDONED_UPLOAD_SECONDS", default_value_t = 3600)]
     pub abandoned_upload_seconds: u64,
+    /// Give every app a NetworkPolicy: its pods take connections only from their
+    /// namespace and --network-policy-ingress-namespaces, and reach only DNS, storage
+    /// and --network-policy-egress.
+    #[arg(long, env = "AETHER_APP_NETWORK_POLICIES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub app_network_policies: bool,
+    /// Labels (`key=value,...`) of the namespaces whose pods may also connect to apps:
+    /// the ingress controller's.
+    #[arg(long, env = "AETHER_NETWORK_POLICY_INGRESS_NAMESPACES", default_value = "")]
+    pub network_policy_ingress_namespaces: String,
+    /// Where pods download from, `CIDR:PORT` [default: the host of
+    /// --runtime-s3-endpoint, when it is an IP address].
+    #[arg(long, env = "AETHER_NETWORK_POLICY_STORAGE")]
+    pub network_policy_storage: Option<String>,
+    /// Other destinations apps may connect to: `CIDR[:PORT],...`.
+    #[arg(long, env = "AETHER_NETWORK_POLICY_EGRESS", default_value = "")]
+    pub network_policy_egress: String,
     /// Hold a Lease so that only one replica reconciles at a time.
     #[arg(long, env = "AETHER_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
 }
 
 impl Args {
-    pub fn app_config(&self) -> crate::app::AppConfig {
-        crate::app::AppConfig {
+    /// What the app controller needs; Err: settings that do not fit together.
+    pub fn app_config(&self) -> Result<crate::app::AppConfig, String> {
+        let storage = self.storage();
+        let network_policy = crate::app::network_policy::Config::from_flags(
+            self.app_network_policies,
+            &self.network_policy_ingress_namespaces,
+            self.network_policy_storage.as_deref(),
+            &self.network_policy_egress,
+            storage
+                .download_endpoint
+                .as_deref()
+                .or(storage.endpoint.as_deref()),
+        )?;
+        Ok(crate::app::AppConfig {
             pod: crate::app::build::PodConfig {
                 runtime_image: self.runtime_image.clone(),
                 node_image: self.node_image.clone(),
@@ -109,7 +137,8 @@ impl Args {
             trusted_keys_configmap: self.trusted_keys_configmap.clone(),
             url_mode: self.url_mode,
             keep_releases: self.keep_releases,
-        }
+            network_policy,
+        })
     }
 
     pub fn retention(&self) -> crate::retention::Policy {

@@ -42,6 +42,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         leader_election = args.leader_election,
         "aether-operator starting"
     );
+    let app_config = args.app_config().map_err(anyhow::Error::msg)?;
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
@@ -130,7 +131,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         policies: policies.clone(),
         recorder,
         metrics,
-        config: args.app_config(),
+        config: app_config,
         backoff: Default::default(),
     });
 

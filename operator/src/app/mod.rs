@@ -9,6 +9,7 @@
 pub mod build;
 pub mod downloads;
 pub mod hot;
+pub mod network_policy;
 pub mod ownership;
 pub mod policy;
 pub mod releases;
@@ -25,8 +26,8 @@ use aether_crds::{
     VerifyMode,
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -59,6 +60,8 @@ pub struct AppConfig {
     /// Releases kept per app besides the current one (older AetherReleases are
     /// deleted, and with them the hold on their artifacts).
     pub keep_releases: usize,
+    /// Each app's NetworkPolicy, when a cluster admin asked for them.
+    pub network_policy: Option<network_policy::Config>,
 }
 
 /// What `status.url` holds.
@@ -308,8 +311,32 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         }
     };
 
+    // The policy before the pods it fences: if it cannot be applied, neither are they.
+    let policy = ctx
+        .config
+        .network_policy
+        .as_ref()
+        .map(|c| network_policy::build(app, c));
+    let absent_if_forbidden = true;
+    reconcile_optional(
+        ctx,
+        app,
+        &ns,
+        (&network_policy::name(&app.name_any()), policy),
+        "the app's pods are not isolated",
+        absent_if_forbidden,
+    )
+    .await?;
     let (deployment, service) = apply(ctx, &ns, &children).await?;
-    reconcile_autoscaler(ctx, app, &ns).await?;
+    reconcile_optional(
+        ctx,
+        app,
+        &ns,
+        (&app.name_any(), build::autoscaler(app)),
+        "spec.autoscaling is not applied",
+        false,
+    )
+    .await?;
     let applied_at = Timestamp::now();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let selector = build::selector_string(&app.name_any());
@@ -740,8 +767,20 @@ async fn claim_children(
         ),
         ("Secret", name(&children.downloads.metadata), downloads.cloned()),
     ];
+    // Its NetworkPolicy too, when the admin asked for them: the app does not run
+    // without it (its name is one no app can take; someone else's object of that
+    // name stops the app rather than leave its pods open).
+    let policy = match &ctx.config.network_policy {
+        Some(_) => {
+            let policy = network_policy::name(&app_name);
+            let meta = existing::<NetworkPolicy>(ctx, ns, &policy).await?;
+            Some(("NetworkPolicy", policy, meta))
+        }
+        None => None,
+    };
     Ok(wanted
         .iter()
+        .chain(policy.iter())
         .try_for_each(|(kind, name, meta)| ownership::claim(kind, name, meta.as_ref(), &app_name, &uid)))
 }
 
@@ -798,39 +837,74 @@ where
     })
 }
 
-/// The app's HorizontalPodAutoscaler: applied while `spec.autoscaling` asks for one,
-/// deleted when it no longer does. One of that name the app does not own is left
-/// alone (with a Warning), as any object the operator did not create.
-async fn reconcile_autoscaler(ctx: &Context, app: &AetherApp, ns: &str) -> Result<(), Error> {
-    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
-    let name = app.name_any();
-    let existing = api
-        .get_opt(&name)
-        .await
-        .map_err(dereference_error("the app's HorizontalPodAutoscaler"))?;
+/// An object of the app's that it has only while asked for (its
+/// HorizontalPodAutoscaler while `spec.autoscaling` asks for one, its NetworkPolicy
+/// while the admin does): `desired` is its name and the object, applied, or deleted
+/// once None. One of that name the app does not own is left alone, with a Warning
+/// saying `unapplied`, as any object the operator did not create. With
+/// `absent_if_forbidden`, a 403 on reading it while not asked for means none (the RBAC
+/// of an install from before the kind was used).
+async fn reconcile_optional<K>(
+    ctx: &Context,
+    app: &AetherApp,
+    ns: &str,
+    (name, desired): (&str, Option<K>),
+    unapplied: &str,
+    absent_if_forbidden: bool,
+) -> Result<(), Error>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let kind = K::kind(&());
+    let existing = match api.get_opt(name).await {
+        Ok(existing) => existing,
+        Err(kube::Error::Api(e)) if e.code == 403 && absent_if_forbidden && desired.is_none() => {
+            return Ok(());
+        }
+        Err(source) => {
+            return Err(Error::Dereference {
+                what: format!("the app's {kind}"),
+                source,
+            });
+        }
+    };
     let owned = existing
         .as_ref()
-        .map(|h| ownership::owned_by(&h.metadata, &app.uid().unwrap_or_default()));
-    match (build::autoscaler(app), owned) {
+        .map(|o| ownership::owned_by(o.meta(), &app.uid().unwrap_or_default()));
+    match (desired, owned) {
         (Some(_), Some(false)) => {
-            let note = format!(
-                "HorizontalPodAutoscaler {ns}/{name} exists and is not this app's: spec.autoscaling is not applied"
-            );
+            let note = format!("{kind} {ns}/{name} exists and is not this app's: {unapplied}");
             name_conflict(ctx, app, &note).await;
         }
-        (Some(hpa), _) => {
-            apply_one(ctx, ns, &hpa).await?;
+        (Some(object), _) => {
+            apply_one(ctx, ns, &object).await?;
         }
-        (None, Some(true)) => match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(source) => {
-                return Err(Error::Apply {
-                    what: format!("deleting HorizontalPodAutoscaler {ns}/{name}"),
-                    source,
-                });
+        (None, Some(true)) => {
+            // Only the one read: not another created under its name meanwhile.
+            let uid = existing.as_ref().and_then(|o| o.meta().uid.clone());
+            let params = DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid,
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(name, &params).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(source) => {
+                    return Err(Error::Apply {
+                        what: format!("deleting {kind} {ns}/{name}"),
+                        source,
+                    });
+                }
             }
-        },
+        }
         (None, _) => {}
     }
     Ok(())
