@@ -63,7 +63,16 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     state.ready.store(true, Ordering::Relaxed);
 
     let mut leadership = if args.leader_election {
-        Some(lead(&client, &args.namespace).await?)
+        // A standby waits here, maybe for the pod's whole life: as PID 1 it would
+        // ignore SIGTERM (no default action) and hold up every rollout and drain of
+        // the operator for its grace period.
+        tokio::select! {
+            leadership = lead(&client, &args.namespace) => Some(leadership?),
+            () = shutdown_signal() => {
+                info!("stopping before holding the leader Lease");
+                return Ok(());
+            }
+        }
     } else {
         None
     };
@@ -186,6 +195,25 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
     }
     result
+}
+
+/// SIGTERM (the kubelet stopping the pod) or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 async fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) {
