@@ -165,9 +165,21 @@ async fn with_two_replicas_one_leads_and_another_takes_over_when_it_is_deleted()
     outcome.and(restored)
 }
 
-/// Back to `before` replicas; the one scaled away leaves at once (SIGTERM, leader or
-/// standby), not after its grace period.
+/// Back to `before` replicas, the leader kept (a standby is scaled away: its ReplicaSet
+/// removes the pod that costs least to delete), so the tests after this one do not
+/// start in a leaderless handover; the replica scaled away leaves at once (SIGTERM),
+/// not after its grace period.
 async fn restore(client: &Client, before: i32) -> anyhow::Result<()> {
+    if let Some(leader) = holder(client).await? {
+        let keep = serde_json::json!({"metadata": {"annotations": {
+            "controller.kubernetes.io/pod-deletion-cost": "1000"
+        }}});
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &operator_ns());
+        // The leader may be gone already (then any replica will do).
+        let _ = pods
+            .patch(&leader, &PatchParams::default(), &Patch::Merge(&keep))
+            .await;
+    }
     scale(client, before).await?;
     let before = usize::try_from(before).unwrap_or(1);
     ready_operators(client, before).await?;
@@ -185,6 +197,20 @@ async fn restore(client: &Client, before: i32) -> anyhow::Result<()> {
             }
         },
     )
+    .await?;
+    wait_until("a replica holds the Lease", Duration::from_secs(30), || {
+        let (client, pods) = (client.clone(), pods.clone());
+        async move {
+            let names: Vec<String> = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/name=aether-operator"))
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect();
+            Ok(holder(&client).await?.filter(|h| names.contains(h)).map(|_| ()))
+        }
+    })
     .await?;
     Ok(())
 }
