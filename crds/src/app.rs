@@ -55,9 +55,11 @@ pub struct AetherAppSpec {
     #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas may not exceed maxReplicas"))]
     pub autoscaling: Option<Autoscaling>,
 
-    /// Port the app listens on; passed to it as `PORT`.
+    /// Port the app listens on; passed to it as `PORT`. Not 39127 or 39128: the
+    /// Aether runtime's ports in the pod (dev-hot updates, health).
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
+    #[x_kube(validation = Rule::new("self != 39127 && self != 39128").message("ports 39127 and 39128 are the Aether runtime's in the pod: choose another port"))]
     pub port: i32,
 
     /// Environment variables for the app container.

@@ -9,6 +9,11 @@ pub const APP_CONTAINER: &str = "app";
 /// container in dev-hot pods.
 pub const FETCH_CONTAINER: &str = "fetch";
 
+/// The port of the pod where the app container's runtime answers the kubelet's
+/// probes for the app (`/ready`, `/live`). An app may not take it (nor the dev-hot
+/// port, 39127, on loopback).
+pub const HEALTH_PORT: u16 = 39128;
+
 /// Pod-template annotation holding the artifact digest: a new artifact changes the
 /// template, so the Deployment rolls exactly once.
 pub const DIGEST_ANNOTATION: &str = "aether.dev/artifact-digest";
@@ -64,7 +69,7 @@ pub fn fetch_status(status: &PodStatus) -> Option<&ContainerStatus> {
 /// app, done: it stays up, and a failure before stays in its `lastState`), nor once
 /// the app started on what it fetched.
 pub fn fetch_failed_now(status: &PodStatus) -> Option<&ContainerStateTerminated> {
-    if app_started(status) {
+    if app_ready(status) {
         return None;
     }
     let c = fetch_status(status)?;
@@ -81,7 +86,7 @@ pub fn fetch_failed_now(status: &PodStatus) -> Option<&ContainerStateTerminated>
 /// never ran yet (its image still pulling, say) or is waiting to run again. The app
 /// container's own failures then follow from it.
 pub fn fetch_pending(status: &PodStatus) -> bool {
-    !app_started(status)
+    !app_ready(status)
         && fetch_status(status)
             .and_then(|c| c.state.as_ref())
             .is_some_and(|s| s.waiting.is_some())
@@ -97,14 +102,15 @@ pub fn termination_text(t: &ContainerStateTerminated) -> String {
     }
 }
 
-/// Whether the app container has started (passed its startup probe): the fetch
-/// container did its work.
-pub fn app_started(status: &PodStatus) -> bool {
+/// Whether the app answers in this pod (its container is ready): the fetch
+/// container did its work. (There is no startup probe, so the container's `started`
+/// says only that it runs, maybe still waiting for its code.)
+pub fn app_ready(status: &PodStatus) -> bool {
     status
         .container_statuses
         .iter()
         .flatten()
-        .any(|c| c.name == APP_CONTAINER && c.started == Some(true))
+        .any(|c| c.name == APP_CONTAINER && c.ready)
 }
 
 /// The message of the container's current or last non-zero exit (the runtime writes
@@ -116,4 +122,21 @@ pub fn failure_message(c: &ContainerStatus) -> Option<String> {
         .filter(|t| t.exit_code != 0)
         .or(last.filter(|t| t.exit_code != 0))?;
     Some(termination_text(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+
+    /// The CRD refuses an app port the runtime holds in the pod.
+    #[test]
+    fn the_runtime_ports_are_refused_as_app_ports() {
+        let crd = serde_json::to_string(&crate::AetherApp::crd()).unwrap_or_default();
+        let rule = format!(
+            "self != {} && self != {}",
+            aether_artifact::hot::PORT,
+            super::HEALTH_PORT
+        );
+        assert!(crd.contains(&rule), "no rule {rule:?} in the CRD");
+    }
 }

@@ -205,12 +205,14 @@ async fn an_applied_aetherapp_yaml_deploys_an_existing_artifact() -> anyhow::Res
         let url = app.status.unwrap().url.unwrap();
         // No CLI waited for the Service here: give kube-proxy its second.
         wait_for_body(&client, &ns, APP, &url, "Hello, GitOps!\n", Duration::from_secs(10)).await?;
-        // The health path from the YAML is what the pods are probed on.
+        // The health path from the YAML is what the pods are checked on (the runtime
+        // answers the kubelet's probes with it).
         let dep = Api::<Deployment>::namespaced(client.clone(), &ns).get(APP).await?;
         let pod = dep.spec.unwrap().template.spec.unwrap();
         let main = pod.containers.iter().find(|c| c.name == "app").unwrap();
-        let probe = main.readiness_probe.clone().unwrap();
-        assert_eq!(probe.http_get.unwrap().path.as_deref(), Some("/healthz"));
+        let command = main.command.clone().unwrap();
+        let path = command.iter().position(|a| a == "--check-path").map(|i| command[i + 1].as_str());
+        assert_eq!(path, Some("/healthz"), "{command:?}");
         Ok(())
     })
     .await

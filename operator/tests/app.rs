@@ -14,6 +14,7 @@ use aether_operator::app::validate::{TrustedKeys, Validated, validate};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
@@ -369,6 +370,16 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
             "/aether",
             "--workdir",
             "/aether/app",
+            "--health-port",
+            "39128",
+            "--check-port",
+            "8080",
+            "--start-seconds",
+            "420",
+            "--ready-timeout-seconds",
+            "10",
+            "--check-path",
+            "/healthz",
             "--",
             "node",
             "server.js"
@@ -389,10 +400,16 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
         .collect();
     assert_eq!(node_env.len(), 1);
     assert_eq!(node_env[0].value.as_deref(), Some("staging"));
-    for probe in [&main.readiness_probe, &main.liveness_probe, &main.startup_probe] {
-        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
-        assert_eq!(get.path.as_deref(), Some("/healthz"));
+    // The kubelet probes the app through the runtime, which checks the health path
+    // above; no startup probe holds readiness back to its ticks.
+    assert!(main.startup_probe.is_none());
+    for (probe, path) in [(&main.readiness_probe, "/ready"), (&main.liveness_probe, "/live")] {
+        let probe = probe.as_ref().unwrap();
+        let get = probe.http_get.as_ref().unwrap();
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(get.port, IntOrString::Int(39128));
     }
+    assert_eq!(main.readiness_probe.as_ref().unwrap().timeout_seconds, Some(10));
     for container in [fetch, main] {
         let sc = container.security_context.as_ref().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false));
@@ -493,15 +510,16 @@ fn the_pod_template_changes_exactly_when_a_rollout_is_due() {
         ]
     );
 
-    // Without a health path, probes only check that the port accepts connections.
+    // Without a health path, the runtime only checks that the port accepts connections.
     let mut bare = app.clone();
     bare.spec.health_check = None;
     let c = build_for_release(&bare, &release);
-    let probe = c.deployment.spec.unwrap().template.spec.unwrap().containers[1]
-        .readiness_probe
+    let command = c.deployment.spec.unwrap().template.spec.unwrap().containers[1]
+        .command
         .clone()
         .unwrap();
-    assert!(probe.http_get.is_none() && probe.tcp_socket.is_some());
+    assert!(command.contains(&"--check-port".to_string()));
+    assert!(!command.contains(&"--check-path".to_string()));
 }
 
 fn build_for_release(app: &AetherApp, release: &Validated) -> Children {

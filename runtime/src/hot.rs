@@ -29,6 +29,7 @@ use tokio::process::Child;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::fetch::{APP_DIR, STATE_DIR, parse_policy};
+use crate::health::HealthArgs;
 use crate::supervise::{app_command, exit_code, next_signal, signal_streams};
 
 /// The runtime's switch for this mode.
@@ -196,13 +197,15 @@ struct Swap {
     reply: oneshot::Sender<Reply>,
 }
 
-pub async fn run(argv: &[String], config: HotConfig) -> std::io::Result<u8> {
+pub async fn run(argv: &[String], config: HotConfig, health: &HealthArgs) -> std::io::Result<u8> {
     let mut streams = signal_streams()?;
     let public = TcpListener::bind(("0.0.0.0", config.port)).await?;
     let updates = TcpListener::bind(("127.0.0.1", hot::PORT)).await?;
     let cwd = std::env::current_dir()?;
     let mut current = start(argv, &cwd)?;
     let backend = Arc::new(AtomicU16::new(current.port));
+    // Probes check the current process itself: the public port accepts at once.
+    crate::health::start(health, backend.clone()).await?;
     tokio::spawn(forward(public, backend.clone()));
     let (swaps, mut swapped) = mpsc::channel::<Swap>(1);
     tokio::spawn(receive(updates, Arc::new(config), swaps));

@@ -5,9 +5,11 @@
 //!   app's policy) and every layer digest, then extracts with the hardened unpacker
 //!   into the shared volume, and copies itself there;
 //! - [`supervise`] is the main container's entrypoint (from that copy, so any Node
-//!   image works): it runs the app, forwards signals and exits with the app's code.
+//!   image works): it runs the app, forwards signals and exits with the app's code,
+//!   and answers the kubelet's probes for it ([`health`]).
 
 pub mod download;
 pub mod fetch;
+pub mod health;
 pub mod hot;
 pub mod supervise;

@@ -30,6 +30,8 @@ enum Command {
         /// the fetch container extracts).
         #[arg(long, requires = "code")]
         workdir: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        health: aether_runtime::health::HealthArgs,
         /// The app's argv, e.g. `node server.js`.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         argv: Vec<String>,
@@ -47,8 +49,11 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Supervise { code, workdir, argv } => {
-            aether_runtime::supervise::run(code.as_deref(), workdir.as_deref(), &argv).await
-        }
+        Command::Supervise {
+            code,
+            workdir,
+            health,
+            argv,
+        } => aether_runtime::supervise::run(code.as_deref(), workdir.as_deref(), &health, &argv).await,
     }
 }

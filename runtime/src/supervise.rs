@@ -12,12 +12,16 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU16;
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 use tokio::process::Command;
 use tokio::signal::unix::{SignalKind, signal};
+
+use crate::health::HealthArgs;
 
 /// Signals passed on to the app.
 const FORWARDED: [(SignalKind, Signal); 6] = [
@@ -29,7 +33,21 @@ const FORWARDED: [(SignalKind, Signal); 6] = [
     (SignalKind::user_defined2(), Signal::SIGUSR2),
 ];
 
-pub async fn run(code: Option<&Path>, workdir: Option<&Path>, argv: &[String]) -> ExitCode {
+pub async fn run(
+    code: Option<&Path>,
+    workdir: Option<&Path>,
+    health: &HealthArgs,
+    argv: &[String],
+) -> ExitCode {
+    let dev_hot = std::env::var(crate::hot::DEV_HOT).is_ok_and(|v| v == "true");
+    if !dev_hot {
+        // Answering from the start: while the code is fetched, the app is starting.
+        let port = Arc::new(AtomicU16::new(health.check_port.unwrap_or_default()));
+        if let Err(e) = crate::health::start(health, port).await {
+            eprintln!("aether-runtime: {e}");
+            return ExitCode::from(127);
+        }
+    }
     if let Some(root) = code
         && let Err(code) = wait_for_code(root).await
     {
@@ -41,14 +59,14 @@ pub async fn run(code: Option<&Path>, workdir: Option<&Path>, argv: &[String]) -
         eprintln!("aether-runtime: the app's directory {}: {e}", dir.display());
         return ExitCode::from(127);
     }
-    let result = if std::env::var(crate::hot::DEV_HOT).is_ok_and(|v| v == "true") {
+    let result = if dev_hot {
         // The volume the fetch container filled: this binary runs from its `bin/`.
         let root = std::env::current_exe()
             .ok()
             .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
             .unwrap_or_else(|| PathBuf::from("/aether"));
         match crate::hot::HotConfig::from_env(&root) {
-            Ok(config) => crate::hot::run(argv, config).await,
+            Ok(config) => crate::hot::run(argv, config, health).await,
             Err(e) => Err(std::io::Error::other(format!("dev-hot mode: {e}"))),
         }
     } else {

@@ -204,9 +204,9 @@ fn pod_view(
             .map(|a| a.to_string()),
         digest,
         // A pod is Running as soon as a container runs, while its app may still wait
-        // for the fetch container or for its startup probe.
+        // for the fetch container or be starting: until it answers its health check.
         phase: match status.phase.as_deref() {
-            Some("Running") if !aether_crds::pod::app_started(&status) => "Starting".into(),
+            Some("Running") if !aether_crds::pod::app_ready(&status) => "Starting".into(),
             _ => status.phase.clone().unwrap_or_default(),
         },
         ready,

@@ -16,8 +16,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
     HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction, TCPSocketAction, Volume,
-    VolumeMount,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -29,7 +28,7 @@ use super::validate::Validated;
 
 pub use aether_crds::pod::{
     APP_CONTAINER, ARTIFACT_ANNOTATION, DEV_HOT_BASE_ANNOTATION, DIGEST_ANNOTATION, FETCH_CONTAINER,
-    TEMPLATE_ANNOTATION,
+    HEALTH_PORT, TEMPLATE_ANNOTATION,
 };
 pub const MANAGED_BY: &str = "aether-operator";
 /// The shared volume: the fetch container extracts into it, the app runs from it.
@@ -49,9 +48,12 @@ const HOT_POLICY_PATH: &str = "/var/run/aether/hot";
 const SPOOL_PATH: &str = "/var/run/aether/spool";
 /// The runtime image's binary (its entrypoint), for the fetch container's hook.
 const RUNTIME_IN_IMAGE: &str = "/usr/local/bin/aether-runtime";
-/// Seconds the app container's startup probe allows the app to listen, once its
-/// code is there.
-const APP_START_SECONDS: i32 = 120;
+/// Seconds the app may take to answer its first health check once its code is there
+/// (the runtime's `/live` says "starting" until then).
+const APP_START_SECONDS: i64 = 120;
+/// The kubelet's timeout for the app's `/ready` probe: the runtime holds a probe for
+/// an app that has not answered yet until shortly before it.
+const READY_TIMEOUT_SECONDS: i32 = 10;
 /// Room for the runtime binary the fetch container copies next to the app.
 const RUNTIME_BYTES: u64 = 64 << 20;
 
@@ -719,6 +721,23 @@ fn app_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Co
             workdir.clone(),
         ]);
     }
+    // The runtime answers the kubelet's probes for the app (see its `health`
+    // module): a new pod is Ready as soon as the app answers, not at the next tick.
+    command.extend([
+        "--health-port".into(),
+        HEALTH_PORT.to_string(),
+        "--check-port".into(),
+        app.spec.port.to_string(),
+        "--start-seconds".into(),
+        APP_START_SECONDS
+            .saturating_add(config.fetch_deadline_seconds)
+            .to_string(),
+        "--ready-timeout-seconds".into(),
+        READY_TIMEOUT_SECONDS.to_string(),
+    ]);
+    if let Some(check) = &app.spec.health_check {
+        command.extend(["--check-path".into(), check.path.clone()]);
+    }
     command.push("--".into());
     command.extend(argv);
     // Defaults the app's own env may override (names must be unique for apply).
@@ -753,24 +772,16 @@ fn app_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Co
         vars.push(env("AETHER_HOT_POLICY", format!("{HOT_POLICY_PATH}/policy.json")));
         vars.extend(verification_env(app, release));
     }
-    let probe = |period: i32, failures: i32| {
-        let port = IntOrString::String("http".into());
-        Probe {
-            http_get: app.spec.health_check.as_ref().map(|h| HTTPGetAction {
-                path: Some(h.path.clone()),
-                port: port.clone(),
-                ..Default::default()
-            }),
-            // Without a health path, "accepts connections" is all we can know.
-            tcp_socket: app.spec.health_check.is_none().then(|| TCPSocketAction {
-                port,
-                ..Default::default()
-            }),
-            period_seconds: Some(period),
-            failure_threshold: Some(failures),
-            timeout_seconds: Some(2),
+    let probe = |path: &str, period: i32, timeout: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(i32::from(HEALTH_PORT)),
             ..Default::default()
-        }
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        timeout_seconds: Some(timeout),
+        ..Default::default()
     };
     Container {
         name: APP_CONTAINER.into(),
@@ -790,16 +801,11 @@ fn app_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Co
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        // Probed every second while starting (for up to two minutes once the code is
-        // there, which the fetch may take up to its deadline for) so a new release
-        // takes traffic as soon as it answers; liveness is calmer.
-        startup_probe: Some(probe(
-            1,
-            APP_START_SECONDS
-                .saturating_add(i32::try_from(config.fetch_deadline_seconds).unwrap_or(i32::MAX)),
-        )),
-        readiness_probe: Some(probe(1, 3)),
-        liveness_probe: Some(probe(10, 3)),
+        // No startup probe: its ticks would hold readiness back. `/ready` waits for
+        // the app's first answer (within the runtime's hold, which this timeout
+        // covers); `/live` counts the start allowance itself, as a startup probe did.
+        readiness_probe: Some(probe("/ready", 1, READY_TIMEOUT_SECONDS)),
+        liveness_probe: Some(probe("/live", 10, 5)),
         resources: app.spec.resources.clone(),
         volume_mounts: Some(
             vec![
