@@ -20,7 +20,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty, Full};
@@ -28,11 +28,17 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 /// How long one check of the app may take (the kubelet's former probe timeout).
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-/// Probes answered at once: the kubelet sends two at most (readiness, liveness).
-const CONNECTIONS: usize = 4;
+/// Connections served at once. The kubelet sends two at most (readiness,
+/// liveness), but the port is on the pod's network: a bound that anyone able to
+/// reach it must flood, like the app's own port, to crowd the kubelet out. (The
+/// app's NetworkPolicy admits only the app's port.)
+const CONNECTIONS: usize = 512;
+/// How long a client may take to send its request (the kubelet sends it at once).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the operator tells `supervise` about the app's health.
 #[derive(Debug, Clone, clap::Args)]
@@ -64,7 +70,9 @@ pub struct Health {
     started: Instant,
     allowance: Duration,
     hold: Duration,
-    answered: AtomicBool,
+    /// Until the app first answers: why not yet (from [`Health::await_first_answer`]);
+    /// then None.
+    starting: watch::Sender<Option<String>>,
 }
 
 impl Health {
@@ -77,58 +85,60 @@ impl Health {
             started: Instant::now(),
             allowance,
             hold,
-            answered: AtomicBool::new(false),
+            starting: watch::Sender::new(Some("not checked yet".into())),
         }
     }
 
-    /// Whether the app answers one check now (remembered once it did).
+    /// Whether the app answers one check now.
     pub async fn check(&self) -> Result<(), String> {
         let port = self.port.load(Ordering::SeqCst);
-        let result = match tokio::time::timeout(CHECK_TIMEOUT, check(port, self.path.as_deref())).await {
+        match tokio::time::timeout(CHECK_TIMEOUT, check(port, self.path.as_deref())).await {
             Ok(result) => result,
             Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
-        };
-        if result.is_ok() {
-            self.answered.store(true, Ordering::SeqCst);
         }
-        result
     }
 
-    /// `/ready`: hold a request for an app that never answered, until it does.
-    pub async fn ready(&self) -> Result<(), String> {
-        if self.answered.load(Ordering::SeqCst) {
-            return self.check().await;
-        }
-        let deadline = Instant::now() + self.hold;
+    /// Check the app until it first answers: one poller however many probes wait.
+    pub async fn await_first_answer(&self) {
         loop {
             let result = self.check().await;
-            if result.is_ok() || Instant::now() >= deadline {
-                return result;
-            }
             // Refused connections are cheap to retry; an app that answers "not yet"
             // is asked less often.
             let pause = match &result {
+                Ok(()) => break,
                 Err(e) if e.starts_with("connecting") => 10,
-                _ => 100,
+                Err(_) => 100,
             };
+            self.starting.send_replace(result.err());
             tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        self.starting.send_replace(None);
+    }
+
+    /// `/ready`: a request for an app that never answered waits until it does.
+    pub async fn ready(&self) -> Result<(), String> {
+        let mut starting = self.starting.subscribe();
+        if starting.borrow().is_none() {
+            return self.check().await;
+        }
+        match tokio::time::timeout(self.hold, starting.wait_for(Option::is_none)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(self.starting.borrow().clone().unwrap_or_default()),
         }
     }
 
     /// `/live`: starting is alive, within the allowance.
     pub async fn live(&self) -> Result<(), String> {
-        if self.answered.load(Ordering::SeqCst) {
+        let Some(why) = self.starting.borrow().clone() else {
             return self.check().await;
-        }
+        };
         if self.started.elapsed() < self.allowance {
             return Ok(());
         }
-        self.check().await.map_err(|e| {
-            format!(
-                "the app has not answered within {} s of starting: {e}",
-                self.allowance.as_secs()
-            )
-        })
+        Err(format!(
+            "the app has not answered within {} s of starting: {why}",
+            self.allowance.as_secs()
+        ))
     }
 }
 
@@ -184,7 +194,7 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            drop(stream); // more than the kubelet sends: not a probe
+            drop(stream); // far more than the kubelet sends: not probes
             continue;
         };
         let health = health.clone();
@@ -192,7 +202,7 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
             let service = hyper::service::service_fn(move |req| respond(req, health.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
+                .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -232,6 +242,9 @@ pub async fn start(args: &HealthArgs, backend: Arc<AtomicU16>) -> std::io::Resul
         Duration::from_secs(args.ready_timeout_seconds)
             .saturating_sub(CHECK_TIMEOUT + Duration::from_secs(1)),
     );
-    tokio::spawn(serve(listener, Arc::new(health)));
+    let health = Arc::new(health);
+    let poller = health.clone();
+    tokio::spawn(async move { poller.await_first_answer().await });
+    tokio::spawn(serve(listener, health));
     Ok(())
 }
