@@ -300,8 +300,9 @@ async fn receive(listener: TcpListener, config: Arc<HotConfig>, swaps: mpsc::Sen
 
 /// How long sending one update may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// Updates read concurrently (each holds its layer in memory until checked).
-const READING_AT_ONCE: usize = 2;
+/// Updates read concurrently (each holds its layer in memory until checked): the
+/// connection `aether dev` keeps open for its next save, one in use, a query.
+const READING_AT_ONCE: usize = 3;
 
 async fn serve_update(
     mut stream: TcpStream,

@@ -105,8 +105,16 @@ pub async fn run(args: &DevArgs, global: &GlobalArgs, printer: &Printer) -> Resu
         remote: None,
         serving: pushed.digest.parse().ok(),
         releases,
+        spares: Spares::default(),
+        spares_used: Default::default(),
         printer,
     };
+    let spare_keeper = tokio::spawn(keep_spares(
+        Api::namespaced(client.clone(), &namespace),
+        app.clone(),
+        session.spares.clone(),
+        session.spares_used.clone(),
+    ));
 
     let recorder = tokio::spawn(recorder(
         client.clone(),
@@ -132,6 +140,7 @@ pub async fn run(args: &DevArgs, global: &GlobalArgs, printer: &Printer) -> Resu
     }
 
     printer.info("Stopping: recording the last update as the app's release");
+    spare_keeper.abort();
     drop(session);
     let _ = recorder.await;
     // The last release recorded: a swapped-in save or a rollout's push.
@@ -181,6 +190,10 @@ struct Session<'a> {
     /// older may be recorded over the release it pushed).
     /// With it: whether every pod took it (else recording it rolls them).
     releases: tokio::sync::watch::Sender<Option<(PackOutcome, bool)>>,
+    /// Connections to the pods opened ahead of the next save.
+    spares: Spares,
+    /// Tells [`keep_spares`] that spares were used.
+    spares_used: std::sync::Arc<tokio::sync::Notify>,
     printer: &'a Printer,
 }
 
@@ -249,8 +262,11 @@ impl Session<'_> {
             self.releases.send_replace(Some((packed, false)));
             return Ok(());
         }
-        let swaps = running.iter().map(|name| ask(&pods, name, &update, SWAP_TIMEOUT));
+        let swaps = running
+            .iter()
+            .map(|name| send_update(&pods, &self.spares, name, &update));
         let replies = futures::future::join_all(swaps).await;
+        self.spares_used.notify_one();
         let short = &packed.digest.hex()[..12];
         if let Some((_, r)) = replies.iter().find(|(_, r)| r.reason == hot::NEEDS_ROLLOUT) {
             let why = r.message.clone();
@@ -327,44 +343,138 @@ async fn running_pods(pods: &Api<Pod>, app: &str) -> Result<Vec<String>, CliErro
 /// Send `request` (an update, or [`hot::query`]) to the pod's runtime through a
 /// port-forward; its answer.
 pub async fn ask(pods: &Api<Pod>, pod: &str, request: &[u8], timeout: Duration) -> (String, Reply) {
-    let failed = |reason: &str, message: String| Reply {
+    let exchange = async {
+        let mut connection = Connection::open(pods, pod).await?;
+        connection.exchange(request).await
+    };
+    (pod.to_string(), answer_within(timeout, exchange).await)
+}
+
+fn port_forward_failed(message: String) -> Reply {
+    Reply {
         ok: false,
-        reason: reason.into(),
+        reason: "PortForwardFailed".into(),
         message,
         digest: String::new(),
         millis: 0,
-    };
-    let exchange = async {
+    }
+}
+
+async fn answer_within(timeout: Duration, exchange: impl Future<Output = Result<Reply, Reply>>) -> Reply {
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(reply)) | Ok(Err(reply)) => reply,
+        Err(_) => Reply {
+            message: format!("no answer within {} s", timeout.as_secs()),
+            reason: "Timeout".into(),
+            ..port_forward_failed(String::new())
+        },
+    }
+}
+
+/// A port-forward to a pod's update port. Opening one (API server, kubelet, then the
+/// pod) is most of what an update costs outside the pod, so `aether dev` keeps one
+/// open per pod ahead of the next save ([`keep_spares`]).
+struct Connection {
+    forwarder: kube::api::Portforwarder,
+    stream: Option<tokio::io::DuplexStream>,
+    opened: Instant,
+}
+
+impl Connection {
+    async fn open(pods: &Api<Pod>, pod: &str) -> Result<Self, Reply> {
         let mut forwarder = pods
             .portforward(pod, &[hot::PORT])
             .await
-            .map_err(|e| failed("PortForwardFailed", e.to_string()))?;
-        let mut stream = forwarder
-            .take_stream(hot::PORT)
-            .ok_or_else(|| failed("PortForwardFailed", "no stream".into()))?;
-        stream
-            .write_all(request)
-            .await
-            .map_err(|e| failed("PortForwardFailed", e.to_string()))?;
+            .map_err(|e| port_forward_failed(e.to_string()))?;
+        let stream = forwarder.take_stream(hot::PORT);
+        if stream.is_none() {
+            forwarder.abort();
+            return Err(port_forward_failed("no stream".into()));
+        }
+        Ok(Self {
+            forwarder,
+            stream,
+            opened: Instant::now(),
+        })
+    }
+
+    /// One request and its answer (a connection carries one).
+    async fn exchange(&mut self, request: &[u8]) -> Result<Reply, Reply> {
+        let failed = |e: std::io::Error| port_forward_failed(e.to_string());
+        let mut stream = self
+            .stream
+            .take()
+            .ok_or_else(|| port_forward_failed("the connection was used".into()))?;
+        stream.write_all(request).await.map_err(failed)?;
         let mut line = String::new();
         tokio::io::BufReader::new(&mut stream)
             .read_line(&mut line)
             .await
-            .map_err(|e| failed("PortForwardFailed", e.to_string()))?;
-        drop(stream);
-        forwarder.abort();
+            .map_err(failed)?;
         serde_json::from_str::<Reply>(&line).map_err(|_| {
-            failed(
-                "PortForwardFailed",
-                format!("the pod answered {:?} (is it in dev-hot mode?)", line.trim()),
-            )
+            port_forward_failed(format!(
+                "the pod answered {:?} (is it in dev-hot mode?)",
+                line.trim()
+            ))
         })
-    };
-    let reply = match tokio::time::timeout(timeout, exchange).await {
-        Ok(Ok(reply)) | Ok(Err(reply)) => reply,
-        Err(_) => failed("Timeout", format!("no answer within {} s", timeout.as_secs())),
-    };
-    (pod.to_string(), reply)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.forwarder.abort();
+    }
+}
+
+/// How long a spare connection is used: the pod waits 60 s for an update on it.
+const SPARE_FRESH: Duration = Duration::from_secs(40);
+/// How often spares are checked (pods come and go, spares age).
+const SPARE_CHECK: Duration = Duration::from_secs(10);
+
+/// Connections opened ahead of the next save, by pod.
+type Spares = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Connection>>>;
+
+/// Keep a fresh spare connection to each running dev-hot pod of the app; `wake`
+/// after spares were used.
+async fn keep_spares(pods: Api<Pod>, app: String, spares: Spares, wake: std::sync::Arc<tokio::sync::Notify>) {
+    loop {
+        if let Ok(running) = running_pods(&pods, &app).await {
+            let missing: Vec<String> = {
+                let mut spares = spares.lock().unwrap_or_else(|e| e.into_inner());
+                spares.retain(|pod, c| running.contains(pod) && c.opened.elapsed() < SPARE_FRESH);
+                running.into_iter().filter(|p| !spares.contains_key(p)).collect()
+            };
+            for pod in missing {
+                if let Ok(connection) = Connection::open(&pods, &pod).await {
+                    spares
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(pod, connection);
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(SPARE_CHECK) => {}
+            () = wake.notified() => {}
+        }
+    }
+}
+
+/// Send an update to `pod`, on its spare connection if it has a fresh one (again on
+/// a new one if that broke before answering).
+async fn send_update(pods: &Api<Pod>, spares: &Spares, pod: &str, update: &[u8]) -> (String, Reply) {
+    let spare = spares
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(pod)
+        .filter(|c| c.opened.elapsed() < SPARE_FRESH);
+    if let Some(mut connection) = spare {
+        let reply = answer_within(SWAP_TIMEOUT, connection.exchange(update)).await;
+        if reply.reason != "PortForwardFailed" {
+            return (pod.to_string(), reply);
+        }
+    }
+    ask(pods, pod, update, SWAP_TIMEOUT).await
 }
 
 /// Point the app at `artifact` in dev-hot mode; `swapped`: its pods already run it.
