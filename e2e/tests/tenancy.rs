@@ -12,7 +12,7 @@ use aether_crds::condition::{find, is_true};
 use aether_crds::{AetherApp, AetherArtifact, AetherArtifactSpec, AetherPolicy};
 use aether_e2e::app::{aether, body, example_app, wait_for_body};
 use aether_e2e::storage::StorageSettings;
-use aether_e2e::{http, wait_for, with_temp_ns};
+use aether_e2e::{enable_namespace, http, wait_for, with_temp_ns};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount, ServiceSpec};
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
@@ -693,6 +693,25 @@ async fn the_operator_writes_nothing_where_no_admin_enabled_it() -> anyhow::Resu
                 .items
                 .is_empty()
         );
+
+        // Once a cluster admin enables the namespace, pushing again (what the refusal
+        // said to do) works at once, and the app serves.
+        enable_namespace(&client, &ns).await?;
+        let run = tokio::task::block_in_place(|| {
+            aether(
+                dir.path(),
+                &ns,
+                &["push", "--app", "orphan", "--timeout-seconds", "120"],
+            )
+        });
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let url = Api::<AetherApp>::namespaced(client.clone(), &ns)
+            .get("orphan")
+            .await?
+            .status
+            .and_then(|s| s.url)
+            .unwrap_or_default();
+        wait_for_body(&client, &ns, "orphan", &url, "nowhere\n", Duration::from_secs(10)).await?;
         Ok(())
     })
     .await

@@ -4,7 +4,7 @@
 //! grants, `use` of `aether.dev/enablement`: no built-in role holds it, so a
 //! tenant, even one with `admin` in the namespace, cannot bind the role (RBAC
 //! refuses to grant what the granter lacks) and enable the namespace themselves.
-//! The answer is remembered briefly. In a namespace nobody enabled the operator
+//! A "yes" is remembered briefly. In a namespace nobody enabled the operator
 //! writes nothing and touches no storage: apps and artifacts there say so instead.
 
 use std::collections::HashMap;
@@ -17,8 +17,12 @@ use k8s_openapi::api::authorization::v1::{
 use kube::Api;
 use kube::api::PostParams;
 
-/// How long an answer is trusted: enabling a namespace takes effect this fast.
+/// How long a "yes" is trusted: disabling a namespace takes effect this fast. A "no"
+/// is not remembered: an admin enabling one is followed at once by a push ("push
+/// again", the refusal says), which must then work. (Objects in a namespace nobody
+/// enabled are looked at again only once a minute.)
 const REMEMBER: Duration = Duration::from_secs(30);
+
 
 pub struct Enablement {
     client: kube::Client,
@@ -47,6 +51,7 @@ impl Enablement {
     /// Is `ns` enabled?
     pub async fn check(&self, ns: &str) -> Result<bool, kube::Error> {
         if let Some((enabled, at)) = self.answers.lock().unwrap_or_else(|e| e.into_inner()).get(ns)
+            && *enabled
             && at.elapsed() < REMEMBER
         {
             return Ok(*enabled);
