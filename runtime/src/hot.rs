@@ -202,10 +202,12 @@ pub async fn run(argv: &[String], config: HotConfig, health: &HealthArgs) -> std
     let public = TcpListener::bind(("0.0.0.0", config.port)).await?;
     let updates = TcpListener::bind(("127.0.0.1", hot::PORT)).await?;
     let cwd = std::env::current_dir()?;
+    // Probes check the current process itself (the public port accepts at once);
+    // the health port is taken before the app could take it.
+    let backend = Arc::new(AtomicU16::new(0));
+    crate::health::start(health, crate::health::Target::loopback(backend.clone())).await?;
     let mut current = start(argv, &cwd)?;
-    let backend = Arc::new(AtomicU16::new(current.port));
-    // Probes check the current process itself: the public port accepts at once.
-    crate::health::start(health, backend.clone()).await?;
+    backend.store(current.port, Ordering::SeqCst);
     tokio::spawn(forward(public, backend.clone()));
     let (swaps, mut swapped) = mpsc::channel::<Swap>(1);
     tokio::spawn(receive(updates, Arc::new(config), swaps));
@@ -300,6 +302,8 @@ async fn receive(listener: TcpListener, config: Arc<HotConfig>, swaps: mpsc::Sen
 
 /// How long sending one update may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a connection may wait for an update to start.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Updates read concurrently (each holds its layer in memory until checked): the
 /// connection `aether dev` keeps open for its next save, one in use, a query.
 const READING_AT_ONCE: usize = 3;
@@ -312,7 +316,13 @@ async fn serve_update(
     one_at_a_time: &Mutex<()>,
 ) {
     let max_layer = hot::MAX_APP_LAYER_BYTES.min(config.max_unpacked_bytes);
-    let read = tokio::time::timeout(READ_TIMEOUT, read_update(&mut stream, max_layer)).await;
+    // A connection `aether dev` opened ahead of its next save waits for it here (it
+    // renews the connection sooner); the update then has READ_TIMEOUT to arrive.
+    let idle = tokio::time::timeout(IDLE_TIMEOUT, stream.readable()).await;
+    let read = match idle {
+        Ok(_) => tokio::time::timeout(READ_TIMEOUT, read_update(&mut stream, max_layer)).await,
+        Err(_) => Ok(Err(format!("nothing sent within {} s", IDLE_TIMEOUT.as_secs()))),
+    };
     let _turn = one_at_a_time.lock().await;
     drop(reading);
     let reply = match read.unwrap_or_else(|_| Err(format!("not sent within {} s", READ_TIMEOUT.as_secs()))) {

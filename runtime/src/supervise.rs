@@ -12,8 +12,6 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicU16;
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, waitpid};
@@ -42,8 +40,7 @@ pub async fn run(
     let dev_hot = std::env::var(crate::hot::DEV_HOT).is_ok_and(|v| v == "true");
     if !dev_hot {
         // Answering from the start: while the code is fetched, the app is starting.
-        let port = Arc::new(AtomicU16::new(health.check_port.unwrap_or_default()));
-        if let Err(e) = crate::health::start(health, port).await {
+        if let Err(e) = crate::health::start(health, crate::health::Target::app(health)).await {
             eprintln!("aether-runtime: {e}");
             return ExitCode::from(127);
         }

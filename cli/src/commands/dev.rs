@@ -426,7 +426,7 @@ impl Drop for Connection {
     }
 }
 
-/// How long a spare connection is used: the pod waits 60 s for an update on it.
+/// How long a spare connection is used: the pod waits 90 s for an update on it.
 const SPARE_FRESH: Duration = Duration::from_secs(40);
 /// How often spares are checked (pods come and go, spares age).
 const SPARE_CHECK: Duration = Duration::from_secs(10);
@@ -445,7 +445,8 @@ async fn keep_spares(pods: Api<Pod>, app: String, spares: Spares, wake: std::syn
                 running.into_iter().filter(|p| !spares.contains_key(p)).collect()
             };
             for pod in missing {
-                if let Ok(connection) = Connection::open(&pods, &pod).await {
+                let opening = tokio::time::timeout(Duration::from_secs(10), Connection::open(&pods, &pod));
+                if let Ok(Ok(connection)) = opening.await {
                     spares
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

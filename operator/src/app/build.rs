@@ -764,6 +764,18 @@ fn app_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Co
     }
     // Explicit, so that no envFrom ConfigMap can switch dev-hot mode on.
     vars.push(env(DEV_HOT, app.spec.dev_hot.to_string()));
+    // Where the runtime checks the app for the kubelet: as the Service reaches it.
+    vars.push(EnvVar {
+        name: "AETHER_POD_IP".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.podIP".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     if app.spec.dev_hot {
         // The runtime takes updates and checks them as the fetch container does; it
         // holds the app's port and gives the app a loopback one (see the runtime's
