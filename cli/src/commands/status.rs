@@ -206,12 +206,32 @@ fn pod_view(
         // A pod is Running as soon as a container runs, while its app may still wait
         // for the fetch container or be starting: until it answers its health check.
         phase: match status.phase.as_deref() {
-            Some("Running") if !aether_crds::pod::app_ready(&status) => "Starting".into(),
+            Some("Running") if !aether_crds::pod::app_ready(&status) && !unready_since_serving(&status) => {
+                "Starting".into()
+            }
             _ => status.phase.clone().unwrap_or_default(),
         },
         ready,
         problem,
     }
+}
+
+/// The pod was Ready since its app container started, and is not now (the app
+/// stopped answering its health check): Running, not Starting.
+fn unready_since_serving(status: &k8s_openapi::api::core::v1::PodStatus) -> bool {
+    let started = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == aether_crds::pod::APP_CONTAINER)
+        .and_then(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref());
+    let unready = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready" && c.status == "False")
+        .and_then(|c| c.last_transition_time.as_ref());
+    matches!((started, unready), (Some(s), Some(u)) if u.0 > s.0)
 }
 
 /// Dev-hot pods may run newer code than they started on: ask each (through a
@@ -337,6 +357,33 @@ mod tests {
         .unwrap();
         let view = pod_view(&pod, &Default::default(), &Default::default());
         assert_eq!(view.phase, "Starting", "not Running before its app started");
+
+        // A pod that served since its app started, then stopped answering: Running.
+        let served: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-2"},
+            "status": {"phase": "Running",
+                "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": "2026-11-28T10:05:00Z"}],
+                "containerStatuses": [
+                {"name": "app", "image": "node", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"running": {"startedAt": "2026-11-28T10:00:00Z"}}},
+                {"name": "fetch", "image": "r", "imageID": "", "ready": true, "restartCount": 0,
+                 "state": {"running": {"startedAt": "2026-11-28T09:59:59Z"}}}
+            ]}
+        }))
+        .unwrap();
+        assert_eq!(
+            pod_view(&served, &Default::default(), &Default::default()).phase,
+            "Running"
+        );
+        // Before it first answered, the pod's Ready=False dates from before its start.
+        let mut starting = served.clone();
+        let conditions = starting.status.as_mut().unwrap().conditions.as_mut().unwrap();
+        conditions[0].last_transition_time =
+            Some(serde_json::from_value(serde_json::json!("2026-11-28T09:59:58Z")).unwrap());
+        assert_eq!(
+            pod_view(&starting, &Default::default(), &Default::default()).phase,
+            "Starting"
+        );
         assert_eq!(
             view.problem.as_deref(),
             Some("fetch: DigestMismatch: blob in storage does not match")
