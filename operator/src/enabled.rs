@@ -19,10 +19,9 @@ use kube::api::PostParams;
 
 /// How long a "yes" is trusted: disabling a namespace takes effect this fast. A "no"
 /// is not remembered: an admin enabling one is followed at once by a push ("push
-/// again", the refusal says), which must then work. (Objects in a namespace nobody
-/// enabled are looked at again only once a minute.)
+/// again", the refusal says), which must then work. (Otherwise, objects in a
+/// namespace nobody enabled are looked at again within a minute, apps five.)
 const REMEMBER: Duration = Duration::from_secs(30);
-
 
 pub struct Enablement {
     client: kube::Client,
