@@ -579,17 +579,7 @@ pub fn mode_name(policy: Policy) -> &'static str {
 fn verification_env(app: &AetherApp, release: &Validated) -> Vec<EnvVar> {
     let mut vars = vec![
         env("AETHER_APP", app.name_any()),
-        EnvVar {
-            name: "AETHER_NAMESPACE".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.namespace".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        field_env("AETHER_NAMESPACE", "metadata.namespace"),
         env("AETHER_VERIFY_MODE", mode_name(release.policy)),
     ];
     if release.policy != Policy::Off {
@@ -692,6 +682,21 @@ fn fetch_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> 
     }
 }
 
+/// A variable from the pod's own fields (the downward API).
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
     pairs
         .iter()
@@ -765,17 +770,7 @@ fn app_container(app: &AetherApp, release: &Validated, config: &PodConfig) -> Co
     // Explicit, so that no envFrom ConfigMap can switch dev-hot mode on.
     vars.push(env(DEV_HOT, app.spec.dev_hot.to_string()));
     // Where the runtime checks the app for the kubelet: as the Service reaches it.
-    vars.push(EnvVar {
-        name: "AETHER_POD_IP".into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: "status.podIP".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    vars.push(field_env("AETHER_POD_IP", "status.podIP"));
     if app.spec.dev_hot {
         // The runtime takes updates and checks them as the fetch container does; it
         // holds the app's port and gives the app a loopback one (see the runtime's
