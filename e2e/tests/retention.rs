@@ -33,9 +33,11 @@ fn layer(art: &AetherArtifact, name: LayerName) -> Digest {
 }
 
 async fn wait_gone(api: &Api<AetherArtifact>, name: &str) -> anyhow::Result<()> {
+    // The operator looks at an artifact as soon as a release naming it goes (not at
+    // its next periodic look, minutes later).
     wait_until(
         &format!("AetherArtifact {name} to be deleted"),
-        Duration::from_secs(60),
+        Duration::from_secs(20),
         || async move { Ok(api.get_opt(name).await?.is_none().then_some(())) },
     )
     .await

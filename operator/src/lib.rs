@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use aether_crds::{AetherApp, AetherArtifact, AetherPolicy};
+use aether_crds::{AetherApp, AetherArtifact, AetherPolicy, AetherRelease};
 use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -156,6 +156,16 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
                 history
                     .into_iter()
                     .map(move |r| ObjectRef::<AetherArtifact>::new(&r.artifact).within(&ns))
+            },
+        )
+        // A release keeps its artifact: once it is deleted (--keep-releases, or
+        // `aether delete`), the artifact may go, and is looked at now.
+        .watches(
+            Api::<AetherRelease>::all(client.clone()),
+            watcher::Config::default(),
+            |release: AetherRelease| {
+                let ns = release.namespace()?;
+                Some(ObjectRef::<AetherArtifact>::new(&release.spec.artifact.name).within(&ns))
             },
         )
         .shutdown_on_signal()
