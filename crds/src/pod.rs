@@ -13,6 +13,8 @@ pub const FETCH_CONTAINER: &str = "fetch";
 /// probes for the app (`/ready`, `/live`). An app may not take it (nor the dev-hot
 /// port, 39127, on loopback).
 pub const HEALTH_PORT: u16 = 39128;
+/// Ports of the pod an app may not listen on: the runtime's.
+pub const RESERVED_PORTS: [u16; 2] = [aether_artifact::hot::PORT, HEALTH_PORT];
 
 /// Pod-template annotation holding the artifact digest: a new artifact changes the
 /// template, so the Deployment rolls exactly once.
@@ -132,11 +134,8 @@ mod tests {
     #[test]
     fn the_runtime_ports_are_refused_as_app_ports() {
         let crd = serde_json::to_string(&crate::AetherApp::crd()).unwrap_or_default();
-        let rule = format!(
-            "self != {} && self != {}",
-            aether_artifact::hot::PORT,
-            super::HEALTH_PORT
-        );
+        let [a, b] = super::RESERVED_PORTS;
+        let rule = format!("self != {a} && self != {b}");
         assert!(crd.contains(&rule), "no rule {rule:?} in the CRD");
     }
 }

@@ -126,6 +126,19 @@ fn validate_refuses_what_must_not_run_and_says_why() {
     assert_eq!(missing.reason, "ArtifactNotFound");
     assert!(missing.message.contains("web-0123456789ab") && !missing.waiting);
 
+    // An app applied before its port was reserved for the runtime cannot start there.
+    let mut on_health_port = app.clone();
+    on_health_port.spec.port = 39128;
+    let reserved = validate(
+        &on_health_port,
+        Some(&artifact("web", "v1", Some(&k))),
+        &trusted,
+        &Floor::default(),
+    )
+    .unwrap_err();
+    assert_eq!(reserved.reason, "ReservedPort");
+    assert!(reserved.message.contains("39128") && !reserved.waiting);
+
     let other = validate(
         &app,
         Some(&artifact("api", "v1", Some(&k))),

@@ -9,13 +9,15 @@
 //! the app listening, which is what every rollout waits for.
 //!
 //! - `GET /ready`: until the app has answered once, waits for it until shortly
-//!   before the kubelet's timeout (200, else 503); afterwards, one check now.
+//!   before the kubelet's timeout (200, else 503); afterwards, the latest check.
 //! - `GET /live`: 200 while the app is still starting, within its start allowance
 //!   (what a startup probe gave it: fetch deadline + two minutes), 503 once that
-//!   passed without an answer; afterwards, one check now.
+//!   passed without an answer; afterwards, the latest check.
 //!
-//! A check is the app's own: an HTTP GET of its health path on its port (200–399 is
-//! healthy, as for the kubelet), or, without a path, a TCP connection to the port.
+//! Only [`Health::watch_app`] checks the app: every 10 ms until its first answer, then
+//! once a second; no request reaches the app. A check is the app's own, where the
+//! Service reaches it (the pod's IP): an HTTP GET of its health path (200–399 is
+//! healthy, as for the kubelet), or, without a path, a TCP connection to its port.
 //! The target is fixed by the operator's arguments; nothing in a request chooses it.
 
 use std::collections::HashMap;

@@ -119,6 +119,20 @@ pub fn validate(
     floor: &Floor,
 ) -> Result<Validated, Invalid> {
     floor.admit(app)?;
+    // The CRD refuses these since they were reserved; an app applied before may
+    // still name one (it would fail to start).
+    if aether_crds::pod::RESERVED_PORTS
+        .iter()
+        .any(|p| i32::from(*p) == app.spec.port)
+    {
+        return Err(Invalid::stalled(
+            "ReservedPort",
+            format!(
+                "port {} is the Aether runtime's in the pod: set spec.port to another",
+                app.spec.port
+            ),
+        ));
+    }
     let name = &app.spec.artifact_ref.name;
     let namespace = app.namespace().unwrap_or_default();
     let Some(artifact) = artifact else {
