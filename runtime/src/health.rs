@@ -353,7 +353,7 @@ async fn respond(req: Request<Incoming>, health: Arc<Health>) -> Result<Response
 }
 
 /// Start answering probes, if the operator asked for it, for the app at `target`.
-pub async fn start(args: &HealthArgs, target: Target) -> std::io::Result<()> {
+pub fn start(args: &HealthArgs, target: Target) -> std::io::Result<()> {
     let Some(port) = args.health_port else {
         return Ok(());
     };

@@ -205,7 +205,7 @@ pub async fn run(argv: &[String], config: HotConfig, health: &HealthArgs) -> std
     // Probes check the current process itself (the public port accepts at once);
     // the health port is taken before the app could take it.
     let backend = Arc::new(AtomicU16::new(0));
-    crate::health::start(health, crate::health::Target::loopback(backend.clone())).await?;
+    crate::health::start(health, crate::health::Target::loopback(backend.clone()))?;
     let mut current = start(argv, &cwd)?;
     backend.store(current.port, Ordering::SeqCst);
     tokio::spawn(forward(public, backend.clone()));

@@ -40,7 +40,7 @@ pub async fn run(
     let dev_hot = std::env::var(crate::hot::DEV_HOT).is_ok_and(|v| v == "true");
     if !dev_hot {
         // Answering from the start: while the code is fetched, the app is starting.
-        if let Err(e) = crate::health::start(health, crate::health::Target::app(health)).await {
+        if let Err(e) = crate::health::start(health, crate::health::Target::app(health)) {
             eprintln!("aether-runtime: {e}");
             return ExitCode::from(127);
         }
