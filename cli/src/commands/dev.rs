@@ -6,9 +6,9 @@
 //!    signed manifest and the layer) goes to every running pod through the API
 //!    server's port-forward (`pods/portforward`); each pod verifies it as its fetch
 //!    container would and swaps the process (see the runtime's `hot` module).
-//! 3. Meanwhile the update is uploaded and recorded as the app's release
-//!    (`spec.artifactRef`, marked swapped so nothing rolls), so a pod created later
-//!    starts on it. A change of dependencies, Node or start command cannot be swapped
+//! 3. Once saves pause for a second, the latest update is uploaded and recorded as
+//!    the app's release (`spec.artifactRef`, marked swapped so nothing rolls), so a
+//!    pod created later starts on it. A change of dependencies, Node or start command cannot be swapped
 //!    in: it is pushed and rolled out, and `aether dev` says so.
 //! 4. Ctrl-C waits for the last upload, and, if `aether dev` switched dev-hot mode
 //!    on, switches it off: the app is left on its last release, as after a push.
@@ -526,8 +526,11 @@ async fn await_ready(apps: &Api<AetherApp>, app: &str, timeout: Duration) -> Res
     .await
 }
 
-/// Upload and record each swapped-in update, newest first, one at a time: a pod
-/// created later starts on it.
+/// How long saves must pause before the latest is recorded.
+const RECORD_QUIET: Duration = Duration::from_secs(1);
+
+/// Upload and record the latest swapped-in update once saves pause, one at a time: a
+/// pod created later starts on it.
 async fn recorder(
     client: Client,
     namespace: String,
@@ -540,6 +543,10 @@ async fn recorder(
     let apps: Api<AetherApp> = Api::namespaced(client, &namespace);
     let quiet = Printer::new(crate::args::OutputFormat::Human, true);
     while latest.changed().await.is_ok() {
+        // Saves come in bursts: record once they pause (or the session ends), so
+        // uploading and verifying one does not slow swapping in the next, and only
+        // the last of a burst is uploaded.
+        while let Ok(Ok(())) = tokio::time::timeout(RECORD_QUIET, latest.changed()).await {}
         let Some((packed, swapped)) = latest.borrow_and_update().clone() else {
             continue;
         };
