@@ -15,6 +15,7 @@ pub mod blobs;
 pub mod conditions;
 pub mod enabled;
 pub mod events;
+pub mod faults;
 pub mod http;
 pub mod metrics;
 pub mod policies;

@@ -9,5 +9,6 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into()),
         )
         .init();
+    aether_operator::faults::arm_from_env();
     aether_operator::run(aether_operator::args::Args::parse()).await
 }

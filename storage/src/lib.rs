@@ -458,6 +458,49 @@ impl Blobs {
         Ok(())
     }
 
+    /// The multipart uploads in progress under `upload` (digest and upload id), every
+    /// page: what status records may miss some (a crash between starting one and
+    /// writing status), storage does not.
+    pub async fn open_multipart(&self, upload: &str) -> Result<Vec<(Digest, String)>, StorageError> {
+        let prefix = format!("{}/uploads/{upload}/sha256/", self.prefix);
+        // Listing names no blob: a 404 is the bucket's, not a digest's.
+        let listing_error = |e| match StorageError::from_sdk(&Digest::of(b""), e) {
+            StorageError::NotFound(_) => StorageError::Other(format!("bucket {} not found", self.bucket)),
+            other => other,
+        };
+        let mut open = Vec::new();
+        let (mut key_marker, mut id_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(listing_error)?;
+            for u in page.uploads() {
+                let digest = u
+                    .key()
+                    .and_then(|k| k.strip_prefix(&prefix))
+                    .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok());
+                if let (Some(digest), Some(id)) = (digest, u.upload_id()) {
+                    open.push((digest, id.to_string()));
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(open);
+            }
+            key_marker = page.next_key_marker().map(String::from);
+            id_marker = page.next_upload_id_marker().map(String::from);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(open);
+            }
+        }
+    }
+
     /// Move a completed multipart upload into place: its bytes are checked against the
     /// digest at the upload key, then copied to the blob key. Wrong bytes never reach
     /// the blob key (they are deleted, and the error says why).

@@ -825,16 +825,19 @@ where
     // Typed objects serialise without apiVersion/kind, which apply needs.
     body["apiVersion"] = K::api_version(&()).as_ref().into();
     body["kind"] = K::kind(&()).as_ref().into();
-    api.patch(
-        &name,
-        &PatchParams::apply(crate::artifact::MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(|source| Error::Apply {
-        what: format!("{} {ns}/{name}", K::kind(&())),
-        source,
-    })
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(crate::artifact::MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            what: format!("{} {ns}/{name}", K::kind(&())),
+            source,
+        })?;
+    crate::faults::point("app: applied a child");
+    Ok(applied)
 }
 
 /// An object of the app's that it has only while asked for (its
@@ -938,7 +941,7 @@ async fn record_releases(
     if let Some(release) = &plan.create {
         let name = release.name_any();
         match api.create(&PostParams::default(), release).await {
-            Ok(_) => {}
+            Ok(_) => crate::faults::point("app: recorded a release"),
             // Recorded by a reconcile this one raced with (an operator restart): the
             // next look sees it.
             Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -1154,6 +1157,7 @@ async fn patch_status(ctx: &Context, app: &AetherApp, status: &AetherAppStatus) 
         "kind": "AetherApp",
         "status": status,
     });
+    crate::faults::point("app: before writing status");
     api.patch_status(
         &app.name_any(),
         &PatchParams::apply(crate::artifact::MANAGER).force(),
@@ -1161,6 +1165,7 @@ async fn patch_status(ctx: &Context, app: &AetherApp, status: &AetherAppStatus) 
     )
     .await
     .map_err(Error::UpdateStatus)?;
+    crate::faults::point("app: wrote status");
     Ok(())
 }
 
