@@ -207,11 +207,15 @@ pub struct AetherArtifactStatus {
     /// Where to upload the blobs storage does not have yet, while `Uploaded` is False.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload: Option<UploadInstructions>,
-    /// The value of the last `aether.dev/reissue-upload` request answered: a request
-    /// is acted on once, even when an event shows it again before its removal.
+    /// The value of the last `aether.dev/reissue-upload` request answered (as Flux's
+    /// `lastHandledReconcileAt`): the annotation stays, a new value is a new request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
     pub reissue_handled: Option<String>,
+    /// The value of the last `aether.dev/upload-complete` request answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub complete_handled: Option<String>,
 }
 
 /// Presigned, short-lived upload URLs: the only storage access a developer gets.
@@ -257,9 +261,44 @@ pub struct PartUpload {
 }
 
 /// Set by the uploader when every blob in `status.upload` is in storage; the
-/// operator then completes multipart uploads and verifies. Its value is the
-/// `status.upload.expiresAt` the uploads were made against.
+/// operator then completes multipart uploads and verifies. A new value is a new
+/// request (`aether push` writes a unique one); the operator answers it by copying
+/// it to `status.completeHandled` and never removes the annotation.
 pub const UPLOAD_COMPLETE_ANNOTATION: &str = "aether.dev/upload-complete";
 /// Set to ask for fresh upload URLs (after they expired) or a fresh look at the
-/// stored blobs; a new value (`aether push` uses a unique one) is a new request.
+/// stored blobs; a new value is a new request, answered in `status.reissueHandled`.
 pub const REISSUE_UPLOAD_ANNOTATION: &str = "aether.dev/reissue-upload";
+
+/// Longest request value echoed in status: a longer one is compared by this prefix.
+pub const HANDLED_MAX_CHARS: usize = 128;
+
+/// The requests an artifact carries that the operator has not answered yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PendingRequests {
+    /// An `aether.dev/reissue-upload` value, as it will be echoed.
+    pub reissue: Option<String>,
+    /// An `aether.dev/upload-complete` value, as it will be echoed.
+    pub complete: Option<String>,
+}
+
+impl AetherArtifact {
+    /// Requests whose value differs from the one status says was answered.
+    pub fn pending_requests(&self) -> PendingRequests {
+        let status = self.status.as_ref();
+        let annotations = self.metadata.annotations.as_ref();
+        let pending = |key: &str, handled: Option<&String>| {
+            let value: String = annotations?.get(key)?.chars().take(HANDLED_MAX_CHARS).collect();
+            (handled != Some(&value)).then_some(value)
+        };
+        PendingRequests {
+            reissue: pending(
+                REISSUE_UPLOAD_ANNOTATION,
+                status.and_then(|s| s.reissue_handled.as_ref()),
+            ),
+            complete: pending(
+                UPLOAD_COMPLETE_ANNOTATION,
+                status.and_then(|s| s.complete_handled.as_ref()),
+            ),
+        }
+    }
+}

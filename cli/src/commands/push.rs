@@ -340,9 +340,8 @@ async fn upload_presigned(
             art = wait_for_instructions(api, name, timeout).await?;
             continue;
         }
-        let expires = serde_json::to_value(&upload.expires_at).unwrap_or_default();
         let patch = serde_json::json!({"metadata": {"annotations": {
-            UPLOAD_COMPLETE_ANNOTATION: expires.as_str().unwrap_or("done"),
+            UPLOAD_COMPLETE_ANNOTATION: request_value(),
         }}});
         api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -497,17 +496,22 @@ fn kube_error(e: kube::Error, verb: &str, namespace: &str) -> CliError {
     crate::cluster::kube_error(e, verb, "aetherartifacts", namespace)
 }
 
-async fn request_reissue(api: &Api<AetherArtifact>, name: &str, namespace: &str) -> Result<(), CliError> {
-    // A value of its own: the operator answers each request once.
-    let request = format!(
+/// A request value of its own: the operator answers each value once (and says so in
+/// status), so asking again needs a new one.
+fn request_value() -> String {
+    format!(
         "aether push {}-{:08x}",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis(),
         fastrand::u32(..)
-    );
-    let patch = serde_json::json!({"metadata": {"annotations": {REISSUE_UPLOAD_ANNOTATION: request}}});
+    )
+}
+
+async fn request_reissue(api: &Api<AetherArtifact>, name: &str, namespace: &str) -> Result<(), CliError> {
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {REISSUE_UPLOAD_ANNOTATION: request_value()}}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| kube_error(e, "update", namespace))?;
@@ -522,7 +526,7 @@ async fn wait_for_instructions(
 ) -> Result<AetherArtifact, CliError> {
     crate::cluster::wait_for(api, name, timeout, "upload instructions from the operator", |a| {
         let status = a.status.as_ref()?;
-        let pending = a.annotations().contains_key(REISSUE_UPLOAD_ANNOTATION);
+        let pending = a.pending_requests().reissue.is_some();
         let answered = ready(a) == Some(true) || status.upload.is_some() || rejected(a) || invalid(a);
         (!pending && answered).then(|| a.clone())
     })

@@ -1,10 +1,10 @@
 //! The AetherArtifact controller: the storage side of `aether push`.
 //!
-//! validate (the spec reproduces its digest) → look at storage (HEAD every blob of the
-//! artifact's namespace) → either hand out presigned upload URLs for the missing blobs
-//! (`Uploaded=False`, `AwaitingUpload`) or, once everything is there, re-hash every
-//! blob in storage (`Verified`, `Ready`). Developers never hold storage credentials:
-//! URLs travel through `status.upload`.
+//! retention (a pure decision, [`crate::retention`]) → observe and decide
+//! ([`decide`]: what to look at next, then the verdict) → execute the verdict (delete
+//! bytes that match nothing, abort superseded multipart uploads, presign upload URLs,
+//! write status, publish the event). Developers never hold storage credentials: URLs
+//! travel through `status.upload`.
 //!
 //! What a requester claims never costs anyone else a blob: storage is per namespace
 //! (see `aether_storage`), a URL stores only the bytes of its digest, and a stored
@@ -13,14 +13,15 @@
 //! A Ready artifact is looked at again (HEAD) every few minutes and re-verified when
 //! asked, so a lost blob is uploaded again by the next push.
 
+pub mod decide;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use aether_artifact::Digest;
-use aether_crds::condition::{READY, STALLED, UPLOADED, VERIFIED, artifact as reason};
 use aether_crds::{
     AetherApp, AetherArtifact, AetherArtifactStatus, AetherRelease, BlobRef, BlobUpload, PartUpload,
-    REISSUE_UPLOAD_ANNOTATION, UPLOAD_COMPLETE_ANNOTATION, UploadInstructions,
+    UploadInstructions,
 };
 use aether_storage::{Blobs, Storage, StorageError, plan_parts};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -34,7 +35,9 @@ use tracing::{info, instrument, warn};
 
 use crate::blobs::{self, BlobLocks};
 use crate::metrics::{ControllerLabels, Metrics};
-use crate::{conditions, events, retention};
+use crate::{events, retention};
+use decide::{Hashed, Look, Next, Seen, Verdict};
+pub use decide::{RECHECK, REHASH_INTERVAL, renewal_margin, still_valid};
 
 /// Field manager for everything the operator writes.
 pub const MANAGER: &str = "aether-operator";
@@ -89,62 +92,117 @@ pub struct UploadPolicy {
     pub part_size: u64,
 }
 
+/// The step of a reconcile that failed: errors are named (and counted) by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Reading the namespace's apps and releases to judge retention.
+    Retention,
+    /// Asking whether an admin enabled the namespace.
+    Enablement,
+    /// Completing multipart uploads.
+    Complete,
+    /// Looking at what storage holds (HEAD).
+    Head,
+    /// Reading stored blobs back to hash them.
+    Hash,
+    /// Reading the artifact again from the API server.
+    Fresh,
+    /// Measuring the namespace against its storage cap.
+    Quota,
+    /// Deleting stored bytes, or the artifact.
+    Delete,
+    /// Aborting superseded multipart uploads.
+    Abort,
+    /// Signing upload URLs.
+    Presign,
+    /// Writing status.
+    Status,
+    /// Freeing a deleted artifact's blobs.
+    Release,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Retention => "Retention",
+            Step::Enablement => "Enablement",
+            Step::Complete => "Complete",
+            Step::Head => "Head",
+            Step::Hash => "Hash",
+            Step::Fresh => "Fresh",
+            Step::Quota => "Quota",
+            Step::Delete => "Delete",
+            Step::Abort => "Abort",
+            Step::Presign => "Presign",
+            Step::Status => "Status",
+            Step::Release => "Release",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("storage: {0}")]
-    Storage(#[from] StorageError),
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
+    #[error("{step}: storage: {source}")]
+    Storage {
+        step: Step,
+        #[source]
+        source: StorageError,
+    },
+    #[error("{step}: kubernetes API: {source}")]
+    Kube {
+        step: Step,
+        #[source]
+        source: kube::Error,
+    },
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    #[error(transparent)]
+    #[error("Quota: {0}")]
     Policies(#[from] crate::policies::PolicyError),
-    /// Not a failure: a deleted artifact's upload URLs have not expired yet.
-    #[error("upload URLs are still valid for {0:?}")]
-    UrlsOutstanding(Duration),
+    /// A bug: the decision asked for more looks than there are.
+    #[error("the decision asked for {0:?} again")]
+    NoProgress(Look),
 }
 
 impl Error {
+    /// The step, for the failure metric (the finalizer's wrapper is looked through).
     pub fn metric_label(&self) -> &'static str {
+        use kube::runtime::finalizer::Error as Finalizer;
         match self {
-            Error::Storage(e) => e.reason(),
-            Error::Kube(_) => "KubeError",
-            Error::Finalizer(_) => "Finalizer",
-            Error::Policies(_) => "Policies",
-            Error::UrlsOutstanding(_) => "UrlsOutstanding",
+            Error::Storage { step, .. } | Error::Kube { step, .. } => step.as_str(),
+            Error::Finalizer(wrapped) => match wrapped.as_ref() {
+                Finalizer::ApplyFailed(inner) | Finalizer::CleanupFailed(inner) => inner.metric_label(),
+                _ => "Finalizer",
+            },
+            Error::Policies(_) => Step::Quota.as_str(),
+            Error::NoProgress(_) => "NoProgress",
         }
     }
+}
+
+fn storage_at(step: Step) -> impl FnOnce(StorageError) -> Error {
+    move |source| Error::Storage { step, source }
+}
+
+fn kube_at(step: Step) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { step, source }
 }
 
 /// Held by every artifact until its blobs have been released (see [`crate::blobs`]).
 pub const FINALIZER: &str = "aether.dev/blobs";
 
-/// How often a Ready artifact's blobs are looked at (HEAD) again: a blob lost from
-/// storage makes the artifact ask for an upload instead of failing pods.
-pub const RECHECK: Duration = Duration::from_secs(300);
-
 /// Upload URLs per blob at most: with three blobs of ~700-byte URLs, status stays
 /// under half a megabyte (etcd refuses objects past 1.5 MiB).
 pub const MAX_PARTS_PER_BLOB: u64 = 200;
 
-/// An artifact is hashed again on request at most this often.
-pub const REHASH_INTERVAL: Duration = Duration::from_secs(10);
-
 /// Blobs hashed at once, across all artifacts: hashing is what an uploader can ask
 /// for most cheaply, so it is what must not starve the rest of the operator.
 pub const HASHING_PERMITS: usize = 2;
-
-/// Are these upload instructions still usable for at least `margin`?
-pub fn still_valid(upload: &UploadInstructions, now: Timestamp, margin: Duration) -> bool {
-    let margin = SignedDuration::try_from(margin).unwrap_or(SignedDuration::ZERO);
-    upload.expires_at.0 > now.checked_add(margin).unwrap_or(now)
-}
-
-/// URLs are renewed this long before they expire: a quarter of their lifetime, at
-/// most 30 s, so short lifetimes do not make every loop issue new ones.
-pub fn renewal_margin(ttl: Duration) -> Duration {
-    (ttl / 4).min(Duration::from_secs(30))
-}
 
 #[instrument(skip_all, fields(artifact = %art.name_any(), ns = art.namespace().unwrap_or_default()))]
 pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -191,9 +249,17 @@ async fn apply(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error>
     let mut decision = retention::decide(&art, &cached, &[], &ctx.retention, now);
     if decision != retention::Decision::Keep {
         let apps: Api<AetherApp> = Api::namespaced(ctx.client.clone(), &ns);
-        let apps = apps.list(&ListParams::default()).await?.items;
+        let apps = apps
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_at(Step::Retention))?
+            .items;
         let releases: Api<AetherRelease> = Api::namespaced(ctx.client.clone(), &ns);
-        let releases = releases.list(&ListParams::default()).await?.items;
+        let releases = releases
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_at(Step::Retention))?
+            .items;
         decision = retention::decide(&art, &apps, &releases, &ctx.retention, now);
     }
     if let retention::Decision::Delete(reason) = decision {
@@ -211,7 +277,7 @@ async fn apply(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error>
         match api.delete(&art.name_any(), &DeleteParams::background()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(kube_at(Step::Delete)(e)),
         }
         return Ok(Action::await_change());
     }
@@ -237,7 +303,7 @@ async fn release_blobs(art: &AetherArtifact, ctx: &Context) -> Result<Action, Er
     let ns = art.namespace().unwrap_or_default();
     let storage = ctx.storage.namespace(&ns);
     let upload = art.status.as_ref().and_then(|s| s.upload.as_ref());
-    abort_uploads(&storage, art, upload).await?;
+    abort_uploads(&storage, art, None).await?;
     // A single-PUT URL handed out for this artifact still stores bytes until it
     // expires: free the blobs after that, or they would land uncounted and unowned.
     if let Some(upload) = upload.filter(|u| u.blobs.iter().any(|b| b.url.is_some())) {
@@ -254,10 +320,13 @@ async fn release_blobs(art: &AetherArtifact, ctx: &Context) -> Result<Action, Er
     }
     let candidates = blobs::digests(art);
     let _locks = ctx.locks.lock_all(&ns, candidates.iter().copied()).await;
-    let all = blobs::list_namespace(&ctx.client, &ns).await?;
+    let all = blobs::list_namespace(&ctx.client, &ns)
+        .await
+        .map_err(kube_at(Step::Release))?;
     let free = blobs::unreferenced(art, &candidates, &all);
     for digest in &free {
-        storage.delete(digest).await?;
+        storage.delete(digest).await.map_err(storage_at(Step::Release))?;
+        crate::faults::point("artifact: freed a blob");
     }
     info!(
         deleted = free.len(),
@@ -267,20 +336,29 @@ async fn release_blobs(art: &AetherArtifact, ctx: &Context) -> Result<Action, Er
     Ok(Action::await_change())
 }
 
-/// Abort the unfinished multipart uploads of `upload` (superseded instructions, or
-/// an artifact going away): storage would keep their parts, unlisted, forever.
+/// Abort every unfinished multipart upload of the artifact but those `keep` hands
+/// out: storage would keep their parts, unlisted, forever. Storage is asked which are
+/// open, not status: a crash between starting an upload and writing status leaves
+/// one that status never named.
 async fn abort_uploads(
     storage: &Blobs,
     art: &AetherArtifact,
-    upload: Option<&UploadInstructions>,
+    keep: Option<&UploadInstructions>,
 ) -> Result<(), Error> {
-    for b in upload.iter().flat_map(|u| u.blobs.iter()) {
-        let (Some(id), Ok(digest)) = (b.upload_id.as_deref(), b.digest.parse::<Digest>()) else {
-            continue;
-        };
-        match storage.abort_multipart(&upload_name(art), &digest, id).await {
+    let name = upload_name(art);
+    let open = storage
+        .open_multipart(&name)
+        .await
+        .map_err(storage_at(Step::Abort))?;
+    let kept = |id: &str| {
+        keep.iter()
+            .flat_map(|u| u.blobs.iter())
+            .any(|b| b.upload_id.as_deref() == Some(id))
+    };
+    for (digest, id) in open.iter().filter(|(_, id)| !kept(id)) {
+        match storage.abort_multipart(&name, digest, id).await {
             Ok(()) | Err(StorageError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(storage_at(Step::Abort)(e)),
         }
     }
     Ok(())
@@ -292,311 +370,155 @@ fn upload_name(art: &AetherArtifact) -> String {
     art.uid().unwrap_or_else(|| art.name_any())
 }
 
+/// Observe and decide until there is a verdict, then carry it out.
 async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error> {
     let ns = art.namespace().unwrap_or_default();
-    let api: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), &ns);
     let storage = ctx.storage.namespace(&ns);
-    let generation = art.metadata.generation;
-    let old = art.status.clone().unwrap_or_default();
-    let mut status = old.clone();
-    status.observed_generation = generation;
-    let annotations = art.annotations();
-    // A reissue request is acted on once: an event can show it again (with the status
-    // that answered it) before the annotation's removal arrives.
-    let request = annotations.get(REISSUE_UPLOAD_ANNOTATION);
-    let reissue = request.is_some_and(|r| old.reissue_handled.as_ref() != Some(r));
-    if reissue {
-        status.reissue_handled = request.map(|r| r.chars().take(128).collect());
-    }
-    let completed = annotations.contains_key(UPLOAD_COMPLETE_ANNOTATION);
-
-    // Validate: a spec that does not reproduce its digest, or names bad blobs, waits
-    // for the user (it is immutable, so in practice: for a new artifact).
-    let blobs = match art
-        .spec
-        .verified_manifest()
-        .map_err(|e| e.to_string())
-        .and_then(|_| art.spec.blobs().map_err(|e| e.to_string()))
-    {
-        Ok(b) => b,
-        Err(message) => return invalid_spec(&api, ctx, &art, &old, status, &message).await,
-    };
-    // In a namespace no admin enabled, storage is not touched (an admin may enable
-    // it: look again).
-    if !ctx.enabled.check(&ns).await? {
-        let message = ctx.enabled.message(&ns);
-        let retry = Some(Duration::from_secs(60));
-        return refuse(
-            &api,
-            ctx,
-            &art,
-            &old,
-            status,
-            (reason::NAMESPACE_NOT_ENABLED, &message),
-            retry,
-        )
-        .await;
-    }
-    // A spec judged invalid stays so (it is immutable): not judged again, so asking
-    // costs nothing.
-    let invalid = old
-        .conditions
-        .iter()
-        .any(|c| c.type_ == READY && c.reason == reason::INVALID_SPEC);
-    if invalid && old.observed_generation == generation {
-        clear_annotations(&api, &art).await?;
-        return Ok(Action::await_change());
-    }
-    let was_ready = conditions::is_true(&old.conditions, READY) && old.observed_generation == generation;
-    if was_ready && !reissue && still_stored(&storage, &blobs).await? {
-        return Ok(Action::requeue(RECHECK));
-    }
-    // A verdict on bad bytes stands until the uploader asks for new URLs: otherwise
-    // the next loop would hand out fresh ones and hide it.
-    let rejected = old
-        .conditions
-        .iter()
-        .any(|c| c.type_ == READY && c.reason == reason::DIGEST_MISMATCH);
-    if rejected && old.observed_generation == generation && !reissue {
-        return Ok(Action::await_change());
-    }
-
-    // From the first HEAD to the verdict, no blob of this artifact may be collected
-    // (see crate::blobs).
-    let _locks = ctx.locks.lock_all(&ns, blobs.iter().map(|b| b.digest)).await;
-
-    // The uploader says it is done: finish multipart uploads and move them into place
-    // once their bytes match (wrong ones never reach the blob key).
-    if completed
-        && !reissue
-        && let Some(upload) = &old.upload
-    {
-        for b in upload.blobs.iter().filter(|b| b.upload_id.is_some()) {
-            let Some(blob) = blobs.iter().find(|x| x.digest.to_string() == b.digest) else {
-                continue;
-            };
-            let name = upload_name(&art);
-            match storage
-                .complete_multipart(&name, &blob.digest, b.upload_id.as_deref().unwrap_or_default())
-                .await
-            {
-                Ok(()) | Err(StorageError::NotFound(_)) => {} // completed earlier
-                Err(e) => return Err(e.into()),
-            }
-            let promoted = {
-                let _permit = ctx.hashing.acquire().await;
-                storage.promote(&name, &blob.digest, blob.size).await
-            };
-            match promoted {
-                Ok(()) | Err(StorageError::NotFound(_)) => {} // promoted earlier, or never uploaded
-                Err(e @ StorageError::Mismatch { .. }) => {
-                    return reject(&api, ctx, &art, &old, status, &e.to_string()).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
+    let mut seen = Seen::of(&art, Timestamp::now());
+    // From the first storage look to the verdict, no blob of this artifact may be
+    // collected (see crate::blobs).
+    let mut locks = None;
+    // Each look answers one question, so a verdict comes after a few of them.
+    for _ in 0..8 {
+        seen.now = Timestamp::now();
+        let look = match decide::decide(&seen, ctx.upload.url_ttl) {
+            Next::Verdict(verdict) => return execute(*verdict, &seen, &art, ctx, &storage).await,
+            Next::Look(look) => look,
+        };
+        if locks.is_none() && matches!(look, Look::Complete(_) | Look::Stored) {
+            let digests = seen.spec.iter().flatten().map(|b| b.digest);
+            locks = Some(ctx.locks.lock_all(&ns, digests).await);
         }
+        observe(&look, &mut seen, &art, ctx, &storage).await?;
+        crate::faults::point(look.fault_point());
     }
+    Err(Error::NoProgress(Look::Stored))
+}
 
-    let mut missing = Vec::new();
-    for b in &blobs {
-        match storage.head(&b.digest).await? {
-            Some(size) if size == b.size => {}
-            // The spec's size disagrees with what is stored under the digest. The
-            // stored bytes decide: if they match the digest, the claim is wrong and
-            // nothing is touched; only bytes that match nothing are removed.
-            Some(size) => match hash(ctx, &storage, &b.digest, size).await {
-                Ok(()) => {
-                    let message = format!(
-                        "blob {} is {size} bytes, not {} as the spec says",
-                        b.digest, b.size
-                    );
-                    return invalid_spec(&api, ctx, &art, &old, status, &message).await;
-                }
-                Err(StorageError::Mismatch { .. }) => {
-                    warn!(digest = %b.digest, size, "stored bytes do not match their digest; removing them");
-                    storage.delete(&b.digest).await?;
-                    missing.push(*b);
-                }
-                Err(StorageError::NotFound(_)) => missing.push(*b),
-                Err(e) => return Err(e.into()),
-            },
-            None => missing.push(*b),
-        }
-    }
-
-    if missing.is_empty() {
-        // A cache can lag the API server (just after a leader change, say): if another
-        // reconcile already verified this artifact, do not re-hash it, or judge bytes
-        // that changed since (and that the pods will judge themselves). Unless asked
-        // to: a re-verification request hashes again, at most once per
-        // REHASH_INTERVAL (requests are cheap to make, hashing is not).
-        let fresh = api.get(&art.name_any()).await?;
-        let verified_recently = fresh
-            .status
-            .as_ref()
-            .and_then(|s| s.verified_at.as_ref())
-            .is_some_and(|t| {
-                let since = Timestamp::now().duration_since(t.0);
-                since < SignedDuration::try_from(REHASH_INTERVAL).unwrap_or(SignedDuration::ZERO)
+/// Find out what `look` asks and write it into `seen`.
+async fn observe(
+    look: &Look,
+    seen: &mut Seen,
+    art: &AetherArtifact,
+    ctx: &Context,
+    storage: &Blobs,
+) -> Result<(), Error> {
+    let ns = art.namespace().unwrap_or_default();
+    match look {
+        Look::Enabled | Look::EnabledAgain => {
+            if *look == Look::EnabledAgain {
+                tokio::time::sleep(decide::ENABLEMENT_LAG).await;
+                seen.asked_again = true;
+            }
+            let enabled = ctx.enabled.check(&ns).await.map_err(kube_at(Step::Enablement))?;
+            seen.enabled = Some(if enabled {
+                Ok(())
+            } else {
+                Err(ctx.enabled.message(&ns))
             });
-        if (!reissue || verified_recently)
-            && fresh.status.as_ref().is_some_and(|s| {
-                conditions::is_true(&s.conditions, READY) && s.observed_generation == generation
-            })
-        {
-            // Answer any pending request: the artifact is ready as it is.
-            clear_annotations(&api, &art).await?;
-            return Ok(Action::requeue(RECHECK));
         }
-        return verify(&api, &storage, ctx, &art, old, status, &blobs).await;
+        Look::Complete(uploads) => {
+            let name = upload_name(art);
+            let mut outcome = Ok(());
+            for c in uploads {
+                match storage
+                    .complete_multipart(&name, &c.blob.digest, &c.upload_id)
+                    .await
+                {
+                    Ok(()) | Err(StorageError::NotFound(_)) => {} // completed earlier
+                    Err(e) => return Err(storage_at(Step::Complete)(e)),
+                }
+                let promoted = {
+                    let _permit = ctx.hashing.acquire().await;
+                    storage.promote(&name, &c.blob.digest, c.blob.size).await
+                };
+                match promoted {
+                    Ok(()) | Err(StorageError::NotFound(_)) => {} // promoted earlier, or never uploaded
+                    Err(e @ StorageError::Mismatch { .. }) => {
+                        outcome = Err(e.to_string());
+                        break;
+                    }
+                    Err(e) => return Err(storage_at(Step::Complete)(e)),
+                }
+            }
+            seen.completed = Some(outcome);
+        }
+        Look::Stored => {
+            let mut stored = Vec::new();
+            for b in seen.spec.iter().flatten() {
+                stored.push(storage.head(&b.digest).await.map_err(storage_at(Step::Head))?);
+            }
+            seen.stored = Some(stored);
+        }
+        Look::Hash(blobs) => {
+            for b in blobs {
+                let hashed = match hash(ctx, storage, &b.digest, b.size).await {
+                    Ok(()) => Hashed::Matches,
+                    Err(e @ StorageError::Mismatch { .. }) => {
+                        warn!(digest = %b.digest, error = %e, "stored bytes do not match their digest");
+                        Hashed::Mismatch(e.to_string())
+                    }
+                    Err(StorageError::NotFound(_)) => Hashed::Gone,
+                    Err(e) => return Err(storage_at(Step::Hash)(e)),
+                };
+                seen.hashed.insert(b.digest, hashed);
+            }
+        }
+        Look::Fresh => {
+            let api: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), &ns);
+            let fresh = api.get(&art.name_any()).await.map_err(kube_at(Step::Fresh))?;
+            seen.fresh = Some(fresh.status.unwrap_or_default());
+        }
+        Look::Quota => seen.quota = Some(over_quota(ctx, art, &ns).await?),
     }
-
-    // Whatever is missing would add to the namespace's storage: within its cap?
-    if let Some(message) = over_quota(ctx, &art, &ns).await? {
-        // Deleting other artifacts frees room: look again.
-        let retry = Some(Duration::from_secs(60));
-        return refuse(
-            &api,
-            ctx,
-            &art,
-            &old,
-            status,
-            (reason::QUOTA_EXCEEDED, &message),
-            retry,
-        )
-        .await;
-    }
-
-    let now = Timestamp::now();
-    let margin = renewal_margin(ctx.upload.url_ttl);
-    let usable = old.upload.as_ref().is_some_and(|u| still_valid(u, now, margin));
-    if completed && usable && !reissue {
-        let list: Vec<String> = missing.iter().map(|b| b.digest.to_string()).collect();
-        let message = format!("upload marked complete, but storage lacks {}", list.join(", "));
-        conditions::set_all(
-            &mut status.conditions,
-            &[UPLOADED, READY],
-            false,
-            reason::UPLOAD_INCOMPLETE,
-            &message,
-            generation,
-        );
-        patch_status(&api, &art, &status).await?;
-        clear_annotations(&api, &art).await?;
-        return Ok(Action::requeue(Duration::from_secs(30)));
-    }
-    if !usable || reissue {
-        // New instructions replace the old ones: their multipart uploads end here.
-        abort_uploads(&storage, &art, old.upload.as_ref()).await?;
-        status.upload = Some(instructions(ctx, &storage, &upload_name(&art), &missing, now).await?);
-    }
-    let bytes: u64 = missing.iter().map(|b| b.size).sum();
-    let message = format!("{} blob(s), {bytes} bytes, to upload", missing.len());
-    conditions::set_all(
-        &mut status.conditions,
-        &[UPLOADED, READY],
-        false,
-        reason::AWAITING_UPLOAD,
-        &message,
-        generation,
-    );
-    conditions::set(
-        &mut status.conditions,
-        STALLED,
-        false,
-        reason::AWAITING_UPLOAD,
-        "",
-        generation,
-    );
-    patch_status(&api, &art, &status).await?;
-    // The request is answered only once the answer is in status: an uploader that
-    // sees its annotation gone reads the new URLs, never the previous verdict.
-    if reissue || completed {
-        clear_annotations(&api, &art).await?;
-    }
-    info!(missing = missing.len(), bytes, "awaiting upload");
-    // Come back shortly before the URLs expire, to hand out fresh ones if still needed.
-    Ok(Action::requeue(
-        ctx.upload
-            .url_ttl
-            .saturating_sub(margin)
-            .max(Duration::from_secs(1)),
-    ))
+    Ok(())
 }
 
-/// The spec names blobs it cannot have (it is immutable, so in practice this waits
-/// for a new artifact).
-async fn invalid_spec(
-    api: &Api<AetherArtifact>,
-    ctx: &Context,
+/// Carry out a verdict: storage first, then status (a waiting uploader reads the
+/// answer from status, so it must already hold), then the event.
+async fn execute(
+    verdict: Verdict,
+    seen: &Seen,
     art: &AetherArtifact,
-    old: &AetherArtifactStatus,
-    status: AetherArtifactStatus,
-    message: &str,
-) -> Result<Action, Error> {
-    refuse(api, ctx, art, old, status, (reason::INVALID_SPEC, message), None).await
-}
-
-/// The artifact cannot be uploaded as it is (`reason`): `Stalled`, its unfinished
-/// uploads aborted, nothing else in storage touched, a waiting push answered. Looked
-/// at again after `retry` when something else may change the verdict.
-async fn refuse(
-    api: &Api<AetherArtifact>,
     ctx: &Context,
-    art: &AetherArtifact,
-    old: &AetherArtifactStatus,
-    mut status: AetherArtifactStatus,
-    (reason, message): (&str, &str),
-    retry: Option<Duration>,
+    storage: &Blobs,
 ) -> Result<Action, Error> {
-    let generation = art.metadata.generation;
-    let storage = ctx.storage.namespace(&art.namespace().unwrap_or_default());
-    abort_uploads(&storage, art, old.upload.as_ref()).await?;
-    status.upload = None;
-    conditions::set(&mut status.conditions, READY, false, reason, message, generation);
-    conditions::set(&mut status.conditions, STALLED, true, reason, message, generation);
-    publish_on_change(ctx, art, old, &status, EventType::Warning, reason, message).await;
-    patch_status(api, art, &status).await?;
-    // Answer a waiting uploader: the verdict is in status.
-    clear_annotations(api, art).await?;
-    Ok(retry.map_or_else(Action::await_change, Action::requeue))
-}
-
-/// Uploaded bytes did not match their digest: the verdict stands until the uploader
-/// asks for new URLs.
-async fn reject(
-    api: &Api<AetherArtifact>,
-    ctx: &Context,
-    art: &AetherArtifact,
-    old: &AetherArtifactStatus,
-    mut status: AetherArtifactStatus,
-    message: &str,
-) -> Result<Action, Error> {
-    let generation = art.metadata.generation;
-    let storage = ctx.storage.namespace(&art.namespace().unwrap_or_default());
-    abort_uploads(&storage, art, old.upload.as_ref()).await?;
-    status.upload = None;
-    conditions::set_all(
-        &mut status.conditions,
-        &[UPLOADED, VERIFIED, READY],
-        false,
-        reason::DIGEST_MISMATCH,
-        message,
-        generation,
-    );
-    publish_on_change(
-        ctx,
-        art,
-        old,
-        &status,
-        EventType::Warning,
-        reason::DIGEST_MISMATCH,
-        message,
-    )
-    .await;
-    patch_status(api, art, &status).await?;
-    clear_annotations(api, art).await?;
-    Ok(Action::await_change())
+    let Verdict {
+        mut status,
+        write,
+        delete,
+        abort_previous,
+        issue,
+        event,
+        then,
+    } = verdict;
+    for digest in &delete {
+        warn!(%digest, "deleting stored bytes that match no digest");
+        storage.delete(digest).await.map_err(storage_at(Step::Delete))?;
+        crate::faults::point("artifact: deleted bytes that match nothing");
+    }
+    if let Some(missing) = &issue {
+        status.upload = Some(instructions(ctx, storage, &upload_name(art), missing, seen.now).await?);
+        crate::faults::point("artifact: started uploads, status not written");
+    }
+    if abort_previous {
+        abort_uploads(storage, art, status.upload.as_ref()).await?;
+        crate::faults::point("artifact: aborted multipart uploads");
+    }
+    if write || issue.is_some() {
+        let api: Api<AetherArtifact> =
+            Api::namespaced(ctx.client.clone(), &art.namespace().unwrap_or_default());
+        patch_status(&api, art, &status).await?;
+        crate::faults::point("artifact: wrote status");
+    }
+    if let Some(e) = event {
+        events::publish(&ctx.recorder, &art.object_ref(&()), e.type_, e.reason, &e.note).await;
+    }
+    if write && let Some(c) = aether_crds::condition::find(&status.conditions, aether_crds::condition::READY)
+    {
+        info!(ready = %c.status, reason = %c.reason, "{}", c.message);
+    }
+    Ok(then)
 }
 
 /// Read a stored blob back and check it against its digest, within the hashing
@@ -627,91 +549,15 @@ async fn over_quota(ctx: &Context, art: &AetherArtifact, ns: &str) -> Result<Opt
     let Some((cap, policy)) = caps.into_iter().min() else {
         return Ok(None);
     };
-    let all = blobs::list_namespace(&ctx.client, ns).await?;
+    let all = blobs::list_namespace(&ctx.client, ns)
+        .await
+        .map_err(kube_at(Step::Quota))?;
     let (used, adds) = blobs::usage(art, &all);
     Ok((used + adds > cap).then(|| {
         format!(
             "namespace {ns} may store {cap} bytes (AetherPolicy {policy}); its other artifacts take {used}, this one would add {adds}: delete unused artifacts or ask an admin for more"
         )
     }))
-}
-
-/// Is every blob still stored, with its size? A cheap look (HEAD), for Ready artifacts.
-async fn still_stored(storage: &Blobs, blobs: &[BlobRef]) -> Result<bool, Error> {
-    for b in blobs {
-        if storage.head(&b.digest).await? != Some(b.size) {
-            info!(digest = %b.digest, "a blob of this Ready artifact is gone from storage; asking for it again");
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// Every blob is stored: check each against its digest. Bytes that do not match are
-/// removed (they are no blob's), and the artifact waits for a new upload.
-async fn verify(
-    api: &Api<AetherArtifact>,
-    storage: &Blobs,
-    ctx: &Context,
-    art: &AetherArtifact,
-    old: AetherArtifactStatus,
-    mut status: AetherArtifactStatus,
-    blobs: &[BlobRef],
-) -> Result<Action, Error> {
-    let generation = art.metadata.generation;
-    for b in blobs {
-        match hash(ctx, storage, &b.digest, b.size).await {
-            Ok(()) => {}
-            Err(e @ StorageError::Mismatch { .. }) => {
-                let message = e.to_string();
-                warn!(%message, "deleting stored bytes that do not match their digest");
-                storage.delete(&b.digest).await?;
-                return reject(api, ctx, art, &old, status, &message).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let message = format!("{} blob(s) stored and verified", blobs.len());
-    status.upload = None;
-    status.verified_at = Some(Time(Timestamp::now()));
-    conditions::set(
-        &mut status.conditions,
-        UPLOADED,
-        true,
-        "Uploaded",
-        "every blob is in storage",
-        generation,
-    );
-    conditions::set_all(
-        &mut status.conditions,
-        &[VERIFIED, READY],
-        true,
-        reason::VERIFIED,
-        &message,
-        generation,
-    );
-    conditions::set(
-        &mut status.conditions,
-        STALLED,
-        false,
-        reason::VERIFIED,
-        "",
-        generation,
-    );
-    publish_on_change(
-        ctx,
-        art,
-        &old,
-        &status,
-        EventType::Normal,
-        reason::VERIFIED,
-        &message,
-    )
-    .await;
-    patch_status(api, art, &status).await?;
-    clear_annotations(api, art).await?;
-    info!("verified");
-    Ok(Action::requeue(RECHECK))
 }
 
 async fn instructions(
@@ -725,7 +571,10 @@ async fn instructions(
     let mut blobs = Vec::with_capacity(missing.len());
     for b in missing {
         if b.size > ctx.upload.multipart_threshold {
-            let upload_id = storage.start_multipart(upload, &b.digest).await?;
+            let upload_id = storage
+                .start_multipart(upload, &b.digest)
+                .await
+                .map_err(storage_at(Step::Presign))?;
             // Parts grow rather than multiply, so status stays far below etcd's limit.
             let part_size = ctx.upload.part_size.max(b.size.div_ceil(MAX_PARTS_PER_BLOB));
             let plans = plan_parts(b.size, part_size);
@@ -735,7 +584,8 @@ async fn instructions(
                     number: p.number,
                     url: storage
                         .presign_part(upload, &b.digest, &upload_id, p, ttl)
-                        .await?,
+                        .await
+                        .map_err(storage_at(Step::Presign))?,
                 });
             }
             blobs.push(BlobUpload {
@@ -748,7 +598,10 @@ async fn instructions(
                 parts,
             });
         } else {
-            let put = storage.presign_put(&b.digest, b.size, ttl).await?;
+            let put = storage
+                .presign_put(&b.digest, b.size, ttl)
+                .await
+                .map_err(storage_at(Step::Presign))?;
             blobs.push(BlobUpload {
                 digest: b.digest.to_string(),
                 size: b.size as i64,
@@ -782,38 +635,9 @@ async fn patch_status(
         &PatchParams::apply(MANAGER).force(),
         &Patch::Apply(&patch),
     )
-    .await?;
+    .await
+    .map_err(kube_at(Step::Status))?;
     Ok(())
-}
-
-/// The upload signals are consumed once acted upon.
-async fn clear_annotations(api: &Api<AetherArtifact>, art: &AetherArtifact) -> Result<(), Error> {
-    let a = art.annotations();
-    if !a.contains_key(UPLOAD_COMPLETE_ANNOTATION) && !a.contains_key(REISSUE_UPLOAD_ANNOTATION) {
-        return Ok(());
-    }
-    let patch = serde_json::json!({"metadata": {"annotations": {
-        UPLOAD_COMPLETE_ANNOTATION: null,
-        REISSUE_UPLOAD_ANNOTATION: null,
-    }}});
-    api.patch(&art.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
-}
-
-/// Events on transitions of Ready, not on every loop.
-async fn publish_on_change(
-    ctx: &Context,
-    art: &AetherArtifact,
-    old: &AetherArtifactStatus,
-    new: &AetherArtifactStatus,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
-    if events::ready_changed(&old.conditions, &new.conditions) {
-        events::publish(&ctx.recorder, &art.object_ref(&()), type_, reason, note).await;
-    }
 }
 
 pub fn error_policy(art: Arc<AetherArtifact>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -826,18 +650,19 @@ pub fn error_policy(art: Arc<AetherArtifact>, err: &Error, ctx: Arc<Context>) ->
         },
         _ => err,
     };
-    if let Error::UrlsOutstanding(wait) = err {
-        return Action::requeue(*wait);
-    }
     warn!(artifact = %art.name_any(), reason = err.metric_label(), error = %err, "reconcile failed; retrying");
     ctx.metrics.failed(CONTROLLER, err.metric_label());
     let backoff = ctx.backoff.failed(&backoff_key(&art));
     match err {
-        Error::Storage(StorageError::Unauthorized { .. } | StorageError::NotConfigured(_)) => {
-            Action::requeue(backoff.max(Duration::from_secs(60)))
-        }
+        Error::Storage {
+            source: StorageError::Unauthorized { .. } | StorageError::NotConfigured(_),
+            ..
+        } => Action::requeue(backoff.max(Duration::from_secs(60))),
         // Storage is down: every Ready artifact's recheck would fail alike.
-        Error::Storage(StorageError::Unavailable(_)) => Action::requeue(backoff.max(Duration::from_secs(30))),
+        Error::Storage {
+            source: StorageError::Unavailable(_),
+            ..
+        } => Action::requeue(backoff.max(Duration::from_secs(30))),
         _ => Action::requeue(backoff),
     }
 }
