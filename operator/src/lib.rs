@@ -19,6 +19,7 @@ pub mod faults;
 pub mod http;
 pub mod metrics;
 pub mod policies;
+pub mod readiness;
 pub mod retention;
 
 use std::sync::Arc;
@@ -106,6 +107,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     .filter_map(|change| async move { change.ok().map(|_| ()) });
     let policies = policies::Policies {
         client: client.clone(),
+        ready: readiness::Readiness::of(policies.clone()),
         store: policies,
     };
     let storage = aether_storage::Storage::new(&args.storage());
@@ -132,6 +134,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         policies: policies.clone(),
         metrics: metrics.clone(),
         apps: apps.store(),
+        apps_ready: readiness::Readiness::of(apps.store()),
         backoff: Default::default(),
     });
     let app_ctx = Arc::new(app::Context {

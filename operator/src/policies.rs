@@ -22,6 +22,8 @@ pub struct Policies {
     pub client: kube::Client,
     /// Every AetherPolicy, as watched.
     pub store: Store<AetherPolicy>,
+    /// When `store` has had its first full list.
+    pub ready: crate::readiness::Readiness,
 }
 
 impl std::fmt::Debug for Policies {
@@ -35,9 +37,8 @@ impl Policies {
     pub async fn for_namespace(&self, ns: &str) -> Result<Vec<AetherPolicy>, PolicyError> {
         // Until the first list arrives no policy is known: never judge then (and fail,
         // rather than wait forever, when they cannot be listed at all).
-        tokio::time::timeout(Duration::from_secs(10), self.store.wait_until_ready())
+        tokio::time::timeout(Duration::from_secs(10), self.ready.wait())
             .await
-            .map_err(|_| PolicyError::Unknown)?
             .map_err(|_| PolicyError::Unknown)?;
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let labels = namespaces

@@ -31,7 +31,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::Event as FinalizerEvent;
 use kube::{Api, Resource, ResourceExt};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::blobs::{self, BlobLocks};
 use crate::metrics::{ControllerLabels, Metrics};
@@ -64,6 +64,8 @@ pub struct Context {
     /// them here instead of listing the namespace's apps for each artifact (which
     /// at 1000 apps was a million objects per pass, and most of the memory).
     pub apps: kube::runtime::reflector::Store<AetherApp>,
+    /// When `apps` has had its first full list.
+    pub apps_ready: crate::readiness::Readiness,
     /// Retries of artifacts whose reconcile failed, per artifact.
     pub backoff: crate::backoff::Backoff,
 }
@@ -213,6 +215,7 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
     ctx.metrics.reconciles.get_or_create(&labels).inc();
     let key = backoff_key(&art);
     let api: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), &art.namespace().unwrap_or_default());
+    debug!("reconciling");
     let result = kube::runtime::finalizer::finalizer(&api, FINALIZER, art, |event| async {
         match event {
             FinalizerEvent::Apply(art) => apply(art, &ctx).await,
@@ -239,7 +242,9 @@ async fn apply(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error>
     // From the watched apps first (at rest, nearly every artifact is some app's
     // current one). Only what they would not keep is judged again on a fresh read
     // of the namespace's apps and releases, so a deletion never rests on a cache.
-    let _ = ctx.apps.wait_until_ready().await;
+    debug!("waiting for the apps cache");
+    ctx.apps_ready.wait().await;
+    debug!("judging retention");
     let cached: Vec<Arc<AetherApp>> = ctx
         .apps
         .state()
@@ -382,13 +387,18 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
     for _ in 0..8 {
         seen.now = Timestamp::now();
         let look = match decide::decide(&seen, ctx.upload.url_ttl) {
-            Next::Verdict(verdict) => return execute(*verdict, &seen, &art, ctx, &storage).await,
+            Next::Verdict(verdict) => {
+                debug!(?verdict, "verdict");
+                return execute(*verdict, &seen, &art, ctx, &storage).await;
+            }
             Next::Look(look) => look,
         };
         if locks.is_none() && matches!(look, Look::Complete(_) | Look::Stored) {
             let digests = seen.spec.iter().flatten().map(|b| b.digest);
             locks = Some(ctx.locks.lock_all(&ns, digests).await);
+            debug!("holding the blob locks");
         }
+        debug!(?look, "looking");
         observe(&look, &mut seen, &art, ctx, &storage).await?;
         crate::faults::point(look.fault_point());
     }
