@@ -23,11 +23,17 @@ use kube::api::PostParams;
 /// namespace nobody enabled are looked at again within a minute, apps five.)
 const REMEMBER: Duration = Duration::from_secs(30);
 
+/// How long after a RoleBinding is created the API server's authorizer may still
+/// answer as if it were not (it learns of bindings through a watch).
+pub const LAG: Duration = Duration::from_secs(1);
+
 pub struct Enablement {
     client: kube::Client,
     /// Where the operator runs, for the message that says how to enable a namespace.
     operator_namespace: String,
     answers: Mutex<HashMap<String, (bool, Instant)>>,
+    /// When each namespace was last asked about again after [`LAG`].
+    rechecks: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for Enablement {
@@ -44,7 +50,24 @@ impl Enablement {
             client,
             operator_namespace,
             answers: Mutex::default(),
+            rechecks: Mutex::default(),
         }
+    }
+
+    /// Is `ns` enabled, asked once more after [`LAG`]? Once per namespace per `LAG`
+    /// at most (a later caller gets the answer now): the wait holds a reconcile slot,
+    /// and a tenant could otherwise keep every slot waiting by asking again and again.
+    pub async fn check_after_lag(&self, ns: &str) -> Result<bool, kube::Error> {
+        let wait = {
+            let mut rechecks = self.rechecks.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            rechecks.retain(|_, at| now.duration_since(*at) < LAG);
+            rechecks.insert(ns.to_string(), now).is_none()
+        };
+        if wait {
+            tokio::time::sleep(LAG).await;
+        }
+        self.check(ns).await
     }
 
     /// Is `ns` enabled?

@@ -100,10 +100,12 @@ fn artifact(status: Option<AetherArtifactStatus>, annotations: &[(&str, &str)]) 
     art
 }
 
-/// Seen once the namespace is known to be enabled.
+/// Seen once the namespace is known to be enabled, with the watch as current as the
+/// API server (`fresh`).
 fn seen(art: &AetherArtifact) -> Seen {
     let mut seen = Seen::of(art, now());
     seen.enabled = Some(Ok(()));
+    seen.fresh = true;
     seen
 }
 
@@ -211,6 +213,8 @@ fn a_namespace_no_admin_enabled_is_refused_and_looked_at_again() {
     assert_eq!(v.status.reissue_handled.as_deref(), Some("push again"));
     s.asked_again = true;
     s.enabled = Some(Ok(()));
+    assert_eq!(look(decide(&s, TTL)), Look::Fresh);
+    s.fresh = true;
     assert_eq!(look(decide(&s, TTL)), Look::Stored);
 
     // An artifact that never had URLs: storage is not touched at all.
@@ -250,7 +254,14 @@ fn an_upload_marked_complete_finishes_multipart_uploads_first() {
         Some(fixture("artifact-status-uploading.yaml")),
         &[(UPLOAD_COMPLETE_ANNOTATION, "aether push 1-a")],
     );
-    let mut s = seen(&art);
+    let mut s = Seen::of(&art, now());
+    s.enabled = Some(Ok(()));
+    assert_eq!(
+        look(decide(&s, TTL)),
+        Look::Fresh,
+        "a request is answered from what the API server holds"
+    );
+    s.fresh = true;
     assert_eq!(
         look(decide(&s, TTL)),
         Look::Complete(vec![Completion {
@@ -261,12 +272,6 @@ fn an_upload_marked_complete_finishes_multipart_uploads_first() {
     s.completed = Some(Ok(()));
     assert_eq!(look(decide(&s, TTL)), Look::Stored);
     s.stored = all_stored();
-    assert_eq!(
-        look(decide(&s, TTL)),
-        Look::Fresh,
-        "a verdict another reconcile wrote counts"
-    );
-    s.fresh = Some(fixture("artifact-status-uploading.yaml"));
     assert_eq!(
         look(decide(&s, TTL)),
         Look::Hash(vec![deps(), app_layer(), sbom()])
@@ -336,7 +341,6 @@ fn bytes_that_do_not_match_on_verification_are_deleted() {
     let art = artifact(Some(fixture("artifact-status-uploading.yaml")), &[]);
     let mut s = seen(&art);
     s.stored = all_stored();
-    s.fresh = art.status.clone();
     s.hashed.insert(deps().digest, Hashed::Matches);
     s.hashed
         .insert(app_layer().digest, Hashed::Mismatch("does not match".into()));
@@ -355,7 +359,6 @@ fn a_blob_gone_while_it_was_hashed_is_asked_for_again() {
     let art = artifact(Some(fixture("artifact-status-uploading.yaml")), &[]);
     let mut s = seen(&art);
     s.stored = all_stored();
-    s.fresh = art.status.clone();
     s.hashed.insert(deps().digest, Hashed::Matches);
     s.hashed.insert(app_layer().digest, Hashed::Gone);
     s.hashed.insert(sbom().digest, Hashed::Matches);
@@ -494,14 +497,14 @@ fn a_reissue_on_a_ready_artifact_hashes_again_unless_it_just_did() {
     s.stored = all_stored();
     let mut fresh = fixture("artifact-status-ready.yaml");
     fresh.verified_at = Some(Time(at("2026-11-29T12:04:55Z")));
-    s.fresh = Some(fresh.clone());
+    s.status = fresh.clone();
     let v = verdict(decide(&s, TTL));
     assert_eq!(v.status.reissue_handled.as_deref(), Some("push 3"));
     assert_eq!(v.status.verified_at, fresh.verified_at, "built on the fresh read");
     assert!(v.write, "the answer is written");
     assert_eq!(v.then, Action::requeue(RECHECK));
 
-    s.fresh = Some(fixture("artifact-status-ready.yaml")); // verified 4 minutes ago
+    s.status = fixture("artifact-status-ready.yaml"); // verified 4 minutes ago
     assert_eq!(
         look(decide(&s, TTL)),
         Look::Hash(vec![deps(), app_layer(), sbom()])
@@ -512,9 +515,12 @@ fn a_reissue_on_a_ready_artifact_hashes_again_unless_it_just_did() {
 fn a_verdict_another_reconcile_wrote_is_not_hashed_again() {
     // The watch still shows the upload; the API server already has the verdict.
     let art = artifact(Some(fixture("artifact-status-uploading.yaml")), &[]);
-    let mut s = seen(&art);
+    let mut s = Seen::of(&art, now());
+    s.enabled = Some(Ok(()));
     s.stored = all_stored();
-    s.fresh = Some(fixture("artifact-status-ready.yaml"));
+    assert_eq!(look(decide(&s, TTL)), Look::Fresh);
+    s.status = fixture("artifact-status-ready.yaml");
+    s.fresh = true;
     let v = verdict(decide(&s, TTL));
     assert!(!v.write, "the fresh status is already right");
     assert_eq!(cond(&v.status, READY), is("True", reason::VERIFIED));

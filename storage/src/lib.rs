@@ -476,8 +476,8 @@ impl Blobs {
                 .list_multipart_uploads()
                 .bucket(&self.bucket)
                 .prefix(&prefix)
-                .set_key_marker(key_marker.take())
-                .set_upload_id_marker(id_marker.take())
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
                 .send()
                 .await
                 .map_err(listing_error)?;
@@ -493,11 +493,15 @@ impl Blobs {
             if page.is_truncated() != Some(true) {
                 return Ok(open);
             }
-            key_marker = page.next_key_marker().map(String::from);
-            id_marker = page.next_upload_id_marker().map(String::from);
-            if key_marker.is_none() && id_marker.is_none() {
+            let next = (
+                page.next_key_marker().map(String::from),
+                page.next_upload_id_marker().map(String::from),
+            );
+            // A server that hands back the same place (or none) would loop forever.
+            if next == (None, None) || next == (key_marker.clone(), id_marker.clone()) {
                 return Ok(open);
             }
+            (key_marker, id_marker) = next;
         }
     }
 

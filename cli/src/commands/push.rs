@@ -229,7 +229,9 @@ pub async fn publish(
     let t = Instant::now();
     let art = crate::cluster::wait_for(api, &name, timeout, "the operator to verify the upload", |a| {
         let c = a.status.as_ref()?.conditions.iter().find(|c| c.type_ == READY)?;
-        let settled = c.status == "True" || !reason::in_progress(&c.reason);
+        // A verdict counts once it answers this push's requests, not an earlier one.
+        let answered = a.pending_requests() == Default::default();
+        let settled = answered && (c.status == "True" || !reason::in_progress(&c.reason));
         settled.then(|| a.clone())
     })
     .await?;

@@ -32,10 +32,6 @@ pub const RECHECK: Duration = Duration::from_secs(300);
 /// An artifact is hashed again on request at most this often.
 pub const REHASH_INTERVAL: Duration = Duration::from_secs(10);
 
-/// How long after a RoleBinding is created the API server's authorizer may still
-/// answer as if it were not (it learns of bindings through a watch).
-pub const ENABLEMENT_LAG: Duration = Duration::from_secs(1);
-
 /// A refusal that an admin may lift (enabling the namespace, raising a cap) is
 /// looked at again after this.
 pub const RETRY_REFUSED: Duration = Duration::from_secs(60);
@@ -62,9 +58,9 @@ pub struct Seen {
     pub stored: Option<Vec<Option<u64>>>,
     /// [`Look::Hash`]: stored bytes read back and hashed.
     pub hashed: BTreeMap<Digest, Hashed>,
-    /// [`Look::Fresh`]: status read from the API server just now (the watch may lag a
-    /// verdict another reconcile wrote).
-    pub fresh: Option<AetherArtifactStatus>,
+    /// [`Look::Fresh`]: `status` and `requests` were read from the API server just now,
+    /// not from the watch, which may lag a verdict an earlier reconcile wrote.
+    pub fresh: bool,
     /// [`Look::Quota`]: `Some(message)` when the missing blobs would take the
     /// namespace past its storage cap.
     pub quota: Option<Option<String>>,
@@ -89,7 +85,7 @@ impl Seen {
             completed: None,
             stored: None,
             hashed: BTreeMap::new(),
-            fresh: None,
+            fresh: false,
             quota: None,
         }
     }
@@ -110,7 +106,7 @@ pub enum Hashed {
 pub enum Look {
     /// May the namespace use storage?
     Enabled,
-    /// The same, after [`ENABLEMENT_LAG`].
+    /// The same, a moment later ([`crate::enabled::LAG`]).
     EnabledAgain,
     /// Complete these multipart uploads and move their bytes into place once they
     /// match (the uploader said it was done).
@@ -119,7 +115,7 @@ pub enum Look {
     Stored,
     /// Read these blobs back and hash them; `size` is what storage holds.
     Hash(Vec<BlobRef>),
-    /// Read the artifact from the API server.
+    /// Read the artifact's status and requests from the API server.
     Fresh,
     /// Measure the namespace's storage against its cap.
     Quota,
@@ -226,6 +222,12 @@ pub fn decide(seen: &Seen, url_ttl: Duration) -> Next {
         }
         Some(Ok(())) => {}
     }
+    // A request is answered from what the API server holds: on the watch's view, one
+    // this operator answered a moment ago would still look pending, and answering it
+    // again would replace URLs the uploader is using.
+    if (reissue || complete) && !seen.fresh {
+        return Next::Look(Look::Fresh);
+    }
     // A spec judged invalid stays so: not judged again, so asking costs nothing.
     if ready_reason == Some(reason::INVALID_SPEC) {
         return base.settle(Action::await_change());
@@ -302,16 +304,15 @@ pub fn decide(seen: &Seen, url_ttl: Duration) -> Next {
         // If another reconcile verified this artifact since the watch last said, do
         // not hash it again. Unless asked to: a reissue request hashes again, at most
         // once per REHASH_INTERVAL (requests are cheap to make, hashing is not).
-        let Some(fresh) = &seen.fresh else {
+        if !seen.fresh {
             return Next::Look(Look::Fresh);
-        };
-        let verified_recently = fresh.verified_at.as_ref().is_some_and(|t| {
+        }
+        let verified_recently = old.verified_at.as_ref().is_some_and(|t| {
             seen.now.duration_since(t.0) < SignedDuration::try_from(REHASH_INTERVAL).unwrap_or_default()
         });
-        let fresh_ready =
-            condition::is_true(&fresh.conditions, READY) && fresh.observed_generation == generation;
-        if fresh_ready && (!reissue || verified_recently) {
-            return Base::answering(fresh, seen).settle(Action::requeue(RECHECK));
+        let ready = condition::is_true(&old.conditions, READY) && same_generation;
+        if ready && (!reissue || verified_recently) {
+            return base.settle(Action::requeue(RECHECK));
         }
         if let Some((b, message)) = blobs.iter().find_map(|b| match seen.hashed.get(&b.digest) {
             Some(Hashed::Mismatch(m)) => Some((b, m)),

@@ -416,11 +416,13 @@ async fn observe(
     let ns = art.namespace().unwrap_or_default();
     match look {
         Look::Enabled | Look::EnabledAgain => {
-            if *look == Look::EnabledAgain {
-                tokio::time::sleep(decide::ENABLEMENT_LAG).await;
+            let enabled = if *look == Look::EnabledAgain {
                 seen.asked_again = true;
-            }
-            let enabled = ctx.enabled.check(&ns).await.map_err(kube_at(Step::Enablement))?;
+                ctx.enabled.check_after_lag(&ns).await
+            } else {
+                ctx.enabled.check(&ns).await
+            };
+            let enabled = enabled.map_err(kube_at(Step::Enablement))?;
             seen.enabled = Some(if enabled {
                 Ok(())
             } else {
@@ -477,7 +479,10 @@ async fn observe(
         Look::Fresh => {
             let api: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), &ns);
             let fresh = api.get(&art.name_any()).await.map_err(kube_at(Step::Fresh))?;
-            seen.fresh = Some(fresh.status.unwrap_or_default());
+            seen.requests = fresh.pending_requests();
+            seen.generation = fresh.metadata.generation;
+            seen.status = fresh.status.unwrap_or_default();
+            seen.fresh = true;
         }
         Look::Quota => seen.quota = Some(over_quota(ctx, art, &ns).await?),
     }
