@@ -94,7 +94,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     );
     // Every AetherPolicy, cached; any change re-judges every app.
     let (policies, policy_writer) = reflector::store::<AetherPolicy>();
-    let policy_changes = reflector(
+    let (policy_events, policies_ready) = readiness::Readiness::follow(reflector(
         policy_writer,
         watcher(
             Api::<AetherPolicy>::all(client.clone()),
@@ -102,12 +102,13 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         )
         // A missing CRD or permission is retried calmly, not in a tight loop.
         .default_backoff(),
-    )
-    .touched_objects()
-    .filter_map(|change| async move { change.ok().map(|_| ()) });
+    ));
+    let policy_changes = policy_events
+        .touched_objects()
+        .filter_map(|change| async move { change.ok().map(|_| ()) });
     let policies = policies::Policies {
         client: client.clone(),
-        ready: readiness::Readiness::of(policies.clone()),
+        ready: policies_ready,
         store: policies,
     };
     let storage = aether_storage::Storage::new(&args.storage());
@@ -115,8 +116,14 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let bounded = controller::Config::default().concurrency(args.max_concurrent_reconciles);
     // The app controller's cache of every AetherApp serves the artifact controller's
     // retention too.
-    let apps = Controller::new(Api::<AetherApp>::all(client.clone()), watcher::Config::default())
-        .with_config(bounded.clone());
+    // (Its reflector is built here, as Controller::new would, so that its readiness
+    // can be followed: see crate::readiness.)
+    let (apps_store, apps_writer) = reflector::store::<AetherApp>();
+    let (app_events, apps_ready) = readiness::Readiness::follow(reflector(
+        apps_writer,
+        watcher(Api::<AetherApp>::all(client.clone()), watcher::Config::default()),
+    ));
+    let apps = Controller::for_stream(app_events.applied_objects(), apps_store).with_config(bounded.clone());
     let artifact_ctx = Arc::new(artifact::Context {
         client: client.clone(),
         storage: storage.clone(),
@@ -134,7 +141,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         policies: policies.clone(),
         metrics: metrics.clone(),
         apps: apps.store(),
-        apps_ready: readiness::Readiness::of(apps.store()),
+        apps_ready,
         backoff: Default::default(),
     });
     let app_ctx = Arc::new(app::Context {
