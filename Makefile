@@ -2,7 +2,7 @@
 # a fresh Debian machine (packages, Kubernetes and Garage builds, the local cluster).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help up down status deploy demo test unit e2e lint crds bench fuzz
+.PHONY: help up down status deploy demo test unit e2e chaos lint crds bench fuzz
 
 # The local cluster's environment (KUBECONFIG, storage, images), for targets that
 # default to it. `make e2e` alone uses whatever environment you give it.
@@ -28,16 +28,22 @@ deploy: up ## build the operator and runtime images, run the operator in aether-
 demo: deploy ## fresh machine -> cluster, storage, operator; push examples/express-api and curl it
 	hack/demo.sh
 
-test: lint unit deploy ## every test: lint, unit, a short fuzz run, and e2e on the local cluster
+test: lint unit deploy ## every test: lint, unit, a short fuzz run, e2e and chaos on the local cluster
 	$(MAKE) fuzz FUZZ_SECONDS=30
-	$(LOCAL_ENV) && $(MAKE) e2e
+	$(LOCAL_ENV) && $(MAKE) e2e chaos
 
 unit: ## unit and integration tests that need no cluster
 	cargo test --workspace
 
 e2e: ## e2e tests against the cluster in KUBECONFIG with Aether installed (storage from AETHER_S3_*)
 	cargo build -q -p aether-cli
-	cargo test -p aether-e2e -- --ignored --test-threads=$(E2E_THREADS)
+	cargo test -p aether-e2e -- --ignored --test-threads=$(E2E_THREADS) --skip $(CHAOS_TEST)
+
+# The fault test crashes the operator for minutes: not part of `make e2e`.
+CHAOS_TEST = operator_crashes_during_pushes_and_deploys
+chaos: ## crash the operator at random points during pushes and deploys, then check nothing was lost (like e2e)
+	cargo build -q -p aether-cli
+	cargo test -p aether-e2e --test chaos -- --ignored --nocapture $(CHAOS_TEST)
 
 lint: ## rustfmt, clippy (warnings are errors), shellcheck on hack/, cargo-deny
 	cargo fmt --all -- --check

@@ -35,3 +35,24 @@ impl StorageSettings {
         })
     }
 }
+
+/// The keys of the multipart uploads in progress under namespace `ns`'s prefix.
+pub async fn open_uploads(storage: &Storage, ns: &str) -> anyhow::Result<Vec<String>> {
+    let uploads = storage
+        .client()
+        .list_multipart_uploads()
+        .bucket(storage.bucket())
+        .prefix(namespace_prefix(ns))
+        .send()
+        .await?;
+    Ok(uploads
+        .uploads()
+        .iter()
+        .filter_map(|u| u.key().map(String::from))
+        .collect())
+}
+
+/// Where namespace `ns`'s objects live (`AETHER_S3_PREFIX` as the operator has it).
+pub fn namespace_prefix(ns: &str) -> String {
+    aether_storage::namespace_prefix(&std::env::var("AETHER_S3_PREFIX").unwrap_or_default(), ns)
+}

@@ -967,22 +967,15 @@ async fn a_namespace_stays_within_its_object_quota_and_its_storage_cap() -> anyh
 /// How many objects, and multipart uploads in progress, storage holds under the
 /// namespace's prefix.
 async fn stored_objects(storage: &aether_storage::Storage, ns: &str) -> anyhow::Result<usize> {
-    let prefix = aether_storage::namespace_prefix(&std::env::var("AETHER_S3_PREFIX").unwrap_or_default(), ns);
     let objects = storage
         .client()
         .list_objects_v2()
         .bucket(storage.bucket())
-        .prefix(&prefix)
+        .prefix(aether_e2e::storage::namespace_prefix(ns))
         .send()
         .await?;
-    let uploads = storage
-        .client()
-        .list_multipart_uploads()
-        .bucket(storage.bucket())
-        .prefix(&prefix)
-        .send()
-        .await?;
-    Ok(objects.contents().len() + uploads.uploads().len())
+    let uploads = aether_e2e::storage::open_uploads(storage, ns).await?;
+    Ok(objects.contents().len() + uploads.len())
 }
 
 /// A ConfigMap `name` in `ns` holding `pem` under `key.pem`, created as the admin.
