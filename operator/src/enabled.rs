@@ -62,7 +62,11 @@ impl Enablement {
             let mut rechecks = self.rechecks.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             rechecks.retain(|_, at| now.duration_since(*at) < LAG);
-            rechecks.insert(ns.to_string(), now).is_none()
+            let first = !rechecks.contains_key(ns);
+            if first {
+                rechecks.insert(ns.to_string(), now);
+            }
+            first
         };
         if wait {
             tokio::time::sleep(LAG).await;

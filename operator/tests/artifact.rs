@@ -155,6 +155,12 @@ fn a_new_artifact_asks_for_every_missing_blob() {
         "nothing is hashed before the upload"
     );
     s.stored = Some(vec![None, None, Some(50)]);
+    assert_eq!(
+        look(decide(&s, TTL)),
+        Look::Fresh,
+        "URLs are handed out on what the API server holds, not the watch"
+    );
+    s.fresh = true;
     assert_eq!(look(decide(&s, TTL)), Look::Quota);
     s.quota = Some(None);
     let v = verdict(decide(&s, TTL));

@@ -334,6 +334,11 @@ pub fn decide(seen: &Seen, url_ttl: Duration) -> Next {
         }
     }
 
+    // URLs are handed out (and others aborted) on what the API server holds: the
+    // watch may not show yet the URLs an earlier reconcile gave the uploader.
+    if !seen.fresh {
+        return Next::Look(Look::Fresh);
+    }
     // Whatever is missing would add to the namespace's storage: within its cap?
     // (Deleting other artifacts frees room: look again.)
     let Some(over) = &seen.quota else {

@@ -166,6 +166,9 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("Quota: {0}")]
     Policies(#[from] crate::policies::PolicyError),
+    /// The apps cache has not had its first list yet.
+    #[error("Retention: the AetherApps are not known yet (may the operator list them?)")]
+    AppsNotCached,
     /// A bug: the decision asked for more looks than there are.
     #[error("the decision asked for {0:?} again")]
     NoProgress(Look),
@@ -183,6 +186,7 @@ impl Error {
             },
             Error::Policies(_) => Step::Quota.as_str(),
             Error::NoProgress(_) => "NoProgress",
+            Error::AppsNotCached => Step::Retention.as_str(),
         }
     }
 }
@@ -201,6 +205,9 @@ pub const FINALIZER: &str = "aether.dev/blobs";
 /// Upload URLs per blob at most: with three blobs of ~700-byte URLs, status stays
 /// under half a megabyte (etcd refuses objects past 1.5 MiB).
 pub const MAX_PARTS_PER_BLOB: u64 = 200;
+
+/// How long a reconcile waits for the apps cache's first list before failing.
+const APPS_CACHE_WAIT: Duration = Duration::from_secs(30);
 
 /// Blobs hashed at once, across all artifacts: hashing is what an uploader can ask
 /// for most cheaply, so it is what must not starve the rest of the operator.
@@ -243,7 +250,10 @@ async fn apply(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error>
     // current one). Only what they would not keep is judged again on a fresh read
     // of the namespace's apps and releases, so a deletion never rests on a cache.
     debug!("waiting for the apps cache");
-    ctx.apps_ready.wait().await;
+    // (Bounded: if the apps cannot be listed at all, this fails and is retried.)
+    tokio::time::timeout(APPS_CACHE_WAIT, ctx.apps_ready.wait())
+        .await
+        .map_err(|_| Error::AppsNotCached)?;
     debug!("judging retention");
     let cached: Vec<Arc<AetherApp>> = ctx
         .apps
@@ -384,7 +394,7 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
     // collected (see crate::blobs).
     let mut locks = None;
     // Each look answers one question, so a verdict comes after a few of them.
-    for _ in 0..8 {
+    for _ in 0..12 {
         seen.now = Timestamp::now();
         let look = match decide::decide(&seen, ctx.upload.url_ttl) {
             Next::Verdict(verdict) => {
