@@ -7,18 +7,20 @@
 //! graceful shutdown, no Lease handover), at the places that matter; a Kubernetes API
 //! cannot send SIGKILL, and the image has no shell to send one from. Each crashed
 //! pod is replaced at once (the kubelet would otherwise back off for minutes), with
-//! leader election off so that a replacement does not wait for a dead leader's Lease
-//! (the failover test covers the Lease). Multipart uploads start at 1 KiB, so every
-//! upload is one that a crash can leave open.
+//! one replica and leader election off so that a replacement does not wait for a dead
+//! leader's Lease (the failover test covers the Lease). Multipart uploads start at
+//! 1 KiB, so every upload is one that a crash can leave open. An exit other than the
+//! injected abort (a panic, an OOM kill) is a violation.
 //!
 //! Meanwhile three apps are pushed, each push a code change, retried as a user would
 //! when it fails; a push cut short when the faults stop is run once more. Then, with
 //! the operator as it always runs:
 //! - every app is Ready and serves its last push, from one Deployment;
-//! - no artifact was rolled out twice (two ReplicaSets of one artifact), and the
-//!   Deployment's revision is at most the number of changes;
-//! - every released artifact is Ready; one that is not waits for an upload (a push
-//!   given up on), and only such an artifact has a multipart upload open.
+//! - no artifact was rolled out twice (two ReplicaSets of one artifact, or one brought
+//!   back), and the Deployment's revision is at most the number of changes;
+//! - every kept AetherRelease names an artifact that exists and is Ready; an artifact
+//!   that is not Ready waits for an upload (a push given up on), and only such an
+//!   artifact has a multipart upload open.
 //!
 //! The test ends with `N faults injected, M invariant violations`. A test binary of
 //! its own, run by `make chaos` (in `make test`), not `make e2e`: nothing else runs
@@ -36,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aether_crds::pod::ARTIFACT_ANNOTATION;
-use aether_crds::{AetherApp, AetherArtifact, condition};
+use aether_crds::{AetherApp, AetherArtifact, AetherRelease, condition};
 use aether_e2e::app::{aether, body, example_app, set_greeting};
 use aether_e2e::storage::{StorageSettings, open_uploads};
 use aether_e2e::{client, wait_until, with_temp_ns};
@@ -65,14 +67,30 @@ fn setting(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The operator container's env, and where it is in the pod template.
-async fn operator_env(client: &Client) -> anyhow::Result<(usize, Vec<EnvVar>)> {
+/// The operator's replicas, its container's env, and where that is in the pod template.
+async fn operator_env(client: &Client) -> anyhow::Result<(i32, usize, Vec<EnvVar>)> {
     let deployment = Api::<Deployment>::namespaced(client.clone(), &operator_ns())
         .get(OPERATOR)
         .await?;
-    let containers = deployment.spec.unwrap().template.spec.unwrap().containers;
-    let index = containers.iter().position(|c| c.name == "operator").unwrap_or(0);
-    Ok((index, containers[index].env.clone().unwrap_or_default()))
+    let spec = deployment.spec.unwrap();
+    let containers = spec.template.spec.unwrap().containers;
+    let index = containers
+        .iter()
+        .position(|c| c.name == "operator")
+        .ok_or_else(|| anyhow::anyhow!("the {OPERATOR} Deployment has no container named operator"))?;
+    Ok((
+        spec.replicas.unwrap_or(1),
+        index,
+        containers[index].env.clone().unwrap_or_default(),
+    ))
+}
+
+async fn scale_operator(client: &Client, replicas: i32) -> anyhow::Result<()> {
+    let patch = serde_json::json!({"spec": {"replicas": replicas}});
+    Api::<Deployment>::namespaced(client.clone(), &operator_ns())
+        .patch_scale(OPERATOR, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
 }
 
 /// Replace the operator container's env; `wait` until the rollout is done.
@@ -122,48 +140,61 @@ fn with_env(mut env: Vec<EnvVar>, name: &str, value: String) -> Vec<EnvVar> {
     env
 }
 
-/// Crashes seen in a pod: its restarts, and one more while it is down.
-fn crashes(pod: &Pod) -> usize {
+/// The exit code of an injected crash: `abort()`, SIGABRT.
+const ABORTED: i32 = 128 + 6;
+
+/// Crashes seen in a pod (its restarts, and one more while it is down), and the exit
+/// code of the last one.
+fn crashes(pod: &Pod) -> (usize, Option<i32>) {
     let Some(cs) = pod
         .status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.name == "operator"))
     else {
-        return 0;
+        return (0, None);
     };
-    let down = cs.state.as_ref().is_some_and(|s| s.running.is_none())
-        && (cs.state.as_ref().is_some_and(|s| s.terminated.is_some())
-            || cs.last_state.as_ref().is_some_and(|s| s.terminated.is_some()));
-    usize::try_from(cs.restart_count).unwrap_or(0) + usize::from(down)
+    let terminated = cs
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .or_else(|| cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()));
+    let down = cs.state.as_ref().is_some_and(|s| s.running.is_none()) && terminated.is_some();
+    let n = usize::try_from(cs.restart_count).unwrap_or(0) + usize::from(down);
+    (n, terminated.map(|t| t.exit_code))
 }
 
 /// Replace every operator pod that crashed, counting the crashes, until `stop`.
-async fn reap(client: Client, faults: Arc<AtomicUsize>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+/// Returns the exits that were not injected (a panic, an OOM kill).
+async fn reap(client: Client, faults: Arc<AtomicUsize>, stop: Arc<AtomicBool>) -> anyhow::Result<Vec<String>> {
     let pods: Api<Pod> = Api::namespaced(client, &operator_ns());
     let selector = ListParams::default().labels("app.kubernetes.io/name=aether-operator");
     // Crashes counted per pod: a pod is seen again until its deletion shows.
     let mut counted: std::collections::HashMap<String, usize> = Default::default();
+    let mut other_exits = Vec::new();
     while !stop.load(Ordering::SeqCst) {
-        for pod in pods.list(&selector).await?.items {
-            let n = crashes(&pod);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The API server may be slow under the churn: look again rather than stop.
+        let Ok(list) = pods.list(&selector).await else {
+            continue;
+        };
+        for pod in list.items {
+            let (n, code) = crashes(&pod);
             if n == 0 || pod.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             let seen = counted.entry(pod.uid().unwrap_or_default()).or_default();
             faults.fetch_add(n.saturating_sub(*seen), Ordering::SeqCst);
             *seen = n.max(*seen);
-            match pods
-                .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
-                .await
-            {
-                Ok(_) | Err(kube::Error::Api(_)) => {}
-                Err(e) => return Err(e.into()),
+            if code != Some(ABORTED) {
+                other_exits.push(format!("{} exited with {code:?}", pod.name_any()));
             }
+            let _ = pods
+                .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
+                .await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(())
+    Ok(other_exits)
 }
 
 /// What one app's pusher did.
@@ -214,7 +245,7 @@ async fn operator_crashes_during_pushes_and_deploys_lose_nothing() -> anyhow::Re
     let client = client().await?;
     let wanted_faults = setting("AETHER_CHAOS_FAULTS", 50);
     let within = setting("AETHER_CHAOS_CRASH_WITHIN", 60);
-    let (index, original) = operator_env(&client).await?;
+    let (replicas, index, original) = operator_env(&client).await?;
     // As the operator runs normally, even after an earlier run of this test was cut
     // short before it could restore it.
     let original: Vec<EnvVar> = original
@@ -235,6 +266,8 @@ async fn operator_crashes_during_pushes_and_deploys_lose_nothing() -> anyhow::Re
         let chaos = with_env(chaos, "AETHER_LEADER_ELECTION", "false".into());
         let chaos = with_env(chaos, "AETHER_MULTIPART_THRESHOLD_BYTES", "1024".into());
 
+        // One replica: with leader election off, two would both reconcile.
+        scale_operator(&client, 1).await?;
         // The reaper first: a new pod may crash before it is ever Ready.
         let faults = Arc::new(AtomicUsize::new(0));
         let stop_reaper = Arc::new(AtomicBool::new(false));
@@ -270,8 +303,10 @@ async fn operator_crashes_during_pushes_and_deploys_lose_nothing() -> anyhow::Re
         let restored = set_operator_env(&client, index, &original, true).await;
         stop_reaper.store(true, Ordering::SeqCst);
         let reaped = reaper.await;
+        let scaled = scale_operator(&client, replicas).await;
         restored?;
-        reaped??;
+        scaled?;
+        let other_exits = reaped??;
         let mut results = chaos_phase?;
         let injected = faults.load(Ordering::SeqCst);
         println!(
@@ -294,7 +329,8 @@ async fn operator_crashes_during_pushes_and_deploys_lose_nothing() -> anyhow::Re
             }
         }
 
-        let violations = check_invariants(&client, &ns, &results).await?;
+        let mut violations = check_invariants(&client, &ns, &results).await?;
+        violations.extend(other_exits.into_iter().map(|e| format!("a crash not injected: {e}")));
         for v in &violations {
             println!("invariant violated: {v}");
         }
@@ -365,10 +401,6 @@ async fn check_invariants(client: &Client, ns: &str, results: &[Pushed]) -> anyh
         if let Err(e) = serves {
             violations.push(format!("{app} does not serve its last push: {e:#}"));
         }
-        // Every release it recorded names an artifact that is Ready.
-        for r in app_obj.status.iter().flat_map(|s| s.history.iter()) {
-            released.insert(r.artifact.clone());
-        }
 
         let deployments = Api::<Deployment>::namespaced(client.clone(), ns)
             .list(&ListParams::default().labels(&format!("app.kubernetes.io/name={app}")))
@@ -399,6 +431,15 @@ async fn check_invariants(client: &Client, ns: &str, results: &[Pushed]) -> anyh
         for (artifact, n) in rolled.iter().filter(|(_, n)| **n > 1) {
             violations.push(format!("{app} rolled out {artifact} {n} times"));
         }
+        // A ReplicaSet brought back (A, B, then A again) keeps its old revisions.
+        for set in &sets {
+            if let Some(history) = set.annotations().get("deployment.kubernetes.io/revision-history") {
+                violations.push(format!(
+                    "{app}: ReplicaSet {} rolled out again (revisions {history})",
+                    set.name_any()
+                ));
+            }
+        }
         for d in &deployments {
             let revision: usize = d
                 .annotations()
@@ -418,6 +459,14 @@ async fn check_invariants(client: &Client, ns: &str, results: &[Pushed]) -> anyh
         .list(&ListParams::default())
         .await?
         .items;
+    // Every release kept names an artifact that is there, and Ready.
+    for r in Api::<AetherRelease>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+    {
+        released.insert(r.spec.artifact.name.clone());
+    }
     // Artifacts still waiting for an upload: pushes given up when the faults stopped.
     let mut waiting = BTreeSet::new();
     for a in &artifacts {
@@ -434,15 +483,37 @@ async fn check_invariants(client: &Client, ns: &str, results: &[Pushed]) -> anyh
             .and_then(|s| condition::find(&s.conditions, condition::READY))
             .map(|c| format!("{}: {}", c.reason, c.message))
             .unwrap_or_default();
-        if released.contains(&a.name_any()) || !reason.starts_with("AwaitingUpload") {
+        let awaiting = reason
+            .split(':')
+            .next()
+            .is_some_and(condition::artifact::in_progress);
+        if released.contains(&a.name_any()) || !awaiting {
             violations.push(format!("artifact {} is not Ready ({reason})", a.name_any()));
         } else {
             waiting.insert(a.uid().unwrap_or_default());
         }
     }
+    let names: BTreeSet<String> = artifacts.iter().map(|a| a.name_any()).collect();
+    for missing in released.difference(&names) {
+        violations.push(format!("released artifact {missing} is gone"));
+    }
 
     // An open multipart upload is fine only while its artifact waits for it.
     let storage = StorageSettings::from_env()?.host();
+    // (Where the operator stores this namespace's blobs, or this looks nowhere.)
+    let blobs = storage
+        .client()
+        .list_objects_v2()
+        .bucket(storage.bucket())
+        .prefix(format!("{}/blobs/", aether_e2e::storage::namespace_prefix(ns)))
+        .max_keys(1)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        !blobs.contents().is_empty(),
+        "no blob under {}: is AETHER_S3_PREFIX the operator's?",
+        aether_e2e::storage::namespace_prefix(ns)
+    );
     let uploads = format!("{}/uploads/", aether_e2e::storage::namespace_prefix(ns));
     let leaked: Vec<String> = open_uploads(&storage, ns)
         .await?
