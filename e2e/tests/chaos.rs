@@ -166,7 +166,11 @@ fn crashes(pod: &Pod) -> (usize, Option<i32>) {
 
 /// Replace every operator pod that crashed, counting the crashes, until `stop`.
 /// Returns the exits that were not injected (a panic, an OOM kill).
-async fn reap(client: Client, faults: Arc<AtomicUsize>, stop: Arc<AtomicBool>) -> anyhow::Result<Vec<String>> {
+async fn reap(
+    client: Client,
+    faults: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Vec<String>> {
     let pods: Api<Pod> = Api::namespaced(client, &operator_ns());
     let selector = ListParams::default().labels("app.kubernetes.io/name=aether-operator");
     // Crashes counted per pod: a pod is seen again until its deletion shows.
@@ -330,7 +334,11 @@ async fn operator_crashes_during_pushes_and_deploys_lose_nothing() -> anyhow::Re
         }
 
         let mut violations = check_invariants(&client, &ns, &results).await?;
-        violations.extend(other_exits.into_iter().map(|e| format!("a crash not injected: {e}")));
+        violations.extend(
+            other_exits
+                .into_iter()
+                .map(|e| format!("a crash not injected: {e}")),
+        );
         for v in &violations {
             println!("invariant violated: {v}");
         }
