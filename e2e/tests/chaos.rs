@@ -140,19 +140,19 @@ fn with_env(mut env: Vec<EnvVar>, name: &str, value: String) -> Vec<EnvVar> {
     env
 }
 
-/// The exit code of an injected crash: `abort()`, SIGABRT.
-const ABORTED: i32 = 128 + 6;
+/// The termination message of an injected crash (operator/src/faults.rs).
+const INJECTED: &str = "crash injected at fault point";
 
-/// Crashes seen in a pod (its restarts, and one more while it is down), and the exit
-/// code of the last one.
-fn crashes(pod: &Pod) -> (usize, Option<i32>) {
+/// Crashes seen in a pod (its restarts, and one more while it is down), and how the
+/// last one ended: whether it was injected, and its exit code.
+fn crashes(pod: &Pod) -> (usize, bool, Option<i32>) {
     let Some(cs) = pod
         .status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.name == "operator"))
     else {
-        return (0, None);
+        return (0, false, None);
     };
     let terminated = cs
         .state
@@ -161,7 +161,10 @@ fn crashes(pod: &Pod) -> (usize, Option<i32>) {
         .or_else(|| cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()));
     let down = cs.state.as_ref().is_some_and(|s| s.running.is_none()) && terminated.is_some();
     let n = usize::try_from(cs.restart_count).unwrap_or(0) + usize::from(down);
-    (n, terminated.map(|t| t.exit_code))
+    let injected = terminated
+        .and_then(|t| t.message.as_deref())
+        .is_some_and(|m| m.starts_with(INJECTED));
+    (n, injected, terminated.map(|t| t.exit_code))
 }
 
 /// Replace every operator pod that crashed, counting the crashes, until `stop`.
@@ -183,14 +186,14 @@ async fn reap(
             continue;
         };
         for pod in list.items {
-            let (n, code) = crashes(&pod);
+            let (n, injected, code) = crashes(&pod);
             if n == 0 || pod.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             let seen = counted.entry(pod.uid().unwrap_or_default()).or_default();
             faults.fetch_add(n.saturating_sub(*seen), Ordering::SeqCst);
             *seen = n.max(*seen);
-            if code != Some(ABORTED) {
+            if !injected {
                 other_exits.push(format!("{} exited with {code:?}", pod.name_any()));
             }
             let _ = pods

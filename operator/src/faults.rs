@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 /// The environment variable that arms the crash.
 pub const CRASH_WITHIN: &str = "AETHER_CRASH_WITHIN";
 
+/// How an injected crash begins its termination message.
+pub const INJECTED: &str = "crash injected at fault point";
+
 /// Points left before the crash; negative when disarmed.
 static COUNTDOWN: AtomicI64 = AtomicI64::new(-1);
 
@@ -45,8 +48,14 @@ pub fn point(name: &'static str) {
         return;
     }
     if COUNTDOWN.fetch_sub(1, Ordering::SeqCst) == 1 {
+        let note = format!("{INJECTED} {name:?}");
         // eprintln: tracing's writer may buffer, and nothing is flushed after abort.
-        eprintln!("aether-operator: crash injected at fault point {name:?}");
+        eprintln!("aether-operator: {note}");
+        // The kubelet reports this file as the container's termination message: how
+        // the test tells an injected crash from another one. (As PID 1 the process
+        // ignores its own SIGABRT, and abort() ends in SIGSEGV instead: the exit code
+        // cannot tell.)
+        let _ = std::fs::write("/dev/termination-log", &note);
         std::process::abort();
     }
 }
