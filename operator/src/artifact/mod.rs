@@ -398,7 +398,18 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
         seen.now = Timestamp::now();
         let look = match decide::decide(&seen, ctx.upload.url_ttl) {
             Next::Verdict(verdict) => {
-                debug!(?verdict, "verdict");
+                // Not the whole verdict: its status may hold presigned URLs.
+                let ready =
+                    aether_crds::condition::find(&verdict.status.conditions, aether_crds::condition::READY);
+                debug!(
+                    ready = ready.map(|c| c.reason.as_str()),
+                    write = verdict.write,
+                    delete = verdict.delete.len(),
+                    abort = verdict.abort_previous,
+                    issue = verdict.issue.as_ref().map(Vec::len),
+                    then = ?verdict.then,
+                    "verdict"
+                );
                 return execute(*verdict, &seen, &art, ctx, &storage).await;
             }
             Next::Look(look) => look,
