@@ -541,3 +541,22 @@ impl<'a> Base<'a> {
         self.verdict(true, None, Some(event), Action::requeue(RECHECK))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instructions_expire() {
+        let now = Timestamp::now();
+        let upload = |secs: i64| UploadInstructions {
+            expires_at: Time(now.checked_add(SignedDuration::from_secs(secs)).unwrap()),
+            blobs: vec![],
+        };
+        assert!(still_valid(&upload(600), now, Duration::from_secs(30)));
+        assert!(!still_valid(&upload(10), now, Duration::from_secs(30)));
+        assert!(!still_valid(&upload(-5), now, Duration::ZERO));
+        assert_eq!(renewal_margin(Duration::from_secs(900)), Duration::from_secs(30));
+        assert_eq!(renewal_margin(Duration::from_secs(20)), Duration::from_secs(5));
+    }
+}

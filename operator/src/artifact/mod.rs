@@ -37,7 +37,6 @@ use crate::blobs::{self, BlobLocks};
 use crate::metrics::{ControllerLabels, Metrics};
 use crate::{events, retention};
 use decide::{Hashed, Look, Next, Seen, Verdict};
-pub use decide::{RECHECK, REHASH_INTERVAL, renewal_margin, still_valid};
 
 /// Field manager for everything the operator writes.
 pub const MANAGER: &str = "aether-operator";
@@ -709,7 +708,6 @@ fn backoff_key(art: &AetherArtifact) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use aether_crds::{AetherArtifactSpec, Blob};
 
     fn spec() -> AetherArtifactSpec {
@@ -738,19 +736,5 @@ mod tests {
         let b = s.blobs().unwrap();
         assert_eq!(b.len(), 2);
         assert_eq!(b[1].size, 5);
-    }
-
-    #[test]
-    fn instructions_expire() {
-        let now = Timestamp::now();
-        let upload = |secs: i64| UploadInstructions {
-            expires_at: Time(now.checked_add(SignedDuration::from_secs(secs)).unwrap()),
-            blobs: vec![],
-        };
-        assert!(still_valid(&upload(600), now, Duration::from_secs(30)));
-        assert!(!still_valid(&upload(10), now, Duration::from_secs(30)));
-        assert!(!still_valid(&upload(-5), now, Duration::ZERO));
-        assert_eq!(renewal_margin(Duration::from_secs(900)), Duration::from_secs(30));
-        assert_eq!(renewal_margin(Duration::from_secs(20)), Duration::from_secs(5));
     }
 }
