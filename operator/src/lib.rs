@@ -101,7 +101,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
             watcher::Config::default(),
         )
         // A missing CRD or permission is retried calmly, not in a tight loop.
-        .default_backoff(),
+        .backoff(backoff::WatchBackoff::default()),
     ));
     let policy_changes = policy_events
         .touched_objects()
@@ -123,7 +123,9 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         apps_writer,
         watcher(Api::<AetherApp>::all(client.clone()), watcher::Config::default()),
     ));
-    let apps = Controller::for_stream(app_events.applied_objects(), apps_store).with_config(bounded.clone());
+    let apps = Controller::for_stream(app_events.applied_objects(), apps_store)
+        .with_config(bounded.clone())
+        .trigger_backoff(backoff::WatchBackoff::default());
     let artifact_ctx = Arc::new(artifact::Context {
         client: client.clone(),
         storage: storage.clone(),
@@ -157,6 +159,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
 
     let artifact_controller = Controller::new(artifacts.clone(), watcher::Config::default())
         .with_config(bounded.clone())
+        .trigger_backoff(backoff::WatchBackoff::default())
         // An app's new release may push an older one out of the kept releases.
         .watches(
             Api::<AetherApp>::all(client.clone()),
