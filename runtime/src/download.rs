@@ -59,9 +59,11 @@ pub async fn url_for(dir: &Path, digest: &Digest, wait: Duration) -> Result<Stri
 
 /// GET the blob into the file `to`, checking it as it streams (at most `size + 1`
 /// bytes are read, none held in memory): once this returns Ok, the file holds
-/// exactly the bytes the digest names; on any error it is removed. Retried with
-/// jittered backoff on connection errors and 5xx, for up to 4 attempts; the
-/// caller's deadline bounds the whole.
+/// exactly the bytes the digest names; on any error it is removed. Connection
+/// errors and 5xx are retried with jittered backoff, at most 2 s apart, for as long
+/// as storage is down: the caller's deadline bounds the whole. (Exiting instead
+/// would put the container into the kubelet's crash backoff, which grows to minutes
+/// and outlasts the outage.)
 pub async fn fetch(
     client: &HttpClient,
     url: &str,
@@ -77,11 +79,14 @@ pub async fn fetch(
             let _ = tokio::fs::remove_file(to).await;
         }
         match result {
-            Err(StorageError::Unavailable(why)) if attempt < 4 => {
-                eprintln!("aether-runtime: storage unavailable ({why}); retrying");
+            Err(StorageError::Unavailable(why)) => {
+                // The first failure, then about every half minute.
+                if attempt % 15 == 1 {
+                    eprintln!("aether-runtime: storage unavailable ({why}); retrying");
+                }
                 let jitter = Duration::from_millis(fastrand::u64(0..delay.as_millis() as u64));
                 tokio::time::sleep(delay + jitter).await;
-                delay *= 2;
+                delay = (delay * 2).min(Duration::from_secs(1));
                 attempt += 1;
             }
             other => return other,

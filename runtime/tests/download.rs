@@ -73,6 +73,13 @@ async fn a_download_is_exactly_the_digest_s_bytes() {
     // 5xx is retried.
     let url = storage(vec![(503, vec![]), (200, data.clone())]).await;
     assert_eq!(fetch(url).await.unwrap(), data);
+
+    // For as long as storage is down (the container's deadline bounds it), not a
+    // fixed number of times: six failures, then the bytes.
+    let mut answers = vec![(503, vec![]); 6];
+    answers.push((200, data.clone()));
+    let url = storage(answers).await;
+    assert_eq!(fetch(url).await.unwrap(), data);
 }
 
 #[tokio::test]
