@@ -1,9 +1,12 @@
 //! Uploads through presigned URLs: plain HTTP PUTs (whole blobs or parts), with
-//! bounded retries and jittered backoff when storage is down or failing.
+//! retries and jittered backoff, until the push's deadline, when storage is down or
+//! failing.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use aether_crds::BlobUpload;
 use http_body_util::Full;
@@ -41,12 +44,18 @@ fn put_error(detail: impl Into<String>) -> PutError {
 }
 
 /// Upload one blob (whole, or part by part) from the packed output; returns bytes sent.
-pub async fn upload_blob(client: &HttpClient, blobs_dir: &Path, blob: &BlobUpload) -> Result<u64, PutError> {
+/// Storage that is down is waited for until `until`.
+pub async fn upload_blob(
+    client: &HttpClient,
+    blobs_dir: &Path,
+    blob: &BlobUpload,
+    until: Instant,
+) -> Result<u64, PutError> {
     let hex = blob.digest.trim_start_matches("sha256:");
     let data =
         std::fs::read(blobs_dir.join(hex)).map_err(|e| put_error(format!("reading the packed blob: {e}")))?;
     if let Some(url) = &blob.url {
-        put_with_retries(client, url, &blob.headers, Bytes::from(data.clone())).await?;
+        put_with_retries(client, url, &blob.headers, Bytes::from(data.clone()), until).await?;
         return Ok(data.len() as u64);
     }
     let part_size = blob.part_size.unwrap_or(0).max(1) as usize;
@@ -58,23 +67,33 @@ pub async fn upload_blob(client: &HttpClient, blobs_dir: &Path, blob: &BlobUploa
             .get(start..end)
             .ok_or_else(|| put_error("part out of range"))?;
         sent += chunk.len() as u64;
-        put_with_retries(client, &part.url, &BTreeMap::new(), Bytes::copy_from_slice(chunk)).await?;
+        put_with_retries(
+            client,
+            &part.url,
+            &BTreeMap::new(),
+            Bytes::copy_from_slice(chunk),
+            until,
+        )
+        .await?;
     }
     Ok(sent)
 }
 
-/// PUT with the URL's signed headers, bounded retries (4 attempts) and jittered
-/// exponential backoff on connection errors and 5xx; 4xx (expired or wrong URL)
-/// fails at once.
+/// PUT with the URL's signed headers, retried with jittered exponential backoff
+/// (at most 5 s apart) on connection errors and 5xx: at least 4 attempts, and
+/// more until `until` (storage restarting mid-push is waited for). 4xx (expired or
+/// wrong URL) fails at once.
 pub async fn put_with_retries(
     client: &HttpClient,
     url: &str,
     headers: &BTreeMap<String, String>,
     body: Bytes,
+    until: Instant,
 ) -> Result<(), PutError> {
     let mut delay = Duration::from_millis(300);
-    let mut last = String::new();
-    for attempt in 1..=4 {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
         let mut req = hyper::Request::put(url).header(hyper::header::CONTENT_LENGTH, body.len());
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
@@ -82,7 +101,7 @@ pub async fn put_with_retries(
         let req = req
             .body(Full::new(body.clone()))
             .map_err(|e| put_error(e.to_string()))?;
-        match tokio::time::timeout(Duration::from_secs(120), client.request(req)).await {
+        let last = match tokio::time::timeout(Duration::from_secs(120), client.request(req)).await {
             Ok(Ok(resp)) if resp.status().is_success() => return Ok(()),
             Ok(Ok(resp)) if resp.status().is_client_error() => {
                 return Err(PutError {
@@ -91,15 +110,15 @@ pub async fn put_with_retries(
                     detail: format!("storage answered {} (the URL may have expired)", resp.status()),
                 });
             }
-            Ok(Ok(resp)) => last = format!("storage answered {}", resp.status()),
-            Ok(Err(e)) => last = format!("connection failed: {e}"),
-            Err(_) => last = "no answer within 120 s".into(),
+            Ok(Ok(resp)) => format!("storage answered {}", resp.status()),
+            Ok(Err(e)) => format!("connection failed: {e}"),
+            Err(_) => "no answer within 120 s".into(),
+        };
+        let jitter = Duration::from_millis(fastrand::u64(0..delay.as_millis() as u64));
+        if attempts >= 4 && Instant::now() + delay + jitter > until {
+            return Err(put_error(format!("{last} (after {attempts} attempts)")));
         }
-        if attempt < 4 {
-            let jitter = Duration::from_millis(fastrand::u64(0..delay.as_millis() as u64));
-            tokio::time::sleep(delay + jitter).await;
-            delay *= 2;
-        }
+        tokio::time::sleep(delay + jitter).await;
+        delay = (delay * 2).min(Duration::from_millis(2500));
     }
-    Err(put_error(format!("{last} (after 4 attempts)")))
 }

@@ -1,5 +1,6 @@
-//! Presigned uploads when storage is down or failing: bounded retries with backoff,
-//! then a clear error, against a local HTTP server playing a broken storage.
+//! Presigned uploads when storage is down or failing: retries with backoff until the
+//! push's deadline, then a clear error, against a local HTTP server playing a broken
+//! storage.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -43,6 +44,7 @@ async fn a_failing_storage_is_retried_with_backoff_then_reported() {
         &url,
         &Default::default(),
         Bytes::from_static(b"blob"),
+        tokio::time::Instant::now(),
     )
     .await
     .unwrap_err();
@@ -72,6 +74,7 @@ async fn storage_that_is_gone_is_reported_as_a_connection_failure() {
         &format!("http://{closed}/bucket/blob"),
         &Default::default(),
         Bytes::from_static(b"blob"),
+        tokio::time::Instant::now(),
     )
     .await
     .unwrap_err();
@@ -90,9 +93,51 @@ async fn an_expired_url_is_not_retried_but_flagged_for_renewal() {
         &url,
         &Default::default(),
         Bytes::from_static(b"blob"),
+        tokio::time::Instant::now(),
     )
     .await
     .unwrap_err();
     assert_eq!(count.load(Ordering::SeqCst), 1);
     assert!(err.expired, "the CLI asks the operator for new URLs");
+}
+
+#[tokio::test]
+async fn storage_that_comes_back_before_the_deadline_gets_the_upload() {
+    // A port nothing listens on for 4 s (a storage restarting), then a server.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            seen.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0; 64 << 10];
+                let _ = conn.read(&mut buf).await;
+                let reply = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    let started = Instant::now();
+    put_with_retries(
+        &http_client().unwrap(),
+        &format!("http://{addr}/bucket/blob"),
+        &Default::default(),
+        Bytes::from_static(b"blob"),
+        tokio::time::Instant::now() + Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 1, "stored once it answered");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 }

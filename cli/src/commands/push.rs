@@ -303,6 +303,7 @@ async fn upload_presigned(
     // Upload what the operator asks for. URLs that expired meanwhile (storage
     // answers 403) are renewed once through the reissue annotation.
     let http = http_client()?;
+    let until = tokio::time::Instant::now() + timeout;
     for round in 0..2 {
         let Some(upload) = art
             .status
@@ -319,7 +320,7 @@ async fn upload_presigned(
                 blob.digest,
                 human_bytes(blob.size as u64)
             ));
-            match upload_blob(&http, blobs_dir, blob).await {
+            match upload_blob(&http, blobs_dir, blob, until).await {
                 Ok(n) => {
                     bytes_uploaded += n;
                     blobs_uploaded += 1;
