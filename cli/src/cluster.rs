@@ -42,40 +42,78 @@ pub async fn connect(global: &GlobalArgs) -> Result<(Client, String), CliError> 
 const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Sends a request again when the connection to the API server could not be made
-/// (nothing was sent, so any request is safe to repeat), for up to
-/// [`RECONNECT_FOR`], but only once this command has reached the API server: a
-/// wrong or unreachable cluster still fails at once. Statuses (429, 503) are kube's
-/// own retry policy's, inside.
+/// (refused, reset, unreachable, timed out: nothing was sent, so any request is safe
+/// to repeat), or when a read or an update (GET, PUT, PATCH: the CLI's patches are
+/// merges and applies, the same when repeated) lost its connection before the
+/// answer (a server shutting down). Only once this command has reached the API
+/// server (a wrong or unreachable cluster still fails at once), and for one
+/// [`RECONNECT_FOR`] per outage, shared by all of the command's requests. Statuses
+/// (429, 503) are kube's own retry policy's, inside.
 #[derive(Clone)]
 struct Reconnect {
-    reached: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Said once per outage.
-    warned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    shared: std::sync::Arc<std::sync::Mutex<Outage>>,
     quiet: bool,
-    /// This request's: when it gives up, and the next pause.
-    until: Option<tokio::time::Instant>,
+    /// This request's next pause.
     delay: std::time::Duration,
+}
+
+#[derive(Default)]
+struct Outage {
+    reached: bool,
+    /// When requests started failing, if they are failing.
+    since: Option<tokio::time::Instant>,
 }
 
 impl Reconnect {
     fn new(quiet: bool) -> Self {
         Self {
-            reached: Default::default(),
-            warned: Default::default(),
+            shared: Default::default(),
             quiet,
-            until: None,
             delay: std::time::Duration::from_millis(250),
         }
     }
 }
 
-/// The connection was never made (refused, unreachable, timed out connecting).
+/// The connection was never made, or broke: the API server is not there (now).
 fn not_connected(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::*;
+    let connect = caused_by(e, |e| {
+        e.downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(|e| e.is_connect())
+    });
+    // Not a certificate, DNS or proxy error: those do not go away by waiting.
+    connect
+        && caused_by(e, |e| {
+            e.downcast_ref::<std::io::Error>().is_some_and(|e| {
+                matches!(
+                    e.kind(),
+                    ConnectionRefused
+                        | ConnectionReset
+                        | ConnectionAborted
+                        | TimedOut
+                        | HostUnreachable
+                        | NetworkUnreachable
+                        | NotConnected
+                )
+            })
+        })
+}
+
+/// The connection closed before the answer came: the request may have been done.
+fn cut_off(e: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by(e, |e| {
+        e.downcast_ref::<hyper::Error>()
+            .is_some_and(|e| e.is_incomplete_message() || e.is_canceled())
+    })
+}
+
+fn caused_by(
+    e: &(dyn std::error::Error + 'static),
+    is: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
     let mut source = Some(e);
     while let Some(e) = source {
-        if e.downcast_ref::<hyper_util::client::legacy::Error>()
-            .is_some_and(|e| e.is_connect())
-        {
+        if is(e) {
             return true;
         }
         source = e.source();
@@ -90,31 +128,40 @@ impl<Res> tower::retry::Policy<http::Request<kube::client::Body>, http::Response
 
     fn retry(
         &mut self,
-        _req: &mut http::Request<kube::client::Body>,
+        req: &mut http::Request<kube::client::Body>,
         result: &mut Result<http::Response<Res>, tower::BoxError>,
     ) -> Option<Self::Future> {
-        use std::sync::atomic::Ordering;
+        let mut outage = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         let e = match result {
             Ok(_) => {
-                self.reached.store(true, Ordering::Relaxed);
-                self.warned.store(false, Ordering::Relaxed);
+                outage.reached = true;
+                if outage.since.take().is_some() && !self.quiet {
+                    eprintln!("the API server answers again");
+                }
                 return None;
             }
             Err(e) => e,
         };
-        if !self.reached.load(Ordering::Relaxed) || !not_connected(e.as_ref()) {
+        let repeatable = matches!(
+            *req.method(),
+            http::Method::GET | http::Method::PUT | http::Method::PATCH
+        );
+        let resend = not_connected(e.as_ref()) || (repeatable && cut_off(e.as_ref()));
+        if !outage.reached || !resend {
             return None;
         }
         let now = tokio::time::Instant::now();
-        let until = *self.until.get_or_insert(now + RECONNECT_FOR);
-        if now + self.delay > until {
+        let since = *outage.since.get_or_insert_with(|| {
+            if !self.quiet {
+                eprintln!(
+                    "warning: the API server stopped answering; trying again for up to {} s",
+                    RECONNECT_FOR.as_secs()
+                );
+            }
+            now
+        });
+        if now + self.delay > since + RECONNECT_FOR {
             return None;
-        }
-        if !self.quiet && !self.warned.swap(true, Ordering::Relaxed) {
-            eprintln!(
-                "warning: the API server stopped answering; trying again for up to {} s",
-                RECONNECT_FOR.as_secs()
-            );
         }
         let pause = tokio::time::sleep(self.delay);
         self.delay = (self.delay * 2).min(std::time::Duration::from_secs(2));
@@ -130,6 +177,7 @@ impl<Res> tower::retry::Policy<http::Request<kube::client::Body>, http::Response
         *copy.uri_mut() = req.uri().clone();
         *copy.version_mut() = req.version();
         *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
         Some(copy)
     }
 }
