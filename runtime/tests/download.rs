@@ -79,7 +79,8 @@ async fn a_download_is_exactly_the_digest_s_bytes() {
     let mut answers = vec![(503, vec![]); 6];
     answers.push((200, data.clone()));
     let url = storage(answers).await;
-    assert_eq!(fetch(url).await.unwrap(), data);
+    let fetched = tokio::time::timeout(Duration::from_secs(60), fetch(url)).await;
+    assert_eq!(fetched.expect("retried for good").unwrap(), data);
 }
 
 #[tokio::test]
