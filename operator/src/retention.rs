@@ -10,8 +10,12 @@
 //!   deleted: it was superseded.
 //! - An artifact no app has ever deployed is kept for `unreferenced_grace` (a GitOps
 //!   change that will reference it may be under review), then deleted.
-//! - An upload never completed (the artifact never became Ready) is abandoned after
-//!   `abandoned_after`: its multipart uploads are aborted and the artifact deleted.
+//! - An upload never completed (the artifact never became Ready) is abandoned
+//!   `abandoned_after` after the operator first answered its uploader (the Ready
+//!   condition's first transition, to False): its multipart uploads are aborted and
+//!   the artifact deleted. Not from its creation: an uploader cannot upload before
+//!   that answer, and one waiting through an outage of the API server or of the
+//!   operator has abandoned nothing.
 
 use std::time::Duration;
 
@@ -98,12 +102,26 @@ pub fn decide<A: std::borrow::Borrow<AetherApp>>(
                 .iter()
                 .any(|c| c.type_ == READY && c.status == "True")
     });
-    let (limit, reason) = if uploaded {
-        (policy.unreferenced_grace, Reason::NeverDeployed)
+    let (limit, reason, since) = if uploaded {
+        (policy.unreferenced_grace, Reason::NeverDeployed, created)
     } else {
-        (policy.abandoned_after, Reason::AbandonedUpload)
+        // Never uploaded, so Ready has been False since the first answer.
+        let answered = artifact
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+            .map(|c| c.last_transition_time.0);
+        let Some(answered) = answered else {
+            // Not answered yet: this reconcile is the first to.
+            return Decision::Keep;
+        };
+        (
+            policy.abandoned_after,
+            Reason::AbandonedUpload,
+            answered.max(created),
+        )
     };
-    let deadline = created
+    let deadline = since
         .checked_add(SignedDuration::try_from(limit).unwrap_or(SignedDuration::MAX))
         .unwrap_or(Timestamp::MAX);
     if now >= deadline {
@@ -278,6 +296,21 @@ mod tests {
         assert_eq!(
             decide(&stuck, &[] as &[AetherApp], &[], &policy(), at(600)),
             Decision::Delete(Reason::AbandonedUpload)
+        );
+        // The clock starts when the uploader was first answered, not at creation
+        // (the operator or the API server may have been away meanwhile).
+        let mut late = stuck.clone();
+        late.status.as_mut().unwrap().conditions[0].last_transition_time = Time(at(500));
+        assert_eq!(
+            decide(&late, &[] as &[AetherApp], &[], &policy(), at(600)),
+            Decision::KeepUntil(at(1100))
+        );
+        let mut unanswered = stuck.clone();
+        unanswered.status = None;
+        assert_eq!(
+            decide(&unanswered, &[] as &[AetherApp], &[], &policy(), at(9999)),
+            Decision::Keep,
+            "never answered: nothing to abandon yet"
         );
         // ... unless an app already points at it (a push is waiting for it).
         let waiting = [app("half-uploaded", &[])];
