@@ -238,12 +238,23 @@ where
     let namespace = api.namespace().unwrap_or("default").to_string();
     let watch = async {
         let mut stream = std::pin::pin!(kube::runtime::watcher::watch_object(api.clone(), name));
+        let mut seen = false;
         while let Some(item) = stream.next().await {
             match item {
                 Ok(Some(object)) => {
+                    seen = true;
                     if let Some(value) = done(&object) {
                         return Ok(value);
                     }
+                }
+                // Gone after it was there: nothing more will come.
+                Ok(None) if seen => {
+                    return Err(CliError::Deleted {
+                        resource: resource.clone(),
+                        name: name.into(),
+                        namespace: namespace.clone(),
+                        what: what.into(),
+                    });
                 }
                 Ok(None) => {}
                 // Refused (403, 404...): no use waiting.

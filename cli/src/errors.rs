@@ -241,6 +241,20 @@ pub enum CliError {
     )]
     Timeout { what: String, seconds: u64 },
 
+    #[error("{resource} {name} in {namespace} was deleted while waiting for {what}")]
+    #[diagnostic(
+        code(aether::deleted),
+        help(
+            "something deleted it meanwhile (`kubectl get events -n {namespace}`; the operator's retention deletes an upload not completed in time); run the command again"
+        )
+    )]
+    Deleted {
+        resource: String,
+        name: String,
+        namespace: String,
+        what: String,
+    },
+
     #[error("no --app, and {0} is not an app's project folder to take its name from")]
     #[diagnostic(
         code(aether::no_app),
@@ -367,7 +381,7 @@ impl CliError {
             | Self::SecretForbidden { .. }
             | Self::Kube { .. } => 7,
             Self::UploadFailed { .. } | Self::DirectStorage(_) => 8,
-            Self::ArtifactFailed { .. } => 9,
+            Self::ArtifactFailed { .. } | Self::Deleted { .. } => 9,
             Self::Timeout { .. } => 10,
             Self::DeployFailed { .. } | Self::ScaleFailed { .. } => 11,
             Self::AppNotFound { .. } => 12,
