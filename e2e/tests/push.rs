@@ -593,11 +593,11 @@ async fn storage_down_during_upload_fails_clearly_and_nothing_becomes_ready() ->
 #[tokio::test]
 #[ignore = "needs a cluster and the operator (abandoned uploads after AETHER_E2E_ABANDONED_SECONDS): run `make e2e`"]
 async fn an_upload_never_completed_is_abandoned_and_cleaned_up() -> anyhow::Result<()> {
-    // The operator's --abandoned-upload-seconds (the local overlay sets 120).
+    // The operator's --abandoned-upload-seconds (the local overlay sets 300).
     let ttl: u64 = std::env::var("AETHER_E2E_ABANDONED_SECONDS")
         .ok()
         .and_then(|t| t.parse().ok())
-        .unwrap_or(120);
+        .unwrap_or(300);
     with_temp_ns("abandoned", move |client, ns| async move {
         let dir = tempfile::tempdir()?;
         let (art, _) = create_packed_artifact(&client, &ns, dir.path(), "hello-abandoned").await?;
