@@ -37,13 +37,16 @@ unit: ## unit and integration tests that need no cluster
 
 e2e: ## e2e tests against the cluster in KUBECONFIG with Aether installed (storage from AETHER_S3_*)
 	cargo build -q -p aether-cli
-	cargo test -p aether-e2e -- --ignored --test-threads=$(E2E_THREADS) --skip $(CHAOS_TEST)
+	cargo test -p aether-e2e -- --ignored --test-threads=$(E2E_THREADS) --skip $(CHAOS_TEST) --skip $(OUTAGE_TEST)
 
-# The fault test crashes the operator for minutes: not part of `make e2e`.
+# The fault tests crash the operator, and stop the API server and the storage, for
+# minutes: not part of `make e2e`, and one at a time.
 CHAOS_TEST = operator_crashes_during_pushes_and_deploys
-chaos: ## crash the operator at random points during pushes and deploys, then check nothing was lost (like e2e)
+OUTAGE_TEST = the_api_server_and_the_storage_stopped
+chaos: ## crash the operator at random points, stop the API server and storage, during pushes and deploys; check nothing was lost (like e2e)
 	cargo build -q -p aether-cli
 	cargo test -p aether-e2e --test chaos -- --ignored --nocapture $(CHAOS_TEST)
+	cargo test -p aether-e2e --test outage -- --ignored --nocapture $(OUTAGE_TEST)
 
 lint: ## rustfmt, clippy (warnings are errors), shellcheck on hack/, cargo-deny
 	cargo fmt --all -- --check

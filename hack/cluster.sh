@@ -4,6 +4,8 @@
 #   hack/cluster.sh down     stop exactly what `up` started and clean up after it
 #   hack/cluster.sh status   what runs, and the versions
 #   hack/cluster.sh env      `export` lines for KUBECONFIG, storage and images
+#   hack/cluster.sh outage kube-apiserver|garage SECONDS
+#                            stop one, wait, start it again (the outage tests)
 #
 # Components: containerd + runc + CNI bridge (Debian), etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubelet, kube-proxy (built from the
@@ -272,8 +274,7 @@ root_domain = ".s3.aether.local"
 api_bind_addr = "127.0.0.1:3903"
 EOF
   chmod 600 "$STATE_DIR/garage/garage.toml"
-  start garage "$GARAGE_BIN/garage" -c "$STATE_DIR/garage/garage.toml" server
-  wait_for "garage rpc" 30 garage status
+  run_garage
   local node_id
   node_id="$(garage node id -q 2>/dev/null | cut -d@ -f1)"
   garage layout assign -z local -c 10G "$node_id" >/dev/null
@@ -288,7 +289,13 @@ EOF
   wait_for "garage s3 api" 30 curl -s -o /dev/null "$S3_ENDPOINT"
 }
 
-start_control_plane() {
+# The Garage server on the configuration (and data) start_garage wrote.
+run_garage() {
+  start garage "$GARAGE_BIN/garage" -c "$STATE_DIR/garage/garage.toml" server
+  wait_for "garage rpc" 30 garage status
+}
+
+run_apiserver() {
   start kube-apiserver "$K8S_BIN/kube-apiserver" \
     --etcd-servers http://127.0.0.1:2379 \
     --bind-address "$BRIDGE_IP" --advertise-address "$BRIDGE_IP" --secure-port 6443 \
@@ -303,7 +310,10 @@ start_control_plane() {
     --kubelet-certificate-authority "$PKI/ca.crt" \
     --kubelet-preferred-address-types InternalIP --profiling=false
   wait_for kube-apiserver 90 kubectl_admin get --raw /readyz
+}
 
+start_control_plane() {
+  run_apiserver
   local cm="$STATE_DIR/controller-manager.kubeconfig" sch="$STATE_DIR/scheduler.kubeconfig"
   start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
     --kubeconfig "$cm" --authentication-kubeconfig "$cm" --authorization-kubeconfig "$cm" \
@@ -451,6 +461,28 @@ cmd_up() {
   log "cluster up in $((SECONDS - start))s: eval \"\$(hack/cluster.sh env)\""
 }
 
+# outage COMPONENT SECONDS: stop the API server or the storage, wait, start it
+# again on the same state and wait until it answers (`make chaos`'s outage tests).
+cmd_outage() {
+  local name="${1:-}" seconds="${2:-}"
+  [[ "$seconds" =~ ^[0-9]+$ ]] || die "usage: $0 outage kube-apiserver|garage SECONDS"
+  case "$name" in
+    kube-apiserver | garage) ;;
+    *) die "outage: only kube-apiserver or garage can be stopped, not '$name'" ;;
+  esac
+  pid_of "$name" >/dev/null || die "outage: $name is not running (hack/cluster.sh up)"
+  stop "$name"
+  sleep "$seconds"
+  case "$name" in
+    kube-apiserver) run_apiserver ;;
+    garage)
+      run_garage
+      wait_for "garage s3 api" 30 curl -s -o /dev/null "$S3_ENDPOINT"
+      ;;
+  esac
+  log "started $name again after ${seconds}s"
+}
+
 cmd_env() {
   [[ -f "$KUBECONFIG_ADMIN" && -f "$STATE_DIR/garage/credentials" ]] || die "the local cluster is not up: run hack/cluster.sh up"
   local v majors=()
@@ -463,6 +495,8 @@ cmd_env() {
   echo "export AETHER_NODE_IMAGE=aether.local/node:$NODE_DEFAULT_MAJOR"
   echo "export AETHER_NODE_MAJORS=\"${majors[*]}\""
   echo "export AETHER_IMAGE_PULL_POLICY=Never"
+  # How the outage tests stop a component here; unset on other clusters (skipped).
+  echo "export AETHER_E2E_OUTAGE=\"$HACK_DIR/cluster.sh outage\""
 }
 
 cmd_status() {
@@ -486,5 +520,6 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  outage) shift; cmd_outage "$@" ;;
+  *) echo "usage: $0 up|down|status|env|outage COMPONENT SECONDS" >&2; exit 2 ;;
 esac

@@ -19,20 +19,22 @@ async fn storage_answering(status: &'static str) -> (String, Arc<AtomicUsize>) {
         listener.local_addr().unwrap()
     );
     let count = Arc::new(AtomicUsize::new(0));
-    let seen = count.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            seen.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0; 64 << 10];
-                let _ = conn.read(&mut buf).await;
-                let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-                let _ = conn.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
+    tokio::spawn(answer(listener, status, count.clone()));
     (url, count)
+}
+
+/// Answer every connection on `listener` with `status`, counting them.
+async fn answer(listener: tokio::net::TcpListener, status: &'static str, count: Arc<AtomicUsize>) {
+    loop {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        count.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let mut buf = vec![0; 64 << 10];
+            let _ = conn.read(&mut buf).await;
+            let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = conn.write_all(reply.as_bytes()).await;
+        });
+    }
 }
 
 #[tokio::test]
@@ -113,16 +115,7 @@ async fn storage_that_comes_back_before_the_deadline_gets_the_upload() {
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(4)).await;
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        loop {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            seen.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0; 64 << 10];
-                let _ = conn.read(&mut buf).await;
-                let reply = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-                let _ = conn.write_all(reply.as_bytes()).await;
-            });
-        }
+        answer(listener, "200 OK", seen).await;
     });
     let started = Instant::now();
     put_with_retries(

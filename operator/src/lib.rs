@@ -100,7 +100,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
             Api::<AetherPolicy>::all(client.clone()),
             watcher::Config::default(),
         )
-        // A missing CRD or permission is retried calmly, not in a tight loop.
+        // A missing CRD or permission is retried every 2 s, not in a tight loop.
         .backoff(backoff::WatchBackoff::default()),
     ));
     let policy_changes = policy_events
