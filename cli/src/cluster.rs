@@ -62,6 +62,8 @@ struct Outage {
     reached: bool,
     /// When requests started failing, if they are failing.
     since: Option<tokio::time::Instant>,
+    /// Said so (once the outage lasted a moment: one cut connection is not news).
+    warned: bool,
 }
 
 impl Reconnect {
@@ -133,9 +135,12 @@ impl<Res> tower::retry::Policy<http::Request<kube::client::Body>, http::Response
     ) -> Option<Self::Future> {
         let mut outage = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         let e = match result {
+            // (A 5xx may come from a proxy in front of an API server still away.)
+            Ok(response) if response.status().is_server_error() => return None,
             Ok(_) => {
                 outage.reached = true;
-                if outage.since.take().is_some() && !self.quiet {
+                outage.since = None;
+                if std::mem::take(&mut outage.warned) && !self.quiet {
                     eprintln!("the API server answers again");
                 }
                 return None;
@@ -151,15 +156,16 @@ impl<Res> tower::retry::Policy<http::Request<kube::client::Body>, http::Response
             return None;
         }
         let now = tokio::time::Instant::now();
-        let since = *outage.since.get_or_insert_with(|| {
+        let since = *outage.since.get_or_insert(now);
+        if now >= since + std::time::Duration::from_secs(2) && !outage.warned {
+            outage.warned = true;
             if !self.quiet {
                 eprintln!(
                     "warning: the API server stopped answering; trying again for up to {} s",
                     RECONNECT_FOR.as_secs()
                 );
             }
-            now
-        });
+        }
         if now + self.delay > since + RECONNECT_FOR {
             return None;
         }

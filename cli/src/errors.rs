@@ -245,7 +245,7 @@ pub enum CliError {
     #[diagnostic(
         code(aether::deleted),
         help(
-            "something deleted it meanwhile (`kubectl get events -n {namespace}`; the operator's retention deletes an upload not completed in time); run the command again"
+            "something deleted it meanwhile: `kubectl get events -n {namespace}` (the operator's retention deletes an artifact whose upload was not completed in time); run the command again"
         )
     )]
     Deleted {

@@ -238,7 +238,17 @@ async fn apply(
             "metadata": {"name": name, "resourceVersion": app.resource_version()},
             "spec": {"env": env, "envFrom": env_from},
         });
-        let outcome = deploy::apply_app(&apps, &name, &body, CONFIG_MANAGER).await;
+        let outcome = match deploy::apply_app(&apps, &name, &body, CONFIG_MANAGER).await {
+            // The client sends an apply again when the API server cut the connection
+            // before answering (a restart): if the first one was done, the second is
+            // refused against the version read. The app naming the new Secret says so;
+            // the Secret must not be deleted then.
+            Err(kube::Error::Api(e)) if e.code == 409 => match (&created, apps.get_opt(&name).await) {
+                (Some(created), Ok(Some(now))) if config_source(&now).as_ref() == Some(created) => Ok(now),
+                _ => Err(kube::Error::Api(e)),
+            },
+            other => other,
+        };
         if let (Err(_), Some(created)) = (&outcome, &created) {
             // Not read by the app: gone again (what stays goes with the app).
             let _ = secrets.delete(created, &Default::default()).await;
