@@ -642,3 +642,61 @@ async fn an_upload_never_completed_is_abandoned_and_cleaned_up() -> anyhow::Resu
     })
     .await
 }
+
+#[tokio::test]
+#[ignore = "needs a cluster and the operator: run `make e2e`"]
+async fn pushing_an_artifact_being_deleted_makes_it_again_once_it_is_gone() -> anyhow::Result<()> {
+    with_temp_ns("push-dying", |client, ns| async move {
+        let dir = tempfile::tempdir()?;
+        let cache = tempfile::tempdir()?;
+        project(dir.path(), &format!("back again {ns}"));
+        let (code, first, err) = push(dir.path(), cache.path(), &ns, &[]);
+        assert_eq!(code, Some(0), "{err}");
+        let name = first["artifact"].as_str().unwrap().to_string();
+
+        // Deleted (as retention deletes an old version), held by a finalizer of ours
+        // the way a slow cleanup would hold it.
+        let api: Api<AetherArtifact> = Api::namespaced(client.clone(), &ns);
+        let hold = serde_json::json!({"metadata": {"finalizers": ["e2e.aether.dev/hold"]}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&hold))
+            .await?;
+        api.delete(&name, &Default::default()).await?;
+        let old_uid = api.get(&name).await?.uid();
+
+        // The same code pushed again: it waits for the old one to go.
+        let again = {
+            let (dir, cache, ns) = (dir.path().to_path_buf(), cache.path().to_path_buf(), ns.clone());
+            tokio::task::spawn_blocking(move || push(&dir, &cache, &ns, &[]))
+        };
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            !again.is_finished(),
+            "the push waits while the artifact is being deleted"
+        );
+        // Only our finalizer is left once the operator released the blobs.
+        wait_for(
+            api.clone(),
+            &name,
+            "the operator's finalizer to finish",
+            Duration::from_secs(60),
+            |a: Option<&AetherArtifact>| a.is_some_and(|a| a.finalizers() == ["e2e.aether.dev/hold"]),
+        )
+        .await?;
+        let release = serde_json::json!([{"op": "replace", "path": "/metadata/finalizers", "value": []}]);
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(release)?),
+        )
+        .await?;
+
+        let (code, second, err) = again.await?;
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(second["artifact"].as_str(), Some(name.as_str()));
+        let made_again = api.get(&name).await?;
+        assert_ne!(made_again.uid(), old_uid, "a new artifact, not the dying one");
+        assert_eq!(ready_condition(&made_again).status, "True");
+        Ok(())
+    })
+    .await
+}

@@ -196,10 +196,38 @@ pub async fn publish(
     let name = artifact_name(packed);
     let wanted = artifact_for(packed)?;
 
-    let existing = api
+    let mut existing = api
         .get_opt(&name)
         .await
         .map_err(|e| kube_error(e, "get", namespace))?;
+    // Being deleted (retention took an old version this push brings back): made
+    // again once it is gone, not uploaded into.
+    if let Some(dying) = existing.take_if(|a| a.metadata.deletion_timestamp.is_some()) {
+        printer.info(format!(
+            "Artifact {name} is being deleted (kubectl get events -n {namespace}); creating it again once it is gone"
+        ));
+        let uid = dying.metadata.uid.clone().unwrap_or_default();
+        let gone = kube::runtime::wait::await_condition(
+            api.clone(),
+            &name,
+            kube::runtime::conditions::is_deleted(&uid),
+        );
+        match tokio::time::timeout(timeout, gone).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(CliError::Kube {
+                    what: format!("watch aetherartifacts in {namespace}"),
+                    source: kube::Error::Service(Box::new(e)),
+                });
+            }
+            Err(_) => {
+                return Err(CliError::Timeout {
+                    what: format!("artifact {name} to be deleted"),
+                    seconds: timeout.as_secs(),
+                });
+            }
+        }
+    }
     let reused = existing
         .as_ref()
         .is_some_and(|a| a.spec.digest == wanted.spec.digest && ready(a).is_some_and(|r| r));
