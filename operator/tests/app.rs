@@ -280,6 +280,12 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
     let psc = pod.security_context.as_ref().unwrap();
     assert_eq!((psc.run_as_non_root, psc.run_as_user), (Some(true), Some(10001)));
     assert_eq!(psc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    // No connection of the pod takes the runtime's ports as its source port.
+    let sysctls = psc.sysctls.as_ref().unwrap();
+    assert_eq!(
+        (sysctls[0].name.as_str(), sysctls[0].value.as_str()),
+        ("net.ipv4.ip_local_reserved_ports", "39127,39128")
+    );
 
     // The fetch container runs first, beside the app: the kubelet starts both in one
     // pass (the app's `supervise --code` waits for the verified tree), after the

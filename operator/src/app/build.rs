@@ -16,7 +16,8 @@ use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
     HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction, Sysctl, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -28,7 +29,7 @@ use super::validate::Validated;
 
 pub use aether_crds::pod::{
     APP_CONTAINER, ARTIFACT_ANNOTATION, DEV_HOT_BASE_ANNOTATION, DIGEST_ANNOTATION, FETCH_CONTAINER,
-    HEALTH_PORT, TEMPLATE_ANNOTATION,
+    HEALTH_PORT, RESERVED_PORTS, TEMPLATE_ANNOTATION,
 };
 pub const MANAGED_BY: &str = "aether-operator";
 /// The shared volume: the fetch container extracts into it, the app runs from it.
@@ -473,6 +474,16 @@ fn pod_template(
                     type_: "RuntimeDefault".into(),
                     ..Default::default()
                 }),
+                // The runtime's ports (health, dev-hot updates) lie in the kernel's
+                // ephemeral range: a connection of the pod's (the fetch's download,
+                // the app's own) could take one as its source port, and the runtime
+                // then could not listen there until it closed and its TIME_WAIT
+                // passed (seen: an app crash-looping for a minute). A safe sysctl,
+                // allowed under Pod Security `restricted`.
+                sysctls: Some(vec![Sysctl {
+                    name: "net.ipv4.ip_local_reserved_ports".into(),
+                    value: RESERVED_PORTS.map(|p| p.to_string()).join(","),
+                }]),
                 ..Default::default()
             }),
             init_containers,
