@@ -149,7 +149,11 @@ async fn outage(
     }
     let before = running_artifact(client, ns, STARTING).await?;
     let artifacts: Api<AetherArtifact> = Api::namespaced(client.clone(), ns);
-    let pushed_before = artifacts.list(&ListParams::default()).await?.items.len();
+    let pushing_artifacts = || async {
+        let all = artifacts.list(&ListParams::default()).await?.items;
+        anyhow::Ok(all.iter().filter(|a| a.spec.app == PUSHING).count())
+    };
+    let pushed_before = pushing_artifacts().await?;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let recorder = record(client.clone(), ns.to_string(), seen.clone());
 
@@ -185,10 +189,7 @@ async fn outage(
     wait_until(
         &format!("{PUSHING}'s new artifact"),
         Duration::from_secs(60),
-        || async {
-            let now = artifacts.list(&ListParams::default()).await?.items.len();
-            Ok((now > pushed_before).then_some(()))
-        },
+        || async { Ok((pushing_artifacts().await? > pushed_before).then_some(())) },
     )
     .await?;
 
@@ -315,6 +316,27 @@ async fn outage(
     Ok(problems)
 }
 
+/// Until both apps have answered every GET for 5 s: the control plane has caught up
+/// with the last outage (after the API server's, Kubernetes' own controllers take
+/// a while), so that the next one is judged on its own.
+async fn settle(client: &Client, ns: &str, urls: &[(&'static str, String)]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut answering_since = Instant::now();
+    while answering_since.elapsed() < Duration::from_secs(5) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the apps did not answer for 5 s on end within 300 s"
+        );
+        for (app, url) in urls {
+            if body(client, ns, app, url).await.is_err() {
+                answering_since = Instant::now();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
 /// GETs of one app's `/` every 250 ms, and when and how they failed.
 struct Asking {
     app: &'static str,
@@ -392,6 +414,7 @@ async fn the_api_server_and_the_storage_stopped_mid_push_and_mid_start_recover_b
 
         let mut problems = Vec::new();
         for (component, secs) in [("kube-apiserver", api_secs), ("garage", storage_secs)] {
+            settle(&client, &ns, &urls).await?;
             problems.extend(outage(&client, &ns, &dirs, &urls, component, secs, &command).await?);
         }
 
