@@ -93,6 +93,8 @@ pub enum Command {
     Status(StatusArgs),
     /// List the apps of the namespace: ready or not, artifact, replicas, URL, age.
     Apps,
+    /// List the preview environments (`aether push --preview`), with their expiry.
+    Previews(PreviewsArgs),
     /// Set an app's number of pods (its scale subresource, as `kubectl scale`) and
     /// wait until they are ready.
     Scale(ScaleArgs),
@@ -181,6 +183,65 @@ pub struct PushArgs {
     /// AWS_SECRET_ACCESS_KEY).
     #[arg(long, value_enum, default_value_t = StorageMode::Presigned, env = "AETHER_STORAGE")]
     pub storage: StorageMode,
+    /// Serve the app at https://NAME/ through the cluster's ingress (repeatable). The
+    /// app keeps these hosts until a push names others.
+    #[arg(long = "host", value_name = "NAME", value_parser = parse_host)]
+    pub hosts: Vec<String>,
+    /// The hosts' certificate: a `kubernetes.io/tls` Secret of the namespace [default:
+    /// issued by the cluster's issuer, when the admin configured one].
+    #[arg(long, value_name = "SECRET", requires = "hosts")]
+    pub tls_secret: Option<String>,
+    /// Deploy a preview environment instead: a separate app `<app>-<NAME>`, with its
+    /// own URL (and, when the app has hosts, `<NAME>-<host>`), deleted with what only
+    /// it used once --ttl passes. Pushing it again extends it.
+    #[arg(long, value_name = "NAME", value_parser = parse_preview)]
+    pub preview: Option<String>,
+    /// How long a preview lives from this push: 30m, 24h, 168h.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration, requires = "preview")]
+    pub ttl: Duration,
+}
+
+/// A preview's name: a short DNS label (it ends the app's name).
+fn parse_preview(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 20
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s}: a preview name is up to 20 lowercase letters, digits and '-', e.g. pr-42"
+        ))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PreviewsArgs {
+    /// Only the previews of this app.
+    #[arg(long)]
+    pub app: Option<String>,
+}
+
+/// A host as `spec.hosts` takes it: a lowercase DNS name, no scheme, port or path.
+fn parse_host(s: &str) -> Result<String, String> {
+    let host = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let ip = host.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if host.len() > 253 || ip || !host.split('.').all(label_ok) {
+        return Err(format!(
+            "{s}: a host is a DNS name such as shop.example.com (no scheme, port, path or wildcard)"
+        ));
+    }
+    Ok(host)
 }
 
 #[derive(Debug, Args)]
@@ -413,6 +474,23 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn hosts_are_dns_names_without_scheme_port_or_wildcard() {
+        assert_eq!(parse_host("Shop.Example.com."), Ok("shop.example.com".into()));
+        assert_eq!(parse_host("localhost"), Ok("localhost".into()));
+        for bad in [
+            "https://shop.example.com",
+            "shop.example.com:443",
+            "*.example.com",
+            "a..b",
+            "-a.com",
+            "",
+            "10.0.0.1",
+        ] {
+            assert!(parse_host(bad).is_err(), "{bad} was taken");
+        }
     }
 
     #[test]

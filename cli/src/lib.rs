@@ -25,6 +25,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Dev(args) => block_on(commands::dev::run(args, &cli.global, &printer)),
         Command::Status(args) => block_on(commands::status::run(args, &cli.global, &printer)),
         Command::Apps => block_on(commands::apps::run(&cli.global, &printer)),
+        Command::Previews(args) => block_on(commands::previews::run(args, &cli.global, &printer)),
         Command::Scale(args) => block_on(commands::scale::run(args, &cli.global, &printer)),
         Command::Logs(args) => block_on(commands::logs::run(args, &cli.global, &printer)),
         Command::Releases(args) => block_on(commands::releases::list(args, &cli.global, &printer)),

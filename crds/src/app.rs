@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url", priority = 1),
     printcolumn(name = "Digest", type_ = "string", json_path = ".status.artifact.digest", priority = 1),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".spec.preview.expiresAt", priority = 1),
     validation = Rule::new("size(self.metadata.name) <= 63").message("an AetherApp name may be at most 63 characters: it names the app's Service and labels"),
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("an AetherApp name must be a DNS label: lowercase letters, digits and '-', starting with a letter")
 )]
@@ -114,6 +115,50 @@ pub struct AetherAppSpec {
     /// until the app changes again. Off by default.
     #[serde(default)]
     pub auto_rollback: bool,
+
+    /// Public hostnames the app answers at, through the cluster's ingress controller
+    /// (an Ingress of the app's name; its class is the cluster admin's setting). A
+    /// host is the first app's to hold it, cluster-wide: an app asking for a host
+    /// another app holds is refused (`HostClaimed`) until that app lets it go.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(h, self.exists_one(o, o.name == h.name))").message("a host may be listed once"))]
+    pub hosts: Vec<Host>,
+
+    /// A preview environment of another app (`aether push --preview NAME`): the
+    /// operator deletes it, and the artifacts only it ran, once `expiresAt` passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Preview>,
+}
+
+/// What an app previews, and until when.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Preview {
+    /// The app it is a preview of, in the same namespace (for listing; it need not
+    /// exist).
+    #[schemars(length(min = 1, max = 63))]
+    pub of: String,
+    /// When the operator deletes it. Pushing the preview again moves it.
+    pub expires_at: Time,
+}
+
+/// A public hostname of the app, served over HTTPS when it has a certificate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Host {
+    /// A DNS name, e.g. `shop.example.com` (lowercase, no wildcard).
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?([.][a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$')").message("a host must be a lowercase DNS name, e.g. shop.example.com (no wildcard, no port, labels of at most 63 characters)"))]
+    #[x_kube(validation = Rule::new("!self.matches('^[0-9.]+$')").message("a host must be a DNS name, not an IP address"))]
+    pub name: String,
+    /// A `kubernetes.io/tls` Secret of the app's namespace holding the host's
+    /// certificate and key. Unset: the cluster's certificate issuer, when the admin
+    /// configured one, issues one (cert-manager); else the host is plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("tlsSecretName must be the name of a Secret: lowercase letters, digits, '-' and '.'"))]
+    pub tls_secret_name: Option<String>,
 }
 
 fn default_replicas() -> i32 {
@@ -238,9 +283,14 @@ pub struct AetherAppStatus {
     /// Label selector of the app's pods, for the scale subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
-    /// Where the app answers HTTP.
+    /// Where the app answers HTTP: its first public host when it has one, else
+    /// inside the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The public hosts the app holds, with their certificates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub hosts: Vec<HostStatus>,
     /// Recent releases, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
@@ -248,6 +298,23 @@ pub struct AetherAppStatus {
     /// How long the last deploy took, phase by phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_deploy: Option<DeployTimings>,
+}
+
+/// A host the app holds.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostStatus {
+    pub name: String,
+    /// `https://<name>/`, or `http://` when the host has no certificate.
+    pub url: String,
+    /// When the app first held the host: of two apps asking for one host, the
+    /// earlier holder keeps it.
+    pub claimed_at: Time,
+    /// The certificate: `Ready`, `Issuing`, `SecretMissing`, or `None` (plain HTTP).
+    pub certificate: String,
+    /// Why the certificate is not ready, as its issuer says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -61,4 +61,7 @@ pub mod app {
     /// The rollout failed and `spec.autoRollback` is about to go back
     /// (`Reconciling=True`).
     pub const ROLLING_BACK: &str = "RollingBack";
+    /// `spec.hosts` names a host another app holds: nothing of the spec is applied
+    /// (`Ready=False`, `Stalled=True`).
+    pub const HOST_CLAIMED: &str = "HostClaimed";
 }

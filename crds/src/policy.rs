@@ -44,6 +44,12 @@ pub struct AetherPolicySpec {
     #[schemars(length(max = 64), inner(length(min = 1, max = 512)))]
     pub allowed_images: Option<Vec<String>>,
 
+    /// Public hosts an app may ask for in `spec.hosts`; `*` matches any run of
+    /// characters (`*.team-a.example.com`). Absent: any host no other app holds.
+    /// An empty list: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub allowed_hosts: Option<Vec<String>>,
     /// Whether an app may replace its artifact's entrypoint with `spec.command`.
     #[serde(default = "allow")]
     pub allow_command: bool,

@@ -591,6 +591,8 @@ async fn the_operator_writes_nothing_where_no_admin_enabled_it() -> anyhow::Resu
                 ("create", "deployments.apps"),
                 ("patch", "services"),
                 ("delete", "pods"),
+                ("create", "ingresses.networking.k8s.io"),
+                ("create", "certificates.cert-manager.io"),
             ] {
                 assert!(
                     !can(verb, resource, namespace),

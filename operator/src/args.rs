@@ -106,6 +106,20 @@ pub struct Args {
     /// Other destinations apps may connect to: `CIDR[:PORT],...`.
     #[arg(long, env = "AETHER_NETWORK_POLICY_EGRESS", default_value = "")]
     pub network_policy_egress: String,
+    /// The IngressClass of the Ingresses routing apps' public hosts (`spec.hosts`)
+    /// [default: the cluster's default class].
+    #[arg(long, env = "AETHER_INGRESS_CLASS")]
+    pub ingress_class: Option<String>,
+    /// The cert-manager issuer of certificates for apps' hosts that name no Secret
+    /// of their own: `ClusterIssuer/NAME` or `Issuer/NAME` (in each app's
+    /// namespace) [default: none; such hosts are plain HTTP].
+    #[arg(long, env = "AETHER_CERTIFICATE_ISSUER")]
+    pub certificate_issuer: Option<String>,
+    /// The hosts apps may ask for, `pattern,...` where `*` matches any run of
+    /// characters (`*.apps.example.com`) [default: any host no other app holds;
+    /// AetherPolicies' allowedHosts bound it per namespace].
+    #[arg(long, env = "AETHER_ALLOWED_HOSTS", default_value = "")]
+    pub allowed_hosts: String,
     /// Hold a Lease so that only one replica reconciles at a time.
     #[arg(long, env = "AETHER_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
@@ -138,6 +152,20 @@ impl Args {
             url_mode: self.url_mode,
             keep_releases: self.keep_releases,
             network_policy,
+            route: crate::app::route::Config {
+                ingress_class: self.ingress_class.clone().filter(|c| !c.is_empty()),
+                issuer: match self.certificate_issuer.as_deref() {
+                    None | Some("") => None,
+                    Some(issuer) => Some(issuer.parse().map_err(|e| format!("--certificate-issuer: {e}"))?),
+                },
+                allowed_hosts: self
+                    .allowed_hosts
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            },
         })
     }
 

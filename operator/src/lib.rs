@@ -31,6 +31,7 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
@@ -146,6 +147,16 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         apps_ready,
         backoff: Default::default(),
     });
+    let (nudge, nudged) = futures::channel::mpsc::unbounded();
+    // Every Ingress, for who holds which host (see app::route). Apps are reconciled
+    // only once it has listed them all, lest a host look free that is not.
+    let (ingresses, ingresses_writer) = reflector::store::<Ingress>();
+    let ingress_events = reflector(
+        ingresses_writer,
+        watcher(Api::<Ingress>::all(client.clone()), watcher::Config::default()),
+    )
+    .backoff(backoff::WatchBackoff::default());
+    tokio::spawn(ingress_events.for_each(|_| futures::future::ready(())));
     let app_ctx = Arc::new(app::Context {
         client: client.clone(),
         enabled,
@@ -155,6 +166,9 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         metrics,
         config: app_config,
         backoff: Default::default(),
+        apps: apps.store(),
+        ingresses: ingresses.clone(),
+        nudge,
     });
 
     let artifact_controller = Controller::new(artifacts.clone(), watcher::Config::default())
@@ -193,16 +207,24 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let app_controller = apps
         .owns(Api::<Deployment>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<ServiceAccount>::all(client.clone()), owned)
+        .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
+        .owns(Api::<Ingress>::all(client.clone()), owned)
         // An artifact names its app: a push (or a verdict) wakes that app.
         .watches(artifacts, watcher::Config::default(), |art: AetherArtifact| {
             let ns = art.namespace()?;
             Some(ObjectRef::<AetherApp>::new(&art.spec.app).within(&ns))
         })
         .reconcile_all_on(policy_changes)
+        .reconcile_on(nudged)
         .shutdown_on_signal()
         .run(app::reconcile, app::error_policy, app_ctx)
         .for_each(log_result);
+    let app_controller = async move {
+        if ingresses.wait_until_ready().await.is_err() {
+            warn!("the Ingress cache stopped before it was ready");
+        }
+        app_controller.await
+    };
 
     let result = tokio::select! {
         _ = futures::future::join(artifact_controller, app_controller) => {

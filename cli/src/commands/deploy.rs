@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use aether_crds::AetherApp;
-use aether_crds::condition::app::ROLLED_BACK;
+use aether_crds::condition::app::{HOST_CLAIMED, ROLLED_BACK};
 use aether_crds::condition::{READY, STALLED};
 use aether_crds::pod::{TEMPLATE_ANNOTATION, started_digest};
 use k8s_openapi::api::core::v1::Pod;
@@ -22,6 +22,9 @@ use crate::printer::Printer;
 /// Field manager of the CLI: it owns `spec.artifactRef` and nothing else, so
 /// `kubectl scale`, GitOps edits of env or replicas and the CLI do not fight.
 pub const FIELD_MANAGER: &str = "aether-cli";
+/// Field manager of `spec.hosts` when `aether push --host` sets them: apart from
+/// [`FIELD_MANAGER`], so that a push without `--host` leaves the hosts as they are.
+pub const HOSTS_MANAGER: &str = "aether-cli-hosts";
 
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -40,6 +43,9 @@ pub struct Deployed {
     /// the (Ready) artifact: → Deployment applied, → pods Ready.
     pub applied_after_ms: Option<i64>,
     pub ready_after_ms: Option<i64>,
+    /// The public hosts the app holds, and their certificates.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<aether_crds::HostStatus>,
 }
 
 /// How [`deploy`] follows the rollout.
@@ -51,15 +57,30 @@ pub struct Follow {
     pub repaired_at: Option<Timestamp>,
 }
 
-/// Point the app at `artifact`; with `follow`, wait until it serves it.
+/// What a push sets besides the artifact.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Target<'a> {
+    /// Public hosts; empty: the app's stay as they are.
+    pub hosts: &'a [aether_crds::Host],
+    /// The app is a preview environment, until then.
+    pub preview: Option<&'a aether_crds::Preview>,
+}
+
+/// Point the app at `artifact` (and, unless empty, serve it at `target.hosts`);
+/// with `follow`, wait until it serves it.
 pub async fn deploy(
     client: Client,
     namespace: &str,
-    app: &str,
-    artifact: &str,
+    (app, artifact): (&str, &str),
+    target: Target<'_>,
     follow: Option<Follow>,
     printer: &Printer,
 ) -> Result<Deployed, CliError> {
+    let hosts = target.hosts;
+    let mut spec = serde_json::json!({"artifactRef": {"name": artifact}});
+    if let Some(preview) = target.preview {
+        spec["preview"] = serde_json::to_value(preview).unwrap_or_default();
+    }
     let body = serde_json::json!({
         "apiVersion": "aether.dev/v1alpha1",
         "kind": "AetherApp",
@@ -67,14 +88,49 @@ pub async fn deploy(
             "name": app,
             "labels": {"app.kubernetes.io/name": app, "app.kubernetes.io/managed-by": "aether"},
         },
-        "spec": {"artifactRef": {"name": artifact}},
+        "spec": spec,
     });
     let announce = format!("App {app} in {namespace} now runs {artifact}");
-    apply_and_follow(
+    if hosts.is_empty() {
+        return apply_and_follow(
+            client,
+            namespace,
+            (app, artifact),
+            (&body, FIELD_MANAGER, &announce),
+            follow,
+            printer,
+        )
+        .await;
+    }
+    // The hosts as their own manager. An existing app's hosts are written first, so
+    // that a host it may not have stops the new artifact too (its running release
+    // keeps serving); a new app is made with its artifact first (it needs one). The
+    // wait follows the last write.
+    let api: Api<AetherApp> = Api::namespaced(client.clone(), namespace);
+    let failed = |e| crate::cluster::kube_error(e, "apply", "aetherapps", namespace);
+    let hosts_body = serde_json::json!({
+        "apiVersion": "aether.dev/v1alpha1",
+        "kind": "AetherApp",
+        "metadata": {"name": app},
+        "spec": {"hosts": hosts},
+    });
+    let exists = api.get_metadata_opt(app).await.map_err(failed)?.is_some();
+    if exists {
+        apply_app(&api, app, &hosts_body, HOSTS_MANAGER)
+            .await
+            .map_err(failed)?;
+    }
+    let mut applied = apply_app(&api, app, &body, FIELD_MANAGER).await.map_err(failed)?;
+    if !exists {
+        applied = apply_app(&api, app, &hosts_body, HOSTS_MANAGER)
+            .await
+            .map_err(failed)?;
+    }
+    follow_applied(
         client,
         namespace,
         (app, artifact),
-        (&body, FIELD_MANAGER, &announce),
+        (&applied, &announce),
         follow,
         printer,
     )
@@ -165,6 +221,7 @@ pub async fn follow_applied(
                     template: status.template.clone(),
                     applied_after_ms: timings.and_then(|t| t.applied_after_milliseconds),
                     ready_after_ms: timings.and_then(|t| t.ready_after_milliseconds),
+                    hosts: status.hosts.clone(),
                 }));
             }
             let current = |c: &&Condition| repaired_at.is_none_or(|t| c.last_transition_time.0 >= t);
@@ -363,6 +420,9 @@ fn deploy_failed(
     let hint = match reason {
         "ArtifactUnsigned" => "sign it (`aether keys generate`, then push without --no-sign), or set the app's spec.verify.mode".to_string(),
         "SignatureRejected" => "ask a cluster admin to trust your key: `aether keys show` prints it for the aether-trusted-keys ConfigMap in aether-system (or the app's spec.verify.keysRef)".to_string(),
+        HOST_CLAIMED => format!(
+            "push with another --host, or have that app drop the host (its spec.hosts); the release running before keeps serving: {still}"
+        ),
         ROLLED_BACK => format!(
             "the app went back to its last good release by itself (spec.autoRollback); `aether logs --app {app} -n {namespace}` and `aether releases` show what failed"
         ),

@@ -55,6 +55,10 @@ pub async fn run(args: &DevArgs, global: &GlobalArgs, printer: &Printer) -> Resu
         no_wait: false,
         timeout: args.timeout,
         storage: args.storage,
+        hosts: Vec::new(),
+        tls_secret: None,
+        preview: None,
+        ttl: std::time::Duration::ZERO,
     };
     let pushed = super::push::run(&push_args, &global, printer).await?;
     let app = pushed.app.clone();
@@ -169,7 +173,16 @@ pub async fn run(args: &DevArgs, global: &GlobalArgs, printer: &Printer) -> Resu
             timeout,
             repaired_at: None,
         };
-        super::deploy::deploy(client, &namespace, &app, &artifact, Some(follow), printer).await?;
+        let target = super::deploy::Target::default();
+        super::deploy::deploy(
+            client,
+            &namespace,
+            (&app, &artifact),
+            target,
+            Some(follow),
+            printer,
+        )
+        .await?;
     }
     printer.info(format!("{app} runs {artifact}, a retained release"));
     Ok(())

@@ -7,6 +7,7 @@ pub mod dev;
 pub mod keys;
 pub mod logs;
 pub mod pack;
+pub mod previews;
 pub mod push;
 pub mod releases;
 pub mod scale;

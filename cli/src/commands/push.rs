@@ -76,6 +76,11 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
             .await
             .map_err(|e| kube_error(e, "list", &namespace))?;
     }
+    // A preview is an app of its own: its artifact is signed for that name.
+    let base = request.app.clone();
+    if let Some(preview) = &args.preview {
+        request.app = preview_name(&base, preview)?;
+    }
     let packed = tokio::task::block_in_place(|| super::pack::run_request(&request, printer))?;
     let mut timings = PushTimings {
         pack: ms(t),
@@ -110,11 +115,38 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
                 .map(|t| t.0)
                 .filter(|_| reused && bytes_uploaded > 0),
         };
+        let mut hosts: Vec<aether_crds::Host> = args
+            .hosts
+            .iter()
+            .map(|name| aether_crds::Host {
+                name: name.clone(),
+                tls_secret_name: args.tls_secret.clone(),
+            })
+            .collect();
+        let preview = match &args.preview {
+            Some(preview) => {
+                if hosts.is_empty() {
+                    hosts = preview_hosts(&client, &namespace, &base, preview).await?;
+                }
+                let expires_at = k8s_openapi::jiff::Timestamp::now()
+                    .checked_add(k8s_openapi::jiff::SignedDuration::try_from(args.ttl).unwrap_or_default())
+                    .unwrap_or(k8s_openapi::jiff::Timestamp::MAX);
+                Some(aether_crds::Preview {
+                    of: base.clone(),
+                    expires_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(expires_at),
+                })
+            }
+            None => None,
+        };
+        let target = super::deploy::Target {
+            hosts: &hosts,
+            preview: preview.as_ref(),
+        };
         let deployed = super::deploy::deploy(
             client,
             &namespace,
-            &packed.app,
-            &name,
+            (&packed.app, &name),
+            target,
             (!args.no_wait).then_some(follow),
             printer,
         )
@@ -161,6 +193,13 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
                         t.deploy as f64 / 1000.0,
                         t.total as f64 / 1000.0
                     ));
+                    for host in &d.hosts {
+                        printer.info(format!(
+                            "  {}  certificate: {}",
+                            host.url,
+                            super::status::certificate(host)
+                        ));
+                    }
                     printer.data(d.url.as_deref().unwrap_or(&outcome.artifact));
                 }
                 _ => printer.data(&outcome.artifact),
@@ -432,6 +471,46 @@ async fn create(api: &Api<AetherArtifact>, wanted: &AetherArtifact, namespace: &
 
 fn ms(since: Instant) -> u64 {
     since.elapsed().as_millis() as u64
+}
+
+/// The app a preview `name` of `app` is: `<app>-<name>`, a DNS label.
+fn preview_name(app: &str, name: &str) -> Result<String, CliError> {
+    let full = format!("{app}-{name}");
+    if full.len() > 63 {
+        return Err(CliError::BadAppName(format!(
+            "{full} (the preview's app name: choose a shorter --preview name, or a shorter --app)"
+        )));
+    }
+    Ok(full)
+}
+
+/// A preview's hosts: one per host of the app it previews, `<name>-<host>` (the
+/// same domain, so a wildcard certificate or DNS entry of the app's covers it).
+async fn preview_hosts(
+    client: &kube::Client,
+    namespace: &str,
+    app: &str,
+    name: &str,
+) -> Result<Vec<aether_crds::Host>, CliError> {
+    let apps: Api<aether_crds::AetherApp> = Api::namespaced(client.clone(), namespace);
+    let base = apps
+        .get_opt(app)
+        .await
+        .map_err(|e| crate::cluster::kube_error(e, "get", "aetherapps", namespace))?;
+    Ok(base
+        .map(|a| a.spec.hosts)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| aether_crds::Host {
+            name: preview_host(&h.name, name),
+            tls_secret_name: None,
+        })
+        .collect())
+}
+
+/// `shop.example.com` previewed as `pr-1`: `pr-1-shop.example.com`.
+pub fn preview_host(host: &str, name: &str) -> String {
+    format!("{name}-{host}")
 }
 
 /// `<app>-<first 12 hex digits of the digest>`: the short digest is the name.

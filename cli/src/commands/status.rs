@@ -23,6 +23,8 @@ pub struct AppView {
     pub artifact: Option<String>,
     pub digest: Option<String>,
     pub url: Option<String>,
+    /// Public hosts the app holds, with their certificates.
+    pub hosts: Vec<aether_crds::HostStatus>,
     pub replicas: i32,
     pub ready_replicas: i32,
     pub conditions: Vec<ConditionView>,
@@ -155,6 +157,7 @@ pub async fn gather(client: &kube::Client, ns: &str, app: &str, events: usize) -
         artifact: status.artifact.as_ref().map(|x| x.name.clone()),
         digest: status.artifact.as_ref().map(|x| x.digest.clone()),
         url: status.url.clone(),
+        hosts: status.hosts.clone(),
         replicas: status.replicas,
         ready_replicas: status.ready_replicas,
         conditions: status
@@ -281,6 +284,14 @@ fn container_problem(c: &ContainerStatus) -> Option<String> {
     })
 }
 
+/// A host's certificate as a line says it: its state, and why when not ready.
+pub fn certificate(host: &aether_crds::HostStatus) -> String {
+    match &host.message {
+        Some(why) if host.certificate != "Ready" => format!("{} ({why})", host.certificate),
+        _ => host.certificate.clone(),
+    }
+}
+
 pub fn render(v: &AppView) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -291,6 +302,14 @@ pub fn render(v: &AppView) -> String {
         v.app, v.namespace, v.reason, v.message
     );
     let _ = writeln!(out, "  URL:      {}", v.url.as_deref().unwrap_or("-"));
+    for host in &v.hosts {
+        let _ = writeln!(
+            out,
+            "  Host:     {}  certificate: {}",
+            host.url,
+            certificate(host)
+        );
+    }
     let _ = writeln!(
         out,
         "  Artifact: {} {}",

@@ -32,6 +32,8 @@ pub use aether_crds::pod::{
     HEALTH_PORT, RESERVED_PORTS, TEMPLATE_ANNOTATION,
 };
 pub const MANAGED_BY: &str = "aether-operator";
+/// The port of every app's Service (to the app's own port).
+pub const SERVICE_PORT: i32 = 80;
 /// The shared volume: the fetch container extracts into it, the app runs from it.
 const VOLUME_PATH: &str = "/aether";
 /// The non-root user every container runs as.
@@ -271,7 +273,7 @@ pub fn build(
                 selector: Some(selector_labels(&name)),
                 ports: Some(vec![ServicePort {
                     name: Some("http".into()),
-                    port: 80,
+                    port: SERVICE_PORT,
                     target_port: Some(IntOrString::String("http".into())),
                     protocol: Some("TCP".into()),
                     ..Default::default()

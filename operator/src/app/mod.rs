@@ -12,7 +12,9 @@ pub mod hot;
 pub mod network_policy;
 pub mod ownership;
 pub mod policy;
+pub mod preview;
 pub mod releases;
+pub mod route;
 pub mod status;
 pub mod validate;
 
@@ -27,7 +29,7 @@ use aether_crds::{
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -62,6 +64,8 @@ pub struct AppConfig {
     pub keep_releases: usize,
     /// Each app's NetworkPolicy, when a cluster admin asked for them.
     pub network_policy: Option<network_policy::Config>,
+    /// Public hosts: the ingress class and the certificate issuer.
+    pub route: route::Config,
 }
 
 /// What `status.url` holds.
@@ -87,6 +91,12 @@ pub struct Context {
     pub config: AppConfig,
     /// Retries of apps whose reconcile failed, per app.
     pub backoff: crate::backoff::Backoff,
+    /// Every AetherApp, as the controller watches them, and every Ingress: who holds
+    /// which host.
+    pub apps: kube::runtime::reflector::Store<AetherApp>,
+    pub ingresses: kube::runtime::reflector::Store<Ingress>,
+    /// Apps to look at again now (one that lost a host to another).
+    pub nudge: futures::channel::mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<AetherApp>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -171,9 +181,15 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     let ns = app.namespace().unwrap_or_default();
     let generation = app.metadata.generation;
     let old = app.status.clone().unwrap_or_default();
+    if preview::remaining(app, Timestamp::now()) == Some(Duration::ZERO) {
+        return expire_preview(ctx, app, &ns).await;
+    }
     if app.spec.suspend {
         patch_status(ctx, app, &status::suspended(&old, generation)).await?;
-        return Ok(Action::await_change());
+        return Ok(match preview::remaining(app, Timestamp::now()) {
+            Some(_) => Action::requeue(preview::bound(app, Duration::MAX, Timestamp::now())),
+            None => Action::await_change(),
+        });
     }
 
     let mut d = dereference(ctx, app, &ns).await?;
@@ -213,14 +229,27 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         }
         _ => app,
     };
+    // Who holds the hosts the app asks for; an app that lost one of them to this one
+    // looks again, and lets it go.
+    let claims = route::claims(
+        app,
+        ctx.apps.state().iter().map(AsRef::as_ref),
+        ctx.ingresses.state().iter().map(AsRef::as_ref),
+        Timestamp::now(),
+    );
+    for outranked in &claims.outranked {
+        let _ = ctx.nudge.unbounded_send(outranked.clone());
+    }
     // Whatever becomes of this release, the pods of every release still running may
     // restart: their download URLs are kept fresh.
     let serving = serving_layers(ctx, app, &ns, d.artifact.as_ref()).await?;
     let secret = d.downloads.clone();
+    let hosts_floor = d.floor.as_ref().ok().cloned();
     let valid = d.downloads.and_then(|secret| {
         let floor = d.floor?;
         d.trusted
             .and_then(|trusted| validate::validate(app, d.artifact.as_ref(), &trusted, &floor))
+            .and_then(|release| claims.refusal(&ns).map_or(Ok(release), Err))
             .map(|release| (release, secret))
     });
     // The children are written only where the app may write (see [`ownership`]).
@@ -290,7 +319,29 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
                 .running
                 .as_ref()
                 .filter(|r| ownership::owned_by(&r.metadata, &uid));
-            let new = status::invalid(&old, generation, &invalid, running);
+            let mut new = status::invalid(&old, generation, &invalid, running);
+            // The hosts it held and now may not (another holds it, a policy no
+            // longer allows it, its spec no longer asks) are no longer routed to
+            // it; the rest stay as they were.
+            let kept: Vec<aether_crds::Host> = claims
+                .held
+                .iter()
+                .filter(|(h, _)| old.hosts.iter().any(|o| o.name == h.name))
+                .filter(|(h, _)| hosts_floor.as_ref().is_none_or(|f| f.allows_host(&h.name)))
+                .map(|(h, _)| h.clone())
+                .collect();
+            if kept.len() < old.hosts.len() {
+                reconcile_routes(ctx, app, &ns, &kept).await?;
+                let dropped_url = new
+                    .url
+                    .as_ref()
+                    .is_some_and(|u| new.hosts.iter().any(|h| &h.url == u));
+                new.hosts.retain(|h| kept.iter().any(|k| k.name == h.name));
+                if dropped_url {
+                    // The in-cluster URL comes back with the app's next valid look.
+                    new.url = new.hosts.first().map(|h| h.url.clone());
+                }
+            }
             let type_ = if invalid.waiting {
                 EventType::Normal
             } else {
@@ -305,9 +356,13 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
             let next = match (invalid.waiting, invalid.reason) {
                 (true, "AwaitingArtifact") => Duration::from_secs(30),
                 (true, _) => Duration::from_secs(2),
+                // Whether the host's holder let it go is seen on a look (its
+                // deletion wakes nobody).
+                (false, aether_crds::condition::app::HOST_CLAIMED) => Duration::from_secs(30),
                 (false, _) => Duration::from_secs(300),
             };
-            return Ok(Action::requeue(renew_in.map_or(next, |r| r.min(next))));
+            let next = preview::bound(app, renew_in.map_or(next, |r| r.min(next)), Timestamp::now());
+            return Ok(Action::requeue(next));
         }
     };
 
@@ -337,6 +392,17 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         false,
     )
     .await?;
+    let held: Vec<aether_crds::Host> = claims.held.iter().map(|(h, _)| h.clone()).collect();
+    // An app that never had hosts costs no request here (most apps).
+    let has_ingress = ctx
+        .ingresses
+        .get(&kube::runtime::reflector::ObjectRef::new(&app.name_any()).within(&ns))
+        .is_some();
+    let routes = if held.is_empty() && old.hosts.is_empty() && !has_ingress {
+        None
+    } else {
+        reconcile_routes(ctx, app, &ns, &held).await?
+    };
     let applied_at = Timestamp::now();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let selector = build::selector_string(&app.name_any());
@@ -360,7 +426,13 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         began_at,
         applied_at,
     };
-    let new = status::applied(&old, generation, &release, &observed, Timestamp::now());
+    let mut new = status::applied(&old, generation, &release, &observed, Timestamp::now());
+    new.hosts = routes
+        .map(|seen| route::status(app, &claims, &ctx.config.route, &seen.observed()))
+        .unwrap_or_default();
+    if let Some(host) = new.hosts.first() {
+        new.url = Some(host.url.clone());
+    }
     let fell_back_to = fallback.as_ref().map(|(_, to)| to.spec.version);
     let content = releases::content(app, &release);
     record_releases(ctx, app, &ns, content, &d.releases, (&rollout, fell_back_to)).await?;
@@ -400,12 +472,80 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         Duration::from_secs(300)
     } else if condition(aether_crds::condition::STALLED) {
         Duration::from_secs(10)
+    } else if new.hosts.iter().any(|h| h.certificate == "Issuing") {
+        // Certificates are not watched: their issuance is seen on a look.
+        Duration::from_secs(5)
     } else {
         // Pods are not watched: look again soon while the rollout moves.
         Duration::from_secs(2)
     };
-    // And in time to renew the download URLs.
-    Ok(Action::requeue(renew_in.map_or(next, |r| r.min(next))))
+    // And in time to renew the download URLs, and to delete an expired preview.
+    let next = renew_in.map_or(next, |r| r.min(next));
+    Ok(Action::requeue(preview::bound(app, next, Timestamp::now())))
+}
+
+/// Delete the app, a preview whose time is up (its children go with it by owner
+/// references), then the artifacts only it ran. Only the version read: a push that
+/// extended it since keeps it.
+async fn expire_preview(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Action, Error> {
+    let name = app.name_any();
+    let apps: Api<AetherApp> = Api::namespaced(ctx.client.clone(), ns);
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: app.uid(),
+            resource_version: app.resource_version(),
+        }),
+        ..Default::default()
+    };
+    match apps.delete(&name, &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Action::await_change()),
+        // Changed since (pushed again): the next look sees the new expiry.
+        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(Action::requeue(Duration::from_secs(1))),
+        Err(source) => {
+            return Err(Error::Apply {
+                what: format!("deleting the expired preview {ns}/{name}"),
+                source,
+            });
+        }
+    }
+    let expired = app
+        .spec
+        .preview
+        .as_ref()
+        .map(|p| p.expires_at.0.to_string())
+        .unwrap_or_default();
+    info!(expired, "preview expired: deleted");
+    events::publish(
+        &ctx.recorder,
+        &app.object_ref(&()),
+        EventType::Normal,
+        "PreviewExpired",
+        &format!("the preview expired at {expired}: deleted, with its objects and the artifacts only it ran"),
+    )
+    .await;
+    let artifacts: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), ns);
+    let listed = artifacts
+        .list(&ListParams::default())
+        .await
+        .map_err(dereference_error("the namespace's artifacts"))?
+        .items;
+    let apps = ctx.apps.state();
+    let others: Vec<&AetherApp> = apps
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|a| a.namespace().as_deref() == Some(ns) && a.uid() != app.uid())
+        .collect();
+    for artifact in preview::artifacts_only_it_ran(&name, &listed, &others) {
+        match artifacts.delete(&artifact, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                warn!(%artifact, error = %e, "could not delete an expired preview's artifact; retention will")
+            }
+        }
+    }
+    Ok(Action::await_change())
 }
 
 /// The fetch Secret's data: what [`downloads::plan`] keeps of the Secret as it is
@@ -675,7 +815,9 @@ async fn floor(ctx: &Context, ns: &str) -> Result<Result<Floor, Invalid>, Error>
             }
         }
     }
-    Ok(Ok(Floor::new(&selecting, &pinned)))
+    Ok(Ok(
+        Floor::new(&selecting, &pinned).with_allowed_hosts(&ctx.config.route.allowed_hosts)
+    ))
 }
 
 /// The app's `verify.keysRef`, else the operator's default ConfigMap, narrowed to
@@ -854,7 +996,7 @@ async fn reconcile_optional<K>(
     (name, desired): (&str, Option<K>),
     unapplied: &str,
     absent_if_forbidden: bool,
-) -> Result<(), Error>
+) -> Result<Option<K>, Error>
 where
     K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -867,7 +1009,7 @@ where
     let existing = match api.get_opt(name).await {
         Ok(existing) => existing,
         Err(kube::Error::Api(e)) if e.code == 403 && absent_if_forbidden && desired.is_none() => {
-            return Ok(());
+            return Ok(None);
         }
         Err(source) => {
             return Err(Error::Dereference {
@@ -885,7 +1027,7 @@ where
             name_conflict(ctx, app, &note).await;
         }
         (Some(object), _) => {
-            apply_one(ctx, ns, &object).await?;
+            return apply_one(ctx, ns, &object).await.map(Some);
         }
         (None, Some(true)) => {
             // Only the one read: not another created under its name meanwhile.
@@ -910,7 +1052,75 @@ where
         }
         (None, _) => {}
     }
-    Ok(())
+    Ok(None)
+}
+
+/// What [`reconcile_routes`] saw of the hosts' certificates.
+struct RoutesSeen {
+    certificate: Option<route::Certificate>,
+    secrets_present: Vec<String>,
+}
+
+impl RoutesSeen {
+    fn observed(&self) -> route::Observed<'_> {
+        route::Observed {
+            certificate: self.certificate.as_ref(),
+            secrets_present: self.secrets_present.clone(),
+        }
+    }
+}
+
+/// The app's Ingress for the `held` hosts (none: deleted), and the Certificate for
+/// those without a Secret of their own. `None` when the Ingress's name is another
+/// object's (a `NameConflict` event says so): the hosts are not routed.
+async fn reconcile_routes(
+    ctx: &Context,
+    app: &AetherApp,
+    ns: &str,
+    held: &[aether_crds::Host],
+) -> Result<Option<RoutesSeen>, Error> {
+    let config = &ctx.config.route;
+    let name = app.name_any();
+    let ingress = route::ingress(app, held, config);
+    let wanted = ingress.is_some();
+    let applied =
+        reconcile_optional(ctx, app, ns, (&name, ingress), "its hosts are not routed", false).await?;
+    // No route of its own: no certificate either (one issued before goes).
+    let routed = !wanted || applied.is_some();
+    // Without an issuer there is no Certificate kind to ask about.
+    let certificate = match &config.issuer {
+        Some(_) => {
+            let desired = route::certificate(app, held, config).filter(|_| routed);
+            reconcile_optional(
+                ctx,
+                app,
+                ns,
+                (&route::certificate_name(&name), desired),
+                "its hosts have no certificate",
+                true,
+            )
+            .await?
+        }
+        None => None,
+    };
+    if !routed {
+        return Ok(None);
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut secrets_present = Vec::new();
+    for secret in held.iter().filter_map(|h| h.tls_secret_name.as_ref()) {
+        // Metadata only: the certificate is the ingress controller's to read.
+        match secrets.get_metadata_opt(secret).await {
+            Ok(Some(_)) => secrets_present.push(secret.clone()),
+            Ok(None) => {}
+            Err(kube::Error::Api(e)) if e.code == 403 => {}
+            Err(e) => return Err(dereference_error(format!("Secret {secret}"))(e)),
+        }
+    }
+    Ok(Some(RoutesSeen {
+        certificate,
+        secrets_present,
+    }))
 }
 
 /// A Warning that an object of a name the app would use is not the app's.

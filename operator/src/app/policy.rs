@@ -59,6 +59,8 @@ pub struct Floor {
     keys: Vec<(String, TrustedKeys)>,
     /// Each allow-list of images, with its policy.
     images: Vec<(String, Vec<String>)>,
+    /// Each allow-list of public hosts, with where it comes from ("AetherPolicy X").
+    hosts: Vec<(String, Vec<String>)>,
     /// A policy that forbids `spec.command`.
     no_command: Option<String>,
 }
@@ -95,11 +97,31 @@ impl Floor {
             if let Some(images) = &p.spec.allowed_images {
                 floor.images.push((name.clone(), images.clone()));
             }
+            if let Some(hosts) = &p.spec.allowed_hosts {
+                floor.hosts.push((format!("AetherPolicy {name}"), hosts.clone()));
+            }
             if !p.spec.allow_command && floor.no_command.is_none() {
                 floor.no_command = Some(name);
             }
         }
         floor
+    }
+
+    /// The operator's own allow-list of hosts (`--allowed-hosts`), held everywhere
+    /// like a policy's; empty: none of its own.
+    pub fn with_allowed_hosts(mut self, allowed: &[String]) -> Self {
+        if !allowed.is_empty() {
+            self.hosts
+                .push(("the operator's --allowed-hosts".into(), allowed.to_vec()));
+        }
+        self
+    }
+
+    /// May an app here ask for `host`? Every allow-list must hold it.
+    pub fn allows_host(&self, host: &str) -> bool {
+        self.hosts
+            .iter()
+            .all(|(_, allowed)| allowed.iter().any(|pattern| matches(pattern, host)))
     }
 
     /// The signature mode that takes effect: the app's, raised to the floor.
@@ -159,8 +181,8 @@ impl Floor {
         }
     }
 
-    /// Refuse what a policy does not allow the app to ask for: an image outside
-    /// every allow-list, or a command override.
+    /// Refuse what a policy does not allow the app to ask for: an image or a host
+    /// outside an allow-list, or a command override.
     pub fn admit(&self, app: &AetherApp) -> Result<(), Invalid> {
         if let Some(policy) = &self.no_command
             && app.spec.command.is_some()
@@ -176,6 +198,21 @@ impl Floor {
                         "spec.runtime.image {image} is not among the images AetherPolicy {policy} allows: {}",
                         if allowed.is_empty() {
                             "none (the operator's own image only)".to_string()
+                        } else {
+                            allowed.join(", ")
+                        }
+                    )));
+                }
+            }
+        }
+        for host in &app.spec.hosts {
+            for (source, allowed) in &self.hosts {
+                if !allowed.iter().any(|pattern| matches(pattern, &host.name)) {
+                    return Err(refused(format!(
+                        "spec.hosts: {} is not among the hosts {source} allows in this namespace: {}",
+                        host.name,
+                        if allowed.is_empty() {
+                            "none".to_string()
                         } else {
                             allowed.join(", ")
                         }
@@ -375,6 +412,47 @@ mod tests {
                 .admit(&app(serde_json::json!({"runtime": {"image": "node:22-slim"}})))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn hosts_outside_every_policy_list_are_refused() {
+        let team = policy(
+            "team-a",
+            serde_json::json!({"allowedHosts": ["*.team-a.example.com"]}),
+        );
+        let floor = Floor::new(&[&team], &BTreeMap::new());
+        let hosts = |h: &[&str]| {
+            app(
+                serde_json::json!({"hosts": h.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>()}),
+            )
+        };
+        assert!(floor.admit(&hosts(&[])).is_ok());
+        assert!(floor.admit(&hosts(&["shop.team-a.example.com"])).is_ok());
+        let e = floor
+            .admit(&hosts(&["shop.team-a.example.com", "login.example.com"]))
+            .unwrap_err();
+        assert_eq!(e.reason, "PolicyRefused");
+        assert!(
+            e.message
+                .contains("login.example.com is not among the hosts AetherPolicy team-a allows"),
+            "{}",
+            e.message
+        );
+        // A look-alike suffix is not the team's domain.
+        assert!(floor.admit(&hosts(&["shop.evilteam-a.example.com"])).is_err());
+        // Without a list any host goes (who holds it is decided elsewhere).
+        assert!(Floor::default().admit(&hosts(&["login.example.com"])).is_ok());
+        // The operator's own list holds beside the policies'.
+        let operator = Floor::default().with_allowed_hosts(&["*.apps.example.com".into()]);
+        assert!(operator.allows_host("shop.apps.example.com"));
+        assert!(!operator.allows_host("login.example.com"));
+        let e = operator.admit(&hosts(&["login.example.com"])).unwrap_err();
+        assert!(
+            e.message.contains("the operator's --allowed-hosts"),
+            "{}",
+            e.message
+        );
+        assert!(floor.allows_host("shop.team-a.example.com") && !floor.allows_host("login.example.com"));
     }
 
     #[test]
