@@ -51,15 +51,21 @@ pub struct Bounds {
     pub max_replicas: i32,
 }
 
-pub async fn run(global: &GlobalArgs, printer: &Printer) -> Result<(), CliError> {
+/// Every AetherApp of the namespace the command works in, and that namespace.
+pub async fn list_apps(global: &GlobalArgs) -> Result<(Vec<AetherApp>, String), CliError> {
     let (client, namespace) = crate::cluster::connect(global).await?;
     let api: Api<AetherApp> = Api::namespaced(client, &namespace);
     let apps = api
         .list(&ListParams::default())
         .await
         .map_err(|e| crate::cluster::kube_error(e, "list", "aetherapps", &namespace))?;
+    Ok((apps.items, namespace))
+}
+
+pub async fn run(global: &GlobalArgs, printer: &Printer) -> Result<(), CliError> {
+    let (apps, namespace) = list_apps(global).await?;
     let list = AppList {
-        items: apps.items.iter().map(item).collect(),
+        items: apps.iter().map(item).collect(),
     };
     match printer.format {
         OutputFormat::Json | OutputFormat::Yaml => printer.value(&list),

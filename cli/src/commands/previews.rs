@@ -4,8 +4,7 @@
 use aether_crds::AetherApp;
 use aether_crds::condition::READY;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::ListParams;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 use serde::Serialize;
 
 use crate::args::{GlobalArgs, OutputFormat, PreviewsArgs};
@@ -33,14 +32,9 @@ pub struct PreviewItem {
 }
 
 pub async fn run(args: &PreviewsArgs, global: &GlobalArgs, printer: &Printer) -> Result<(), CliError> {
-    let (client, namespace) = crate::cluster::connect(global).await?;
-    let api: Api<AetherApp> = Api::namespaced(client, &namespace);
-    let apps = api
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| crate::cluster::kube_error(e, "list", "aetherapps", &namespace))?;
+    let (apps, namespace) = super::apps::list_apps(global).await?;
     let list = PreviewList {
-        items: items(&apps.items, args.app.as_deref(), Timestamp::now()),
+        items: items(&apps, args.app.as_deref(), Timestamp::now()),
     };
     match printer.format {
         OutputFormat::Json | OutputFormat::Yaml => printer.value(&list),
