@@ -330,6 +330,17 @@ pub enum CliError {
         namespace: String,
     },
 
+    #[error(
+        "app {app} exists and is not a preview of {of}: a preview push would take it over and have it deleted when the preview expires"
+    )]
+    #[diagnostic(
+        code(aether::not_a_preview),
+        help(
+            "choose another --preview name (`aether previews` lists the previews), or push to {app} itself with `aether push --app {app}`"
+        )
+    )]
+    NotAPreview { app: String, of: String },
+
     #[error("cannot roll app {app} back: {reason}")]
     #[diagnostic(
         code(aether::no_rollback),
@@ -387,6 +398,7 @@ impl CliError {
             Self::AppNotFound { .. } => 12,
             Self::NoRollback { .. }
             | Self::ManagedElsewhere { .. }
+            | Self::NotAPreview { .. }
             | Self::Autoscaled { .. }
             | Self::SecretNotOurs { .. } => 13,
             // Like a missing argument: the command cannot run as given.

@@ -19,6 +19,10 @@ use kube::Api;
 const APP: &str = "express-api";
 const PREVIEW: &str = "express-api-pr-1";
 
+fn apps_api(client: &kube::Client, ns: &str) -> Api<AetherApp> {
+    Api::namespaced(client.clone(), ns)
+}
+
 fn ok(run: &Run) -> &serde_json::Value {
     assert_eq!(run.code, Some(0), "aether failed:\n{}", run.stderr);
     &run.json
@@ -38,6 +42,15 @@ async fn a_preview_serves_on_its_own_then_goes_with_what_only_it_used() -> anyho
             args.extend(["--host", &host]);
         }
         let base = ok(&tokio::task::block_in_place(|| aether(dir.path(), &ns, &args))).clone();
+        // A preview push never takes over an app that is not that app's preview
+        // (`--app express --preview api` would be express-api, the app itself).
+        let run = tokio::task::block_in_place(|| {
+            aether(dir.path(), &ns, &["push", "--app", "express", "--preview", "api"])
+        });
+        assert_eq!(run.code, Some(13), "{}", run.stderr);
+        let said = aether_e2e::app::one_line(&run.stderr);
+        assert!(said.contains("is not a preview of express"), "{said}");
+        assert!(apps_api(&client, &ns).get(APP).await?.spec.preview.is_none());
 
         // 1. The preview: its own app, artifact and URL, serving the new code.
         let greeting = format!("a preview in {ns}");

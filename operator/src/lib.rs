@@ -219,9 +219,14 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         .shutdown_on_signal()
         .run(app::reconcile, app::error_policy, app_ctx)
         .for_each(log_result);
+    // Not forever: apps without hosts (most) must not wait on a permission only
+    // hosts need (an install whose RBAC lags the operator).
     let app_controller = async move {
-        if ingresses.wait_until_ready().await.is_err() {
-            warn!("the Ingress cache stopped before it was ready");
+        match tokio::time::timeout(Duration::from_secs(60), ingresses.wait_until_ready()).await {
+            Ok(Ok(())) => {}
+            _ => warn!(
+                "Ingresses could not be listed: hosts routed by Ingresses no app owns are not seen until they can"
+            ),
         }
         app_controller.await
     };

@@ -80,6 +80,18 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
     let base = request.app.clone();
     if let Some(preview) = &args.preview {
         request.app = preview_name(&base, preview)?;
+        // A preview push never takes over an app that is not that app's preview.
+        let apps: Api<aether_crds::AetherApp> = Api::namespaced(client.clone(), &namespace);
+        let existing = apps
+            .get_opt(&request.app)
+            .await
+            .map_err(|e| crate::cluster::kube_error(e, "get", "aetherapps", &namespace))?;
+        if existing.is_some_and(|a| a.spec.preview.is_none_or(|p| p.of != base)) {
+            return Err(CliError::NotAPreview {
+                app: request.app.clone(),
+                of: base,
+            });
+        }
     }
     let packed = tokio::task::block_in_place(|| super::pack::run_request(&request, printer))?;
     let mut timings = PushTimings {

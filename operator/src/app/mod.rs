@@ -530,13 +530,24 @@ async fn expire_preview(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Acti
         .await
         .map_err(dereference_error("the namespace's artifacts"))?
         .items;
-    let apps = ctx.apps.state();
-    let others: Vec<&AetherApp> = apps
-        .iter()
-        .map(AsRef::as_ref)
-        .filter(|a| a.namespace().as_deref() == Some(ns) && a.uid() != app.uid())
-        .collect();
-    for artifact in preview::artifacts_only_it_ran(&name, &listed, &others) {
+    // Read afresh, not from the cache: an artifact another app took up just now stays.
+    let apps = apps
+        .list(&ListParams::default())
+        .await
+        .map_err(dereference_error("the namespace's apps"))?
+        .items;
+    let others: Vec<&AetherApp> = apps.iter().filter(|a| a.uid() != app.uid()).collect();
+    let releases = Api::<AetherRelease>::namespaced(ctx.client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(dereference_error("the namespace's releases"))?
+        .items;
+    let expired_at = app
+        .spec
+        .preview
+        .as_ref()
+        .map_or_else(Timestamp::now, |p| p.expires_at.0);
+    for artifact in preview::artifacts_only_it_ran((&name, expired_at), &listed, &others, &releases) {
         match artifacts.delete(&artifact, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}

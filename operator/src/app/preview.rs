@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use aether_crds::{AetherApp, AetherArtifact};
+use aether_crds::{AetherApp, AetherArtifact, AetherRelease};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
@@ -28,10 +28,16 @@ pub fn bound(app: &AetherApp, next: Duration, now: Timestamp) -> Duration {
     }
 }
 
-/// The artifacts to delete with the expired preview `app`: those made for it
-/// (`spec.app`) that no other app of the namespace (`others`) runs, points at or
-/// keeps among its releases.
-pub fn artifacts_only_it_ran(app: &str, artifacts: &[AetherArtifact], others: &[&AetherApp]) -> Vec<String> {
+/// The artifacts to delete with the preview `app`, which expired at `expired`: those
+/// made for it (`spec.app`) before then (a later one is a push bringing it back) that
+/// no other app of the namespace (`others`) runs, points at or keeps, and no release
+/// of another app (`releases`) names.
+pub fn artifacts_only_it_ran(
+    (app, expired): (&str, Timestamp),
+    artifacts: &[AetherArtifact],
+    others: &[&AetherApp],
+    releases: &[AetherRelease],
+) -> Vec<String> {
     let used = |name: &str| {
         others.iter().any(|o| {
             o.spec.artifact_ref.name == name
@@ -39,11 +45,19 @@ pub fn artifacts_only_it_ran(app: &str, artifacts: &[AetherArtifact], others: &[
                     s.artifact.as_ref().is_some_and(|a| a.name == name)
                         || s.history.iter().any(|r| r.artifact == name)
                 })
-        })
+        }) || releases
+            .iter()
+            .any(|r| r.spec.artifact.name == name && r.spec.app != app)
     };
     artifacts
         .iter()
         .filter(|a| a.spec.app == app && !used(&a.name_any()))
+        .filter(|a| {
+            a.metadata
+                .creation_timestamp
+                .as_ref()
+                .is_none_or(|t| t.0 <= expired)
+        })
         .map(ResourceExt::name_any)
         .collect()
 }
@@ -109,7 +123,23 @@ mod tests {
         ];
         // Another app was pointed at one of the preview's artifacts (by hand, GitOps).
         let other = app("shop", "shop-pr-1-bbb", None);
-        let gone = artifacts_only_it_ran("shop-pr-1", &artifacts, &[&other]);
+        let expired = Timestamp::from_second(1_000).unwrap();
+        let gone = artifacts_only_it_ran(("shop-pr-1", expired), &artifacts, &[&other], &[]);
         assert_eq!(gone, vec!["shop-pr-1-aaa".to_string()]);
+        // Nor one a release of another app names, nor one made after the expiry (a
+        // push bringing the preview back).
+        let kept: AetherRelease = serde_json::from_value(serde_json::json!({
+            "apiVersion": "aether.dev/v1alpha1", "kind": "AetherRelease",
+            "metadata": {"name": "shop-v1", "namespace": "team-a"},
+            "spec": {"app": "shop", "version": 1, "cause": "Push",
+                     "artifact": {"name": "shop-pr-1-aaa", "digest": format!("sha256:{}", "a".repeat(64))}},
+        }))
+        .unwrap();
+        assert!(artifacts_only_it_ran(("shop-pr-1", expired), &artifacts, &[], &[kept]).len() == 1);
+        let mut pushed_again = artifacts[0].clone();
+        pushed_again.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::from_second(1_001).unwrap()),
+        );
+        assert!(artifacts_only_it_ran(("shop-pr-1", expired), &[pushed_again], &[], &[]).is_empty());
     }
 }

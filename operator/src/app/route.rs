@@ -7,7 +7,8 @@
 //! step with the app's Ingress: a suspended app's routes stay, and so does its
 //! hold); ties are broken by namespace and name, so that two apps claiming a host
 //! at once agree on who won. An Ingress that is no app's (a cluster admin's, or one
-//! orphaned by `kubectl delete --cascade=orphan`) holds the hosts it routes. An app
+//! orphaned by `kubectl delete --cascade=orphan`) holds the hosts it routes, unless
+//! an app held them before it was made. An app
 //! asking for a host held by another is refused, and its previous release keeps
 //! running; an app that lost a race drops the host from its Ingress on its next
 //! look, which the winner asks for ([`Claims::outranked`]). A tenant is told that
@@ -169,22 +170,27 @@ pub fn claims<'a, 'b>(
     let rank = |a: &AetherApp, at: Timestamp| (at, a.namespace().unwrap_or_default(), a.name_any());
     let apps: Vec<&AetherApp> = apps.into_iter().collect();
     let others: Vec<&AetherApp> = apps.iter().copied().filter(|a| a.uid() != uid).collect();
-    // An Ingress an app owns is that app's claim (its status says which hosts); any
-    // other holds what it routes.
-    let app_uids: Vec<String> = apps.iter().filter_map(|a| a.uid()).chain(uid.clone()).collect();
+    // An Ingress an app owns is that app's claim (its status says which hosts), or
+    // one of a deleted app the garbage collector is about to remove; any other holds
+    // what it routes, if it was there first.
     let foreign: Vec<&Ingress> = ingresses
         .into_iter()
         .filter(|i| {
             !i.owner_references()
                 .iter()
-                .any(|o| o.controller == Some(true) && o.kind == "AetherApp" && app_uids.contains(&o.uid))
+                .any(|o| o.controller == Some(true) && o.kind == "AetherApp")
         })
         .collect();
     let mut claims = Claims::default();
     for host in &app.spec.hosts {
+        let held_since = claimed_at(app, &host.name);
         let routing = foreign.iter().find(|i| {
             let rules = i.spec.as_ref().and_then(|s| s.rules.as_ref());
-            rules.is_some_and(|r| r.iter().any(|r| r.host.as_deref() == Some(host.name.as_str())))
+            let routes =
+                rules.is_some_and(|r| r.iter().any(|r| r.host.as_deref() == Some(host.name.as_str())));
+            // One made after the app held the host takes nothing from it.
+            let created = i.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            routes && held_since.is_none_or(|since| created.is_none_or(|c| c < since))
         });
         if let Some(ingress) = routing {
             let holder = Holder {
@@ -521,9 +527,10 @@ mod tests {
     #[test]
     fn an_ingress_no_app_owns_holds_its_hosts() {
         let shop = app("a", "shop", &["shop.example.com"], &[]);
-        // A cluster admin's, or one orphaned by `kubectl delete --cascade=orphan`.
+        // A cluster admin's, or one orphaned by `kubectl delete --cascade=orphan`
+        // (the garbage collector strips its owner).
         let admins = routing("ops", "grafana", "shop.example.com", None);
-        let orphan = routing("b", "squat", "shop.example.com", Some("uid-gone"));
+        let orphan = routing("b", "squat", "shop.example.com", None);
         for ingress in [&admins, &orphan] {
             let claims = claims(&shop, [&shop], [ingress], now());
             assert!(claims.held.is_empty());
@@ -536,15 +543,26 @@ mod tests {
                 refusal.message
             );
         }
-        // Its own Ingress, and another app's (whose status decides), hold nothing.
+        // Its own Ingress, another app's (whose status decides), and a deleted app's
+        // (about to be collected) hold nothing.
         let own = routing("a", "shop", "shop.example.com", Some("uid-a-shop"));
         let rival = app("b", "web", &["shop.example.com"], &[]);
         let rivals = routing("b", "web", "shop.example.com", Some("uid-b-web"));
+        let collected = routing("a", "shop", "shop.example.com", Some("uid-deleted"));
+        let ingresses = [&own, &rivals, &collected];
         assert!(
-            claims(&shop, [&shop, &rival], [&own, &rivals], now())
+            claims(&shop, [&shop, &rival], ingresses, now())
                 .refused
                 .is_empty()
         );
+        // One made after the app held the host takes nothing from it.
+        let holder = app("a", "shop", &["shop.example.com"], &[("shop.example.com", 10)]);
+        let mut later = routing("ops", "grafana", "shop.example.com", None);
+        later.metadata.creation_timestamp = Some(Time(Timestamp::from_second(20).unwrap()));
+        assert!(claims(&holder, [&holder], [&later], now()).refused.is_empty());
+        let mut earlier = later.clone();
+        earlier.metadata.creation_timestamp = Some(Time(Timestamp::from_second(5).unwrap()));
+        assert_eq!(claims(&holder, [&holder], [&earlier], now()).refused.len(), 1);
     }
 
     #[test]
