@@ -231,12 +231,17 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     };
     // Who holds the hosts the app asks for; an app that lost one of them to this one
     // looks again, and lets it go.
-    let claims = route::claims(
-        app,
-        ctx.apps.state().iter().map(AsRef::as_ref),
-        ctx.ingresses.state().iter().map(AsRef::as_ref),
-        Timestamp::now(),
-    );
+    // (Apps without hosts, most of them, skip the look through every app.)
+    let claims = if app.spec.hosts.is_empty() {
+        route::Claims::default()
+    } else {
+        route::claims(
+            app,
+            ctx.apps.state().iter().map(AsRef::as_ref),
+            ctx.ingresses.state().iter().map(AsRef::as_ref),
+            Timestamp::now(),
+        )
+    };
     for outranked in &claims.outranked {
         let _ = ctx.nudge.unbounded_send(outranked.clone());
     }
