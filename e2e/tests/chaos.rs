@@ -127,7 +127,48 @@ async fn set_operator_env(client: &Client, index: usize, env: &[EnvVar], wait: b
         "operator rollout: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(())
+    // A rollout is done before the old ReplicaSet's last pods are gone (one it had
+    // just started to replace a killed pod, still running its shutdown): wait until
+    // every operator pod is of the new template, so that no operator of the chaos
+    // environment (without leader election) acts beside the restored one.
+    let rollout = deployment_hash(client).await?;
+    aether_e2e::wait_until(
+        "the old operator pods to be gone",
+        Duration::from_secs(120),
+        || {
+            let (client, rollout) = (client.clone(), rollout.clone());
+            async move {
+                let pods = Api::<Pod>::namespaced(client, &operator_ns())
+                    .list(&ListParams::default().labels("app.kubernetes.io/name=aether-operator"))
+                    .await?
+                    .items;
+                let old = pods
+                    .iter()
+                    .filter(|p| p.labels().get("pod-template-hash") != Some(&rollout))
+                    .count();
+                Ok((old == 0).then_some(()))
+            }
+        },
+    )
+    .await
+}
+
+/// The pod-template-hash of the operator Deployment's newest ReplicaSet.
+async fn deployment_hash(client: &Client) -> anyhow::Result<String> {
+    let sets = Api::<ReplicaSet>::namespaced(client.clone(), &operator_ns())
+        .list(&ListParams::default().labels("app.kubernetes.io/name=aether-operator"))
+        .await?
+        .items;
+    let newest = sets
+        .iter()
+        .max_by_key(|rs| {
+            rs.annotations()
+                .get("deployment.kubernetes.io/revision")
+                .and_then(|r| r.parse::<i64>().ok())
+                .unwrap_or(0)
+        })
+        .and_then(|rs| rs.labels().get("pod-template-hash").cloned());
+    newest.ok_or_else(|| anyhow::anyhow!("the operator has no ReplicaSet"))
 }
 
 fn with_env(mut env: Vec<EnvVar>, name: &str, value: String) -> Vec<EnvVar> {
