@@ -433,7 +433,7 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     };
     let mut new = status::applied(&old, generation, &release, &observed, Timestamp::now());
     new.hosts = routes
-        .map(|seen| route::status(app, &claims, &ctx.config.route, &seen.observed()))
+        .map(|seen| route::status(app, &claims, &ctx.config.route, &seen))
         .unwrap_or_default();
     if let Some(host) = new.hosts.first() {
         new.url = Some(host.url.clone());
@@ -1071,21 +1071,6 @@ where
     Ok(None)
 }
 
-/// What [`reconcile_routes`] saw of the hosts' certificates.
-struct RoutesSeen {
-    certificate: Option<route::Certificate>,
-    secrets_present: Vec<String>,
-}
-
-impl RoutesSeen {
-    fn observed(&self) -> route::Observed<'_> {
-        route::Observed {
-            certificate: self.certificate.as_ref(),
-            secrets_present: self.secrets_present.clone(),
-        }
-    }
-}
-
 /// The app's Ingress for the `held` hosts (none: deleted), and the Certificate for
 /// those without a Secret of their own. `None` when the Ingress's name is another
 /// object's (a `NameConflict` event says so): the hosts are not routed.
@@ -1094,7 +1079,7 @@ async fn reconcile_routes(
     app: &AetherApp,
     ns: &str,
     held: &[aether_crds::Host],
-) -> Result<Option<RoutesSeen>, Error> {
+) -> Result<Option<route::Observed>, Error> {
     let config = &ctx.config.route;
     let name = app.name_any();
     let ingress = route::ingress(app, held, config);
@@ -1133,7 +1118,7 @@ async fn reconcile_routes(
             Err(e) => return Err(dereference_error(format!("Secret {secret}"))(e)),
         }
     }
-    Ok(Some(RoutesSeen {
+    Ok(Some(route::Observed {
         certificate,
         secrets_present,
     }))

@@ -344,8 +344,8 @@ pub fn certificate(app: &AetherApp, held: &[Host], config: &Config) -> Option<Ce
 /// What is known of the certificates: the Certificate as applied (with cert-manager's
 /// status), and which of the Secrets the hosts name exist.
 #[derive(Debug, Default)]
-pub struct Observed<'a> {
-    pub certificate: Option<&'a Certificate>,
+pub struct Observed {
+    pub certificate: Option<Certificate>,
     pub secrets_present: Vec<String>,
 }
 
@@ -368,6 +368,7 @@ pub fn status(app: &AetherApp, claims: &Claims, config: &Config, seen: &Observed
                 (None, Some(_)) => {
                     let ready = seen
                         .certificate
+                        .as_ref()
                         .and_then(|c| c.status.as_ref())
                         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
                     match ready {
@@ -634,7 +635,7 @@ mod tests {
             &claims,
             &config,
             &Observed {
-                certificate: Some(&cert),
+                certificate: Some(cert.clone()),
                 secrets_present: vec![],
             },
         );
@@ -658,7 +659,7 @@ mod tests {
             &claims,
             &config,
             &Observed {
-                certificate: Some(&cert),
+                certificate: Some(cert.clone()),
                 secrets_present: vec!["own-cert".into()],
             },
         );
