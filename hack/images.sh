@@ -15,28 +15,6 @@
 source "$(dirname "$0")/lib.sh"
 
 PAUSE_IMAGE="aether.local/pause:3.10"
-IMAGES_DIR="$AETHER_CACHE/images"
-
-# write_image TAG ROOTFS OUT [CMD_JSON [ENTRYPOINT_JSON]]: a one-layer image archive
-# from a folder.
-write_image() {
-  local tag="$1" rootfs="$2" out="$3" cmd="${4:-null}" entrypoint="${5:-null}"
-  local tmp; tmp="$(mktemp -d)"
-  chmod 755 "$rootfs"   # mktemp's 0700 would become the image's /
-  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -cf "$tmp/layer.tar" .
-  local diff_id; diff_id="sha256:$(sha256sum "$tmp/layer.tar" | cut -d' ' -f1)"
-  jq -cn --arg diff "$diff_id" --argjson cmd "$cmd" --argjson entrypoint "$entrypoint" '{
-      architecture: "amd64", os: "linux",
-      config: {Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], Cmd: $cmd, Entrypoint: $entrypoint, WorkingDir: "/"},
-      rootfs: {type: "layers", diff_ids: [$diff]},
-      history: [{created_by: "aether hack/images.sh"}]}' > "$tmp/config.json"
-  local cfg; cfg="$(sha256sum "$tmp/config.json" | cut -d' ' -f1).json"
-  mv "$tmp/config.json" "$tmp/$cfg"
-  jq -cn --arg cfg "$cfg" --arg tag "$tag" '[{Config: $cfg, RepoTags: [$tag], Layers: ["layer.tar"]}]' > "$tmp/manifest.json"
-  tar --sort=name --mtime=@0 --owner=0 --group=0 -C "$tmp" -cf "$out.tmp" manifest.json "$cfg" layer.tar
-  mv "$out.tmp" "$out"
-  rm -rf "$tmp"
-}
 
 build_pause() {
   local src; src="$(go env GOMODCACHE)/k8s.io/kubernetes@$K8S_VERSION/build/pause/linux/pause.c"
@@ -101,19 +79,6 @@ build_node() {
     rm -rf "$root"
   fi
   echo "$out"
-}
-
-# libs_of BINARY...: the dynamic loader and every library the binaries link against.
-# (With several arguments ldd heads each list with "FILE:"; library lines are indented.)
-libs_of() { ldd "$@" | grep $'^\t' | grep -o '/[^ ]*' | sort -u; }
-
-# add_libs ROOT BINARY...: libs_of the binaries, at the same paths under ROOT.
-add_libs() {
-  local root="$1" lib; shift
-  libs_of "$@" | while read -r lib; do
-    mkdir -p "$root$(dirname "$lib")"
-    cp -L "$lib" "$root$lib"
-  done
 }
 
 # build_binary_image NAME UID: aether.local/NAME:dev from target/debug/NAME.

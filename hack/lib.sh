@@ -32,6 +32,7 @@ COREDNS_BIN="$AETHER_CACHE/coredns-$COREDNS_VERSION/bin"
 TRAEFIK_BIN="$AETHER_CACHE/traefik-$TRAEFIK_VERSION/bin"
 CERT_MANAGER_BIN="$AETHER_CACHE/cert-manager-$CERT_MANAGER_VERSION/bin"
 CARGO_DENY="$AETHER_CACHE/cargo-deny-$CARGO_DENY_VERSION/bin/cargo-deny"
+IMAGES_DIR="$AETHER_CACHE/images"  # image archives (hack/images.sh)
 
 # The local cluster (hack/cluster.sh): addresses and paths other scripts share.
 NODE_NAME="aether-local"
@@ -127,5 +128,41 @@ wait_for() {
       return 1
     fi
     sleep 0.5
+  done
+}
+
+# Image archives in `docker save` layout, made without any registry or engine
+# (hack/images.sh and the Dockerfile build's base images).
+# write_image TAG ROOTFS OUT [CMD_JSON [ENTRYPOINT_JSON]]: a one-layer image archive
+# from a folder.
+write_image() {
+  local tag="$1" rootfs="$2" out="$3" cmd="${4:-null}" entrypoint="${5:-null}"
+  local tmp; tmp="$(mktemp -d)"
+  chmod 755 "$rootfs"   # mktemp's 0700 would become the image's /
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -cf "$tmp/layer.tar" .
+  local diff_id; diff_id="sha256:$(sha256sum "$tmp/layer.tar" | cut -d' ' -f1)"
+  jq -cn --arg diff "$diff_id" --argjson cmd "$cmd" --argjson entrypoint "$entrypoint" '{
+      architecture: "amd64", os: "linux",
+      config: {Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], Cmd: $cmd, Entrypoint: $entrypoint, WorkingDir: "/"},
+      rootfs: {type: "layers", diff_ids: [$diff]},
+      history: [{created_by: "aether hack/images.sh"}]}' > "$tmp/config.json"
+  local cfg; cfg="$(sha256sum "$tmp/config.json" | cut -d' ' -f1).json"
+  mv "$tmp/config.json" "$tmp/$cfg"
+  jq -cn --arg cfg "$cfg" --arg tag "$tag" '[{Config: $cfg, RepoTags: [$tag], Layers: ["layer.tar"]}]' > "$tmp/manifest.json"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 -C "$tmp" -cf "$out.tmp" manifest.json "$cfg" layer.tar
+  mv "$out.tmp" "$out"
+  rm -rf "$tmp"
+}
+
+# libs_of BINARY...: the dynamic loader and every library the binaries link against.
+# (With several arguments ldd heads each list with "FILE:"; library lines are indented.)
+libs_of() { ldd "$@" | grep $'^\t' | grep -o '/[^ ]*' | sort -u; }
+
+# add_libs ROOT BINARY...: libs_of the binaries, at the same paths under ROOT.
+add_libs() {
+  local root="$1" lib; shift
+  libs_of "$@" | while read -r lib; do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
   done
 }
