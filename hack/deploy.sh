@@ -10,7 +10,11 @@ source "$(dirname "$0")/lib.sh"
   || die "the local cluster is not up: run hack/cluster.sh up"
 export KUBECONFIG="$KUBECONFIG_ADMIN"
 
-phase "build operator, runtime and CLI" cargo build -q -p aether-operator -p aether-runtime -p aether-cli
+build() {
+  cargo build -q -p aether-operator -p aether-cli
+  cargo build -q -p aether-runtime --target "$RUNTIME_TARGET"
+}
+phase "build operator, runtime and CLI" build
 
 import_images() {
   local tar

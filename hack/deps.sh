@@ -10,6 +10,9 @@ PACKAGES=(
   openssl                                      # the local cluster's PKI
   e2fsprogs util-linux                         # mount/umount helpers for cleanup
   shellcheck                                   # make lint: the hack/ scripts
+  musl-tools                                   # the static runtime (RUNTIME_TARGET)
+  busybox-static xz-utils gpgv debian-archive-keyring  # the musl Node image
+  buildah debootstrap                          # images from the Dockerfile, no engine
 )
 
 if apt_install "${PACKAGES[@]}"; then
@@ -22,5 +25,6 @@ command -v kubectl >/dev/null || die "kubectl is required (this machine image sh
 command -v go >/dev/null || die "Go is required to build the Kubernetes components"
 command -v cargo >/dev/null || die "cargo is required"
 command -v node >/dev/null || die "Node.js is required (runtime image and examples)"
+rustup target list --installed | grep -qx "$RUNTIME_TARGET" || rustup target add "$RUNTIME_TARGET"
 install_cargo_deny
 log "system packages and tools present"

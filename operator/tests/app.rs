@@ -30,6 +30,7 @@ fn config() -> PodConfig {
     PodConfig {
         runtime_image: "registry.example/aether-runtime:1".into(),
         node_image: "node:{major}-slim".into(),
+        node_image_musl: "node:{major}-alpine".into(),
         image_pull_policy: "IfNotPresent".into(),
         fetch_deadline_seconds: 300,
     }
@@ -114,6 +115,21 @@ fn build_for(app: &AetherApp, code: &str) -> Children {
 
 fn env_of<'a>(c: &'a Container, name: &str) -> Option<&'a EnvVar> {
     c.env.iter().flatten().find(|e| e.name == name)
+}
+
+/// Native modules built on Alpine need an Alpine Node: the artifact's libc picks the
+/// admin's image, and an image the app names itself wins over both.
+#[test]
+fn the_artifacts_libc_picks_the_node_image() {
+    let (mut release, _) = release("v1");
+    let image = |app: &AetherApp, release: &Validated| build::node_image(app, release, &config());
+    assert_eq!(image(&app(), &release), "node:20-slim");
+    release.libc = aether_crds::Libc::Musl;
+    assert_eq!(image(&app(), &release), "node:20-alpine");
+    let mut own = app();
+    own.spec.runtime =
+        Some(serde_json::from_value(serde_json::json!({"image": "registry.example/node:20"})).unwrap());
+    assert_eq!(image(&own, &release), "registry.example/node:20");
 }
 
 #[test]

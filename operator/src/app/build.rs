@@ -92,6 +92,8 @@ pub struct PodConfig {
     pub runtime_image: String,
     /// `{major}` is replaced by the artifact's Node major version.
     pub node_image: String,
+    /// Likewise, for artifacts built against musl.
+    pub node_image_musl: String,
     pub image_pull_policy: String,
     pub fetch_deadline_seconds: i64,
 }
@@ -147,15 +149,19 @@ pub fn legacy_secret_name(app: &str) -> String {
     format!("{app}-storage")
 }
 
+/// The app's own image if it names one, else the admin's for the artifact's Node
+/// major and libc. (The runtime copied into it is static: any libc runs it.)
 pub fn node_image(app: &AetherApp, release: &Validated, config: &PodConfig) -> String {
     app.spec
         .runtime
         .as_ref()
         .and_then(|r| r.image.clone())
         .unwrap_or_else(|| {
-            config
-                .node_image
-                .replace("{major}", &release.node_major.to_string())
+            let template = match release.libc {
+                aether_crds::Libc::Glibc => &config.node_image,
+                aether_crds::Libc::Musl => &config.node_image_musl,
+            };
+            template.replace("{major}", &release.node_major.to_string())
         })
 }
 

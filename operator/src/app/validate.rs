@@ -62,6 +62,8 @@ pub struct Validated {
     /// The working directory relative to the app root (a workspace package).
     pub workdir: Option<String>,
     pub node_major: i32,
+    /// The C library its native modules were built against: picks the Node image.
+    pub libc: aether_crds::Libc,
     pub verdict: Verdict,
     pub policy: Policy,
     pub signature: Option<(String, String)>,
@@ -226,6 +228,7 @@ pub fn validate(
         entrypoint_locked: floor.locks_entrypoint(),
         workdir: manifest.workdir.clone(),
         node_major: artifact.spec.runtime.node_major,
+        libc: artifact.spec.runtime.libc,
         verdict,
         policy,
         signature,
