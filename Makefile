@@ -22,13 +22,14 @@ down: ## stop the local cluster and everything it started
 status: ## what runs, and the versions
 	hack/cluster.sh status
 
-deploy: up ## build the operator and runtime images, run the operator in aether-system
+deploy: up ## build the operator and runtime images (debug builds; AETHER_IMAGES=dockerfile for the Dockerfile's), run the operator in aether-system
 	hack/deploy.sh
 
 demo: deploy ## fresh machine -> cluster, storage, operator; push examples/express-api and curl it
 	hack/demo.sh
 
-test: lint unit deploy ## every test: lint, unit, a short fuzz run, e2e and chaos on the local cluster
+test: lint unit up ## every test: lint, unit, a short fuzz run, e2e and chaos on the local cluster, on the Dockerfile's images
+	AETHER_IMAGES=dockerfile hack/deploy.sh
 	$(MAKE) fuzz FUZZ_SECONDS=30
 	$(LOCAL_ENV) && $(MAKE) e2e chaos
 

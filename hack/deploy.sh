@@ -1,30 +1,49 @@
 #!/usr/bin/env bash
 # Deploy Aether into the local cluster (hack/cluster.sh up) the way a cluster admin
-# would: images built from target/debug and imported into its containerd, the
+# would: images imported into its containerd, the
 # kustomize/overlays/local overlay, the operator's storage Secret from the running
 # cluster's credentials, the namespace `default` enabled for apps, and your signing
 # key trusted. Idempotent; waits for the operator.
+#   AETHER_IMAGES=debug (default)  images of debug builds (hack/images.sh aether): quick
+#   AETHER_IMAGES=dockerfile       the release images the Dockerfile builds, as an admin
+#                                  gets them (hack/dockerfile-images.sh); `make test`
+#                                  runs the e2e suite on these
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 [[ -f "$KUBECONFIG_ADMIN" && -f "$STATE_DIR/garage/credentials" ]] \
   || die "the local cluster is not up: run hack/cluster.sh up"
 export KUBECONFIG="$KUBECONFIG_ADMIN"
 
-build() {
-  cargo build -q -p aether-operator -p aether-cli
-  cargo build -q -p aether-runtime --target "$RUNTIME_TARGET"
-}
-phase "build operator, runtime and CLI" build
+IMAGES_FROM="${AETHER_IMAGES:-debug}"
+case "$IMAGES_FROM" in
+  debug)
+    build() {
+      cargo build -q -p aether-operator -p aether-cli
+      cargo build -q -p aether-runtime --target "$RUNTIME_TARGET"
+    }
+    phase "build operator, runtime and CLI" build
+    images() { "$HACK_DIR/images.sh" aether; } ;;
+  dockerfile)
+    phase "build the CLI" cargo build -q -p aether-cli
+    images() { "$HACK_DIR/dockerfile-images.sh"; } ;;
+  *) die "AETHER_IMAGES is debug or dockerfile, not $IMAGES_FROM" ;;
+esac
 
+# IMAGE_KEYS: the archives' names, which change with their content; OPERATOR_IMAGE_ID:
+# the operator image's config digest, which its pods report as their imageID.
 import_images() {
   local tar
-  for tar in $("$HACK_DIR/images.sh" aether); do
+  for tar in $(images); do
     ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --no-unpack=false "$tar" >/dev/null
     IMAGE_KEYS+="$(basename "$tar" .tar) "
+    if tar -xOf "$tar" manifest.json | jq -e '.[0].RepoTags | index("aether.local/aether-operator:dev")' >/dev/null; then
+      OPERATOR_IMAGE_ID="sha256:$(tar -xOf "$tar" manifest.json | jq -r '.[0].Config' | grep -oE '[0-9a-f]{64}')"
+    fi
   done
+  [[ -n "$OPERATOR_IMAGE_ID" ]] || die "no archive of aether.local/aether-operator:dev"
 }
-IMAGE_KEYS=""
-phase "images" import_images
+IMAGE_KEYS="" OPERATOR_IMAGE_ID=""
+phase "images ($IMAGES_FROM)" import_images
 
 secret_from_env_file() { # NAME FILE
   kubectl -n aether-system create secret generic "$1" --from-env-file "$2" --dry-run=client -o yaml \
@@ -67,6 +86,12 @@ apply_all() {
     -p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"aether.dev/images\":\"${IMAGE_KEYS% }\",\"aether.dev/config\":\"$config\"}}}}}" >/dev/null
   kubectl -n aether-system rollout status deployment/aether-operator --timeout=180s >/dev/null
   wait_for "the operator to hold its leader Lease" 60 operator_leads
+  # The leader runs what was just built (same tags, so compare the content).
+  local holder running
+  holder="$(kubectl -n aether-system get lease aether-operator -o jsonpath='{.spec.holderIdentity}')"
+  running="$(kubectl -n aether-system get pod "$holder" -o jsonpath='{.status.containerStatuses[0].imageID}')"
+  [[ "$running" == "$OPERATOR_IMAGE_ID" ]] || die "the operator runs $running, not the $IMAGES_FROM image $OPERATOR_IMAGE_ID"
+  log "operator and runtime images: $IMAGES_FROM build (${IMAGE_KEYS% })"
 }
 
 # True when a Ready operator pod of the current template holds the Lease.
