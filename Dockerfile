@@ -3,6 +3,8 @@
 #   docker build --target runtime  -t REGISTRY/aether-runtime:TAG .
 # Both targets start from the same `build` stage, which compiles both binaries: the
 # second command reuses its cached result and only assembles its image.
+# The images are for linux/amd64 (the runtime's static target is x86_64): on an arm64
+# machine add --platform linux/amd64.
 # The base images are build arguments so that a registry mirror, or a locally made
 # image of the same layout, can stand in (--build-arg RUST_IMAGE=... and so on);
 # hack/dockerfile-images.sh builds this file that way, with no registry at all.
@@ -28,9 +30,9 @@ COPY . .
 # content the last build did not see (all, the first time) get the current time.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    find . -path ./target -prune -o -type f -print | sort | xargs sha256sum > /tmp/sources \
+    find . -path ./target -prune -o -type f -print0 | sort -z | xargs -0 sha256sum > /tmp/sources \
  && if [ -f target/sources.sha256 ]; then grep -vxFf target/sources.sha256 /tmp/sources; else cat /tmp/sources; fi \
-    | cut -c67- | xargs -r touch -- \
+    | cut -c67- | xargs -r -d '\n' touch -- \
  && cargo build --release --locked -p aether-operator \
  && cargo build --release --locked --target x86_64-unknown-linux-musl -p aether-runtime \
  && mkdir -p /out \

@@ -247,8 +247,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 EOF
   start containerd "$(command -v containerd)" --config "$STATE_DIR/containerd.toml"
   wait_for containerd 30 ctr --address "$CONTAINERD_SOCK" version
-  local tar
-  for tar in $("$HACK_DIR/images.sh"); do
+  local tar tars
+  tars="$("$HACK_DIR/images.sh")"   # a failed build stops `up` (a `for` list would not)
+  for tar in $tars; do
     ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --no-unpack=false "$tar" >/dev/null
   done
 }

