@@ -709,7 +709,6 @@ fn elf_facts(bytes: &[u8]) -> Option<(u16, Option<&'static str>)> {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
 
     #[test]

@@ -7,7 +7,10 @@
 //! The Secret is mounted as a directory with one file per blob, `sha256-<hex>`,
 //! holding the URL. Kubelet writes a new release's URLs into running pods' volumes
 //! with some delay; a pod that starts just after the operator added them normally
-//! sees them at once, so a missing file is waited for only briefly.
+//! sees them at once. A missing file is waited for up to the fetch's own deadline:
+//! after an API server outage the operator and the kubelet can take over a minute
+//! to catch up, and exiting would put the container into the kubelet's crash
+//! backoff instead (as for storage outages, see [`fetch`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -21,9 +24,6 @@ pub type HttpClient = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Empty<Bytes>,
 >;
-
-/// How long a URL file that is not there yet is waited for.
-pub const URL_WAIT: Duration = Duration::from_secs(60);
 
 pub fn client() -> Result<HttpClient, StorageError> {
     let https = hyper_rustls::HttpsConnectorBuilder::new()

@@ -317,11 +317,16 @@ async fn fetch(args: &FetchArgs, deadline: std::time::Instant) -> Result<Fetched
     // All layers at once, each streamed to a spool file and checked against its
     // digest as it arrives.
     std::fs::create_dir_all(&args.spool_dir).map_err(io(&args.spool_dir))?;
+    // URLs not there yet are waited for until just before the deadline, so that the
+    // error names what was missing rather than only the deadline.
+    let url_wait = deadline
+        .saturating_duration_since(std::time::Instant::now())
+        .saturating_sub(Duration::from_secs(1));
     let downloads = manifest.layers.iter().map(|layer| {
         let client = &client;
         let to = args.spool_dir.join(layer.digest.hex());
         async move {
-            let url = download::url_for(&args.downloads_dir, &layer.digest, download::URL_WAIT).await?;
+            let url = download::url_for(&args.downloads_dir, &layer.digest, url_wait).await?;
             download::fetch(client, &url, &layer.digest, layer.size, &to).await?;
             Ok::<_, FetchError>(to)
         }
