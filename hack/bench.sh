@@ -18,4 +18,9 @@ if [[ ! -f "$work/.installed" ]]; then
 fi
 export BENCH_DIR="${BENCH_DIR:-/dev/shm/aether-bench}"
 trap 'rm -rf "$BENCH_DIR"' EXIT
+# The CLI packs with this machine's build; pods verify and unpack with the runtime's
+# static musl one (whose allocator and memcpy differ): both are measured.
+log "this machine's build (what aether push packs with)"
 cargo run -q --release -p aether-artifact --example pack_bench -- "$work" "${RUNS:-7}"
+log "the $RUNTIME_TARGET build (what pods verify and unpack with)"
+cargo run -q --release --target "$RUNTIME_TARGET" -p aether-artifact --example pack_bench -- "$work" "${RUNS:-7}"
