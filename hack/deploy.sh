@@ -38,7 +38,7 @@ import_images() {
     ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --no-unpack=false "$tar" >/dev/null
     IMAGE_KEYS+="$(basename "$tar" .tar) "
     if tar -xOf "$tar" manifest.json | jq -e '.[0].RepoTags | index("aether.local/aether-operator:dev")' >/dev/null; then
-      OPERATOR_IMAGE_ID="sha256:$(tar -xOf "$tar" manifest.json | jq -r '.[0].Config' | grep -oE '[0-9a-f]{64}')"
+      OPERATOR_IMAGE_ID="$(archive_image_id "$tar")"
     fi
   done
   [[ -n "$OPERATOR_IMAGE_ID" ]] || die "no archive of aether.local/aether-operator:dev"

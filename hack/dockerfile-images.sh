@@ -159,7 +159,7 @@ build_distroless_base() {
     for lib in "$@"; do install -D -m 0755 "$lib" "$root$lib"; done
     write_image "$tag" "$root" "$out"
   fi
-  local id; id="sha256:$(tar -xOf "$out" manifest.json | jq -r '.[0].Config' | sed 's/\.json$//')"
+  local id; id="$(archive_image_id "$out")"
   [[ "$(image_id "$tag")" == "$id" ]] || buildah pull -q "docker-archive:$out" >/dev/null
 }
 

@@ -162,6 +162,12 @@ write_image() {
   rm -rf "$tmp"
 }
 
+# archive_image_id TAR: the image ID of a `docker save` archive (its config's digest),
+# which containerd reports as a pod's imageID and buildah as the image's ID.
+archive_image_id() {
+  echo "sha256:$(tar -xOf "$1" manifest.json | jq -r '.[0].Config' | grep -oE '[0-9a-f]{64}')"
+}
+
 # libs_of BINARY...: the dynamic loader and every library the binaries link against.
 # (With several arguments ldd heads each list with "FILE:"; library lines are indented.)
 libs_of() { ldd "$@" | grep $'^\t' | grep -o '/[^ ]*' | sort -u; }
