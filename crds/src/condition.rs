@@ -64,4 +64,22 @@ pub mod app {
     /// `spec.hosts` names a host another app holds: nothing of the spec is applied
     /// (`Ready=False`, `Stalled=True`).
     pub const HOST_CLAIMED: &str = "HostClaimed";
+    /// The artifact named does not exist (`Stalled=True`).
+    pub const ARTIFACT_NOT_FOUND: &str = "ArtifactNotFound";
+    /// The artifact named is not Ready, and is not being uploaded (`Stalled=True`).
+    pub const ARTIFACT_FAILED: &str = "ArtifactFailed";
+    /// The artifact named is being uploaded or looked at (`Stalled=False`).
+    pub const AWAITING_ARTIFACT: &str = "AwaitingArtifact";
+    /// No cluster admin enabled the namespace (`Stalled=True`).
+    pub const NAMESPACE_NOT_ENABLED: &str = "NamespaceNotEnabled";
+
+    /// A stall that an artifact becoming Ready ends (the app is woken by its
+    /// artifact's every change): one reported before the artifact was verified is
+    /// stale once it is.
+    pub fn ended_by_a_ready_artifact(reason: &str) -> bool {
+        matches!(
+            reason,
+            ARTIFACT_NOT_FOUND | ARTIFACT_FAILED | NAMESPACE_NOT_ENABLED
+        )
+    }
 }

@@ -173,6 +173,17 @@ fn validate_refuses_what_must_not_run_and_says_why() {
     let waiting = validate(&app, Some(&uploading), &trusted, &Floor::default()).unwrap_err();
     assert_eq!((waiting.reason, waiting.waiting), ("AwaitingArtifact", true));
 
+    // Refused while the namespace was not enabled: validated now, it is (apps are
+    // validated only where it is), so the app waits for the artifact's second look.
+    let mut refused = uploading.clone();
+    refused.status.as_mut().unwrap().conditions[0].reason = "NamespaceNotEnabled".into();
+    let waiting = validate(&app, Some(&refused), &trusted, &Floor::default()).unwrap_err();
+    assert_eq!((waiting.reason, waiting.waiting), ("AwaitingArtifact", true));
+    let mut quota = uploading.clone();
+    quota.status.as_mut().unwrap().conditions[0].reason = "QuotaExceeded".into();
+    let failed = validate(&app, Some(&quota), &trusted, &Floor::default()).unwrap_err();
+    assert_eq!((failed.reason, failed.waiting), ("ArtifactFailed", false));
+
     let unsigned = validate(
         &app,
         Some(&artifact("web", "v1", None)),

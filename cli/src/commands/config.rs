@@ -262,6 +262,7 @@ async fn apply(
     let follow = target.wait.timeout().map(|timeout| Follow {
         timeout,
         repaired_at: None,
+        artifact_verified_at: None,
     });
     let artifact = applied.spec.artifact_ref.name.clone();
     let announce = format!("App {name} in {namespace}: new configuration for {artifact}");

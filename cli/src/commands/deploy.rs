@@ -55,6 +55,22 @@ pub struct Follow {
     /// The push repaired the artifact's blobs at this instant: a failure the operator
     /// reported before it was about the damaged bytes, not this rollout.
     pub repaired_at: Option<Timestamp>,
+    /// When the operator verified the artifact (`status.verifiedAt`): a stall about
+    /// the artifact or the namespace's enablement from before then is stale, when
+    /// the push did not change the spec (an app applied before its artifact was
+    /// uploaded, or before an admin enabled the namespace).
+    pub artifact_verified_at: Option<Timestamp>,
+}
+
+impl Follow {
+    /// Does the operator's `Stalled` condition speak of this rollout?
+    fn is_current(&self, stalled: &Condition) -> bool {
+        let at = stalled.last_transition_time.0;
+        let repaired_since = self.repaired_at.is_some_and(|t| at < t);
+        let artifact_since = self.artifact_verified_at.is_some_and(|t| at <= t)
+            && aether_crds::condition::app::ended_by_a_ready_artifact(&stalled.reason);
+        !repaired_since && !artifact_since
+    }
 }
 
 /// What a push sets besides the artifact.
@@ -189,7 +205,7 @@ pub async fn follow_applied(
     let api: Api<AetherApp> = Api::namespaced(client.clone(), namespace);
     let generation = applied.metadata.generation.unwrap_or(0);
     printer.info(announce);
-    let Some(Follow { timeout, repaired_at }) = follow else {
+    let Some(follow) = follow else {
         return Ok(Deployed {
             url: applied.status.as_ref().and_then(|s| s.url.clone()),
             ..Default::default()
@@ -200,7 +216,7 @@ pub async fn follow_applied(
     let outcome = crate::cluster::wait_for(
         &api,
         app,
-        timeout,
+        follow.timeout,
         "the app to serve the new artifact",
         |current| {
             let status = current.status.as_ref()?;
@@ -224,9 +240,10 @@ pub async fn follow_applied(
                     hosts: status.hosts.clone(),
                 }));
             }
-            let current = |c: &&Condition| repaired_at.is_none_or(|t| c.last_transition_time.0 >= t);
             if observed
-                && let Some(stalled) = condition(STALLED).filter(|c| c.status == "True").filter(current)
+                && let Some(stalled) = condition(STALLED)
+                    .filter(|c| c.status == "True")
+                    .filter(|c| follow.is_current(c))
             {
                 return Some(Err(deploy_failed(
                     app,
@@ -251,7 +268,7 @@ pub async fn follow_applied(
         Ok(Ok(deployed)) => {
             // Ready pods are not yet the Service's only answer: wait until its
             // EndpointSlices route to this release alone.
-            let left = timeout.saturating_sub(started.elapsed());
+            let left = follow.timeout.saturating_sub(started.elapsed());
             let digest = deployed.digest.clone();
             let template = deployed.template.clone();
             let runs = runs_digest(&digest);
@@ -446,6 +463,49 @@ mod tests {
             CliError::DeployFailed { hint, .. } => hint,
             other => panic!("{other:?}"),
         }
+    }
+
+    fn stalled(reason: &str, at: i64) -> Condition {
+        Condition {
+            type_: STALLED.into(),
+            status: "True".into(),
+            reason: reason.into(),
+            message: String::new(),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::from_second(at).unwrap(),
+            ),
+            observed_generation: None,
+        }
+    }
+
+    fn follow(repaired_at: Option<i64>, artifact_verified_at: Option<i64>) -> Follow {
+        let at = |s: i64| Timestamp::from_second(s).unwrap();
+        Follow {
+            timeout: Duration::from_secs(60),
+            repaired_at: repaired_at.map(at),
+            artifact_verified_at: artifact_verified_at.map(at),
+        }
+    }
+
+    #[test]
+    fn a_stall_from_before_the_artifact_was_verified_is_stale_only_if_the_artifact_ends_it() {
+        let pushed = follow(None, Some(100));
+        // The app was applied before the upload, or before an admin enabled the
+        // namespace: what it said then does not fail this push.
+        for reason in ["ArtifactFailed", "ArtifactNotFound", "NamespaceNotEnabled"] {
+            assert!(!pushed.is_current(&stalled(reason, 90)), "{reason}");
+            assert!(!pushed.is_current(&stalled(reason, 100)), "{reason}, same second");
+            assert!(pushed.is_current(&stalled(reason, 101)), "{reason}, after");
+        }
+        // A verdict a Ready artifact does not change stands.
+        assert!(pushed.is_current(&stalled("SignatureRejected", 90)));
+        assert!(pushed.is_current(&stalled("AppCrashing", 90)));
+        // Nothing known about the artifact: every stall counts.
+        assert!(follow(None, None).is_current(&stalled("ArtifactFailed", 90)));
+        // Repaired blobs: the crashes on the damaged bytes before are stale.
+        let repaired = follow(Some(100), Some(100));
+        assert!(!repaired.is_current(&stalled("AppCrashing", 99)));
+        assert!(repaired.is_current(&stalled("AppCrashing", 100)));
     }
 
     #[test]

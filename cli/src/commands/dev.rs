@@ -172,6 +172,7 @@ pub async fn run(args: &DevArgs, global: &GlobalArgs, printer: &Printer) -> Resu
         let follow = super::deploy::Follow {
             timeout,
             repaired_at: None,
+            artifact_verified_at: None,
         };
         let target = super::deploy::Target::default();
         super::deploy::deploy(

@@ -116,16 +116,17 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
         None
     } else {
         let t = Instant::now();
+        let verified_at = art
+            .status
+            .as_ref()
+            .and_then(|s| s.verified_at.as_ref())
+            .map(|t| t.0);
         let follow = super::deploy::Follow {
             timeout,
             // Blobs of an artifact that was Ready went missing or bad, and this push
             // uploaded them again: the pods' failures before that are stale.
-            repaired_at: art
-                .status
-                .as_ref()
-                .and_then(|s| s.verified_at.as_ref())
-                .map(|t| t.0)
-                .filter(|_| reused && bytes_uploaded > 0),
+            repaired_at: verified_at.filter(|_| reused && bytes_uploaded > 0),
+            artifact_verified_at: verified_at,
         };
         let mut hosts: Vec<aether_crds::Host> = args
             .hosts

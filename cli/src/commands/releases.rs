@@ -238,6 +238,7 @@ pub async fn rollback(args: &RollbackArgs, global: &GlobalArgs, printer: &Printe
     let follow = args.wait.timeout().map(|timeout| Follow {
         timeout,
         repaired_at: None,
+        artifact_verified_at: None,
     });
     let deployed = deploy::apply_and_follow(
         client,

@@ -359,7 +359,7 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
             // for one needs no quick polling, which 1000 waiting apps would make a
             // flood. Other waits (an enablement, a Secret) are polled.
             let next = match (invalid.waiting, invalid.reason) {
-                (true, "AwaitingArtifact") => Duration::from_secs(30),
+                (true, aether_crds::condition::app::AWAITING_ARTIFACT) => Duration::from_secs(30),
                 (true, _) => Duration::from_secs(2),
                 // Whether the host's holder let it go is seen on a look (its
                 // deletion wakes nobody).
@@ -605,7 +605,7 @@ async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Derefer
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = downloads::secret_name(&app.name_any());
     let not_enabled = || Invalid {
-        reason: "NamespaceNotEnabled",
+        reason: aether_crds::condition::app::NAMESPACE_NOT_ENABLED,
         message: ctx.enabled.message(ns),
         waiting: false,
     };

@@ -3,7 +3,7 @@
 
 use aether_artifact::Digest;
 use aether_artifact::signature::{self, Policy, PublicKey, Verdict};
-use aether_crds::condition::READY;
+use aether_crds::condition::{READY, app as app_reason, artifact as artifact_reason};
 use aether_crds::{AetherApp, AetherArtifact, VerifyMode};
 use kube::ResourceExt;
 
@@ -139,7 +139,7 @@ pub fn validate(
     let namespace = app.namespace().unwrap_or_default();
     let Some(artifact) = artifact else {
         return Err(Invalid::stalled(
-            "ArtifactNotFound",
+            app_reason::ARTIFACT_NOT_FOUND,
             format!("AetherArtifact {name} does not exist in {namespace}"),
         ));
     };
@@ -159,15 +159,26 @@ pub fn validate(
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
     match ready {
         Some(c) if c.status == "True" => {}
-        Some(c) if !aether_crds::condition::artifact::in_progress(&c.reason) => {
+        // The app is only validated where the namespace is enabled: the artifact's
+        // refusal predates that, and it is looked at again (at once on a push).
+        Some(c) if c.reason == artifact_reason::NAMESPACE_NOT_ENABLED => {
+            return Err(Invalid {
+                reason: app_reason::AWAITING_ARTIFACT,
+                message: format!(
+                    "waiting for AetherArtifact {name} to be looked at again: it was refused before the namespace was enabled"
+                ),
+                waiting: true,
+            });
+        }
+        Some(c) if !artifact_reason::in_progress(&c.reason) => {
             return Err(Invalid::stalled(
-                "ArtifactFailed",
+                app_reason::ARTIFACT_FAILED,
                 format!("AetherArtifact {name} is not Ready: {}: {}", c.reason, c.message),
             ));
         }
         _ => {
             return Err(Invalid {
-                reason: "AwaitingArtifact",
+                reason: app_reason::AWAITING_ARTIFACT,
                 message: format!("waiting for AetherArtifact {name} to be uploaded and verified"),
                 waiting: true,
             });
