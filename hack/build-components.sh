@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build (once) the Kubernetes server components, etcd, CoreDNS and Garage into the
 # version-keyed cache. Every step is skipped when its output already exists.
-#   hack/build-components.sh [kubernetes|etcd|coredns|garage|traefik|cert-manager]...   (default: all)
+#   hack/build-components.sh [kubernetes|etcd|coredns|garage|traefik|gateway-api|cert-manager]...   (default: all)
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
@@ -102,6 +102,17 @@ build_traefik() {
   "$TRAEFIK_BIN/traefik" version
 }
 
+# Gateway API's standard-channel CRDs, copied out of its Go module.
+build_gateway_api() {
+  if compgen -G "$GATEWAY_API_CRDS/*.yaml" >/dev/null; then log "gateway-api $GATEWAY_API_VERSION: cached in $GATEWAY_API_CRDS"; return; fi
+  local dir
+  dir="$(GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')"
+  [[ -d "$dir/config/crd/standard" ]] || die "could not download gateway-api $GATEWAY_API_VERSION"
+  mkdir -p "$GATEWAY_API_CRDS"
+  cp "$dir"/config/crd/standard/*.yaml "$GATEWAY_API_CRDS/"
+  chmod u+w "$GATEWAY_API_CRDS"/*.yaml
+}
+
 # cert-manager's controller binary is its own module, which the module proxy does
 # not serve; a wrapper around the controllers a CA ClusterIssuer needs (they
 # register themselves in init()) builds from the published main module.
@@ -155,7 +166,7 @@ export GOCACHE="$AETHER_CACHE/src/go-build"
 trap 'rm -rf "$GOCACHE"' EXIT
 
 targets=("$@")
-(( ${#targets[@]} )) || targets=(kubernetes etcd coredns garage traefik cert-manager)
+(( ${#targets[@]} )) || targets=(kubernetes etcd coredns garage traefik gateway-api cert-manager)
 for t in "${targets[@]}"; do
   case "$t" in
     kubernetes) phase "build kubernetes $K8S_VERSION" build_kubernetes ;;
@@ -163,7 +174,8 @@ for t in "${targets[@]}"; do
     coredns) phase "build coredns $COREDNS_VERSION" build_coredns ;;
     garage) phase "build garage $GARAGE_VERSION" build_garage ;;
     traefik) phase "build traefik $TRAEFIK_VERSION" build_traefik ;;
+    gateway-api) phase "gateway-api $GATEWAY_API_VERSION CRDs" build_gateway_api ;;
     cert-manager) phase "build cert-manager $CERT_MANAGER_VERSION" build_cert_manager ;;
-    *) die "unknown component: $t (kubernetes|etcd|coredns|garage|traefik|cert-manager)" ;;
+    *) die "unknown component: $t (kubernetes|etcd|coredns|garage|traefik|gateway-api|cert-manager)" ;;
   esac
 done

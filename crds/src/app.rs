@@ -310,9 +310,14 @@ pub struct HostStatus {
     /// When the app first held the host: of two apps asking for one host, the
     /// earlier holder keeps it.
     pub claimed_at: Time,
-    /// The certificate: `Ready`, `Issuing`, `SecretMissing`, or `None` (plain HTTP).
+    /// The certificate: `Ready`, `Issuing`, `SecretMissing`, `NotReady` (the
+    /// Gateway's listener for the host), or `None` (plain HTTP).
     pub certificate: String,
-    /// Why the certificate is not ready, as its issuer says.
+    /// Where apps' hosts go through a Gateway: what it says of the app's HTTPRoute,
+    /// `Accepted`, `Pending`, or why it does not route it (`NotAllowedByListeners`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Why the certificate or route is not ready, as the issuer or Gateway says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

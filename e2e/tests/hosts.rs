@@ -8,6 +8,10 @@
 //! fully, the CA of the cluster's issuer (`AETHER_INGRESS_CA`); without the address
 //! the tests print `skipped` (a cluster with no ingress controller). Uses `curl` and
 //! `openssl`, which the local cluster's scripts need too.
+//!
+//! Where the operator also routes hosts through a Gateway (Gateway API), the
+//! address of its HTTPS listener (`AETHER_GATEWAY_HTTPS`) and the domain it serves
+//! (`AETHER_GATEWAY_DOMAIN`) let the HTTPRoute path be tested the same way.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -20,7 +24,7 @@ use aether_e2e::{bind_user, enabled_namespace, wait_until, with_temp_ns};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
 
 const APP: &str = "express-api";
 /// A person with aether-editor in the rival namespace.
@@ -194,6 +198,129 @@ async fn a_pushed_host_answers_over_https_and_another_app_cannot_take_it() -> an
         assert!(said.contains("PolicyRefused") && said.contains(&free), "{said}");
         let namespaces: Api<Namespace> = Api::all(client.clone());
         namespaces.delete(&other, &DeleteParams::background()).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// `host:port` of the Gateway's HTTPS listener that the operator attaches apps'
+/// HTTPRoutes to (`AETHER_GATEWAY_HTTPS`), and the domain it serves
+/// (`AETHER_GATEWAY_DOMAIN`), if this cluster has one.
+fn gateway() -> Option<(String, String)> {
+    let url = std::env::var("AETHER_GATEWAY_HTTPS").ok()?;
+    let address = url.strip_prefix("https://")?.trim_end_matches('/').to_string();
+    Some((address, std::env::var("AETHER_GATEWAY_DOMAIN").ok()?))
+}
+
+fn http_routes(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+    Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a cluster with Aether installed: run `make e2e`"]
+async fn a_pushed_host_answers_through_the_gateway_and_an_admin_s_http_route_keeps_its_host()
+-> anyhow::Result<()> {
+    let Some((address, domain)) = gateway() else {
+        println!("skipped: AETHER_GATEWAY_HTTPS is not set (no Gateway the operator routes to)");
+        return Ok(());
+    };
+    with_temp_ns("gateway", |client, ns| async move {
+        let dir = tempfile::tempdir()?;
+        let greeting = format!("Hello through the Gateway, from {ns}!");
+        example_app(dir.path(), &greeting)?;
+        let host = format!("{ns}.{domain}");
+
+        // 1. The push's host gets an HTTPRoute: the host, attached to the admin's
+        // Gateway, towards the app's Service.
+        let run = tokio::task::block_in_place(|| {
+            aether(dir.path(), &ns, &["push", "--timeout", "4m", "--host", &host])
+        });
+        assert_eq!(run.code, Some(0), "push --host failed:\n{}", run.stderr);
+        let route = http_routes(&client, &ns).get(APP).await?.data;
+        assert_eq!(route["spec"]["hostnames"], serde_json::json!([host]), "{route}");
+        assert_eq!(route["spec"]["parentRefs"][0]["kind"], "Gateway", "{route}");
+        assert_eq!(
+            route["spec"]["rules"][0]["backendRefs"][0]["name"], APP,
+            "{route}"
+        );
+
+        // 2. The Gateway accepts it, and the host answers there over HTTPS (the
+        // certificate verified against the cluster's CA).
+        let body = wait_until(
+            "the host to answer at the Gateway",
+            Duration::from_secs(90),
+            || {
+                let (address, host) = (address.clone(), host.clone());
+                async move { get(&address, &host).map(Some) }
+            },
+        )
+        .await?;
+        assert_eq!(body, format!("{greeting}\n"));
+        let apps: Api<AetherApp> = Api::namespaced(client.clone(), &ns);
+        wait_until(
+            "the route to be reported Accepted",
+            Duration::from_secs(60),
+            || {
+                let apps = apps.clone();
+                async move {
+                    let status = apps.get(APP).await?.status.unwrap_or_default();
+                    Ok(status
+                        .hosts
+                        .first()
+                        .filter(|h| h.route.as_deref() == Some("Accepted"))
+                        .cloned())
+                }
+            },
+        )
+        .await?;
+        let shown = tokio::task::block_in_place(|| aether(dir.path(), &ns, &["status"]));
+        assert_eq!(shown.code, Some(0), "{}", shown.stderr);
+        assert_eq!(shown.json["hosts"][0]["route"], "Accepted", "{}", shown.json);
+
+        // 3. An HTTPRoute that is no app's (a cluster admin's) holds its host: an app
+        // asking for it is refused, and the route stays as it was. An editor cannot
+        // write HTTPRoutes to get around the claims.
+        let held = format!("admin-{ns}.{domain}");
+        let admins: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "admins", "namespace": ns},
+            "spec": {
+                "hostnames": [held],
+                "rules": [{"backendRefs": [{"name": APP, "port": 80}]}],
+            },
+        }))?;
+        http_routes(&client, &ns)
+            .create(&PostParams::default(), &admins)
+            .await?;
+        let other = tempfile::tempdir()?;
+        example_app(other.path(), "the squatter")?;
+        let run = tokio::task::block_in_place(|| {
+            aether(
+                other.path(),
+                &ns,
+                &["push", "--app", "squatter", "--timeout", "2m", "--host", &held],
+            )
+        });
+        let said = aether_e2e::app::one_line(&run.stderr);
+        assert_ne!(run.code, Some(0), "an app took an admin's host:\n{said}");
+        assert!(said.contains("HostClaimed"), "{said}");
+        assert!(
+            said.contains(&format!("{held} (routed by HTTPRoute admins, which is no app's)")),
+            "{said}"
+        );
+        assert!(
+            http_routes(&client, &ns).get_opt("squatter").await?.is_none(),
+            "the refused app got an HTTPRoute"
+        );
+        let kept = http_routes(&client, &ns).get("admins").await?.data;
+        assert_eq!(kept["spec"]["hostnames"], serde_json::json!([held]));
+        bind_user(&client, &ns, RIVAL, "aether-editor").await?;
+        let out = Command::new("kubectl")
+            .args(["auth", "can-i", "create", "httproutes.gateway.networking.k8s.io"])
+            .args(["-n", &ns, "--as", RIVAL])
+            .output()?;
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
         Ok(())
     })
     .await

@@ -593,6 +593,7 @@ async fn the_operator_writes_nothing_where_no_admin_enabled_it() -> anyhow::Resu
                 ("delete", "pods"),
                 ("create", "ingresses.networking.k8s.io"),
                 ("create", "certificates.cert-manager.io"),
+                ("create", "httproutes.gateway.networking.k8s.io"),
             ] {
                 assert!(
                     !can(verb, resource, namespace),

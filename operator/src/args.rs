@@ -114,6 +114,12 @@ pub struct Args {
     /// [default: the cluster's default class].
     #[arg(long, env = "AETHER_INGRESS_CLASS")]
     pub ingress_class: Option<String>,
+    /// The Gateway (`NAMESPACE/NAME`, Gateway API) that apps' HTTPRoutes attach to;
+    /// TLS then ends there, with the certificates of its listeners. Set alone, hosts
+    /// are routed only by HTTPRoutes; with --ingress-class too, by both [default:
+    /// none, Ingresses only].
+    #[arg(long, env = "AETHER_GATEWAY")]
+    pub gateway: Option<String>,
     /// The cert-manager issuer of certificates for apps' hosts that name no Secret
     /// of their own: `ClusterIssuer/NAME` or `Issuer/NAME` (in each app's
     /// namespace) [default: none; such hosts are plain HTTP].
@@ -159,6 +165,10 @@ impl Args {
             network_policy,
             route: crate::app::route::Config {
                 ingress_class: self.ingress_class.clone().filter(|c| !c.is_empty()),
+                gateway: match self.gateway.as_deref() {
+                    None | Some("") => None,
+                    Some(gateway) => Some(gateway.parse().map_err(|e| format!("--gateway: {e}"))?),
+                },
                 issuer: match self.certificate_issuer.as_deref() {
                     None | Some("") => None,
                     Some(issuer) => Some(issuer.parse().map_err(|e| format!("--certificate-issuer: {e}"))?),

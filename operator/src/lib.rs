@@ -157,6 +157,21 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     )
     .backoff(backoff::WatchBackoff::default());
     tokio::spawn(ingress_events.for_each(|_| futures::future::ready(())));
+    // And every HTTPRoute, where apps' hosts also go through a Gateway (the kind
+    // exists only where Gateway API is installed).
+    let gateway = app_config.route.gateway.clone();
+    let (http_routes, http_routes_writer) = reflector::store::<app::gateway::HttpRoute>();
+    if gateway.is_some() {
+        let route_events = reflector(
+            http_routes_writer,
+            watcher(
+                Api::<app::gateway::HttpRoute>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .backoff(backoff::WatchBackoff::default());
+        tokio::spawn(route_events.for_each(|_| futures::future::ready(())));
+    }
     let app_ctx = Arc::new(app::Context {
         client: client.clone(),
         enabled,
@@ -168,6 +183,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         backoff: Default::default(),
         apps: apps.store(),
         ingresses: ingresses.clone(),
+        http_routes: http_routes.clone(),
         nudge,
     });
 
@@ -204,11 +220,16 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         "app.kubernetes.io/managed-by={}",
         app::build::MANAGED_BY
     ));
-    let app_controller = apps
+    let mut apps = apps
         .owns(Api::<Deployment>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
-        .owns(Api::<Ingress>::all(client.clone()), owned)
+        .owns(Api::<Ingress>::all(client.clone()), owned.clone());
+    // The Gateway's word on an app's route (its status) is seen at once.
+    if gateway.is_some() {
+        apps = apps.owns(Api::<app::gateway::HttpRoute>::all(client.clone()), owned);
+    }
+    let app_controller = apps
         // An artifact names its app: a push (or a verdict) wakes that app.
         .watches(artifacts, watcher::Config::default(), |art: AetherArtifact| {
             let ns = art.namespace()?;
@@ -227,6 +248,15 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
             _ => warn!(
                 "Ingresses could not be listed: hosts routed by Ingresses no app owns are not seen until they can"
             ),
+        }
+        if let Some(gateway) = gateway {
+            match tokio::time::timeout(Duration::from_secs(60), http_routes.wait_until_ready()).await {
+                Ok(Ok(())) => {}
+                _ => warn!(
+                    %gateway,
+                    "HTTPRoutes could not be listed (is Gateway API installed?): hosts routed by HTTPRoutes no app owns are not seen until they can"
+                ),
+            }
         }
         app_controller.await
     };

@@ -207,11 +207,7 @@ pub async fn run(args: &PushArgs, global: &GlobalArgs, printer: &Printer) -> Res
                         t.total as f64 / 1000.0
                     ));
                     for host in &d.hosts {
-                        printer.info(format!(
-                            "  {}  certificate: {}",
-                            host.url,
-                            super::status::certificate(host)
-                        ));
+                        printer.info(format!("  {}  {}", host.url, super::status::host_state(host)));
                     }
                     printer.data(d.url.as_deref().unwrap_or(&outcome.artifact));
                 }

@@ -284,11 +284,17 @@ fn container_problem(c: &ContainerStatus) -> Option<String> {
     })
 }
 
-/// A host's certificate as a line says it: its state, and why when not ready.
-pub fn certificate(host: &aether_crds::HostStatus) -> String {
+/// A host's certificate and, where a Gateway routes it, its route, as a line says
+/// them; why, when either is not ready.
+pub fn host_state(host: &aether_crds::HostStatus) -> String {
+    let mut said = format!("certificate: {}", host.certificate);
+    if let Some(route) = &host.route {
+        said.push_str(&format!("  route: {route}"));
+    }
+    let ready = host.certificate == "Ready" && host.route.as_deref().is_none_or(|r| r == "Accepted");
     match &host.message {
-        Some(why) if host.certificate != "Ready" => format!("{} ({why})", host.certificate),
-        _ => host.certificate.clone(),
+        Some(why) if !ready => format!("{said} ({why})"),
+        _ => said,
     }
 }
 
@@ -303,12 +309,7 @@ pub fn render(v: &AppView) -> String {
     );
     let _ = writeln!(out, "  URL:      {}", v.url.as_deref().unwrap_or("-"));
     for host in &v.hosts {
-        let _ = writeln!(
-            out,
-            "  Host:     {}  certificate: {}",
-            host.url,
-            certificate(host)
-        );
+        let _ = writeln!(out, "  Host:     {}  {}", host.url, host_state(host));
     }
     let _ = writeln!(
         out,
@@ -359,6 +360,37 @@ pub fn render(v: &AppView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_line_says_why_its_certificate_or_route_is_not_ready() {
+        let host = |certificate: &str, route: Option<&str>, message: Option<&str>| aether_crds::HostStatus {
+            name: "shop.example.com".into(),
+            url: "https://shop.example.com/".into(),
+            claimed_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(0).unwrap(),
+            ),
+            certificate: certificate.into(),
+            route: route.map(Into::into),
+            message: message.map(Into::into),
+        };
+        assert_eq!(host_state(&host("Ready", None, None)), "certificate: Ready");
+        assert_eq!(
+            host_state(&host("Issuing", None, Some("pending"))),
+            "certificate: Issuing (pending)"
+        );
+        assert_eq!(
+            host_state(&host("Ready", Some("Accepted"), None)),
+            "certificate: Ready  route: Accepted"
+        );
+        assert_eq!(
+            host_state(&host(
+                "Ready",
+                Some("NotAllowedByListeners"),
+                Some("Gateway infra/public does not route it")
+            )),
+            "certificate: Ready  route: NotAllowedByListeners (Gateway infra/public does not route it)"
+        );
+    }
 
     #[test]
     fn a_pod_s_problem_is_its_fetch_failure_before_the_app_s_that_follows_from_it() {

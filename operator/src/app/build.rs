@@ -121,6 +121,18 @@ pub fn labels(app: &str) -> BTreeMap<String, String> {
     .collect()
 }
 
+/// The metadata of a child named `name`: in the app's namespace, with [`labels`],
+/// and owned (as its controller) by the app.
+pub fn owned_meta(app: &AetherApp, name: String) -> ObjectMeta {
+    ObjectMeta {
+        labels: Some(labels(&app.name_any())),
+        name: Some(name),
+        namespace: app.namespace(),
+        owner_references: app.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
 pub fn selector_labels(app: &str) -> BTreeMap<String, String> {
     labels(app)
         .into_iter()
@@ -220,13 +232,7 @@ pub fn build(
     running: Option<&Deployment>,
 ) -> Children {
     let name = app.name_any();
-    let meta = || ObjectMeta {
-        name: Some(name.clone()),
-        namespace: app.namespace(),
-        labels: Some(labels(&name)),
-        owner_references: app.controller_owner_ref(&()).map(|o| vec![o]),
-        ..Default::default()
-    };
+    let meta = || owned_meta(app, name.clone());
     let replicas = replicas(app, running);
     // While the operator still holds an autoscaled app's count, it writes it only
     // onto the version of the Deployment it read: an autoscaler's write in between
@@ -361,13 +367,7 @@ pub fn autoscaler(app: &AetherApp) -> Option<HorizontalPodAutoscaler> {
     let scaling = app.spec.autoscaling.as_ref()?;
     let name = app.name_any();
     Some(HorizontalPodAutoscaler {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: app.namespace(),
-            labels: Some(labels(&name)),
-            owner_references: app.controller_owner_ref(&()).map(|o| vec![o]),
-            ..Default::default()
-        },
+        metadata: owned_meta(app, name.clone()),
         spec: Some(HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some(Deployment::api_version(&()).into()),
@@ -401,13 +401,7 @@ pub fn autoscaler(app: &AetherApp) -> Option<HorizontalPodAutoscaler> {
 pub fn downloads_secret(app: &AetherApp, download_urls: &BTreeMap<String, String>) -> Secret {
     let name = app.name_any();
     Secret {
-        metadata: ObjectMeta {
-            name: Some(downloads::secret_name(&name)),
-            namespace: app.namespace(),
-            labels: Some(labels(&name)),
-            owner_references: app.controller_owner_ref(&()).map(|o| vec![o]),
-            ..Default::default()
-        },
+        metadata: owned_meta(app, downloads::secret_name(&name)),
         type_: Some("Opaque".into()),
         data: Some(
             download_urls

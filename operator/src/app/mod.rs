@@ -8,6 +8,7 @@
 
 pub mod build;
 pub mod downloads;
+pub mod gateway;
 pub mod hot;
 pub mod network_policy;
 pub mod ownership;
@@ -64,7 +65,7 @@ pub struct AppConfig {
     pub keep_releases: usize,
     /// Each app's NetworkPolicy, when a cluster admin asked for them.
     pub network_policy: Option<network_policy::Config>,
-    /// Public hosts: the ingress class and the certificate issuer.
+    /// Public hosts: the ingress class, the Gateway and the certificate issuer.
     pub route: route::Config,
 }
 
@@ -91,10 +92,11 @@ pub struct Context {
     pub config: AppConfig,
     /// Retries of apps whose reconcile failed, per app.
     pub backoff: crate::backoff::Backoff,
-    /// Every AetherApp, as the controller watches them, and every Ingress: who holds
-    /// which host.
+    /// Every AetherApp, as the controller watches them, every Ingress and, where the
+    /// admin named a Gateway, every HTTPRoute: who holds which host.
     pub apps: kube::runtime::reflector::Store<AetherApp>,
     pub ingresses: kube::runtime::reflector::Store<Ingress>,
+    pub http_routes: kube::runtime::reflector::Store<gateway::HttpRoute>,
     /// Apps to look at again now (one that lost a host to another).
     pub nudge: futures::channel::mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<AetherApp>>,
 }
@@ -235,10 +237,16 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     let claims = if app.spec.hosts.is_empty() {
         route::Claims::default()
     } else {
+        let ingresses = ctx.ingresses.state();
+        let http_routes = ctx.http_routes.state();
+        let routes = ingresses
+            .iter()
+            .map(|i| route::Routing::from(i.as_ref()))
+            .chain(http_routes.iter().map(|r| route::Routing::from(r.as_ref())));
         route::claims(
             app,
             ctx.apps.state().iter().map(AsRef::as_ref),
-            ctx.ingresses.state().iter().map(AsRef::as_ref),
+            routes,
             Timestamp::now(),
         )
     };
@@ -254,7 +262,12 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         let floor = d.floor?;
         d.trusted
             .and_then(|trusted| validate::validate(app, d.artifact.as_ref(), &trusted, &floor))
-            .and_then(|release| claims.refusal(&ns).map_or(Ok(release), Err))
+            .and_then(|release| {
+                let refusal = claims
+                    .refusal(&ns)
+                    .or_else(|| route::unservable(app, &ctx.config.route));
+                refusal.map_or(Ok(release), Err)
+            })
             .map(|release| (release, secret))
     });
     // The children are written only where the app may write (see [`ownership`]).
@@ -402,7 +415,11 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     let has_ingress = ctx
         .ingresses
         .get(&kube::runtime::reflector::ObjectRef::new(&app.name_any()).within(&ns))
-        .is_some();
+        .is_some()
+        || ctx
+            .http_routes
+            .get(&kube::runtime::reflector::ObjectRef::new(&app.name_any()).within(&ns))
+            .is_some();
     let routes = if held.is_empty() && old.hosts.is_empty() && !has_ingress {
         None
     } else {
@@ -477,8 +494,10 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         Duration::from_secs(300)
     } else if condition(aether_crds::condition::STALLED) {
         Duration::from_secs(10)
-    } else if new.hosts.iter().any(|h| h.certificate == "Issuing") {
-        // Certificates are not watched: their issuance is seen on a look.
+    } else if new.hosts.iter().any(|h| {
+        matches!(h.certificate.as_str(), "Issuing" | "NotReady") || h.route.as_deref() == Some("Pending")
+    }) {
+        // Certificates and Gateways are not watched: their progress is seen on a look.
         Duration::from_secs(5)
     } else {
         // Pods are not watched: look again soon while the rollout moves.
@@ -1071,9 +1090,9 @@ where
     Ok(None)
 }
 
-/// The app's Ingress for the `held` hosts (none: deleted), and the Certificate for
-/// those without a Secret of their own. `None` when the Ingress's name is another
-/// object's (a `NameConflict` event says so): the hosts are not routed.
+/// The app's Ingress and HTTPRoute for the `held` hosts (none: deleted), and the
+/// Certificate for those without a Secret of their own. `None` when a route's name
+/// is another object's (a `NameConflict` event says so): the hosts are not routed.
 async fn reconcile_routes(
     ctx: &Context,
     app: &AetherApp,
@@ -1086,8 +1105,25 @@ async fn reconcile_routes(
     let wanted = ingress.is_some();
     let applied =
         reconcile_optional(ctx, app, ns, (&name, ingress), "its hosts are not routed", false).await?;
+    let mut routed = !wanted || applied.is_some();
+    let mut http_route = None;
+    let mut gateway = None;
+    if let Some(gateway_ref) = &config.gateway {
+        let desired = gateway::http_route(app, held, gateway_ref);
+        let wanted = desired.is_some();
+        http_route =
+            reconcile_optional(ctx, app, ns, (&name, desired), "its hosts are not routed", false).await?;
+        routed &= !wanted || http_route.is_some();
+        // Its listeners say whether each host's certificate is there.
+        if wanted {
+            let gateways: Api<gateway::Gateway> = Api::namespaced(ctx.client.clone(), &gateway_ref.namespace);
+            gateway = gateways
+                .get_opt(&gateway_ref.name)
+                .await
+                .map_err(dereference_error(format!("Gateway {gateway_ref}")))?;
+        }
+    }
     // No route of its own: no certificate either (one issued before goes).
-    let routed = !wanted || applied.is_some();
     // Without an issuer there is no Certificate kind to ask about.
     let certificate = match &config.issuer {
         Some(_) => {
@@ -1121,6 +1157,8 @@ async fn reconcile_routes(
     Ok(Some(route::Observed {
         certificate,
         secrets_present,
+        http_route,
+        gateway,
     }))
 }
 

@@ -15,9 +15,9 @@ use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 
 /// An address range apps may reach, on one port (TCP, or UDP) or any.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,13 +263,7 @@ pub fn build(app: &AetherApp, config: &Config) -> NetworkPolicy {
     let mut pods = super::build::selector_labels(&name);
     pods.insert("app.kubernetes.io/part-of".into(), "aether".into());
     NetworkPolicy {
-        metadata: ObjectMeta {
-            name: Some(self::name(&name)),
-            namespace: app.namespace(),
-            labels: Some(super::build::labels(&name)),
-            owner_references: app.controller_owner_ref(&()).map(|o| vec![o]),
-            ..Default::default()
-        },
+        metadata: super::build::owned_meta(app, self::name(&name)),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(matching(pods)),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),

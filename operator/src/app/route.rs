@@ -1,14 +1,16 @@
 //! An app's public hosts (`spec.hosts`): who holds each host, the Ingress that
-//! routes them to the app's Service, the cert-manager Certificate for those without
+//! routes them to the app's Service (and the HTTPRoute, where the admin named a
+//! Gateway: see [`super::gateway`]), the cert-manager Certificate for those without
 //! a Secret of their own, and what `status.hosts` says of them. Pure.
 //!
 //! A host is held cluster-wide by one app: the one that has held it longest. An app
 //! holds a host while its `status.hosts` lists it (written only by the operator, in
 //! step with the app's Ingress: a suspended app's routes stay, and so does its
 //! hold); ties are broken by namespace and name, so that two apps claiming a host
-//! at once agree on who won. An Ingress that is no app's (a cluster admin's, or one
-//! orphaned by `kubectl delete --cascade=orphan`) holds the hosts it routes, unless
-//! an app held them before it was made. An app
+//! at once agree on who won. An Ingress or HTTPRoute that is no app's (a cluster
+//! admin's, or one orphaned by `kubectl delete --cascade=orphan`) holds the hosts it
+//! names, unless an app held them before it was made (a wildcard one holds none: an
+//! app's exact host takes precedence over it at the controller). An app
 //! asking for a host held by another is refused, and its previous release keeps
 //! running; an app that lost a race drops the host from its Ingress on its next
 //! look, which the winner asks for ([`Claims::outranked`]). A tenant is told that
@@ -29,6 +31,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::build;
+use super::gateway::{self, Gateway, GatewayRef, HttpRoute};
 use super::validate::Invalid;
 
 /// The cluster admin's settings for public hosts.
@@ -36,11 +39,21 @@ use super::validate::Invalid;
 pub struct Config {
     /// The IngressClass of every app's Ingress; unset: the cluster's default class.
     pub ingress_class: Option<String>,
+    /// The Gateway apps' HTTPRoutes attach to; unset: no HTTPRoutes.
+    pub gateway: Option<GatewayRef>,
     /// Who issues certificates for hosts without a Secret of their own.
     pub issuer: Option<Issuer>,
     /// The hosts any app may ask for (`*` patterns); empty: any (AetherPolicies may
     /// still bound them per namespace).
     pub allowed_hosts: Vec<String>,
+}
+
+impl Config {
+    /// Hosts are routed by Ingresses unless the admin named only a Gateway (both:
+    /// by both, as while moving from one to the other).
+    pub fn ingress(&self) -> bool {
+        self.gateway.is_none() || self.ingress_class.is_some()
+    }
 }
 
 /// A cert-manager issuer: `ClusterIssuer/NAME`, or `Issuer/NAME` (one of that name
@@ -98,7 +111,7 @@ pub struct CertificateStatus {
 /// What holds a host the app may not have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
-    /// `AetherApp` or `Ingress`.
+    /// `AetherApp`, `Ingress` or `HTTPRoute`.
     pub kind: &'static str,
     pub namespace: String,
     pub name: String,
@@ -129,8 +142,8 @@ impl Claims {
             .map(|(host, by)| match (by.kind, by.namespace == namespace) {
                 ("AetherApp", true) => format!("{host} (held by AetherApp {})", by.name),
                 ("AetherApp", false) => format!("{host} (held by an app of another namespace)"),
-                (_, true) => format!("{host} (routed by Ingress {}, which is no app's)", by.name),
-                (_, false) => format!("{host} (routed by an Ingress of another namespace)"),
+                (kind, true) => format!("{host} (routed by {kind} {}, which is no app's)", by.name),
+                (kind, false) => format!("{host} (routed by an {kind} of another namespace)"),
             })
             .collect::<Vec<_>>()
             .join(", ");
@@ -141,6 +154,62 @@ impl Claims {
             ),
             waiting: false,
         })
+    }
+}
+
+/// A host named with a Secret of its own cannot be served where TLS ends at the
+/// Gateway alone: its listeners hold the certificates.
+pub fn unservable(app: &AetherApp, config: &Config) -> Option<Invalid> {
+    let gateway = config.gateway.as_ref().filter(|_| !config.ingress())?;
+    let named: Vec<&str> = app
+        .spec
+        .hosts
+        .iter()
+        .filter(|h| h.tls_secret_name.is_some())
+        .map(|h| h.name.as_str())
+        .collect();
+    if named.is_empty() {
+        return None;
+    }
+    Some(Invalid::stalled(
+        "CertificateAtGateway",
+        format!(
+            "spec.hosts: {}: tlsSecretName cannot be served here: TLS ends at Gateway {gateway}, whose listeners hold the certificates; drop tlsSecretName (the Gateway's certificate serves the host), or ask a cluster admin for a listener",
+            named.join(", ")
+        ),
+    ))
+}
+
+/// A route some controller serves, as claims see it: an Ingress or an HTTPRoute.
+#[derive(Debug)]
+pub struct Routing<'a> {
+    pub kind: &'static str,
+    pub meta: &'a ObjectMeta,
+    pub hosts: Vec<&'a str>,
+}
+
+impl<'a> From<&'a Ingress> for Routing<'a> {
+    fn from(ingress: &'a Ingress) -> Self {
+        let rules = ingress.spec.as_ref().and_then(|s| s.rules.as_ref());
+        Routing {
+            kind: "Ingress",
+            meta: &ingress.metadata,
+            hosts: rules
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.host.as_deref())
+                .collect(),
+        }
+    }
+}
+
+impl<'a> From<&'a HttpRoute> for Routing<'a> {
+    fn from(route: &'a HttpRoute) -> Self {
+        Routing {
+            kind: "HTTPRoute",
+            meta: &route.metadata,
+            hosts: route.spec.hostnames.iter().map(String::as_str).collect(),
+        }
     }
 }
 
@@ -159,44 +228,46 @@ fn claimed_at(app: &AetherApp, host: &str) -> Option<Timestamp> {
 }
 
 /// Who holds each of `app`'s hosts, among `apps` (every AetherApp, `app` among them
-/// or not) and `ingresses` (every Ingress) at `now`.
+/// or not) and `routes` (every Ingress, and every HTTPRoute where the admin named a
+/// Gateway) at `now`.
 pub fn claims<'a, 'b>(
     app: &AetherApp,
     apps: impl IntoIterator<Item = &'a AetherApp>,
-    ingresses: impl IntoIterator<Item = &'b Ingress>,
+    routes: impl IntoIterator<Item = impl Into<Routing<'b>>>,
     now: Timestamp,
 ) -> Claims {
     let uid = app.uid();
     let rank = |a: &AetherApp, at: Timestamp| (at, a.namespace().unwrap_or_default(), a.name_any());
     let apps: Vec<&AetherApp> = apps.into_iter().collect();
     let others: Vec<&AetherApp> = apps.iter().copied().filter(|a| a.uid() != uid).collect();
-    // An Ingress an app owns is that app's claim (its status says which hosts), or
+    // A route an app owns is that app's claim (its status says which hosts), or
     // one of a deleted app the garbage collector is about to remove; any other holds
     // what it routes, if it was there first.
-    let foreign: Vec<&Ingress> = ingresses
+    let foreign: Vec<Routing> = routes
         .into_iter()
-        .filter(|i| {
-            !i.owner_references()
+        .map(Into::into)
+        .filter(|r: &Routing| {
+            !r.meta
+                .owner_references
                 .iter()
+                .flatten()
                 .any(|o| o.controller == Some(true) && o.kind == "AetherApp")
         })
         .collect();
     let mut claims = Claims::default();
     for host in &app.spec.hosts {
         let held_since = claimed_at(app, &host.name);
-        let routing = foreign.iter().find(|i| {
-            let rules = i.spec.as_ref().and_then(|s| s.rules.as_ref());
-            let routes =
-                rules.is_some_and(|r| r.iter().any(|r| r.host.as_deref() == Some(host.name.as_str())));
+        let routing = foreign.iter().find(|r| {
+            let routes = r.hosts.contains(&host.name.as_str());
             // One made after the app held the host takes nothing from it.
-            let created = i.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            let created = r.meta.creation_timestamp.as_ref().map(|t| t.0);
             routes && held_since.is_none_or(|since| created.is_none_or(|c| c < since))
         });
-        if let Some(ingress) = routing {
+        if let Some(route) = routing {
             let holder = Holder {
-                kind: "Ingress",
-                namespace: ingress.namespace().unwrap_or_default(),
-                name: ingress.name_any(),
+                kind: route.kind,
+                namespace: route.meta.namespace.clone().unwrap_or_default(),
+                name: route.meta.name.clone().unwrap_or_default(),
             };
             claims.refused.push((host.name.clone(), holder));
             continue;
@@ -249,19 +320,10 @@ fn tls_secret(app: &str, host: &Host, config: &Config) -> Option<String> {
     }
 }
 
-fn meta(app: &AetherApp, name: String) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: app.namespace(),
-        labels: Some(build::labels(&app.name_any())),
-        owner_references: app.controller_owner_ref(&()).map(|o| vec![o]),
-        ..Default::default()
-    }
-}
-
-/// The Ingress routing the held hosts to the app's Service (none without hosts).
+/// The Ingress routing the held hosts to the app's Service (none without hosts, or
+/// where only a Gateway routes them).
 pub fn ingress(app: &AetherApp, held: &[Host], config: &Config) -> Option<Ingress> {
-    if held.is_empty() {
+    if held.is_empty() || !config.ingress() {
         return None;
     }
     let name = app.name_any();
@@ -302,7 +364,7 @@ pub fn ingress(app: &AetherApp, held: &[Host], config: &Config) -> Option<Ingres
         })
         .collect();
     Some(Ingress {
-        metadata: meta(app, name.clone()),
+        metadata: build::owned_meta(app, name.clone()),
         spec: Some(IngressSpec {
             ingress_class_name: config.ingress_class.clone(),
             rules: Some(rules),
@@ -314,9 +376,10 @@ pub fn ingress(app: &AetherApp, held: &[Host], config: &Config) -> Option<Ingres
 }
 
 /// The Certificate for the held hosts without a Secret of their own, when the
-/// cluster admin configured an issuer.
+/// cluster admin configured an issuer (for the app's Ingress: at a Gateway, its
+/// listeners hold the certificates).
 pub fn certificate(app: &AetherApp, held: &[Host], config: &Config) -> Option<Certificate> {
-    let issuer = config.issuer.as_ref()?;
+    let issuer = config.issuer.as_ref().filter(|_| config.ingress())?;
     let dns_names: Vec<String> = held
         .iter()
         .filter(|h| h.tls_secret_name.is_none())
@@ -327,7 +390,7 @@ pub fn certificate(app: &AetherApp, held: &[Host], config: &Config) -> Option<Ce
     }
     let name = certificate_name(&app.name_any());
     Some(Certificate {
-        metadata: meta(app, name.clone()),
+        metadata: build::owned_meta(app, name.clone()),
         spec: CertificateSpec {
             secret_name: name,
             dns_names,
@@ -341,12 +404,15 @@ pub fn certificate(app: &AetherApp, held: &[Host], config: &Config) -> Option<Ce
     })
 }
 
-/// What is known of the certificates: the Certificate as applied (with cert-manager's
-/// status), and which of the Secrets the hosts name exist.
+/// What is known of the routes and certificates: the Certificate as applied (with
+/// cert-manager's status), which of the Secrets the hosts name exist, and, where
+/// the admin named a Gateway, the app's HTTPRoute as applied and the Gateway.
 #[derive(Debug, Default)]
 pub struct Observed {
     pub certificate: Option<Certificate>,
     pub secrets_present: Vec<String>,
+    pub http_route: Option<HttpRoute>,
+    pub gateway: Option<Gateway>,
 }
 
 /// `status.hosts`: each held host, its URL and its certificate.
@@ -356,46 +422,76 @@ pub fn status(app: &AetherApp, claims: &Claims, config: &Config, seen: &Observed
         .held
         .iter()
         .map(|(host, at)| {
-            let (certificate, message) = match (&host.tls_secret_name, &config.issuer) {
-                (Some(secret), _) if seen.secrets_present.contains(secret) => ("Ready", None),
-                (Some(secret), _) => (
-                    "SecretMissing",
-                    Some(format!(
-                        "Secret {}/{secret} does not exist: create it (kubectl create secret tls {secret} --cert=... --key=...)",
-                        app.namespace().unwrap_or_default()
-                    )),
-                ),
-                (None, Some(_)) => {
-                    let ready = seen
-                        .certificate
-                        .as_ref()
-                        .and_then(|c| c.status.as_ref())
-                        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-                    match ready {
-                        Some(c) if c.status == "True" => ("Ready", None),
-                        Some(c) => ("Issuing", Some(format!("{}: {}", c.reason, c.message))),
-                        None => (
-                            "Issuing",
-                            Some(format!("Certificate {} has no verdict yet", certificate_name(&name))),
-                        ),
-                    }
-                }
-                (None, None) => ("None", None),
-            };
-            let scheme = if tls_secret(&name, host, config).is_some() {
-                "https"
+            // With both, the Ingress's (the admin's own Secret or issuer) is shown.
+            let (certificate, message) = if config.ingress() {
+                ingress_certificate(app, host, config, seen)
             } else {
-                "http"
+                gateway::listener_certificate(seen.gateway.as_ref(), &host.name)
             };
+            let route = config
+                .gateway
+                .as_ref()
+                .map(|g| gateway::route_state(seen.http_route.as_ref(), g));
+            let message = [message, route.as_ref().and_then(|r| r.1.clone())]
+                .into_iter()
+                .flatten()
+                .reduce(|a, b| format!("{a}; {b}"));
+            let tls = if config.ingress() {
+                tls_secret(&name, host, config).is_some()
+            } else {
+                certificate != "None"
+            };
+            let scheme = if tls { "https" } else { "http" };
             HostStatus {
                 name: host.name.clone(),
                 url: format!("{scheme}://{}/", host.name),
                 claimed_at: Time(*at),
                 certificate: certificate.into(),
+                route: route.map(|r| r.0),
                 message,
             }
         })
         .collect()
+}
+
+/// The certificate of a host the app's Ingress routes: its own Secret's, or the
+/// issuer's Certificate.
+fn ingress_certificate(
+    app: &AetherApp,
+    host: &Host,
+    config: &Config,
+    seen: &Observed,
+) -> (&'static str, Option<String>) {
+    let name = app.name_any();
+    match (&host.tls_secret_name, &config.issuer) {
+        (Some(secret), _) if seen.secrets_present.contains(secret) => ("Ready", None),
+        (Some(secret), _) => (
+            "SecretMissing",
+            Some(format!(
+                "Secret {}/{secret} does not exist: create it (kubectl create secret tls {secret} --cert=... --key=...)",
+                app.namespace().unwrap_or_default()
+            )),
+        ),
+        (None, Some(_)) => {
+            let ready = seen
+                .certificate
+                .as_ref()
+                .and_then(|c| c.status.as_ref())
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+            match ready {
+                Some(c) if c.status == "True" => ("Ready", None),
+                Some(c) => ("Issuing", Some(format!("{}: {}", c.reason, c.message))),
+                None => (
+                    "Issuing",
+                    Some(format!(
+                        "Certificate {} has no verdict yet",
+                        certificate_name(&name)
+                    )),
+                ),
+            }
+        }
+        (None, None) => ("None", None),
+    }
 }
 
 #[cfg(test)]
@@ -421,6 +517,7 @@ mod tests {
                     url: format!("https://{h}/"),
                     claimed_at: Time(Timestamp::from_second(*at).unwrap()),
                     certificate: "Ready".into(),
+                    route: None,
                     message: None,
                 });
             }
@@ -573,7 +670,7 @@ mod tests {
         let config = Config {
             ingress_class: Some("traefik".into()),
             issuer: Some("ClusterIssuer/local-ca".parse().unwrap()),
-            allowed_hosts: vec![],
+            ..Default::default()
         };
         let held: Vec<Host> = shop.spec.hosts.clone();
         let ingress = ingress(&shop, &held, &config).unwrap();
@@ -626,7 +723,7 @@ mod tests {
         let config = Config {
             ingress_class: None,
             issuer: Some("ClusterIssuer/local-ca".parse().unwrap()),
-            allowed_hosts: vec![],
+            ..Default::default()
         };
         let claims = claims(&shop, [&shop], no_ingress(), now());
         let mut cert = certificate(&shop, &shop.spec.hosts, &config).unwrap();
@@ -637,6 +734,7 @@ mod tests {
             &Observed {
                 certificate: Some(cert.clone()),
                 secrets_present: vec![],
+                ..Default::default()
             },
         );
         assert_eq!(issuing[0].certificate, "Issuing");
@@ -661,10 +759,162 @@ mod tests {
             &Observed {
                 certificate: Some(cert.clone()),
                 secrets_present: vec!["own-cert".into()],
+                ..Default::default()
             },
         );
         assert_eq!(ready[0].certificate, "Ready");
         assert_eq!(ready[1].certificate, "Ready");
+    }
+
+    #[test]
+    fn an_http_route_no_app_owns_holds_its_hosts_like_an_ingress() {
+        let shop = app("a", "shop", &["shop.example.com"], &[]);
+        let route = |ns: &str, hostnames: &[&str]| {
+            let mut r = HttpRoute::new(
+                "admins",
+                gateway::HttpRouteSpec {
+                    hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
+                    ..Default::default()
+                },
+            );
+            r.metadata.namespace = Some(ns.into());
+            r
+        };
+        let admins = route("ops", &["shop.example.com"]);
+        let held_by_admins = claims(&shop, [&shop], [Routing::from(&admins)], now());
+        assert!(held_by_admins.held.is_empty());
+        let said = held_by_admins.refusal("a").unwrap().message;
+        assert!(
+            said.contains("routed by an HTTPRoute of another namespace"),
+            "{said}"
+        );
+        assert!(!said.contains("ops") && !said.contains("admins"), "{said}");
+        let own_namespace = claims_of(&shop, &route("a", &["shop.example.com"]));
+        assert!(
+            own_namespace.contains("routed by HTTPRoute admins, which is no app's"),
+            "{own_namespace}"
+        );
+        // A wildcard route yields to an app's exact host at the controller.
+        let wildcard = route("ops", &["*.example.com"]);
+        assert!(
+            claims(&shop, [&shop], [Routing::from(&wildcard)], now())
+                .refused
+                .is_empty()
+        );
+    }
+
+    fn claims_of(app: &AetherApp, route: &HttpRoute) -> String {
+        claims(app, [app], [Routing::from(route)], now())
+            .refusal("a")
+            .unwrap()
+            .message
+    }
+
+    fn gateway_only() -> Config {
+        Config {
+            gateway: Some("infra/public".parse().unwrap()),
+            issuer: Some("ClusterIssuer/local-ca".parse().unwrap()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn with_only_a_gateway_named_hosts_are_routed_by_http_routes_with_the_gateway_s_tls() {
+        let config = gateway_only();
+        assert!(!config.ingress());
+        let shop = app("a", "shop", &["shop.apps.example.com"], &[]);
+        let held = shop.spec.hosts.clone();
+        assert!(ingress(&shop, &held, &config).is_none(), "no Ingress");
+        assert!(
+            certificate(&shop, &held, &config).is_none(),
+            "the Gateway's listeners hold it"
+        );
+        let claims = claims(&shop, [&shop], no_ingress(), now());
+        let mut gw = Gateway::new(
+            "public",
+            gateway::GatewaySpec {
+                listeners: vec![gateway::Listener {
+                    name: "apps".into(),
+                    hostname: Some("*.apps.example.com".into()),
+                    protocol: "HTTPS".into(),
+                }],
+            },
+        );
+        gw.status = Some(gateway::GatewayStatus {
+            listeners: vec![gateway::ListenerStatus {
+                name: "apps".into(),
+                conditions: vec![Condition {
+                    type_: "Programmed".into(),
+                    status: "True".into(),
+                    reason: "Programmed".into(),
+                    message: String::new(),
+                    last_transition_time: Time(now()),
+                    observed_generation: None,
+                }],
+            }],
+        });
+        let mut route = gateway::http_route(&shop, &held, config.gateway.as_ref().unwrap()).unwrap();
+        let seen = |route: &HttpRoute| Observed {
+            http_route: Some(route.clone()),
+            gateway: Some(gw.clone()),
+            ..Default::default()
+        };
+        let pending = status(&shop, &claims, &config, &seen(&route));
+        assert_eq!(pending[0].url, "https://shop.apps.example.com/");
+        assert_eq!(pending[0].certificate, "Ready");
+        assert_eq!(pending[0].route.as_deref(), Some("Pending"));
+        assert!(pending[0].message.as_ref().unwrap().contains("not accepted"));
+        route.status = Some(gateway::HttpRouteStatus {
+            parents: vec![gateway::RouteParentStatus {
+                parent_ref: route.spec.parent_refs[0].clone(),
+                conditions: vec![Condition {
+                    type_: "Accepted".into(),
+                    status: "True".into(),
+                    reason: "Accepted".into(),
+                    message: String::new(),
+                    last_transition_time: Time(now()),
+                    observed_generation: None,
+                }],
+            }],
+        });
+        let accepted = status(&shop, &claims, &config, &seen(&route));
+        assert_eq!(accepted[0].route.as_deref(), Some("Accepted"));
+        assert_eq!(accepted[0].message, None);
+        assert!(unservable(&shop, &config).is_none());
+    }
+
+    #[test]
+    fn a_host_s_own_secret_is_refused_where_tls_ends_only_at_the_gateway() {
+        let mut shop = app("a", "shop", &["shop.example.com", "own.example.com"], &[]);
+        shop.spec.hosts[1].tls_secret_name = Some("own-cert".into());
+        let refusal = unservable(&shop, &gateway_only()).unwrap();
+        assert!(!refusal.waiting);
+        assert!(refusal.message.contains("own.example.com"), "{}", refusal.message);
+        assert!(
+            !refusal.message.contains("shop.example.com"),
+            "{}",
+            refusal.message
+        );
+        assert!(refusal.message.contains("infra/public"), "{}", refusal.message);
+        // With an ingress class too, the Ingress serves the Secret, the HTTPRoute the rest.
+        let both = Config {
+            ingress_class: Some("traefik".into()),
+            ..gateway_only()
+        };
+        assert!(both.ingress());
+        assert!(unservable(&shop, &both).is_none());
+        assert!(unservable(&shop, &Config::default()).is_none());
+        let held = shop.spec.hosts.clone();
+        assert!(ingress(&shop, &held, &both).is_some());
+        let claims = claims(&shop, [&shop], no_ingress(), now());
+        let shown = status(&shop, &claims, &both, &Observed::default());
+        assert_eq!(
+            shown[1].certificate, "SecretMissing",
+            "the Ingress's certificate is shown"
+        );
+        assert_eq!(shown[1].route.as_deref(), Some("Pending"));
+        let ingress_only = status(&shop, &claims, &Config::default(), &Observed::default());
+        assert_eq!(ingress_only[0].route, None);
     }
 
     #[test]

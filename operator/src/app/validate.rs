@@ -95,7 +95,7 @@ pub struct Invalid {
 }
 
 impl Invalid {
-    fn stalled(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn stalled(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             reason,
             message: message.into(),
