@@ -102,15 +102,17 @@ build_traefik() {
   "$TRAEFIK_BIN/traefik" version
 }
 
-# Gateway API's standard-channel CRDs, copied out of its Go module.
+# Gateway API's standard-channel CRDs, copied out of its Go module (whole, or not
+# at all: an interrupted copy must not pass for the cache).
 build_gateway_api() {
-  if compgen -G "$GATEWAY_API_CRDS/*.yaml" >/dev/null; then log "gateway-api $GATEWAY_API_VERSION: cached in $GATEWAY_API_CRDS"; return; fi
+  if [[ -d "$GATEWAY_API_CRDS" ]]; then log "gateway-api $GATEWAY_API_VERSION: cached in $GATEWAY_API_CRDS"; return; fi
   local dir
   dir="$(GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')"
   [[ -d "$dir/config/crd/standard" ]] || die "could not download gateway-api $GATEWAY_API_VERSION"
-  mkdir -p "$GATEWAY_API_CRDS"
-  cp "$dir"/config/crd/standard/*.yaml "$GATEWAY_API_CRDS/"
-  chmod u+w "$GATEWAY_API_CRDS"/*.yaml
+  rm -rf "$GATEWAY_API_CRDS.tmp"; mkdir -p "$GATEWAY_API_CRDS.tmp"
+  cp "$dir"/config/crd/standard/*.yaml "$GATEWAY_API_CRDS.tmp/"
+  chmod u+w "$GATEWAY_API_CRDS.tmp"/*.yaml
+  mv "$GATEWAY_API_CRDS.tmp" "$GATEWAY_API_CRDS"
 }
 
 # cert-manager's controller binary is its own module, which the module proxy does

@@ -184,7 +184,7 @@ check_binaries() {
   [[ -x "$GARAGE_BIN/garage" ]] || die "missing $GARAGE_BIN/garage: run hack/build-components.sh"
   [[ -x "$TRAEFIK_BIN/traefik" ]] || die "missing $TRAEFIK_BIN/traefik: run hack/build-components.sh"
   [[ -x "$CERT_MANAGER_BIN/cert-manager-controller" ]] || die "missing $CERT_MANAGER_BIN/cert-manager-controller: run hack/build-components.sh"
-  compgen -G "$GATEWAY_API_CRDS/*.yaml" >/dev/null || die "missing $GATEWAY_API_CRDS: run hack/build-components.sh"
+  [[ -d "$GATEWAY_API_CRDS" ]] || die "missing $GATEWAY_API_CRDS: run hack/build-components.sh"
 }
 
 prepare_host() {
@@ -609,7 +609,10 @@ cmd_up() {
   phase "system packages" "$HACK_DIR/deps.sh"
   phase "components" "$HACK_DIR/build-components.sh"
   check_binaries
-  if all_running && kubectl_admin get --raw /readyz >/dev/null 2>&1; then
+  # A cluster started by an older version of this script lacks what later ones
+  # add (the Gateway): it is started again.
+  if all_running && kubectl_admin get --raw /readyz >/dev/null 2>&1 &&
+    kubectl_admin -n aether-ingress get gateway aether >/dev/null 2>&1; then
     log "already up; checking health"
   else
     phase "clean previous state" cmd_down

@@ -12,8 +12,8 @@ GARAGE_VERSION="${GARAGE_VERSION:-2.5.0}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
 TRAEFIK_VERSION="${TRAEFIK_VERSION:-v3.6.12}"  # v3.7 needs modules the proxy does not serve
 CERT_MANAGER_VERSION="${CERT_MANAGER_VERSION:-v1.21.2}"
-# Gateway API's standard CRDs, the version Traefik $TRAEFIK_VERSION builds against
-# (its go.mod), from that Go module.
+# Gateway API's standard CRDs, from that Go module: the version Traefik builds
+# against (sigs.k8s.io/gateway-api in its go.mod): bump the two together.
 GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.4.0}"
 CARGO_DENY_VERSION="${CARGO_DENY_VERSION:-0.20.2}"  # `make lint`'s dependency check
 # Official Node.js builds for the local node images, one per major the operator may

@@ -225,8 +225,12 @@ pub fn pod_selector(app: &AetherApp) -> String {
         .unwrap_or_else(|| format!("app.kubernetes.io/instance={name},app.kubernetes.io/name={name}"))
 }
 
+/// How often [`wait_for`] asks again about the object it last saw.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Watch `name` until `done` returns a value (no polling: each change arrives as it
-/// happens). `what` names the wait in the timeout error.
+/// happens, and the object last seen is asked about again every [`RECHECK`], for a
+/// `done` that depends on time). `what` names the wait in the timeout error.
 pub async fn wait_for<K, T>(
     api: &kube::Api<K>,
     name: &str,
@@ -245,13 +249,29 @@ where
     let watch = async {
         let mut stream = std::pin::pin!(kube::runtime::watcher::watch_object(api.clone(), name));
         let mut seen = false;
-        while let Some(item) = stream.next().await {
+        // `done` may depend on time too (how long a verdict has stood): the object
+        // last seen is asked again now and then, not only when it changes.
+        let mut last: Option<K> = None;
+        let mut again = tokio::time::interval(RECHECK);
+        again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = again.tick() => {
+                    if let Some(value) = last.as_ref().and_then(&mut done) {
+                        return Ok(value);
+                    }
+                    continue;
+                }
+            };
+            let Some(item) = item else { break };
             match item {
                 Ok(Some(object)) => {
                     seen = true;
                     if let Some(value) = done(&object) {
                         return Ok(value);
                     }
+                    last = Some(object);
                 }
                 // Gone after it was there: nothing more will come.
                 Ok(None) if seen => {

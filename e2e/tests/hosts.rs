@@ -278,19 +278,25 @@ async fn a_pushed_host_answers_through_the_gateway_and_an_admin_s_http_route_kee
         assert_eq!(shown.code, Some(0), "{}", shown.stderr);
         assert_eq!(shown.json["hosts"][0]["route"], "Accepted", "{}", shown.json);
 
-        // 3. An HTTPRoute that is no app's (a cluster admin's) holds its host: an app
-        // asking for it is refused, and the route stays as it was. An editor cannot
-        // write HTTPRoutes to get around the claims.
+        // 3. An HTTPRoute that is no app's (a cluster admin's, in a namespace of
+        // theirs) holds its host: an app asking for it is refused, without being
+        // told where, and gets no route. An editor cannot write HTTPRoutes to get
+        // around the claims.
         let held = format!("admin-{ns}.{domain}");
+        let admin_ns = format!("{ns}-admin");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let namespace: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": admin_ns}}))?;
+        namespaces.create(&PostParams::default(), &namespace).await?;
         let admins: DynamicObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": {"name": "admins", "namespace": ns},
+            "metadata": {"name": "admins", "namespace": admin_ns},
             "spec": {
                 "hostnames": [held],
-                "rules": [{"backendRefs": [{"name": APP, "port": 80}]}],
+                "rules": [{"backendRefs": [{"name": "grafana", "port": 80}]}],
             },
         }))?;
-        http_routes(&client, &ns)
+        http_routes(&client, &admin_ns)
             .create(&PostParams::default(), &admins)
             .await?;
         let other = tempfile::tempdir()?;
@@ -306,15 +312,15 @@ async fn a_pushed_host_answers_through_the_gateway_and_an_admin_s_http_route_kee
         assert_ne!(run.code, Some(0), "an app took an admin's host:\n{said}");
         assert!(said.contains("HostClaimed"), "{said}");
         assert!(
-            said.contains(&format!("{held} (routed by HTTPRoute admins, which is no app's)")),
+            said.contains(&format!("{held} (routed by an HTTPRoute of another namespace)")),
             "{said}"
         );
+        assert!(!said.contains(&admin_ns), "{said}");
         assert!(
             http_routes(&client, &ns).get_opt("squatter").await?.is_none(),
             "the refused app got an HTTPRoute"
         );
-        let kept = http_routes(&client, &ns).get("admins").await?.data;
-        assert_eq!(kept["spec"]["hostnames"], serde_json::json!([held]));
+        namespaces.delete(&admin_ns, &DeleteParams::background()).await?;
         bind_user(&client, &ns, RIVAL, "aether-editor").await?;
         let out = Command::new("kubectl")
             .args(["auth", "can-i", "create", "httproutes.gateway.networking.k8s.io"])

@@ -114,7 +114,8 @@ pub struct Args {
     /// [default: the cluster's default class].
     #[arg(long, env = "AETHER_INGRESS_CLASS")]
     pub ingress_class: Option<String>,
-    /// The Gateway (`NAMESPACE/NAME`, Gateway API) that apps' HTTPRoutes attach to;
+    /// The Gateway (`NAMESPACE/NAME`, Gateway API; `NAMESPACE/NAME/LISTENER`: that
+    /// listener alone) that apps' HTTPRoutes attach to;
     /// TLS then ends there, with the certificates of its listeners. Set alone, hosts
     /// are routed only by HTTPRoutes; with --ingress-class too, by both [default:
     /// none, Ingresses only].

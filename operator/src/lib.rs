@@ -157,11 +157,21 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     )
     .backoff(backoff::WatchBackoff::default());
     tokio::spawn(ingress_events.for_each(|_| futures::future::ready(())));
-    // And every HTTPRoute, where apps' hosts also go through a Gateway (the kind
-    // exists only where Gateway API is installed).
+    // And every HTTPRoute, wherever Gateway API is installed: those of apps whose
+    // hosts go through the admin's Gateway, and those left from when they did.
     let gateway = app_config.route.gateway.clone();
+    let http_routes_served = Api::<app::gateway::HttpRoute>::all(client.clone())
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+        .is_ok();
+    if let (Some(gateway), false) = (&gateway, http_routes_served) {
+        warn!(
+            %gateway,
+            "HTTPRoutes cannot be listed (is Gateway API installed? may the operator list them?): apps' hosts say so in their status"
+        );
+    }
     let (http_routes, http_routes_writer) = reflector::store::<app::gateway::HttpRoute>();
-    if gateway.is_some() {
+    if http_routes_served {
         let route_events = reflector(
             http_routes_writer,
             watcher(
@@ -226,7 +236,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
         .owns(Api::<Ingress>::all(client.clone()), owned.clone());
     // The Gateway's word on an app's route (its status) is seen at once.
-    if gateway.is_some() {
+    if http_routes_served {
         apps = apps.owns(Api::<app::gateway::HttpRoute>::all(client.clone()), owned);
     }
     let app_controller = apps
@@ -249,12 +259,11 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
                 "Ingresses could not be listed: hosts routed by Ingresses no app owns are not seen until they can"
             ),
         }
-        if let Some(gateway) = gateway {
+        if http_routes_served {
             match tokio::time::timeout(Duration::from_secs(60), http_routes.wait_until_ready()).await {
                 Ok(Ok(())) => {}
                 _ => warn!(
-                    %gateway,
-                    "HTTPRoutes could not be listed (is Gateway API installed?): hosts routed by HTTPRoutes no app owns are not seen until they can"
+                    "HTTPRoutes could not be listed: hosts routed by HTTPRoutes no app owns are not seen until they can"
                 ),
             }
         }

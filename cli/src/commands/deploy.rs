@@ -56,19 +56,28 @@ pub struct Follow {
     /// reported before it was about the damaged bytes, not this rollout.
     pub repaired_at: Option<Timestamp>,
     /// When the operator verified the artifact (`status.verifiedAt`): a stall about
-    /// the artifact or the namespace's enablement from before then is stale, when
-    /// the push did not change the spec (an app applied before its artifact was
-    /// uploaded, or before an admin enabled the namespace).
+    /// the artifact or the namespace's enablement that began before then may be
+    /// stale (an app applied before its artifact was uploaded, or before an admin
+    /// enabled the namespace, and a push that leaves its spec as it was). The app
+    /// is woken by the artifact's change; [`STALE_GRACE`] gives it the time to say
+    /// so, and a stall that outlasts it is the rollout's.
     pub artifact_verified_at: Option<Timestamp>,
 }
 
+/// How long a stall that a Ready artifact may have ended is not taken as the
+/// rollout's ([`Follow::artifact_verified_at`]). Its start time cannot tell: a
+/// condition keeps it while it stays true, whatever the reason says since.
+const STALE_GRACE: Duration = Duration::from_secs(30);
+
 impl Follow {
-    /// Does the operator's `Stalled` condition speak of this rollout?
-    fn is_current(&self, stalled: &Condition) -> bool {
+    /// Does the operator's `Stalled` condition speak of this rollout, `waited` into
+    /// following it?
+    fn is_current(&self, stalled: &Condition, waited: Duration) -> bool {
         let at = stalled.last_transition_time.0;
         let repaired_since = self.repaired_at.is_some_and(|t| at < t);
         let artifact_since = self.artifact_verified_at.is_some_and(|t| at <= t)
-            && aether_crds::condition::app::ended_by_a_ready_artifact(&stalled.reason);
+            && aether_crds::condition::app::ended_by_a_ready_artifact(&stalled.reason)
+            && waited < STALE_GRACE;
         !repaired_since && !artifact_since
     }
 }
@@ -243,7 +252,7 @@ pub async fn follow_applied(
             if observed
                 && let Some(stalled) = condition(STALLED)
                     .filter(|c| c.status == "True")
-                    .filter(|c| follow.is_current(c))
+                    .filter(|c| follow.is_current(c, started.elapsed()))
             {
                 return Some(Err(deploy_failed(
                     app,
@@ -490,22 +499,31 @@ mod tests {
     #[test]
     fn a_stall_from_before_the_artifact_was_verified_is_stale_only_if_the_artifact_ends_it() {
         let pushed = follow(None, Some(100));
+        let soon = Duration::from_secs(1);
         // The app was applied before the upload, or before an admin enabled the
-        // namespace: what it said then does not fail this push.
+        // namespace: what it said then does not fail this push at once.
         for reason in ["ArtifactFailed", "ArtifactNotFound", "NamespaceNotEnabled"] {
-            assert!(!pushed.is_current(&stalled(reason, 90)), "{reason}");
-            assert!(!pushed.is_current(&stalled(reason, 100)), "{reason}, same second");
-            assert!(pushed.is_current(&stalled(reason, 101)), "{reason}, after");
+            assert!(!pushed.is_current(&stalled(reason, 90), soon), "{reason}");
+            assert!(
+                !pushed.is_current(&stalled(reason, 100), soon),
+                "{reason}, same second"
+            );
+            assert!(pushed.is_current(&stalled(reason, 101), soon), "{reason}, after");
+            // Still said once the operator had the time to look again: it is so.
+            assert!(
+                pushed.is_current(&stalled(reason, 90), STALE_GRACE),
+                "{reason}, later"
+            );
         }
         // A verdict a Ready artifact does not change stands.
-        assert!(pushed.is_current(&stalled("SignatureRejected", 90)));
-        assert!(pushed.is_current(&stalled("AppCrashing", 90)));
+        assert!(pushed.is_current(&stalled("SignatureRejected", 90), soon));
+        assert!(pushed.is_current(&stalled("AppCrashing", 90), soon));
         // Nothing known about the artifact: every stall counts.
-        assert!(follow(None, None).is_current(&stalled("ArtifactFailed", 90)));
+        assert!(follow(None, None).is_current(&stalled("ArtifactFailed", 90), soon));
         // Repaired blobs: the crashes on the damaged bytes before are stale.
         let repaired = follow(Some(100), Some(100));
-        assert!(!repaired.is_current(&stalled("AppCrashing", 99)));
-        assert!(repaired.is_current(&stalled("AppCrashing", 100)));
+        assert!(!repaired.is_current(&stalled("AppCrashing", 99), soon));
+        assert!(repaired.is_current(&stalled("AppCrashing", 100), soon));
     }
 
     #[test]

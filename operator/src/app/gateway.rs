@@ -1,5 +1,6 @@
 //! Gateway API routes for an app's public hosts, where the cluster admin named a
-//! Gateway (`--gateway NAMESPACE/NAME`): each app's HTTPRoute attaches to it. TLS is
+//! Gateway (`--gateway NAMESPACE/NAME[/LISTENER]`): each app's HTTPRoute attaches to
+//! it (to that one listener, when named: not to a plain-HTTP or internal one). TLS is
 //! the Gateway's: its listeners hold the certificates (a wildcard one, or those
 //! cert-manager's gateway-shim issues for it), so a host naming a Secret of its own
 //! cannot be served this way. What the Gateway says of the route and of the
@@ -14,16 +15,22 @@ use super::build;
 
 pub const GROUP: &str = "gateway.networking.k8s.io";
 
-/// The Gateway every app's HTTPRoute attaches to.
+/// The Gateway every app's HTTPRoute attaches to, and the listener, if one is named.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayRef {
     pub namespace: String,
     pub name: String,
+    /// The listener (`sectionName`); none: every listener that admits the route.
+    pub section: Option<String>,
 }
 
 impl std::fmt::Display for GatewayRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+        write!(f, "{}/{}", self.namespace, self.name)?;
+        match &self.section {
+            Some(section) => write!(f, " (listener {section})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -31,14 +38,18 @@ impl std::str::FromStr for GatewayRef {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.split_once('/') {
-            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts[..] {
+            [namespace, name] | [namespace, name, _] if !namespace.is_empty() && !name.is_empty() => {
                 Ok(GatewayRef {
                     namespace: namespace.into(),
                     name: name.into(),
+                    section: parts.get(2).filter(|s| !s.is_empty()).map(|s| s.to_string()),
                 })
             }
-            _ => Err(format!("{s}: expected NAMESPACE/NAME of a Gateway")),
+            _ => Err(format!(
+                "{s}: expected NAMESPACE/NAME of a Gateway, or NAMESPACE/NAME/LISTENER"
+            )),
         }
     }
 }
@@ -74,6 +85,8 @@ pub struct ParentRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -170,6 +183,7 @@ pub fn http_route(app: &aether_crds::AetherApp, held: &[Host], gateway: &Gateway
                 kind: Some("Gateway".into()),
                 namespace: Some(gateway.namespace.clone()),
                 name: gateway.name.clone(),
+                section_name: gateway.section.clone(),
             }],
             hostnames: held.iter().map(|h| h.name.clone()).collect(),
             rules: vec![HttpRouteRule {
@@ -183,10 +197,12 @@ pub fn http_route(app: &aether_crds::AetherApp, held: &[Host], gateway: &Gateway
     })
 }
 
-/// What the Gateway says of the app's route: `Accepted`, `Pending` (no word yet),
-/// or the reason it does not route it, with its message.
+/// What the Gateway says of the app's route, as it is now (its word on an earlier
+/// generation does not count): `Accepted` (and its backend resolved), `Pending` (no
+/// word yet), or the reason it does not route it, with its message.
 pub fn route_state(route: Option<&HttpRoute>, gateway: &GatewayRef) -> (String, Option<String>) {
-    let accepted = route
+    let generation = route.and_then(|r| r.metadata.generation);
+    let conditions = route
         .and_then(|r| r.status.as_ref())
         .and_then(|s| {
             s.parents.iter().find(|p| {
@@ -195,50 +211,67 @@ pub fn route_state(route: Option<&HttpRoute>, gateway: &GatewayRef) -> (String, 
                         .namespace
                         .as_deref()
                         .is_none_or(|n| n == gateway.namespace)
+                    && p.parent_ref.section_name == gateway.section
             })
         })
-        .and_then(|p| p.conditions.iter().find(|c| c.type_ == "Accepted"));
-    match accepted {
-        Some(c) if c.status == "True" => ("Accepted".into(), None),
-        Some(c) => (
-            c.reason.clone(),
-            Some(format!("Gateway {gateway} does not route it: {}", c.message)),
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
+    let current = |type_: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .filter(|c| generation.is_none_or(|g| c.observed_generation.is_none_or(|o| o >= g)))
+    };
+    match (current("Accepted"), current("ResolvedRefs")) {
+        (Some(a), _) if a.status != "True" => (
+            a.reason.clone(),
+            Some(format!("Gateway {gateway} does not route it: {}", a.message)),
         ),
-        None => (
+        (Some(_), Some(r)) if r.status != "True" => (
+            r.reason.clone(),
+            Some(format!("Gateway {gateway} cannot reach the app: {}", r.message)),
+        ),
+        (Some(_), _) => ("Accepted".into(), None),
+        (None, _) => (
             "Pending".into(),
             Some(format!("Gateway {gateway} has not accepted the route yet")),
         ),
     }
 }
 
-/// The certificate serving `host` at the Gateway: `Ready` when an HTTPS listener
+/// The certificate serving `host` at the Gateway: `Ready` when the HTTPS listener
 /// covering it has its certificate and is programmed, `NotReady` (with the
-/// listener's word) when it is not yet, `None` when only plain HTTP listeners cover
-/// it. The first listener that covers the host most narrowly is the one it gets.
-pub fn listener_certificate(gateway: Option<&Gateway>, host: &str) -> (&'static str, Option<String>) {
+/// listener's reason: its message is the admin's business) when it is not yet,
+/// `None` when only plain HTTP listeners cover it. The listener is the named one,
+/// or the one that covers the host most narrowly (an exact name, then the longest
+/// wildcard, then none), HTTPS before HTTP.
+pub fn listener_certificate(
+    gateway: Option<&Gateway>,
+    gateway_ref: &GatewayRef,
+    host: &str,
+) -> (&'static str, Option<String>) {
     let Some(gateway) = gateway else {
-        return ("NotReady", Some("the Gateway does not exist".into()));
+        return ("NotReady", Some(format!("Gateway {gateway_ref} does not exist")));
     };
-    // An exact hostname beats a wildcard, a wildcard beats none (Gateway API).
-    let rank = |l: &Listener| match l.hostname.as_deref() {
-        Some(h) if !h.starts_with('*') => 0,
-        Some(_) => 1,
-        None => 2,
+    let rank = |l: &Listener| {
+        let narrowness = match l.hostname.as_deref() {
+            Some(h) if !h.starts_with('*') => (0, 0),
+            Some(h) => (1, usize::MAX - h.len()),
+            None => (2, 0),
+        };
+        (narrowness, l.protocol != "HTTPS")
     };
     let listener = gateway
         .spec
         .listeners
         .iter()
+        .filter(|l| gateway_ref.section.as_ref().is_none_or(|s| *s == l.name))
         .filter(|l| l.hostname.as_deref().is_none_or(|h| covers(h, host)))
         .min_by_key(|l| rank(l));
     let Some(listener) = listener else {
         return (
             "NotReady",
-            Some(format!(
-                "no listener of Gateway {}/{} covers {host}",
-                gateway.namespace().unwrap_or_default(),
-                gateway.name_any()
-            )),
+            Some(format!("no listener of Gateway {gateway_ref} covers {host}")),
         );
     };
     if listener.protocol != "HTTPS" {
@@ -260,7 +293,10 @@ pub fn listener_certificate(gateway: Option<&Gateway>, host: &str) -> (&'static 
         ),
         (false, Some(c)) => (
             "NotReady",
-            Some(format!("listener {}: {}: {}", listener.name, c.reason, c.message)),
+            Some(format!(
+                "listener {} of Gateway {gateway_ref}: {}",
+                listener.name, c.reason
+            )),
         ),
         (false, None) => ("Ready", None),
     }
@@ -293,10 +329,14 @@ mod tests {
             gateway_ref(),
             GatewayRef {
                 namespace: "infra".into(),
-                name: "public".into()
+                name: "public".into(),
+                section: None,
             }
         );
-        for bad in ["public", "/public", "infra/", "a/b/c"] {
+        let listener: GatewayRef = "infra/public/https".parse().unwrap();
+        assert_eq!(listener.section.as_deref(), Some("https"));
+        assert_eq!(listener.to_string(), "infra/public (listener https)");
+        for bad in ["public", "/public", "infra/", "a/b/c/d", "/b/c"] {
             assert!(bad.parse::<GatewayRef>().is_err(), "{bad}");
         }
     }
@@ -339,85 +379,151 @@ mod tests {
             json["spec"]["rules"][0]["backendRefs"][0],
             serde_json::json!({"name": "shop", "port": 80})
         );
+        // A named listener: the route attaches to it alone.
+        let https = http_route(&app, &held, &"infra/public/https".parse().unwrap()).unwrap();
+        let json = serde_json::to_value(&https).unwrap();
+        assert_eq!(json["spec"]["parentRefs"][0]["sectionName"], "https");
     }
 
     #[test]
-    fn the_route_state_is_the_gateway_s_word_on_it() {
+    fn the_route_state_is_the_gateway_s_word_on_the_route_as_it_is() {
         let gw = gateway_ref();
         let mut route = HttpRoute::new("shop", HttpRouteSpec::default());
+        route.metadata.generation = Some(2);
         assert_eq!(route_state(Some(&route), &gw).0, "Pending");
-        let parent = |name: &str, accepted: Condition| RouteParentStatus {
+        let parent = |name: &str, conditions: Vec<Condition>| RouteParentStatus {
             parent_ref: ParentRef {
                 namespace: Some("infra".into()),
                 name: name.into(),
                 ..Default::default()
             },
-            conditions: vec![accepted],
+            conditions,
         };
         route.status = Some(HttpRouteStatus {
             parents: vec![
-                parent("other", condition("Accepted", "True", "Accepted")),
-                parent("public", condition("Accepted", "False", "NotAllowedByListeners")),
+                parent("other", vec![condition("Accepted", "True", "Accepted")]),
+                parent(
+                    "public",
+                    vec![condition("Accepted", "False", "NotAllowedByListeners")],
+                ),
             ],
         });
         let (state, message) = route_state(Some(&route), &gw);
         assert_eq!(state, "NotAllowedByListeners");
         assert!(message.unwrap().contains("infra/public"));
-        route.status.as_mut().unwrap().parents[1].conditions[0] = condition("Accepted", "True", "Accepted");
+        let accepted = condition("Accepted", "True", "Accepted");
+        route.status.as_mut().unwrap().parents[1].conditions = vec![accepted.clone()];
         assert_eq!(route_state(Some(&route), &gw), ("Accepted".into(), None));
+        // Its word on the generation before (a host added since) is not its word now.
+        let earlier = Condition {
+            observed_generation: Some(1),
+            ..accepted.clone()
+        };
+        route.status.as_mut().unwrap().parents[1].conditions = vec![earlier];
+        assert_eq!(route_state(Some(&route), &gw).0, "Pending");
+        // Accepted, but the Service cannot be reached.
+        route.status.as_mut().unwrap().parents[1].conditions =
+            vec![accepted, condition("ResolvedRefs", "False", "BackendNotFound")];
+        assert_eq!(route_state(Some(&route), &gw).0, "BackendNotFound");
+        // Attached to another listener than the one named: no word on this one.
+        let listener: GatewayRef = "infra/public/https".parse().unwrap();
+        assert_eq!(route_state(Some(&route), &listener).0, "Pending");
     }
 
-    #[test]
-    fn the_certificate_is_the_covering_listener_s() {
-        let listener = |name: &str, hostname: Option<&str>, protocol: &str| Listener {
+    fn listener(name: &str, hostname: Option<&str>, protocol: &str) -> Listener {
+        Listener {
             name: name.into(),
             hostname: hostname.map(Into::into),
             protocol: protocol.into(),
-        };
-        let mut gateway = Gateway::new(
-            "public",
-            GatewaySpec {
-                listeners: vec![
-                    listener("http", None, "HTTP"),
-                    listener("apps", Some("*.apps.example.com"), "HTTPS"),
-                    listener("shop", Some("shop.apps.example.com"), "HTTPS"),
-                ],
-            },
-        );
-        gateway.metadata.namespace = Some("infra".into());
-        let ok = |name: &str| ListenerStatus {
+        }
+    }
+
+    fn programmed(name: &str) -> ListenerStatus {
+        ListenerStatus {
             name: name.into(),
             conditions: vec![
                 condition("ResolvedRefs", "True", "ResolvedRefs"),
                 condition("Programmed", "True", "Programmed"),
             ],
-        };
+        }
+    }
+
+    fn gateway(listeners: Vec<Listener>) -> Gateway {
+        let statuses = listeners.iter().map(|l| programmed(&l.name)).collect();
+        let mut gateway = Gateway::new("public", GatewaySpec { listeners });
+        gateway.metadata.namespace = Some("infra".into());
+        gateway.status = Some(GatewayStatus { listeners: statuses });
+        gateway
+    }
+
+    #[test]
+    fn the_certificate_is_that_of_the_listener_serving_the_host() {
+        let gw = gateway_ref();
+        let mut gateway = gateway(vec![
+            listener("http", None, "HTTP"),
+            listener("apps", Some("*.apps.example.com"), "HTTPS"),
+            listener("shop", Some("shop.apps.example.com"), "HTTPS"),
+        ]);
         assert_eq!(
-            listener_certificate(Some(&gateway), "x.apps.example.com").0,
-            "NotReady"
-        );
-        gateway.status = Some(GatewayStatus {
-            listeners: vec![ok("http"), ok("apps"), ok("shop")],
-        });
-        assert_eq!(
-            listener_certificate(Some(&gateway), "x.apps.example.com"),
+            listener_certificate(Some(&gateway), &gw, "x.apps.example.com"),
             ("Ready", None)
         );
         assert_eq!(
-            listener_certificate(Some(&gateway), "elsewhere.com"),
+            listener_certificate(Some(&gateway), &gw, "elsewhere.com"),
             ("None", None)
         );
-        // The exact listener serves its host, and its certificate is not there yet.
+        // The exact listener serves its host, and its certificate is not there yet:
+        // its reason is said, not the admin's message (Secret names).
         gateway.status.as_mut().unwrap().listeners[2].conditions[0] =
             condition("ResolvedRefs", "False", "InvalidCertificateRef");
-        let (state, message) = listener_certificate(Some(&gateway), "shop.apps.example.com");
+        let (state, message) = listener_certificate(Some(&gateway), &gw, "shop.apps.example.com");
         assert_eq!(state, "NotReady");
-        assert!(message.unwrap().contains("InvalidCertificateRef"));
-        assert_eq!(listener_certificate(None, "shop.apps.example.com").0, "NotReady");
+        let message = message.unwrap();
+        assert!(message.contains("InvalidCertificateRef"), "{message}");
+        assert!(!message.contains("said"), "{message}");
+        assert_eq!(
+            listener_certificate(None, &gw, "shop.apps.example.com").0,
+            "NotReady"
+        );
+        // No status yet: not ready.
+        gateway.status = None;
+        assert_eq!(
+            listener_certificate(Some(&gateway), &gw, "x.apps.example.com").0,
+            "NotReady"
+        );
         gateway.spec.listeners.remove(0);
         assert_eq!(
-            listener_certificate(Some(&gateway), "elsewhere.com").0,
+            listener_certificate(Some(&gateway), &gw, "elsewhere.com").0,
             "NotReady"
+        );
+    }
+
+    #[test]
+    fn the_narrowest_listener_serves_a_host_https_first_or_the_named_one() {
+        let gw = gateway_ref();
+        // cert-manager's gateway-shim layout: HTTP and HTTPS per hostname, HTTP first.
+        let mut gateway = gateway(vec![
+            listener("wide", Some("*.example.com"), "HTTPS"),
+            listener("apps-http", Some("*.apps.example.com"), "HTTP"),
+            listener("apps", Some("*.apps.example.com"), "HTTPS"),
+        ]);
+        gateway.status.as_mut().unwrap().listeners[0].conditions[0] =
+            condition("ResolvedRefs", "False", "InvalidCertificateRef");
+        // The longer wildcard, over HTTPS: Ready (not the broken wide one).
+        assert_eq!(
+            listener_certificate(Some(&gateway), &gw, "x.apps.example.com"),
+            ("Ready", None)
+        );
+        // The one the admin named, whatever covers the host more narrowly.
+        let wide: GatewayRef = "infra/public/wide".parse().unwrap();
+        assert_eq!(
+            listener_certificate(Some(&gateway), &wide, "x.apps.example.com").0,
+            "NotReady"
+        );
+        let http: GatewayRef = "infra/public/apps-http".parse().unwrap();
+        assert_eq!(
+            listener_certificate(Some(&gateway), &http, "x.apps.example.com"),
+            ("None", None)
         );
     }
 }

@@ -480,12 +480,19 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     }
     let already_falling_back = aether_crds::condition::find(&old.conditions, aether_crds::condition::READY)
         .is_some_and(|c| c.reason == aether_crds::condition::app::ROLLING_BACK);
+    // Certificates and Gateways are not watched (an app's HTTPRoute is): their
+    // progress is seen on a look.
+    let hosts_waiting = new.hosts.iter().any(|h| {
+        matches!(h.certificate.as_str(), "Issuing" | "NotReady") || h.route.as_deref() == Some("Unavailable")
+    });
     let next = if falls_back && !already_falling_back {
         // The release is now Failed: the next look goes back (once soon; should it
         // not, as a Stalled app after that).
         Duration::from_secs(1)
     } else if falls_back {
         Duration::from_secs(10)
+    } else if condition(aether_crds::condition::READY) && hosts_waiting {
+        Duration::from_secs(30)
     } else if condition(aether_crds::condition::READY) && !build::config_sources(app).is_empty() {
         // Secrets and ConfigMaps are not watched (that would need reading every one
         // in the cluster): an edit of one the app reads is seen on this look.
@@ -494,10 +501,7 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         Duration::from_secs(300)
     } else if condition(aether_crds::condition::STALLED) {
         Duration::from_secs(10)
-    } else if new.hosts.iter().any(|h| {
-        matches!(h.certificate.as_str(), "Issuing" | "NotReady") || h.route.as_deref() == Some("Pending")
-    }) {
-        // Certificates and Gateways are not watched: their progress is seen on a look.
+    } else if hosts_waiting {
         Duration::from_secs(5)
     } else {
         // Pods are not watched: look again soon while the rollout moves.
@@ -1108,19 +1112,44 @@ async fn reconcile_routes(
     let mut routed = !wanted || applied.is_some();
     let mut http_route = None;
     let mut gateway = None;
-    if let Some(gateway_ref) = &config.gateway {
-        let desired = gateway::http_route(app, held, gateway_ref);
+    let mut route_error = None;
+    // One left from when the admin named a Gateway goes (or it would route the
+    // hosts on, unseen by the app's status).
+    let leftover = ctx
+        .http_routes
+        .get(&kube::runtime::reflector::ObjectRef::new(&name).within(ns))
+        .is_some();
+    if config.gateway.is_some() || leftover {
+        let desired = config
+            .gateway
+            .as_ref()
+            .and_then(|g| gateway::http_route(app, held, g));
         let wanted = desired.is_some();
-        http_route =
-            reconcile_optional(ctx, app, ns, (&name, desired), "its hosts are not routed", false).await?;
-        routed &= !wanted || http_route.is_some();
-        // Its listeners say whether each host's certificate is there.
-        if wanted {
+        // Gateway API not installed, a permission missing, a host the API refuses:
+        // said in the hosts' status rather than failing the reconcile, whose
+        // Deployment is applied by now and whose status must still be written.
+        match reconcile_optional(ctx, app, ns, (&name, desired), "its hosts are not routed", false).await {
+            Ok(applied) => {
+                routed &= !wanted || applied.is_some();
+                http_route = applied;
+            }
+            Err(e) => {
+                warn!(error = %e, "the app's HTTPRoute could not be written");
+                route_error = Some(format!("the HTTPRoute could not be written: {e}"));
+            }
+        }
+        // Where the Gateway alone serves the hosts, its listeners say whether each
+        // host's certificate is there.
+        let alone = config
+            .gateway
+            .as_ref()
+            .filter(|_| wanted && !config.ingress() && route_error.is_none());
+        if let Some(gateway_ref) = alone {
             let gateways: Api<gateway::Gateway> = Api::namespaced(ctx.client.clone(), &gateway_ref.namespace);
-            gateway = gateways
-                .get_opt(&gateway_ref.name)
-                .await
-                .map_err(dereference_error(format!("Gateway {gateway_ref}")))?;
+            match gateways.get_opt(&gateway_ref.name).await {
+                Ok(found) => gateway = found,
+                Err(e) => route_error = Some(format!("Gateway {gateway_ref} could not be read: {e}")),
+            }
         }
     }
     // No route of its own: no certificate either (one issued before goes).
@@ -1159,6 +1188,7 @@ async fn reconcile_routes(
         secrets_present,
         http_route,
         gateway,
+        route_error,
     }))
 }
 

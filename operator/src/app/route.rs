@@ -240,30 +240,57 @@ pub fn claims<'a, 'b>(
     let rank = |a: &AetherApp, at: Timestamp| (at, a.namespace().unwrap_or_default(), a.name_any());
     let apps: Vec<&AetherApp> = apps.into_iter().collect();
     let others: Vec<&AetherApp> = apps.iter().copied().filter(|a| a.uid() != uid).collect();
-    // A route an app owns is that app's claim (its status says which hosts), or
-    // one of a deleted app the garbage collector is about to remove; any other holds
-    // what it routes, if it was there first.
-    let foreign: Vec<Routing> = routes
+    // A route that is no app's holds what it routes, if it was there first. One of
+    // an app is that app's claim: its status says which hosts, and the route holds
+    // only those its status does not list (routed by a route the operator could not
+    // bring in step: one kind of two applied, or one left by a Gateway unset since).
+    // One of a deleted app holds nothing: the garbage collector is removing it.
+    let holding = |r: &Routing| -> Vec<String> {
+        let owner = r
+            .meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true) && o.kind == "AetherApp");
+        let Some(owner) = owner else {
+            return r.hosts.iter().map(|h| h.to_string()).collect();
+        };
+        if uid.as_deref() == Some(owner.uid.as_str()) {
+            return Vec::new();
+        }
+        let living = others
+            .iter()
+            .find(|a| a.uid().as_deref() == Some(owner.uid.as_str()))
+            .filter(|a| a.meta().deletion_timestamp.is_none());
+        match living {
+            Some(owner) => r
+                .hosts
+                .iter()
+                .filter(|h| claimed_at(owner, h).is_none())
+                .map(|h| h.to_string())
+                .collect(),
+            None => Vec::new(),
+        }
+    };
+    let foreign: Vec<(Routing, Vec<String>)> = routes
         .into_iter()
         .map(Into::into)
-        .filter(|r: &Routing| {
-            !r.meta
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|o| o.controller == Some(true) && o.kind == "AetherApp")
+        .map(|r: Routing| {
+            let hosts = holding(&r);
+            (r, hosts)
         })
+        .filter(|(_, hosts)| !hosts.is_empty())
         .collect();
     let mut claims = Claims::default();
     for host in &app.spec.hosts {
         let held_since = claimed_at(app, &host.name);
-        let routing = foreign.iter().find(|r| {
-            let routes = r.hosts.contains(&host.name.as_str());
+        let routing = foreign.iter().find(|(r, hosts)| {
+            let routes = hosts.contains(&host.name);
             // One made after the app held the host takes nothing from it.
             let created = r.meta.creation_timestamp.as_ref().map(|t| t.0);
             routes && held_since.is_none_or(|since| created.is_none_or(|c| c < since))
         });
-        if let Some(route) = routing {
+        if let Some((route, _)) = routing {
             let holder = Holder {
                 kind: route.kind,
                 namespace: route.meta.namespace.clone().unwrap_or_default(),
@@ -406,13 +433,16 @@ pub fn certificate(app: &AetherApp, held: &[Host], config: &Config) -> Option<Ce
 
 /// What is known of the routes and certificates: the Certificate as applied (with
 /// cert-manager's status), which of the Secrets the hosts name exist, and, where
-/// the admin named a Gateway, the app's HTTPRoute as applied and the Gateway.
+/// the admin named a Gateway, the app's HTTPRoute as applied and the Gateway (read
+/// only where it serves the hosts alone), or why they could not be written or read
+/// (Gateway API not installed, a permission missing).
 #[derive(Debug, Default)]
 pub struct Observed {
     pub certificate: Option<Certificate>,
     pub secrets_present: Vec<String>,
     pub http_route: Option<HttpRoute>,
     pub gateway: Option<Gateway>,
+    pub route_error: Option<String>,
 }
 
 /// `status.hosts`: each held host, its URL and its certificate.
@@ -423,15 +453,17 @@ pub fn status(app: &AetherApp, claims: &Claims, config: &Config, seen: &Observed
         .iter()
         .map(|(host, at)| {
             // With both, the Ingress's (the admin's own Secret or issuer) is shown.
-            let (certificate, message) = if config.ingress() {
-                ingress_certificate(app, host, config, seen)
-            } else {
-                gateway::listener_certificate(seen.gateway.as_ref(), &host.name)
+            let route = config.gateway.as_ref().map(|g| match &seen.route_error {
+                Some(error) => ("Unavailable".to_string(), Some(error.clone())),
+                None => gateway::route_state(seen.http_route.as_ref(), g),
+            });
+            let (certificate, message) = match (&config.gateway, config.ingress()) {
+                (Some(g), false) if seen.route_error.is_none() => {
+                    gateway::listener_certificate(seen.gateway.as_ref(), g, &host.name)
+                }
+                (Some(_), false) => ("NotReady", None),
+                _ => ingress_certificate(app, host, config, seen),
             };
-            let route = config
-                .gateway
-                .as_ref()
-                .map(|g| gateway::route_state(seen.http_route.as_ref(), g));
             let message = [message, route.as_ref().and_then(|r| r.1.clone())]
                 .into_iter()
                 .flatten()
@@ -641,15 +673,30 @@ mod tests {
                 refusal.message
             );
         }
-        // Its own Ingress, another app's (whose status decides), and a deleted app's
-        // (about to be collected) hold nothing.
+        // Its own Ingress, another app's for a host its status lists (the status
+        // decides: here the app held it first), and a deleted app's (about to be
+        // collected) hold nothing.
+        let first = app("a", "shop", &["shop.example.com"], &[("shop.example.com", 10)]);
         let own = routing("a", "shop", "shop.example.com", Some("uid-a-shop"));
-        let rival = app("b", "web", &["shop.example.com"], &[]);
+        let rival = app("b", "web", &["shop.example.com"], &[("shop.example.com", 20)]);
         let rivals = routing("b", "web", "shop.example.com", Some("uid-b-web"));
         let collected = routing("a", "shop", "shop.example.com", Some("uid-deleted"));
         let ingresses = [&own, &rivals, &collected];
         assert!(
-            claims(&shop, [&shop, &rival], ingresses, now())
+            claims(&first, [&first, &rival], ingresses, now())
+                .refused
+                .is_empty()
+        );
+        // Another app's route for a host its status does not list holds it: one kind
+        // of two applied, or one left from a setting changed since.
+        let unlisted = app("b", "web", &[], &[]);
+        let refused = claims(&first, [&first, &unlisted], [&rivals], now());
+        assert_eq!(refused.refused.len(), 1);
+        assert_eq!(refused.refused[0].1.kind, "Ingress");
+        let mut deleting = unlisted.clone();
+        deleting.metadata.deletion_timestamp = Some(Time(now()));
+        assert!(
+            claims(&first, [&first, &deleting], [&rivals], now())
                 .refused
                 .is_empty()
         );
@@ -881,6 +928,16 @@ mod tests {
         assert_eq!(accepted[0].route.as_deref(), Some("Accepted"));
         assert_eq!(accepted[0].message, None);
         assert!(unservable(&shop, &config).is_none());
+        // Gateway API missing, or a permission: the hosts say so (and stay held).
+        let failed = Observed {
+            route_error: Some("the HTTPRoute could not be written: 404".into()),
+            ..Default::default()
+        };
+        let unavailable = status(&shop, &claims, &config, &failed);
+        assert_eq!(unavailable.len(), 1);
+        assert_eq!(unavailable[0].route.as_deref(), Some("Unavailable"));
+        assert_eq!(unavailable[0].certificate, "NotReady");
+        assert!(unavailable[0].message.as_ref().unwrap().contains("404"));
     }
 
     #[test]
