@@ -320,6 +320,8 @@ async fn a_pushed_host_answers_through_the_gateway_and_an_admin_s_http_route_kee
             http_routes(&client, &ns).get_opt("squatter").await?.is_none(),
             "the refused app got an HTTPRoute"
         );
+        let kept = http_routes(&client, &admin_ns).get("admins").await?.data;
+        assert_eq!(kept["spec"]["hostnames"], serde_json::json!([held]));
         namespaces.delete(&admin_ns, &DeleteParams::background()).await?;
         bind_user(&client, &ns, RIVAL, "aether-editor").await?;
         let out = Command::new("kubectl")

@@ -160,14 +160,18 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     // And every HTTPRoute, wherever Gateway API is installed: those of apps whose
     // hosts go through the admin's Gateway, and those left from when they did.
     let gateway = app_config.route.gateway.clone();
-    let http_routes_served = Api::<app::gateway::HttpRoute>::all(client.clone())
-        .list_metadata(&kube::api::ListParams::default().limit(1))
-        .await
-        .is_ok();
+    // Only "no such resource" says it is not installed: anything else (the API
+    // server away a moment, RBAC not there yet) is the watch's to retry.
+    let http_routes_served = !matches!(
+        Api::<app::gateway::HttpRoute>::all(client.clone())
+            .list_metadata(&kube::api::ListParams::default().limit(1))
+            .await,
+        Err(kube::Error::Api(e)) if e.code == 404
+    );
     if let (Some(gateway), false) = (&gateway, http_routes_served) {
         warn!(
             %gateway,
-            "HTTPRoutes cannot be listed (is Gateway API installed? may the operator list them?): apps' hosts say so in their status"
+            "Gateway API is not installed (no HTTPRoutes): apps' hosts say so in their status; restart the operator once it is"
         );
     }
     let (http_routes, http_routes_writer) = reflector::store::<app::gateway::HttpRoute>();

@@ -40,11 +40,13 @@ impl std::str::FromStr for GatewayRef {
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split('/').collect();
         match parts[..] {
-            [namespace, name] | [namespace, name, _] if !namespace.is_empty() && !name.is_empty() => {
+            [namespace, name] | [namespace, name, _]
+                if !namespace.is_empty() && !name.is_empty() && parts.get(2) != Some(&"") =>
+            {
                 Ok(GatewayRef {
                     namespace: namespace.into(),
                     name: name.into(),
-                    section: parts.get(2).filter(|s| !s.is_empty()).map(|s| s.to_string()),
+                    section: parts.get(2).map(|s| s.to_string()),
                 })
             }
             _ => Err(format!(
@@ -243,8 +245,8 @@ pub fn route_state(route: Option<&HttpRoute>, gateway: &GatewayRef) -> (String, 
 /// covering it has its certificate and is programmed, `NotReady` (with the
 /// listener's reason: its message is the admin's business) when it is not yet,
 /// `None` when only plain HTTP listeners cover it. The listener is the named one,
-/// or the one that covers the host most narrowly (an exact name, then the longest
-/// wildcard, then none), HTTPS before HTTP.
+/// or, HTTPS before HTTP, the one that covers the host most narrowly (an exact
+/// name, then the longest wildcard, then none).
 pub fn listener_certificate(
     gateway: Option<&Gateway>,
     gateway_ref: &GatewayRef,
@@ -259,7 +261,7 @@ pub fn listener_certificate(
             Some(h) => (1, usize::MAX - h.len()),
             None => (2, 0),
         };
-        (narrowness, l.protocol != "HTTPS")
+        (l.protocol != "HTTPS", narrowness)
     };
     let listener = gateway
         .spec
@@ -336,7 +338,7 @@ mod tests {
         let listener: GatewayRef = "infra/public/https".parse().unwrap();
         assert_eq!(listener.section.as_deref(), Some("https"));
         assert_eq!(listener.to_string(), "infra/public (listener https)");
-        for bad in ["public", "/public", "infra/", "a/b/c/d", "/b/c"] {
+        for bad in ["public", "/public", "infra/", "a/b/c/d", "/b/c", "a/b/"] {
             assert!(bad.parse::<GatewayRef>().is_err(), "{bad}");
         }
     }
@@ -524,6 +526,15 @@ mod tests {
         assert_eq!(
             listener_certificate(Some(&gateway), &http, "x.apps.example.com"),
             ("None", None)
+        );
+        // An exact HTTP listener and a wildcard HTTPS one: the host has HTTPS.
+        let mixed = super::tests::gateway(vec![
+            listener("shop-http", Some("shop.example.com"), "HTTP"),
+            listener("any", Some("*.example.com"), "HTTPS"),
+        ]);
+        assert_eq!(
+            listener_certificate(Some(&mixed), &gw, "shop.example.com"),
+            ("Ready", None)
         );
     }
 }

@@ -348,8 +348,13 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
                 .filter(|(h, _)| hosts_floor.as_ref().is_none_or(|f| f.allows_host(&h.name)))
                 .map(|(h, _)| h.clone())
                 .collect();
-            if kept.len() < old.hosts.len() {
-                reconcile_routes(ctx, app, &ns, &kept).await?;
+            // (Or a route is left from a Gateway unset since.)
+            if kept.len() < old.hosts.len()
+                || (ctx.config.route.gateway.is_none() && has_http_route(ctx, app, &ns))
+            {
+                // Hosts must not stay routed to an app whose status lets them go: a
+                // route that cannot be rewritten fails the reconcile (retried).
+                reconcile_routes(ctx, app, &ns, &kept, RouteErrors::Fail).await?;
                 let dropped_url = new
                     .url
                     .as_ref()
@@ -416,14 +421,11 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         .ingresses
         .get(&kube::runtime::reflector::ObjectRef::new(&app.name_any()).within(&ns))
         .is_some()
-        || ctx
-            .http_routes
-            .get(&kube::runtime::reflector::ObjectRef::new(&app.name_any()).within(&ns))
-            .is_some();
+        || has_http_route(ctx, app, &ns);
     let routes = if held.is_empty() && old.hosts.is_empty() && !has_ingress {
         None
     } else {
-        reconcile_routes(ctx, app, &ns, &held).await?
+        reconcile_routes(ctx, app, &ns, &held, RouteErrors::InStatus).await?
     };
     let applied_at = Timestamp::now();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -1102,41 +1104,47 @@ async fn reconcile_routes(
     app: &AetherApp,
     ns: &str,
     held: &[aether_crds::Host],
+    errors: RouteErrors,
 ) -> Result<Option<route::Observed>, Error> {
     let config = &ctx.config.route;
     let name = app.name_any();
+    let not_routed = "its hosts are not routed";
     let ingress = route::ingress(app, held, config);
     let wanted = ingress.is_some();
-    let applied =
-        reconcile_optional(ctx, app, ns, (&name, ingress), "its hosts are not routed", false).await?;
-    let mut routed = !wanted || applied.is_some();
+    let mut routed = reconcile_optional(ctx, app, ns, (&name, ingress), not_routed, false)
+        .await?
+        .is_some()
+        || !wanted;
     let mut http_route = None;
     let mut gateway = None;
     let mut route_error = None;
-    // One left from when the admin named a Gateway goes (or it would route the
+    // One left from when the admin named a Gateway goes too (or it would route the
     // hosts on, unseen by the app's status).
-    let leftover = ctx
-        .http_routes
-        .get(&kube::runtime::reflector::ObjectRef::new(&name).within(ns))
-        .is_some();
-    if config.gateway.is_some() || leftover {
+    if config.gateway.is_some() || has_http_route(ctx, app, ns) {
+        // Both kinds route the hosts, or neither (one's name taken by another
+        // object): the app's status says what its routes route.
         let desired = config
             .gateway
             .as_ref()
-            .and_then(|g| gateway::http_route(app, held, g));
+            .and_then(|g| gateway::http_route(app, held, g))
+            .filter(|_| routed);
         let wanted = desired.is_some();
-        // Gateway API not installed, a permission missing, a host the API refuses:
-        // said in the hosts' status rather than failing the reconcile, whose
-        // Deployment is applied by now and whose status must still be written.
-        match reconcile_optional(ctx, app, ns, (&name, desired), "its hosts are not routed", false).await {
+        match reconcile_optional(ctx, app, ns, (&name, desired), not_routed, false).await {
             Ok(applied) => {
-                routed &= !wanted || applied.is_some();
                 http_route = applied;
+                if wanted && http_route.is_none() {
+                    routed = false;
+                    reconcile_optional::<Ingress>(ctx, app, ns, (&name, None), not_routed, false).await?;
+                }
             }
-            Err(e) => {
+            // Gateway API not installed, a permission missing, a host the API
+            // refuses: said in the hosts' status rather than failing the reconcile,
+            // whose Deployment is applied by now. A route that must go is retried.
+            Err(e) if wanted && errors == RouteErrors::InStatus => {
                 warn!(error = %e, "the app's HTTPRoute could not be written");
                 route_error = Some(format!("the HTTPRoute could not be written: {e}"));
             }
+            Err(e) => return Err(e),
         }
         // Where the Gateway alone serves the hosts, its listeners say whether each
         // host's certificate is there.
@@ -1190,6 +1198,22 @@ async fn reconcile_routes(
         gateway,
         route_error,
     }))
+}
+
+/// What becomes of an HTTPRoute that cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RouteErrors {
+    /// The reconcile fails (and is retried): the route must not stay as it is.
+    Fail,
+    /// The hosts' status says why (`Unavailable`): an admin's setting to fix.
+    InStatus,
+}
+
+/// Whether the app has an HTTPRoute (as watched, wherever Gateway API is installed).
+fn has_http_route(ctx: &Context, app: &AetherApp, ns: &str) -> bool {
+    ctx.http_routes
+        .get(&kube::runtime::reflector::ObjectRef::new(&app.name_any()).within(ns))
+        .is_some()
 }
 
 /// A Warning that an object of a name the app would use is not the app's.

@@ -240,57 +240,31 @@ pub fn claims<'a, 'b>(
     let rank = |a: &AetherApp, at: Timestamp| (at, a.namespace().unwrap_or_default(), a.name_any());
     let apps: Vec<&AetherApp> = apps.into_iter().collect();
     let others: Vec<&AetherApp> = apps.iter().copied().filter(|a| a.uid() != uid).collect();
-    // A route that is no app's holds what it routes, if it was there first. One of
-    // an app is that app's claim: its status says which hosts, and the route holds
-    // only those its status does not list (routed by a route the operator could not
-    // bring in step: one kind of two applied, or one left by a Gateway unset since).
-    // One of a deleted app holds nothing: the garbage collector is removing it.
-    let holding = |r: &Routing| -> Vec<String> {
-        let owner = r
-            .meta
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true) && o.kind == "AetherApp");
-        let Some(owner) = owner else {
-            return r.hosts.iter().map(|h| h.to_string()).collect();
-        };
-        if uid.as_deref() == Some(owner.uid.as_str()) {
-            return Vec::new();
-        }
-        let living = others
-            .iter()
-            .find(|a| a.uid().as_deref() == Some(owner.uid.as_str()))
-            .filter(|a| a.meta().deletion_timestamp.is_none());
-        match living {
-            Some(owner) => r
-                .hosts
-                .iter()
-                .filter(|h| claimed_at(owner, h).is_none())
-                .map(|h| h.to_string())
-                .collect(),
-            None => Vec::new(),
-        }
-    };
-    let foreign: Vec<(Routing, Vec<String>)> = routes
+    // A route an app owns is that app's claim (its status says which hosts: the
+    // operator writes both routes, or neither, before it), or one of a deleted app
+    // the garbage collector is about to remove; any other holds what it routes, if
+    // it was there first.
+    let foreign: Vec<Routing> = routes
         .into_iter()
         .map(Into::into)
-        .map(|r: Routing| {
-            let hosts = holding(&r);
-            (r, hosts)
+        .filter(|r: &Routing| {
+            !r.meta
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.controller == Some(true) && o.kind == "AetherApp")
         })
-        .filter(|(_, hosts)| !hosts.is_empty())
         .collect();
     let mut claims = Claims::default();
     for host in &app.spec.hosts {
         let held_since = claimed_at(app, &host.name);
-        let routing = foreign.iter().find(|(r, hosts)| {
-            let routes = hosts.contains(&host.name);
+        let routing = foreign.iter().find(|r| {
+            let routes = r.hosts.contains(&host.name.as_str());
             // One made after the app held the host takes nothing from it.
             let created = r.meta.creation_timestamp.as_ref().map(|t| t.0);
             routes && held_since.is_none_or(|since| created.is_none_or(|c| c < since))
         });
-        if let Some((route, _)) = routing {
+        if let Some(route) = routing {
             let holder = Holder {
                 kind: route.kind,
                 namespace: route.meta.namespace.clone().unwrap_or_default(),
@@ -673,30 +647,15 @@ mod tests {
                 refusal.message
             );
         }
-        // Its own Ingress, another app's for a host its status lists (the status
-        // decides: here the app held it first), and a deleted app's (about to be
-        // collected) hold nothing.
-        let first = app("a", "shop", &["shop.example.com"], &[("shop.example.com", 10)]);
+        // Its own Ingress, another app's (whose status decides), and a deleted app's
+        // (about to be collected) hold nothing.
         let own = routing("a", "shop", "shop.example.com", Some("uid-a-shop"));
-        let rival = app("b", "web", &["shop.example.com"], &[("shop.example.com", 20)]);
+        let rival = app("b", "web", &["shop.example.com"], &[]);
         let rivals = routing("b", "web", "shop.example.com", Some("uid-b-web"));
         let collected = routing("a", "shop", "shop.example.com", Some("uid-deleted"));
         let ingresses = [&own, &rivals, &collected];
         assert!(
-            claims(&first, [&first, &rival], ingresses, now())
-                .refused
-                .is_empty()
-        );
-        // Another app's route for a host its status does not list holds it: one kind
-        // of two applied, or one left from a setting changed since.
-        let unlisted = app("b", "web", &[], &[]);
-        let refused = claims(&first, [&first, &unlisted], [&rivals], now());
-        assert_eq!(refused.refused.len(), 1);
-        assert_eq!(refused.refused[0].1.kind, "Ingress");
-        let mut deleting = unlisted.clone();
-        deleting.metadata.deletion_timestamp = Some(Time(now()));
-        assert!(
-            claims(&first, [&first, &deleting], [&rivals], now())
+            claims(&shop, [&shop, &rival], ingresses, now())
                 .refused
                 .is_empty()
         );
