@@ -30,11 +30,26 @@ const APP: &str = "express-api";
 /// A person with aether-editor in the rival namespace.
 const RIVAL: &str = "rival@example.com";
 
-/// `host:port` of the ingress controller's HTTPS listener, if this cluster has one.
-fn ingress_address() -> Option<String> {
-    let url = std::env::var("AETHER_INGRESS_HTTPS").ok()?;
+/// `host:port` of an `https://` address in the environment variable `var`.
+fn address_in(var: &str) -> Option<String> {
+    let url = std::env::var(var).ok()?;
     let rest = url.strip_prefix("https://")?;
     Some(rest.trim_end_matches('/').to_string())
+}
+
+/// `host:port` of the ingress controller's HTTPS listener, if this cluster has one.
+fn ingress_address() -> Option<String> {
+    address_in("AETHER_INGRESS_HTTPS")
+}
+
+/// The body `host` answers at `address`, once it does (a certificate may take a few
+/// seconds to be issued, a route to be taken up).
+async fn answer(address: &str, host: &str) -> anyhow::Result<String> {
+    wait_until("the host to answer over HTTPS", Duration::from_secs(90), || {
+        let (address, host) = (address.to_string(), host.to_string());
+        async move { get(&address, &host).map(Some) }
+    })
+    .await
 }
 
 /// GET `https://HOST/` at the ingress controller (the name resolved to its address,
@@ -94,11 +109,7 @@ async fn a_pushed_host_answers_over_https_and_another_app_cannot_take_it() -> an
 
         // 2. It answers at https://HOST/ with the app's body, over a certificate for
         // that name (issued by the cluster's issuer: it may take a few seconds).
-        let body = wait_until("the host to answer over HTTPS", Duration::from_secs(90), || {
-            let (address, host) = (address.clone(), host.clone());
-            async move { get(&address, &host).map(Some) }
-        })
-        .await?;
+        let body = answer(&address, &host).await?;
         assert_eq!(body, format!("{greeting}\n"));
         let names = served_names(&address, &host)?;
         assert!(
@@ -207,8 +218,7 @@ async fn a_pushed_host_answers_over_https_and_another_app_cannot_take_it() -> an
 /// HTTPRoutes to (`AETHER_GATEWAY_HTTPS`), and the domain it serves
 /// (`AETHER_GATEWAY_DOMAIN`), if this cluster has one.
 fn gateway() -> Option<(String, String)> {
-    let url = std::env::var("AETHER_GATEWAY_HTTPS").ok()?;
-    let address = url.strip_prefix("https://")?.trim_end_matches('/').to_string();
+    let address = address_in("AETHER_GATEWAY_HTTPS")?;
     Some((address, std::env::var("AETHER_GATEWAY_DOMAIN").ok()?))
 }
 
@@ -247,15 +257,7 @@ async fn a_pushed_host_answers_through_the_gateway_and_an_admin_s_http_route_kee
 
         // 2. The Gateway accepts it, and the host answers there over HTTPS (the
         // certificate verified against the cluster's CA).
-        let body = wait_until(
-            "the host to answer at the Gateway",
-            Duration::from_secs(90),
-            || {
-                let (address, host) = (address.clone(), host.clone());
-                async move { get(&address, &host).map(Some) }
-            },
-        )
-        .await?;
+        let body = answer(&address, &host).await?;
         assert_eq!(body, format!("{greeting}\n"));
         let apps: Api<AetherApp> = Api::namespaced(client.clone(), &ns);
         wait_until(
