@@ -5,6 +5,7 @@
 //!           vs `zstd -dc | tar -x`
 //! Usage: cargo run --release -p aether-artifact --example pack_bench -- DIR [RUNS]
 //! where DIR holds an installed node_modules (`make bench` prepares one).
+//! Built for musl it measures what pods run, so with the runtime's allocator.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +14,10 @@ use std::time::{Duration, Instant};
 use aether_artifact::digest;
 use aether_artifact::layer::{PackOptions, collect, pack_layer};
 use aether_artifact::unpack::{Limits, Unpacker};
+
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn median(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();

@@ -1,5 +1,14 @@
 use std::process::ExitCode;
 
+/// The runtime is a static musl binary, and musl's allocator is slow for the many
+/// small allocations of an unpack and serialises its writer threads on one lock:
+/// with mimalloc, verify + unpack of the example's dependencies took 229 ms
+/// instead of 276 ms (`make bench`, musl build; glibc's: 239 ms), for ~16 MiB more
+/// peak memory (28 MiB instead of 13: the fetch container's limit has 128 MiB above
+/// what it extracts).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use aether_runtime::fetch::BIN_DIR;
 use clap::{Parser, Subcommand};
 
