@@ -92,8 +92,8 @@ pub struct Context {
     pub config: AppConfig,
     /// Retries of apps whose reconcile failed, per app.
     pub backoff: crate::backoff::Backoff,
-    /// Every AetherApp, as the controller watches them, every Ingress and, where the
-    /// admin named a Gateway, every HTTPRoute: who holds which host.
+    /// Every AetherApp, as the controller watches them, every Ingress and, wherever
+    /// Gateway API is installed, every HTTPRoute: who holds which host.
     pub apps: kube::runtime::reflector::Store<AetherApp>,
     pub ingresses: kube::runtime::reflector::Store<Ingress>,
     pub http_routes: kube::runtime::reflector::Store<gateway::HttpRoute>,
