@@ -228,8 +228,8 @@ fn claimed_at(app: &AetherApp, host: &str) -> Option<Timestamp> {
 }
 
 /// Who holds each of `app`'s hosts, among `apps` (every AetherApp, `app` among them
-/// or not) and `routes` (every Ingress, and every HTTPRoute where the admin named a
-/// Gateway) at `now`.
+/// or not) and `routes` (every Ingress, and every HTTPRoute wherever Gateway API is
+/// installed) at `now`.
 pub fn claims<'a, 'b>(
     app: &AetherApp,
     apps: impl IntoIterator<Item = &'a AetherApp>,
