@@ -53,6 +53,38 @@ pub mod artifact {
     }
 }
 
+/// What `status.hosts[].certificate` and `.route` of an AetherApp say: written by
+/// the operator, read by the CLI.
+pub mod host {
+    /// The certificate serving the host is there.
+    pub const READY: &str = "Ready";
+    /// cert-manager is issuing it.
+    pub const ISSUING: &str = "Issuing";
+    /// The Secret the host names does not exist.
+    pub const SECRET_MISSING: &str = "SecretMissing";
+    /// The Gateway's listener for the host has no usable certificate (yet).
+    pub const NOT_READY: &str = "NotReady";
+    /// Plain HTTP.
+    pub const NONE: &str = "None";
+    /// The Gateway routes the app's HTTPRoute.
+    pub const ACCEPTED: &str = "Accepted";
+    /// The Gateway has not said yet.
+    pub const PENDING: &str = "Pending";
+    /// The HTTPRoute could not be written.
+    pub const UNAVAILABLE: &str = "Unavailable";
+
+    /// Not there yet, and looked at again soon: the operator's certificate and
+    /// Gateway are not watched.
+    pub fn waiting(certificate: &str, route: Option<&str>) -> bool {
+        matches!(certificate, ISSUING | NOT_READY) || route == Some(UNAVAILABLE)
+    }
+
+    /// Everything about the host serves.
+    pub fn ready(certificate: &str, route: Option<&str>) -> bool {
+        certificate == READY && route.is_none_or(|r| r == ACCEPTED)
+    }
+}
+
 /// Reasons of an AetherApp's conditions that more than the operator acts on.
 pub mod app {
     /// `spec.autoRollback` went back to the last release that served: the spec's

@@ -291,7 +291,7 @@ pub fn host_state(host: &aether_crds::HostStatus) -> String {
     if let Some(route) = &host.route {
         said.push_str(&format!("  route: {route}"));
     }
-    let ready = host.certificate == "Ready" && host.route.as_deref().is_none_or(|r| r == "Accepted");
+    let ready = aether_crds::condition::host::ready(&host.certificate, host.route.as_deref());
     match &host.message {
         Some(why) if !ready => format!("{said} ({why})"),
         _ => said,

@@ -7,6 +7,7 @@
 //! listener serving a host is what `status.hosts` shows. Pure.
 
 use aether_crds::Host;
+use aether_crds::condition::host;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, ResourceExt};
 use serde::{Deserialize, Serialize};
@@ -233,9 +234,9 @@ pub fn route_state(route: Option<&HttpRoute>, gateway: &GatewayRef) -> (String, 
             r.reason.clone(),
             Some(format!("Gateway {gateway} cannot reach the app: {}", r.message)),
         ),
-        (Some(_), _) => ("Accepted".into(), None),
+        (Some(_), _) => (host::ACCEPTED.into(), None),
         (None, _) => (
-            "Pending".into(),
+            host::PENDING.into(),
             Some(format!("Gateway {gateway} has not accepted the route yet")),
         ),
     }
@@ -253,7 +254,10 @@ pub fn listener_certificate(
     host: &str,
 ) -> (&'static str, Option<String>) {
     let Some(gateway) = gateway else {
-        return ("NotReady", Some(format!("Gateway {gateway_ref} does not exist")));
+        return (
+            host::NOT_READY,
+            Some(format!("Gateway {gateway_ref} does not exist")),
+        );
     };
     let rank = |l: &Listener| {
         let narrowness = match l.hostname.as_deref() {
@@ -272,12 +276,12 @@ pub fn listener_certificate(
         .min_by_key(|l| rank(l));
     let Some(listener) = listener else {
         return (
-            "NotReady",
+            host::NOT_READY,
             Some(format!("no listener of Gateway {gateway_ref} covers {host}")),
         );
     };
     if listener.protocol != "HTTPS" {
-        return ("None", None);
+        return (host::NONE, None);
     }
     let conditions = gateway
         .status
@@ -290,17 +294,17 @@ pub fn listener_certificate(
         .find_map(|t| conditions.iter().find(|c| c.type_ == *t && c.status != "True"));
     match (conditions.is_empty(), not_yet) {
         (true, _) => (
-            "NotReady",
+            host::NOT_READY,
             Some(format!("listener {} has no status yet", listener.name)),
         ),
         (false, Some(c)) => (
-            "NotReady",
+            host::NOT_READY,
             Some(format!(
                 "listener {} of Gateway {gateway_ref}: {}",
                 listener.name, c.reason
             )),
         ),
-        (false, None) => ("Ready", None),
+        (false, None) => (host::READY, None),
     }
 }
 

@@ -484,9 +484,10 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         .is_some_and(|c| c.reason == aether_crds::condition::app::ROLLING_BACK);
     // Certificates and Gateways are not watched (an app's HTTPRoute is): their
     // progress is seen on a look.
-    let hosts_waiting = new.hosts.iter().any(|h| {
-        matches!(h.certificate.as_str(), "Issuing" | "NotReady") || h.route.as_deref() == Some("Unavailable")
-    });
+    let hosts_waiting = new
+        .hosts
+        .iter()
+        .any(|h| aether_crds::condition::host::waiting(&h.certificate, h.route.as_deref()));
     let next = if falls_back && !already_falling_back {
         // The release is now Failed: the next look goes back (once soon; should it
         // not, as a Stalled app after that).

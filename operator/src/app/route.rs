@@ -30,6 +30,8 @@ use kube::{CustomResource, Resource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use aether_crds::condition::host as host_state;
+
 use super::build;
 use super::gateway::{self, Gateway, GatewayRef, HttpRoute};
 use super::validate::Invalid;
@@ -428,14 +430,14 @@ pub fn status(app: &AetherApp, claims: &Claims, config: &Config, seen: &Observed
         .map(|(host, at)| {
             // With both, the Ingress's (the admin's own Secret or issuer) is shown.
             let route = config.gateway.as_ref().map(|g| match &seen.route_error {
-                Some(error) => ("Unavailable".to_string(), Some(error.clone())),
+                Some(error) => (host_state::UNAVAILABLE.to_string(), Some(error.clone())),
                 None => gateway::route_state(seen.http_route.as_ref(), g),
             });
             let (certificate, message) = match (&config.gateway, config.ingress()) {
                 (Some(g), false) if seen.route_error.is_none() => {
                     gateway::listener_certificate(seen.gateway.as_ref(), g, &host.name)
                 }
-                (Some(_), false) => ("NotReady", None),
+                (Some(_), false) => (host_state::NOT_READY, None),
                 _ => ingress_certificate(app, host, config, seen),
             };
             let message = [message, route.as_ref().and_then(|r| r.1.clone())]
@@ -445,7 +447,7 @@ pub fn status(app: &AetherApp, claims: &Claims, config: &Config, seen: &Observed
             let tls = if config.ingress() {
                 tls_secret(&name, host, config).is_some()
             } else {
-                certificate != "None"
+                certificate != host_state::NONE
             };
             let scheme = if tls { "https" } else { "http" };
             HostStatus {
@@ -470,9 +472,9 @@ fn ingress_certificate(
 ) -> (&'static str, Option<String>) {
     let name = app.name_any();
     match (&host.tls_secret_name, &config.issuer) {
-        (Some(secret), _) if seen.secrets_present.contains(secret) => ("Ready", None),
+        (Some(secret), _) if seen.secrets_present.contains(secret) => (host_state::READY, None),
         (Some(secret), _) => (
-            "SecretMissing",
+            host_state::SECRET_MISSING,
             Some(format!(
                 "Secret {}/{secret} does not exist: create it (kubectl create secret tls {secret} --cert=... --key=...)",
                 app.namespace().unwrap_or_default()
@@ -485,10 +487,10 @@ fn ingress_certificate(
                 .and_then(|c| c.status.as_ref())
                 .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
             match ready {
-                Some(c) if c.status == "True" => ("Ready", None),
-                Some(c) => ("Issuing", Some(format!("{}: {}", c.reason, c.message))),
+                Some(c) if c.status == "True" => (host_state::READY, None),
+                Some(c) => (host_state::ISSUING, Some(format!("{}: {}", c.reason, c.message))),
                 None => (
-                    "Issuing",
+                    host_state::ISSUING,
                     Some(format!(
                         "Certificate {} has no verdict yet",
                         certificate_name(&name)
@@ -496,7 +498,7 @@ fn ingress_certificate(
                 ),
             }
         }
-        (None, None) => ("None", None),
+        (None, None) => (host_state::NONE, None),
     }
 }
 
