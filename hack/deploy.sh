@@ -86,7 +86,7 @@ apply_all() {
   kubectl -n aether-system patch deployment aether-operator --field-manager aether-hack --type merge \
     -p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"aether.dev/images\":\"${IMAGE_KEYS% }\",\"aether.dev/config\":\"$config\"}}}}}" >/dev/null
   kubectl -n aether-system rollout status deployment/aether-operator --timeout=180s >/dev/null
-  wait_for "the operator to hold its leader Lease" 60 operator_leads
+  wait_for "the operator just built to hold its leader Lease" 60 operator_leads || true
   # The leader runs what was just built (same tags, so compare the content).
   local holder running
   holder="$(kubectl -n aether-system get lease aether-operator -o jsonpath='{.spec.holderIdentity}')"
@@ -99,6 +99,9 @@ apply_all() {
 operator_leads() {
   local holder; holder="$(kubectl -n aether-system get lease aether-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null)"
   [[ -n "$holder" ]] || return 1
+  # The new pod: the old one holds the Lease until it has stopped.
+  [[ "$(kubectl -n aether-system get pod "$holder" -o jsonpath='{.status.containerStatuses[0].imageID}' 2>/dev/null)" == "$OPERATOR_IMAGE_ID" ]] \
+    || return 1
   kubectl -n aether-system get pod "$holder" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -qx True \
     && [[ "$(kubectl -n aether-system get deployment aether-operator -o jsonpath='{.status.updatedReplicas}/{.status.replicas}')" == 1/1 ]]
 }
