@@ -131,6 +131,7 @@ async fn run(
         pods.delete(&pod.name_any(), &DeleteParams::default()).await?;
     }
     let restarted = Instant::now();
+    let requests_before = api_requests(client).await.ok();
 
     // Meanwhile another tenant deploys: it must not wait for this namespace.
     let other_dir = tempfile::tempdir()?;
@@ -173,6 +174,13 @@ async fn run(
             restarted.elapsed().as_secs_f64()
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    // What it took: the operator's reconciles (its counters start at the restart)
+    // and the API server's requests from every client (the operator's most of them).
+    let (app_passes, artifact_passes) = reconciles(client, operator_ns).await.unwrap_or_default();
+    let requests = match (requests_before, api_requests(client).await.ok()) {
+        (Some(before), Some(after)) => Some(requests_per_app(&before, &after, count)),
+        _ => None,
     };
     let (other_code, other_took) = other_run.await?;
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -228,11 +236,26 @@ async fn run(
         "operatorPeakMiB": peak >> 20,
         "operatorSettledMiB": settled >> 20,
         "operatorIdleMiB": base >> 20,
+        "reconcilesPerAppUntilReady": app_passes as f64 / count as f64,
+        "artifactReconcilesPerArtifactUntilReady": artifact_passes as f64 / count as f64,
+        "apiRequestsPerAppUntilReady": requests.as_ref().map(|r| r.0),
+        "apiRequestsPerAppByKind": requests.as_ref().map(|r| &r.1),
         "otherTenantPushSeconds": other_took.as_secs_f64(),
         "otherTenantPushSucceeded": other_code == Some(0),
         "reconcilesPerAppMinuteAtRest": per_app_minute,
         "relookedAfterRestartAtRestSeconds": relooked.as_secs_f64(),
     });
+    if let Some((total, by_kind)) = &requests {
+        eprintln!("API requests per app until all Ready: {total:.1}; the most:");
+        for (kind, n) in by_kind.iter().take(12) {
+            eprintln!("  {n:>6.2}  {kind}");
+        }
+    }
+    eprintln!(
+        "reconciles per app until all Ready: {:.2} (artifacts {:.2})",
+        app_passes as f64 / count as f64,
+        artifact_passes as f64 / count as f64
+    );
     println!(
         "| apps | all Ready after the restart | operator memory peak / settled (idle) | another tenant's push meanwhile | reconciles per app per minute at rest | every app looked at again after a restart at rest |"
     );
@@ -285,6 +308,50 @@ async fn reconciles(client: &Client, operator_ns: &str) -> anyhow::Result<(u64, 
             .unwrap_or(0)
     };
     Ok((count("aetherapp"), count("aetherartifact")))
+}
+
+/// `apiserver_request_total` by `VERB resource[/subresource]`, from the API
+/// server's /metrics.
+async fn api_requests(client: &Client) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    let mut counts = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let label = |name: &str| {
+            let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+            let len = labels[start..].find('"')?;
+            Some(&labels[start..start + len])
+        };
+        let mut kind = format!(
+            "{} {}",
+            label("verb").unwrap_or("?"),
+            label("resource").unwrap_or("?")
+        );
+        if let Some(sub) = label("subresource").filter(|s| !s.is_empty()) {
+            kind = format!("{kind}/{sub}");
+        }
+        *counts.entry(kind).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+    }
+    Ok(counts)
+}
+
+/// Requests per app between two [`api_requests`], in all and by kind (most first).
+fn requests_per_app(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    apps: usize,
+) -> (f64, Vec<(String, f64)>) {
+    let mut by_kind: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, n)| (k.clone(), (n - before.get(k).unwrap_or(&0.0)) / apps as f64))
+        .filter(|(_, n)| *n >= 0.005)
+        .collect();
+    by_kind.sort_by(|a, b| b.1.total_cmp(&a.1));
+    (by_kind.iter().map(|(_, n)| n).sum(), by_kind)
 }
 
 /// The operator's /metrics, through the API server's Service proxy.
