@@ -78,9 +78,10 @@ pub struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "AETHER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,
-    /// Reconciles each controller runs at once. Bounded so that many objects at once
-    /// (an operator restart with 1000 apps) queue instead of each holding requests
-    /// and buffers in memory together.
+    /// Reconciles each controller runs at once, at most half of them for one
+    /// namespace. Bounded so that many objects at once (an operator restart with 1000
+    /// apps) queue instead of each holding requests and buffers in memory together,
+    /// and shared so that they do not queue in front of another namespace's.
     #[arg(long, env = "AETHER_MAX_CONCURRENT_RECONCILES", default_value_t = 16)]
     pub max_concurrent_reconciles: u16,
     /// Releases kept per app besides the current one; older artifacts are deleted.

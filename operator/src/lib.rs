@@ -21,6 +21,8 @@ pub mod metrics;
 pub mod policies;
 pub mod readiness;
 pub mod retention;
+pub mod triggers;
+pub mod turns;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -28,9 +30,9 @@ use std::time::Duration;
 
 use aether_crds::{AetherApp, AetherArtifact, AetherPolicy, AetherRelease};
 use anyhow::Context as _;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -114,7 +116,10 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     };
     let storage = aether_storage::Storage::new(&args.storage());
     let enabled = Arc::new(enabled::Enablement::new(client.clone(), args.namespace.clone()));
-    let bounded = controller::Config::default().concurrency(args.max_concurrent_reconciles);
+    // Each controller's reconciles take turns (crate::turns) shared fairly between
+    // namespaces; kube-runtime's own limit would serve them in the order they came.
+    let unbounded = controller::Config::default();
+    let max_reconciles = usize::from(args.max_concurrent_reconciles);
     // The app controller's cache of every AetherApp serves the artifact controller's
     // retention too.
     // (Its reflector is built here, as Controller::new would, so that its readiness
@@ -124,8 +129,50 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         apps_writer,
         watcher(Api::<AetherApp>::all(client.clone()), watcher::Config::default()),
     ));
-    let apps = Controller::for_stream(app_events.applied_objects(), apps_store)
-        .with_config(bounded.clone())
+    // The same watch tells the artifacts' retention what apps run (see crate::triggers):
+    // an app's new release may push an older one out of the kept releases.
+    let (app_seen, app_changes) = futures::channel::mpsc::unbounded();
+    let mut runs = triggers::Changes::of(triggers::app_for_artifacts);
+    let app_events = app_events
+        .inspect_ok(move |event| {
+            for app in runs.admit(event) {
+                let ns = app.namespace().unwrap_or_default();
+                for release in app.status.map(|s| s.history).unwrap_or_default() {
+                    let _ = app_seen
+                        .unbounded_send(ObjectRef::<AetherArtifact>::new(&release.artifact).within(&ns));
+                }
+            }
+        })
+        .applied_objects()
+        .predicate_filter(triggers::asked::<AetherApp>, Default::default());
+    let apps = Controller::for_stream(app_events, apps_store)
+        .with_config(unbounded.clone())
+        .trigger_backoff(backoff::WatchBackoff::default());
+    // One watch of the artifacts feeds both controllers: the app controller reads
+    // artifacts in this cache, and each change reaches it only once it is there.
+    let (artifacts_store, artifacts_writer) = reflector::store::<AetherArtifact>();
+    let (artifact_seen, artifact_changes) = futures::channel::mpsc::unbounded();
+    let artifact_events = reflector(
+        artifacts_writer,
+        watcher(artifacts.clone(), watcher::Config::default()),
+    )
+    .backoff(backoff::WatchBackoff::default())
+    .inspect_ok({
+        let mut verdicts = triggers::Changes::of(triggers::artifact_for_app);
+        // An artifact names its app: a push (or a verdict) wakes that app.
+        move |event| {
+            for art in verdicts.admit(event) {
+                if let Some(ns) = art.namespace() {
+                    let _ =
+                        artifact_seen.unbounded_send(ObjectRef::<AetherApp>::new(&art.spec.app).within(&ns));
+                }
+            }
+        }
+    })
+    .applied_objects()
+    .predicate_filter(triggers::asked::<AetherArtifact>, Default::default());
+    let artifact_controller = Controller::for_stream(artifact_events, artifacts_store)
+        .with_config(unbounded)
         .trigger_backoff(backoff::WatchBackoff::default());
     let artifact_ctx = Arc::new(artifact::Context {
         client: client.clone(),
@@ -138,8 +185,9 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         },
         retention: args.retention(),
         locks: blobs::BlobLocks::default(),
-        hashing: tokio::sync::Semaphore::new(artifact::HASHING_PERMITS),
-        hashing_turns: Default::default(),
+        turns: turns::Turns::halved(max_reconciles),
+        artifacts: artifact_controller.store(),
+        hashing: turns::Turns::new(artifact::HASHING_PERMITS, 1),
         enabled: enabled.clone(),
         policies: policies.clone(),
         metrics: metrics.clone(),
@@ -148,6 +196,8 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         backoff: Default::default(),
     });
     let (nudge, nudged) = futures::channel::mpsc::unbounded();
+    // The label every child of an app carries.
+    let managed_by = format!("app.kubernetes.io/managed-by={}", app::build::MANAGED_BY);
     // Every Ingress, for who holds which host (see app::route). Apps are reconciled
     // only once it has listed them all, lest a host look free that is not.
     let (ingresses, ingresses_writer) = reflector::store::<Ingress>();
@@ -157,6 +207,35 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     )
     .backoff(backoff::WatchBackoff::default());
     tokio::spawn(ingress_events.for_each(|_| futures::future::ready(())));
+    // The apps' pods, for their rollouts: metadata and status only. Their
+    // Deployment's status follows their progress; a pod's own failure (its fetch
+    // refused, the app crashing) is seen only here, and wakes its app.
+    // A pod names its app by label (a pod that claims another app's wakes it, nothing
+    // more).
+    let (pods, pods_writer) = reflector::store::<Pod>();
+    let (pod_seen, pod_changes) = futures::channel::mpsc::unbounded();
+    let mut failures = triggers::Changes::of(triggers::pod_for_app);
+    let pod_events = reflector(
+        pods_writer,
+        watcher(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(app::build::PODS_SELECTOR),
+        )
+        .modify(app::status::slim_pod),
+    )
+    .backoff(backoff::WatchBackoff::default())
+    .for_each(move |event| {
+        if let Err(e) = &event {
+            warn!(error = %e, "watching the apps' pods: their failures are not seen until it works");
+        }
+        for pod in event.iter().flat_map(|e| failures.admit(e)) {
+            if let (Some(ns), Some(app)) = (pod.namespace(), pod.labels().get(app::build::NAME_LABEL)) {
+                let _ = pod_seen.unbounded_send(ObjectRef::<AetherApp>::new(app).within(&ns));
+            }
+        }
+        futures::future::ready(())
+    });
+    tokio::spawn(pod_events);
     // And every HTTPRoute, wherever Gateway API is installed: those of apps whose
     // hosts go through the admin's Gateway, and those left from when they did.
     let gateway = app_config.route.gateway.clone();
@@ -195,32 +274,44 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         metrics,
         config: app_config,
         backoff: Default::default(),
+        turns: turns::Turns::halved(max_reconciles),
+        written: Default::default(),
         apps: apps.store(),
         ingresses: ingresses.clone(),
         http_routes: http_routes.clone(),
+        artifacts: artifact_controller.store(),
+        pods,
         nudge,
     });
 
-    let artifact_controller = Controller::new(artifacts.clone(), watcher::Config::default())
-        .with_config(bounded.clone())
-        .trigger_backoff(backoff::WatchBackoff::default())
-        // An app's new release may push an older one out of the kept releases.
-        .watches(
-            Api::<AetherApp>::all(client.clone()),
-            watcher::Config::default(),
-            |app: AetherApp| {
-                let ns = app.namespace().unwrap_or_default();
-                let history = app.status.map(|s| s.history).unwrap_or_default();
-                history
-                    .into_iter()
-                    .map(move |r| ObjectRef::<AetherArtifact>::new(&r.artifact).within(&ns))
-            },
-        )
+    // On SIGTERM the controllers finish what runs; what only waits for a turn stops
+    // waiting, or shutting down would first work through everything due.
+    tokio::spawn({
+        let (app_ctx, artifact_ctx) = (app_ctx.clone(), artifact_ctx.clone());
+        async move {
+            shutdown_signal().await;
+            app_ctx.turns.close();
+            artifact_ctx.turns.close();
+        }
+    });
+    let artifact_controller = artifact_controller
+        .reconcile_on(app_changes)
         // A release keeps its artifact: once it is deleted (--keep-releases, or
-        // `aether delete`), the artifact may go, and is looked at now.
-        .watches(
-            Api::<AetherRelease>::all(client.clone()),
-            watcher::Config::default(),
+        // `aether delete`), the artifact may go, and is looked at now. (Only then: a
+        // new release changes nothing for its artifact. A deletion missed while the
+        // watch was down is seen on the artifact's next look.)
+        .watches_stream(
+            watcher(
+                Api::<AetherRelease>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .backoff(backoff::WatchBackoff::default())
+            .try_filter_map(|event| {
+                futures::future::ready(Ok(match event {
+                    watcher::Event::Delete(release) => Some(release),
+                    _ => None,
+                }))
+            }),
             |release: AetherRelease| {
                 let ns = release.namespace()?;
                 Some(ObjectRef::<AetherArtifact>::new(&release.spec.artifact.name).within(&ns))
@@ -230,10 +321,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         .run(artifact::reconcile, artifact::error_policy, artifact_ctx)
         .for_each(log_result);
     // Children are watched by the label every one of them carries.
-    let owned = watcher::Config::default().labels(&format!(
-        "app.kubernetes.io/managed-by={}",
-        app::build::MANAGED_BY
-    ));
+    let owned = watcher::Config::default().labels(&managed_by);
     let mut apps = apps
         .owns(Api::<Deployment>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
@@ -244,11 +332,8 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         apps = apps.owns(Api::<app::gateway::HttpRoute>::all(client.clone()), owned);
     }
     let app_controller = apps
-        // An artifact names its app: a push (or a verdict) wakes that app.
-        .watches(artifacts, watcher::Config::default(), |art: AetherArtifact| {
-            let ns = art.namespace()?;
-            Some(ObjectRef::<AetherApp>::new(&art.spec.app).within(&ns))
-        })
+        .reconcile_on(artifact_changes)
+        .reconcile_on(pod_changes)
         .reconcile_all_on(policy_changes)
         .reconcile_on(nudged)
         .shutdown_on_signal()

@@ -40,6 +40,11 @@ impl Policies {
         tokio::time::timeout(Duration::from_secs(10), self.ready.wait())
             .await
             .map_err(|_| PolicyError::Unknown)?;
+        let all: Vec<AetherPolicy> = self.store.state().iter().map(|p| (**p).clone()).collect();
+        // No policy, nothing to select (and no request).
+        if all.is_empty() {
+            return Ok(Vec::new());
+        }
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let labels = namespaces
             .get_metadata(ns)
@@ -48,7 +53,6 @@ impl Policies {
             .metadata
             .labels
             .unwrap_or_default();
-        let all: Vec<AetherPolicy> = self.store.state().iter().map(|p| (**p).clone()).collect();
         Ok(crate::app::policy::selecting(&all, &labels)
             .into_iter()
             .cloned()

@@ -290,6 +290,25 @@ fn build_makes_a_restricted_deployment_that_fetches_then_supervises() {
         .as_ref()
         .unwrap();
     assert_eq!(pod.service_account_name.as_deref(), Some("aether.web"));
+    // The operator's watch of the apps' pods selects them.
+    let pod_labels = c
+        .deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
+    for term in build::PODS_SELECTOR.split(',') {
+        match term.split_once('=') {
+            Some((key, value)) => assert_eq!(pod_labels.get(key).map(String::as_str), Some(value), "{term}"),
+            None => assert_eq!(pod_labels.get(term).map(String::as_str), Some("web"), "{term}"),
+        }
+    }
 
     let spec = c.deployment.spec.as_ref().unwrap();
     assert_eq!(spec.replicas, Some(2));

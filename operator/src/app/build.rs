@@ -108,10 +108,18 @@ pub struct Children {
     pub service: Service,
 }
 
+/// The label that names a child's app (its pods' too).
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+
+/// The labels every app's pods carry (not `managed-by`: see [`pod_template`]),
+/// as a selector.
+pub const PODS_SELECTOR: &str =
+    "app.kubernetes.io/part-of=aether,app.kubernetes.io/name,app.kubernetes.io/instance";
+
 /// `app.kubernetes.io/*` labels of every child; the first two also select the pods.
 pub fn labels(app: &str) -> BTreeMap<String, String> {
     [
-        ("app.kubernetes.io/name", app),
+        (NAME_LABEL, app),
         ("app.kubernetes.io/instance", app),
         ("app.kubernetes.io/managed-by", MANAGED_BY),
         ("app.kubernetes.io/part-of", "aether"),
@@ -136,7 +144,7 @@ pub fn owned_meta(app: &AetherApp, name: String) -> ObjectMeta {
 pub fn selector_labels(app: &str) -> BTreeMap<String, String> {
     labels(app)
         .into_iter()
-        .filter(|(k, _)| k == "app.kubernetes.io/name" || k == "app.kubernetes.io/instance")
+        .filter(|(k, _)| k == NAME_LABEL || k == "app.kubernetes.io/instance")
         .collect()
 }
 

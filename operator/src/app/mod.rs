@@ -92,11 +92,19 @@ pub struct Context {
     pub config: AppConfig,
     /// Retries of apps whose reconcile failed, per app.
     pub backoff: crate::backoff::Backoff,
+    /// Reconciles take turns, shared fairly between namespaces.
+    pub turns: crate::turns::Turns,
+    /// Per app, the resourceVersion its last status write made (see `patch_status`).
+    pub written: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Every AetherApp, as the controller watches them, every Ingress and, wherever
     /// Gateway API is installed, every HTTPRoute: who holds which host.
     pub apps: kube::runtime::reflector::Store<AetherApp>,
     pub ingresses: kube::runtime::reflector::Store<Ingress>,
     pub http_routes: kube::runtime::reflector::Store<gateway::HttpRoute>,
+    /// Every AetherArtifact, as the artifact controller watches them.
+    pub artifacts: kube::runtime::reflector::Store<AetherArtifact>,
+    /// The apps' pods, as watched: metadata and status.
+    pub pods: kube::runtime::reflector::Store<Pod>,
     /// Apps to look at again now (one that lost a host to another).
     pub nudge: futures::channel::mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<AetherApp>>,
 }
@@ -162,12 +170,25 @@ struct Dereferenced {
 
 #[instrument(skip_all, fields(app = %app.name_any(), ns = app.namespace().unwrap_or_default()))]
 pub async fn reconcile(app: Arc<AetherApp>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // (None: the operator is shutting down; the next one looks at the app.)
+    let Some(_turn) = ctx.turns.take(&app.namespace().unwrap_or_default()).await else {
+        return Ok(Action::await_change());
+    };
+    // As it is now, not as it was when it became due: it may have waited.
+    let Some(app) = ctx
+        .apps
+        .get(&kube::runtime::reflector::ObjectRef::from_obj(&*app))
+    else {
+        return Ok(Action::await_change());
+    };
     let started = Instant::now();
     let labels = ControllerLabels {
         controller: CONTROLLER,
     };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let result = reconcile_inner(&app, &ctx).await;
+    // Boxed here, once it runs: a reconcile waiting for its turn holds only the
+    // pointer (a thousand of them wait after a restart).
+    let result = Box::pin(reconcile_inner(&app, &ctx)).await;
     if result.is_ok() {
         ctx.backoff.succeeded(&backoff_key(&app));
     }
@@ -428,13 +449,8 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         reconcile_routes(ctx, app, &ns, &held, RouteErrors::InStatus).await?
     };
     let applied_at = Timestamp::now();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let selector = build::selector_string(&app.name_any());
-    let mut pods = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(dereference_error("pods"))?
-        .items;
+    let mut pods = app_pods(ctx, app, &ns, &selector).await?;
     let stale = status::stale_fetch_failures(&pods, &release.digest.to_string(), release.verified_at);
     if !stale.is_empty() {
         replace_pods(ctx, &ns, &stale).await?;
@@ -507,8 +523,9 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     } else if hosts_waiting {
         Duration::from_secs(5)
     } else {
-        // Pods are not watched: look again soon while the rollout moves.
-        Duration::from_secs(2)
+        // The rollout's progress wakes the app (its Deployment's status, a pod's
+        // failure): this look is only in case a watch missed one.
+        Duration::from_secs(30)
     };
     // And in time to renew the download URLs, and to delete an expired preview.
     let next = renew_in.map_or(next, |r| r.min(next));
@@ -617,10 +634,21 @@ async fn download_urls(
     Ok(urls)
 }
 
+/// The artifact `name`: from the artifact controller's cache once it has listed
+/// them all (every change of an artifact wakes its app), else read.
+async fn artifact(ctx: &Context, ns: &str, name: &str) -> Result<Option<AetherArtifact>, kube::Error> {
+    use futures::FutureExt;
+    if let Some(Ok(())) = ctx.artifacts.wait_until_ready().now_or_never() {
+        let key = kube::runtime::reflector::ObjectRef::new(name).within(ns);
+        return Ok(ctx.artifacts.get(&key).map(|a| AetherArtifact::clone(&a)));
+    }
+    Api::<AetherArtifact>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+}
+
 async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Dereferenced, Error> {
-    let artifacts: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), ns);
-    let artifact = artifacts
-        .get_opt(&app.spec.artifact_ref.name)
+    let artifact = artifact(ctx, ns, &app.spec.artifact_ref.name)
         .await
         .map_err(dereference_error("the artifact"))?;
     let floor = floor(ctx, ns).await?;
@@ -800,14 +828,12 @@ async fn serving_layers(
         .collect();
     artifacts.sort();
     artifacts.dedup();
-    let api: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), ns);
     let mut layers = Vec::new();
-    for artifact in artifacts {
+    for name in artifacts {
         let read;
-        let art = match known.filter(|k| k.name_any() == artifact) {
+        let art = match known.filter(|k| k.name_any() == name) {
             Some(k) => k,
-            None => match api
-                .get_opt(&artifact)
+            None => match artifact(ctx, ns, &name)
                 .await
                 .map_err(dereference_error("a running release's artifact"))?
             {
@@ -1316,6 +1342,29 @@ async fn record_releases(
     Ok(())
 }
 
+/// The app's pods, as last watched; listed while the watch has not listed them yet
+/// (the operator just started).
+async fn app_pods(ctx: &Context, app: &AetherApp, ns: &str, selector: &str) -> Result<Vec<Pod>, Error> {
+    use futures::FutureExt;
+    if let Some(Ok(())) = ctx.pods.wait_until_ready().now_or_never() {
+        let labels = build::selector_labels(&app.name_any());
+        return Ok(ctx
+            .pods
+            .state()
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+            .filter(|p| labels.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
+            .map(|p| Pod::clone(p))
+            .collect());
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(dereference_error("pods"))?
+        .items)
+}
+
 /// Delete pods whose fetch failed on bytes since repaired: their ReplicaSet starts
 /// new ones at once, instead of after kubelet's back-off (up to 5 minutes).
 async fn replace_pods(ctx: &Context, ns: &str, names: &[String]) -> Result<(), Error> {
@@ -1455,6 +1504,19 @@ async fn announce(
 }
 
 async fn patch_status(ctx: &Context, app: &AetherApp, status: &AetherAppStatus) -> Result<(), Error> {
+    // Unchanged (most looks at rest): no request. Only on the app as this operator
+    // last wrote it: a cache that has not seen that write yet may show an older
+    // status equal to this one while the API server holds another.
+    let key = backoff_key(app);
+    let current = ctx
+        .written
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .is_none_or(|v| Some(v) == app.metadata.resource_version.as_ref());
+    if current && app.status.as_ref() == Some(status) {
+        return Ok(());
+    }
     let api: Api<AetherApp> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": "aether.dev/v1alpha1",
@@ -1462,13 +1524,24 @@ async fn patch_status(ctx: &Context, app: &AetherApp, status: &AetherAppStatus) 
         "status": status,
     });
     crate::faults::point("app: before writing status");
-    api.patch_status(
-        &app.name_any(),
-        &PatchParams::apply(crate::artifact::MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::UpdateStatus)?;
+    let written_version = api
+        .patch_status(
+            &app.name_any(),
+            &PatchParams::apply(crate::artifact::MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::UpdateStatus)?
+        .metadata
+        .resource_version;
+    let mut written = ctx.written.lock().unwrap_or_else(|e| e.into_inner());
+    if written.len() >= 10_000 && !written.contains_key(&key) {
+        written.clear();
+    }
+    if let Some(version) = written_version {
+        written.insert(key, version);
+    }
+    drop(written);
     crate::faults::point("app: wrote status");
     Ok(())
 }

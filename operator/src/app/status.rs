@@ -6,7 +6,7 @@ use aether_crds::condition::{READY, RECONCILING, STALLED};
 use aether_crds::{AetherAppStatus, AetherRelease, DeployTimings, DeployedArtifact, Release};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::validate::{Invalid, Validated};
@@ -125,9 +125,43 @@ fn pod_digest(pod: &Pod) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// A watched pod kept with what [`rollout`], [`stale_fetch_failures`] and
+/// [`pod_failure`] read: its name, selector labels, digest and template annotations,
+/// owners and container statuses. Any pod of a namespace may carry the labels the
+/// operator watches: none of what else it holds is kept.
+pub fn slim_pod(pod: &mut Pod) {
+    let meta = std::mem::take(&mut pod.metadata);
+    let keep = |map: Option<std::collections::BTreeMap<String, String>>, keys: &[&str]| {
+        map.map(|m| {
+            m.into_iter()
+                .filter(|(k, _)| keys.contains(&k.as_str()))
+                .collect()
+        })
+    };
+    pod.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        labels: keep(
+            meta.labels,
+            &[super::build::NAME_LABEL, "app.kubernetes.io/instance"],
+        ),
+        annotations: keep(meta.annotations, &[DIGEST_ANNOTATION, TEMPLATE_ANNOTATION]),
+        owner_references: meta.owner_references,
+        ..Default::default()
+    };
+    pod.spec = None;
+    pod.status = pod.status.take().map(|s| k8s_openapi::api::core::v1::PodStatus {
+        container_statuses: s.container_statuses,
+        init_container_statuses: s.init_container_statuses,
+        ..Default::default()
+    });
+}
+
 /// The fetch container failed (its termination message says why), or the app keeps
 /// crashing.
-fn pod_failure(pod: &Pod) -> Option<(String, String)> {
+pub fn pod_failure(pod: &Pod) -> Option<(String, String)> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let status = pod.status.as_ref()?;
     if let Some(t) = fetch_failed_now(status) {

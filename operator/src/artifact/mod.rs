@@ -30,6 +30,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::Event as FinalizerEvent;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
@@ -50,10 +51,14 @@ pub struct Context {
     pub upload: UploadPolicy,
     pub retention: retention::Policy,
     pub locks: BlobLocks,
-    /// [`HASHING_PERMITS`] permits: held while reading a blob back to hash it.
-    pub hashing: tokio::sync::Semaphore,
-    /// Per namespace, the turn to hash (see [`hash`]).
-    pub hashing_turns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Reconciles take turns, shared fairly between namespaces.
+    pub turns: crate::turns::Turns,
+    /// The controller's cache of every artifact: a reconcile that waited for its turn
+    /// reads the artifact again there.
+    pub artifacts: kube::runtime::reflector::Store<AetherArtifact>,
+    /// [`HASHING_PERMITS`] turns, one per namespace: held while reading a blob back to
+    /// hash it.
+    pub hashing: crate::turns::Turns,
     /// Storage is used only for namespaces a cluster admin enabled.
     pub enabled: Arc<crate::enabled::Enablement>,
     /// The AetherPolicies: a namespace's storage cap.
@@ -67,14 +72,6 @@ pub struct Context {
     pub apps_ready: crate::readiness::Readiness,
     /// Retries of artifacts whose reconcile failed, per artifact.
     pub backoff: crate::backoff::Backoff,
-}
-
-impl Context {
-    fn hashing_turn(&self, namespace: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut turns = self.hashing_turns.lock().unwrap_or_else(|e| e.into_inner());
-        turns.retain(|_, t| Arc::strong_count(t) > 1);
-        turns.entry(namespace.to_string()).or_default().clone()
-    }
 }
 
 impl std::fmt::Debug for Context {
@@ -214,6 +211,14 @@ pub const HASHING_PERMITS: usize = 2;
 
 #[instrument(skip_all, fields(artifact = %art.name_any(), ns = art.namespace().unwrap_or_default()))]
 pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // (None: the operator is shutting down; the next one looks at the artifact.)
+    let Some(_turn) = ctx.turns.take(&art.namespace().unwrap_or_default()).await else {
+        return Ok(Action::await_change());
+    };
+    // As it is now, not as it was when it became due: it may have waited.
+    let Some(art) = ctx.artifacts.get(&ObjectRef::from_obj(&*art)) else {
+        return Ok(Action::await_change());
+    };
     let started = std::time::Instant::now();
     let labels = ControllerLabels {
         controller: CONTROLLER,
@@ -222,12 +227,18 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
     let key = backoff_key(&art);
     let api: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), &art.namespace().unwrap_or_default());
     debug!("reconciling");
-    let result = kube::runtime::finalizer::finalizer(&api, FINALIZER, art, |event| async {
-        match event {
-            FinalizerEvent::Apply(art) => apply(art, &ctx).await,
-            FinalizerEvent::Cleanup(art) => release_blobs(&art, &ctx).await,
-        }
-    })
+    // Boxed once it runs (see the app controller's reconcile).
+    let result = Box::pin(kube::runtime::finalizer::finalizer(
+        &api,
+        FINALIZER,
+        art,
+        |event| async {
+            match event {
+                FinalizerEvent::Apply(art) => apply(art, &ctx).await,
+                FinalizerEvent::Cleanup(art) => release_blobs(&art, &ctx).await,
+            }
+        },
+    ))
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     if result.is_ok() {
@@ -461,7 +472,7 @@ async fn observe(
                     Err(e) => return Err(storage_at(Step::Complete)(e)),
                 }
                 let promoted = {
-                    let _permit = ctx.hashing.acquire().await;
+                    let _turn = ctx.hashing.take(storage.prefix()).await;
                     storage.promote(&name, &c.blob.digest, c.blob.size).await
                 };
                 match promoted {
@@ -559,10 +570,10 @@ async fn execute(
 /// Read a stored blob back and check it against its digest, within the hashing
 /// budget ([`HASHING_PERMITS`]).
 async fn hash(ctx: &Context, storage: &Blobs, digest: &Digest, size: u64) -> Result<(), StorageError> {
-    // One blob per namespace at a time, then one of the global permits: a namespace
-    // that asks for a lot waits behind itself, not in front of everyone.
-    let _turn = ctx.hashing_turn(storage.prefix()).lock_owned().await;
-    let _permit = ctx.hashing.acquire().await;
+    // One blob per namespace at a time: a namespace that asks for a lot waits behind
+    // itself, not in front of everyone.
+    // (Never closed: at most one hash per running reconcile is left at shutdown.)
+    let _turn = ctx.hashing.take(storage.prefix()).await;
     storage.verify(digest, size).await
 }
 
