@@ -129,48 +129,68 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         apps_writer,
         watcher(Api::<AetherApp>::all(client.clone()), watcher::Config::default()),
     ));
+    // One watch of the artifacts feeds both controllers: the app controller reads
+    // artifacts in this cache, and each change reaches it only once it is there.
+    let (artifacts_store, artifacts_writer) = reflector::store::<AetherArtifact>();
+    let (artifact_events, artifacts_ready) = readiness::Readiness::follow(
+        reflector(
+            artifacts_writer,
+            watcher(artifacts.clone(), watcher::Config::default()),
+        )
+        .backoff(backoff::WatchBackoff::default()),
+    );
+    // Each app's last status write (see app::patch_status), forgotten with the app.
+    let written: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>> = Arc::default();
     // The same watch tells the artifacts' retention what apps run (see crate::triggers):
-    // an app's new release may push an older one out of the kept releases.
+    // an app's new release may push an older one out of the kept releases. (Wake-ups
+    // name objects in the other's cache only: one not there would be a warning.)
     let (app_seen, app_changes) = futures::channel::mpsc::unbounded();
     let mut runs = triggers::Changes::of(triggers::app_for_artifacts);
     let app_events = app_events
-        .inspect_ok(move |event| {
-            for app in runs.admit(event) {
-                let ns = app.namespace().unwrap_or_default();
-                for release in app.status.map(|s| s.history).unwrap_or_default() {
-                    let _ = app_seen
-                        .unbounded_send(ObjectRef::<AetherArtifact>::new(&release.artifact).within(&ns));
+        .inspect_ok({
+            let (artifacts, written) = (artifacts_store.clone(), written.clone());
+            move |event| {
+                if let watcher::Event::Delete(app) = event {
+                    written
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&app::backoff_key(app));
+                }
+                for app in runs.admit(event) {
+                    let ns = app.namespace().unwrap_or_default();
+                    for release in app.status.map(|s| s.history).unwrap_or_default() {
+                        let artifact = ObjectRef::<AetherArtifact>::new(&release.artifact).within(&ns);
+                        if artifacts.get(&artifact).is_some() {
+                            let _ = app_seen.unbounded_send(artifact);
+                        }
+                    }
                 }
             }
         })
         .applied_objects()
         .predicate_filter(triggers::asked::<AetherApp>, Default::default());
-    let apps = Controller::for_stream(app_events, apps_store)
+    let apps = Controller::for_stream(app_events, apps_store.clone())
         .with_config(unbounded.clone())
         .trigger_backoff(backoff::WatchBackoff::default());
-    // One watch of the artifacts feeds both controllers: the app controller reads
-    // artifacts in this cache, and each change reaches it only once it is there.
-    let (artifacts_store, artifacts_writer) = reflector::store::<AetherArtifact>();
     let (artifact_seen, artifact_changes) = futures::channel::mpsc::unbounded();
-    let artifact_events = reflector(
-        artifacts_writer,
-        watcher(artifacts.clone(), watcher::Config::default()),
-    )
-    .backoff(backoff::WatchBackoff::default())
-    .inspect_ok({
-        let mut verdicts = triggers::Changes::of(triggers::artifact_for_app);
-        // An artifact names its app: a push (or a verdict) wakes that app.
-        move |event| {
-            for art in verdicts.admit(event) {
-                if let Some(ns) = art.namespace() {
-                    let _ =
-                        artifact_seen.unbounded_send(ObjectRef::<AetherApp>::new(&art.spec.app).within(&ns));
+    let artifact_events = artifact_events
+        .inspect_ok({
+            let mut verdicts = triggers::Changes::of(triggers::artifact_for_app);
+            let apps = apps_store.clone();
+            // An artifact names its app: a push (or a verdict) wakes that app.
+            move |event| {
+                for art in verdicts.admit(event) {
+                    if let Some(ns) = art.namespace() {
+                        let app = ObjectRef::<AetherApp>::new(&art.spec.app).within(&ns);
+                        if apps.get(&app).is_some() {
+                            let _ = artifact_seen.unbounded_send(app);
+                        }
+                    }
                 }
             }
-        }
-    })
-    .applied_objects()
-    .predicate_filter(triggers::asked::<AetherArtifact>, Default::default());
+        })
+        .applied_objects()
+        .predicate_filter(triggers::asked::<AetherArtifact>, Default::default());
     let artifact_controller = Controller::for_stream(artifact_events, artifacts_store)
         .with_config(unbounded)
         .trigger_backoff(backoff::WatchBackoff::default());
@@ -215,25 +235,36 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let (pods, pods_writer) = reflector::store::<Pod>();
     let (pod_seen, pod_changes) = futures::channel::mpsc::unbounded();
     let mut failures = triggers::Changes::of(triggers::pod_for_app);
-    let pod_events = reflector(
-        pods_writer,
-        watcher(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default().labels(app::build::PODS_SELECTOR),
+    let (pod_events, pods_ready) = readiness::Readiness::follow(
+        reflector(
+            pods_writer,
+            watcher(
+                Api::<Pod>::all(client.clone()),
+                // (Smaller pages: each is held whole before its pods are slimmed.)
+                watcher::Config::default()
+                    .labels(app::build::PODS_SELECTOR)
+                    .page_size(100),
+            )
+            .modify(app::status::slim_pod),
         )
-        .modify(app::status::slim_pod),
-    )
-    .backoff(backoff::WatchBackoff::default())
-    .for_each(move |event| {
-        if let Err(e) = &event {
-            warn!(error = %e, "watching the apps' pods: their failures are not seen until it works");
-        }
-        for pod in event.iter().flat_map(|e| failures.admit(e)) {
-            if let (Some(ns), Some(app)) = (pod.namespace(), pod.labels().get(app::build::NAME_LABEL)) {
-                let _ = pod_seen.unbounded_send(ObjectRef::<AetherApp>::new(app).within(&ns));
+        .backoff(backoff::WatchBackoff::default()),
+    );
+    let pod_events = pod_events.for_each({
+        let apps = apps_store.clone();
+        move |event| {
+            if let Err(e) = &event {
+                warn!(error = %e, "watching the apps' pods: their failures are not seen until it works");
             }
+            for pod in event.iter().flat_map(|e| failures.admit(e)) {
+                if let (Some(ns), Some(name)) = (pod.namespace(), pod.labels().get(app::build::NAME_LABEL)) {
+                    let app = ObjectRef::<AetherApp>::new(name).within(&ns);
+                    if apps.get(&app).is_some() {
+                        let _ = pod_seen.unbounded_send(app);
+                    }
+                }
+            }
+            futures::future::ready(())
         }
-        futures::future::ready(())
     });
     tokio::spawn(pod_events);
     // And every HTTPRoute, wherever Gateway API is installed: those of apps whose
@@ -275,12 +306,14 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         config: app_config,
         backoff: Default::default(),
         turns: turns::Turns::halved(max_reconciles),
-        written: Default::default(),
+        written,
         apps: apps.store(),
         ingresses: ingresses.clone(),
         http_routes: http_routes.clone(),
         artifacts: artifact_controller.store(),
+        artifacts_ready,
         pods,
+        pods_ready,
         nudge,
     });
 

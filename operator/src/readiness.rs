@@ -33,6 +33,11 @@ impl Readiness {
         (events, Readiness(rx))
     }
 
+    /// Whether the store has had its first full list, now.
+    pub fn is_ready(&self) -> bool {
+        *self.0.borrow()
+    }
+
     /// Once the store has had its first full list. Never, if its stream is dropped
     /// first (the operator is shutting down).
     pub async fn wait(&self) {

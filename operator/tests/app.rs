@@ -12,7 +12,7 @@ use aether_operator::app::policy::Floor;
 use aether_operator::app::status::{self, Observed, Rollout};
 use aether_operator::app::validate::{TrustedKeys, Validated, validate};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, EnvVar, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -1050,4 +1050,75 @@ fn an_autoscaled_deployment_s_count_is_the_autoscaler_s_and_spec_replicas_is_not
         Some(1),
         "without autoscaling the operator takes the count back"
     );
+}
+
+#[test]
+fn pods_kept_slim_are_judged_alike_and_pods_on_their_way_out_fail_nothing() {
+    use kube::ResourceExt;
+    let (release, _) = release("v1");
+    let digest = release.digest.to_string();
+    let rolling: Deployment = fixture("deployment-rolling.yaml");
+    let at = |s: &str| -> Timestamp { s.parse().unwrap() };
+    let full = [
+        pods(&release.digest),
+        pods_of("pods-fetch-beside.yaml", &release.digest),
+    ]
+    .concat();
+    let mut slim = full.clone();
+    for pod in &mut slim {
+        // What a tenant's pod may carry besides: none of it is kept.
+        pod.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("x".into(), "y".repeat(200_000));
+        if let Some(statuses) = pod.status.as_mut().and_then(|s| s.container_statuses.as_mut())
+            && let Some(first) = statuses.first().cloned()
+        {
+            statuses.push(ContainerStatus {
+                name: "sidecar".into(),
+                ..first
+            });
+        }
+        status::slim_pod(pod);
+        assert!(pod.spec.is_none());
+        assert!(!pod.annotations().contains_key("x"));
+        assert!(
+            serde_json::to_vec(pod).unwrap().len() < 16 * 1024,
+            "{}",
+            pod.name_any()
+        );
+        assert!(
+            pod.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+                .all(|c| c.name != "sidecar")
+        );
+    }
+    for (full, slim) in full.iter().zip(&slim) {
+        let one = |p: &Pod| status::rollout(&rolling, std::slice::from_ref(p), &digest);
+        assert_eq!(one(full), one(slim), "{}", full.name_any());
+    }
+    let repaired = Some(at("2026-11-28T11:00:00Z"));
+    assert_eq!(
+        status::stale_fetch_failures(&full, &digest, repaired),
+        status::stale_fetch_failures(&slim, &digest, repaired)
+    );
+    // A failed pod being deleted (a scale-down stops its fetch) or evicted says
+    // nothing about the release.
+    let failing: Vec<Pod> = slim
+        .iter()
+        .filter(|p| status::pod_failure(p).is_some())
+        .cloned()
+        .collect();
+    assert!(!failing.is_empty());
+    for mut pod in failing {
+        pod.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(
+            "2026-11-28T12:00:00Z",
+        )));
+        assert!(status::pod_failure(&pod).is_none());
+        assert!(status::stale_fetch_failures(std::slice::from_ref(&pod), &digest, repaired).is_empty());
+        pod.metadata.deletion_timestamp = None;
+        pod.status.as_mut().unwrap().phase = Some("Failed".into());
+        assert!(status::pod_failure(&pod).is_none(), "evicted");
+    }
 }

@@ -94,17 +94,23 @@ pub struct Context {
     pub backoff: crate::backoff::Backoff,
     /// Reconciles take turns, shared fairly between namespaces.
     pub turns: crate::turns::Turns,
-    /// Per app, the resourceVersion its last status write made (see `patch_status`).
-    pub written: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Every AetherApp, as the controller watches them, every Ingress and, wherever
     /// Gateway API is installed, every HTTPRoute: who holds which host.
     pub apps: kube::runtime::reflector::Store<AetherApp>,
     pub ingresses: kube::runtime::reflector::Store<Ingress>,
     pub http_routes: kube::runtime::reflector::Store<gateway::HttpRoute>,
-    /// Every AetherArtifact, as the artifact controller watches them.
+    /// Every AetherArtifact, as the artifact controller watches them, and whether
+    /// they are all listed yet (its store's own wait takes one waiter only: see
+    /// crate::readiness).
     pub artifacts: kube::runtime::reflector::Store<AetherArtifact>,
-    /// The apps' pods, as watched: metadata and status.
+    pub artifacts_ready: crate::readiness::Readiness,
+    /// The apps' pods, as watched (see [`status::slim_pod`]), and whether they are
+    /// all listed yet.
     pub pods: kube::runtime::reflector::Store<Pod>,
+    pub pods_ready: crate::readiness::Readiness,
+    /// Per app, the resourceVersion its last status write made (see `patch_status`);
+    /// an app's entry goes with the app.
+    pub written: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
     /// Apps to look at again now (one that lost a host to another).
     pub nudge: futures::channel::mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<AetherApp>>,
 }
@@ -637,8 +643,7 @@ async fn download_urls(
 /// The artifact `name`: from the artifact controller's cache once it has listed
 /// them all (every change of an artifact wakes its app), else read.
 async fn artifact(ctx: &Context, ns: &str, name: &str) -> Result<Option<AetherArtifact>, kube::Error> {
-    use futures::FutureExt;
-    if let Some(Ok(())) = ctx.artifacts.wait_until_ready().now_or_never() {
+    if ctx.artifacts_ready.is_ready() {
         let key = kube::runtime::reflector::ObjectRef::new(name).within(ns);
         return Ok(ctx.artifacts.get(&key).map(|a| AetherArtifact::clone(&a)));
     }
@@ -1345,8 +1350,7 @@ async fn record_releases(
 /// The app's pods, as last watched; listed while the watch has not listed them yet
 /// (the operator just started).
 async fn app_pods(ctx: &Context, app: &AetherApp, ns: &str, selector: &str) -> Result<Vec<Pod>, Error> {
-    use futures::FutureExt;
-    if let Some(Ok(())) = ctx.pods.wait_until_ready().now_or_never() {
+    if ctx.pods_ready.is_ready() {
         let labels = build::selector_labels(&app.name_any());
         return Ok(ctx
             .pods
@@ -1534,14 +1538,10 @@ async fn patch_status(ctx: &Context, app: &AetherApp, status: &AetherAppStatus) 
         .map_err(Error::UpdateStatus)?
         .metadata
         .resource_version;
-    let mut written = ctx.written.lock().unwrap_or_else(|e| e.into_inner());
-    if written.len() >= 10_000 && !written.contains_key(&key) {
-        written.clear();
-    }
     if let Some(version) = written_version {
+        let mut written = ctx.written.lock().unwrap_or_else(|e| e.into_inner());
         written.insert(key, version);
     }
-    drop(written);
     crate::faults::point("app: wrote status");
     Ok(())
 }
@@ -1552,6 +1552,7 @@ pub fn error_policy(app: Arc<AetherApp>, err: &Error, ctx: Arc<Context>) -> Acti
     Action::requeue(ctx.backoff.failed(&backoff_key(&app)))
 }
 
-fn backoff_key(app: &AetherApp) -> String {
+/// `namespace/name`: an app's key in the operator's own tables.
+pub fn backoff_key(app: &AetherApp) -> String {
     format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
 }

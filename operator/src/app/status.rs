@@ -112,6 +112,7 @@ pub fn stale_fetch_failures(pods: &[Pod], digest: &str, verified_at: Option<Time
         })
     };
     pods.iter()
+        .filter(|p| !leaving(p))
         .filter(|p| pod_digest(p) == Some(digest) && replicated(p) && stuck_before_repair(p))
         .filter_map(|p| p.metadata.name.clone())
         .collect()
@@ -127,14 +128,17 @@ fn pod_digest(pod: &Pod) -> Option<&str> {
 
 /// A watched pod kept with what [`rollout`], [`stale_fetch_failures`] and
 /// [`pod_failure`] read: its name, selector labels, digest and template annotations,
-/// owners and container statuses. Any pod of a namespace may carry the labels the
-/// operator watches: none of what else it holds is kept.
+/// ReplicaSet, deletion, phase and the fetch and app containers' statuses (messages
+/// cut short). Any pod of any namespace may carry the labels the operator watches:
+/// nothing else it holds is kept, and nothing of unbounded size.
 pub fn slim_pod(pod: &mut Pod) {
+    const MAX_VALUE: usize = 100;
+    const MAX_MESSAGE: usize = 1024;
     let meta = std::mem::take(&mut pod.metadata);
     let keep = |map: Option<std::collections::BTreeMap<String, String>>, keys: &[&str]| {
         map.map(|m| {
             m.into_iter()
-                .filter(|(k, _)| keys.contains(&k.as_str()))
+                .filter(|(k, v)| keys.contains(&k.as_str()) && v.len() <= MAX_VALUE)
                 .collect()
         })
     };
@@ -143,25 +147,71 @@ pub fn slim_pod(pod: &mut Pod) {
         namespace: meta.namespace,
         uid: meta.uid,
         resource_version: meta.resource_version,
+        deletion_timestamp: meta.deletion_timestamp,
         labels: keep(
             meta.labels,
             &[super::build::NAME_LABEL, "app.kubernetes.io/instance"],
         ),
         annotations: keep(meta.annotations, &[DIGEST_ANNOTATION, TEMPLATE_ANNOTATION]),
-        owner_references: meta.owner_references,
+        owner_references: meta.owner_references.map(|o| {
+            o.into_iter()
+                .filter(|o| o.kind == "ReplicaSet" && o.controller == Some(true))
+                .take(1)
+                .collect()
+        }),
         ..Default::default()
     };
     pod.spec = None;
+    let cut = |text: &mut Option<String>| {
+        if let Some(t) = text
+            && t.len() > MAX_MESSAGE
+        {
+            let mut end = MAX_MESSAGE;
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            t.truncate(end);
+        }
+    };
+    let ours = |statuses: Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>| {
+        statuses.map(|all| {
+            all.into_iter()
+                .filter(|c| c.name == FETCH_CONTAINER || c.name == APP_CONTAINER)
+                .map(|mut c| {
+                    for state in [c.state.as_mut(), c.last_state.as_mut()].into_iter().flatten() {
+                        if let Some(t) = state.terminated.as_mut() {
+                            cut(&mut t.message);
+                        }
+                        if let Some(w) = state.waiting.as_mut() {
+                            cut(&mut w.message);
+                        }
+                    }
+                    c
+                })
+                .collect()
+        })
+    };
     pod.status = pod.status.take().map(|s| k8s_openapi::api::core::v1::PodStatus {
-        container_statuses: s.container_statuses,
-        init_container_statuses: s.init_container_statuses,
+        phase: s.phase,
+        container_statuses: ours(s.container_statuses),
+        init_container_statuses: ours(s.init_container_statuses),
         ..Default::default()
     });
+}
+
+/// A pod on its way out (deleted, or evicted: phase `Failed`): its containers were
+/// stopped, which says nothing about the release.
+fn leaving(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+        || pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
 }
 
 /// The fetch container failed (its termination message says why), or the app keeps
 /// crashing.
 pub fn pod_failure(pod: &Pod) -> Option<(String, String)> {
+    if leaving(pod) {
+        return None;
+    }
     let name = pod.metadata.name.clone().unwrap_or_default();
     let status = pod.status.as_ref()?;
     if let Some(t) = fetch_failed_now(status) {

@@ -168,6 +168,11 @@ pub enum Error {
     /// A bug: the decision asked for more looks than there are.
     #[error("the decision asked for {0:?} again")]
     NoProgress(Look),
+    /// Not a failure: a deleted artifact's upload URLs still store bytes for this long,
+    /// so its blobs are freed after that. (An error keeps the finalizer: kube's
+    /// finalizer helper removes it once a cleanup returns Ok.)
+    #[error("the upload URLs still store bytes for {0:?}: blobs are freed after that")]
+    UploadUrlsLive(Duration),
 }
 
 impl Error {
@@ -183,6 +188,7 @@ impl Error {
             Error::Policies(_) => Step::Quota.as_str(),
             Error::NoProgress(_) => "NoProgress",
             Error::AppsNotCached => Step::Retention.as_str(),
+            Error::UploadUrlsLive(_) => Step::Release.as_str(),
         }
     }
 }
@@ -340,7 +346,7 @@ async fn release_blobs(art: &AetherArtifact, ctx: &Context) -> Result<Action, Er
                 seconds = left.as_secs(),
                 "waiting for the upload URLs to expire before freeing blobs"
             );
-            return Ok(Action::requeue(left + Duration::from_secs(1)));
+            return Err(Error::UploadUrlsLive(left + Duration::from_secs(1)));
         }
     }
     let candidates = blobs::digests(art);
@@ -696,6 +702,9 @@ pub fn error_policy(art: Arc<AetherArtifact>, err: &Error, ctx: Arc<Context>) ->
         },
         _ => err,
     };
+    if let Error::UploadUrlsLive(left) = err {
+        return Action::requeue(*left);
+    }
     warn!(artifact = %art.name_any(), reason = err.metric_label(), error = %err, "reconcile failed; retrying");
     ctx.metrics.failed(CONTROLLER, err.metric_label());
     let backoff = ctx.backoff.failed(&backoff_key(&art));
