@@ -154,7 +154,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
                     written
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .remove(&app::backoff_key(app));
+                        .remove(&app::app_key(app));
                 }
                 for app in runs.admit(event) {
                     let ns = app.namespace().unwrap_or_default();

@@ -196,7 +196,7 @@ pub async fn reconcile(app: Arc<AetherApp>, ctx: Arc<Context>) -> Result<Action,
     // pointer (a thousand of them wait after a restart).
     let result = Box::pin(reconcile_inner(&app, &ctx)).await;
     if result.is_ok() {
-        ctx.backoff.succeeded(&backoff_key(&app));
+        ctx.backoff.succeeded(&app_key(&app));
     }
     ctx.metrics
         .reconcile_duration
@@ -1511,7 +1511,7 @@ async fn patch_status(ctx: &Context, app: &AetherApp, status: &AetherAppStatus) 
     // Unchanged (most looks at rest): no request. Only on the app as this operator
     // last wrote it: a cache that has not seen that write yet may show an older
     // status equal to this one while the API server holds another.
-    let key = backoff_key(app);
+    let key = app_key(app);
     let current = ctx
         .written
         .lock()
@@ -1549,10 +1549,10 @@ async fn patch_status(ctx: &Context, app: &AetherApp, status: &AetherAppStatus) 
 pub fn error_policy(app: Arc<AetherApp>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(app = %app.name_any(), reason = err.metric_label(), error = %err, "reconcile failed; retrying");
     ctx.metrics.failed(CONTROLLER, err.metric_label());
-    Action::requeue(ctx.backoff.failed(&backoff_key(&app)))
+    Action::requeue(ctx.backoff.failed(&app_key(&app)))
 }
 
 /// `namespace/name`: an app's key in the operator's own tables.
-pub fn backoff_key(app: &AetherApp) -> String {
+pub fn app_key(app: &AetherApp) -> String {
     format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
 }
