@@ -306,6 +306,11 @@ impl Blobs {
 
     /// The blob's size, or None if it is not stored.
     pub async fn head(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
+        Ok(self.stat(digest).await?.map(|s| s.size))
+    }
+
+    /// The blob's size and ETag, or None if it is not stored.
+    pub async fn stat(&self, digest: &Digest) -> Result<Option<Stat>, StorageError> {
         match self
             .client
             .head_object()
@@ -314,7 +319,10 @@ impl Blobs {
             .send()
             .await
         {
-            Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
+            Ok(out) => Ok(Some(Stat {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                etag: out.e_tag().map(String::from),
+            })),
             Err(e) => match StorageError::from_sdk(digest, e) {
                 StorageError::NotFound(_) => Ok(None),
                 other => Err(other),
@@ -510,7 +518,7 @@ impl Blobs {
     /// the blob key (they are deleted, and the error says why).
     pub async fn promote(&self, upload: &str, digest: &Digest, size: u64) -> Result<(), StorageError> {
         let from = self.upload_key(upload, digest);
-        let checked = self.read_checked(&from, digest, size, |_| {}).await;
+        let checked = self.read_checked(&from, digest, size, |_| {}).await.map(|_| ());
         if let Ok(()) = checked {
             self.client
                 .copy_object()
@@ -544,7 +552,8 @@ impl Blobs {
 
     /// Stream the blob back and check its size and sha256, reading at most
     /// `size + 1` bytes: a stored object cannot make this read without bound.
-    pub async fn verify(&self, digest: &Digest, size: u64) -> Result<(), StorageError> {
+    /// Returns the ETag storage gave with the bytes it sent.
+    pub async fn verify(&self, digest: &Digest, size: u64) -> Result<Option<String>, StorageError> {
         self.read_checked(&self.key(digest), digest, size, |_| {}).await
     }
 
@@ -565,7 +574,7 @@ impl Blobs {
         digest: &Digest,
         size: u64,
         mut sink: impl FnMut(&[u8]),
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<String>, StorageError> {
         let out = self
             .client
             .get_object()
@@ -574,6 +583,7 @@ impl Blobs {
             .send()
             .await
             .map_err(|e| StorageError::from_sdk(digest, e))?;
+        let etag = out.e_tag().map(String::from);
         let mut body = out.body;
         let mut check = Checked::new(*digest, size);
         while let Some(chunk) = body
@@ -586,7 +596,7 @@ impl Blobs {
             }
             sink(&chunk);
         }
-        check.finish()
+        check.finish().map(|()| etag)
     }
 
     pub async fn delete(&self, digest: &Digest) -> Result<(), StorageError> {
@@ -603,6 +613,14 @@ impl Blobs {
             .map_err(|e| StorageError::from_sdk(digest, e))?;
         Ok(())
     }
+}
+
+/// A stored blob's size and ETag (storage's tag of those very bytes: another
+/// write of the key gives another).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub size: u64,
+    pub etag: Option<String>,
 }
 
 /// Checks a download as it streams: never more than `size + 1` bytes are taken, and
