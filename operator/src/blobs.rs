@@ -10,7 +10,10 @@
 //! - the collector, holding the lock, lists the namespace's artifacts *from the API
 //!   server* (not the cache) and deletes the blob only if none but the dying one
 //!   lists it;
-//! - the artifact controller holds the same locks from its HEAD to its verdict.
+//! - the artifact controller holds the same locks from its HEAD to its verdict:
+//!   shared with other artifacts' reconciles while it only reads the blobs (a
+//!   thousand artifacts of the same layers verify side by side), alone when it
+//!   writes or deletes them.
 //!
 //! A pushed artifact exists in the API before the operator looks at its blobs, so
 //! either the collector's list sees it (the blob is kept), or the collector ran first
@@ -18,12 +21,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aether_artifact::Digest;
 use aether_crds::AetherArtifact;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 /// A blob: its namespace and digest.
 type BlobId = (String, Digest);
@@ -31,29 +35,94 @@ type BlobId = (String, Digest);
 /// Per-blob async locks.
 #[derive(Debug, Default)]
 pub struct BlobLocks {
-    locks: Mutex<HashMap<BlobId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<BlobId, Arc<RwLock<()>>>>,
+}
+
+/// Blob locks held, shared or alone.
+#[derive(Debug)]
+pub enum Held {
+    Shared(Vec<OwnedRwLockReadGuard<()>>),
+    Alone(Vec<OwnedRwLockWriteGuard<()>>),
 }
 
 impl BlobLocks {
-    /// Lock every digest of the namespace, in sorted order (so two callers cannot
-    /// deadlock).
+    /// Lock every digest of the namespace for this caller alone, in sorted order
+    /// (so two callers cannot deadlock).
     pub async fn lock_all(
         &self,
         namespace: &str,
         digests: impl IntoIterator<Item = Digest>,
-    ) -> Vec<OwnedMutexGuard<()>> {
-        let sorted: BTreeSet<BlobId> = digests.into_iter().map(|d| (namespace.to_string(), d)).collect();
-        let mut guards = Vec::with_capacity(sorted.len());
-        for d in sorted {
-            let lock = {
-                let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-                // Drop entries nobody holds, so the map stays as small as the work.
-                map.retain(|_, l| Arc::strong_count(l) > 1);
-                map.entry(d).or_default().clone()
-            };
-            guards.push(lock.lock_owned().await);
+    ) -> Vec<OwnedRwLockWriteGuard<()>> {
+        let mut guards = Vec::new();
+        for lock in self.sorted(namespace, digests) {
+            guards.push(lock.write_owned().await);
         }
         guards
+    }
+
+    /// Lock every digest of the namespace, shared with others that share them (not
+    /// with a caller of [`BlobLocks::lock_all`]), in sorted order.
+    pub async fn share_all(
+        &self,
+        namespace: &str,
+        digests: impl IntoIterator<Item = Digest>,
+    ) -> Vec<OwnedRwLockReadGuard<()>> {
+        let mut guards = Vec::new();
+        for lock in self.sorted(namespace, digests) {
+            guards.push(lock.read_owned().await);
+        }
+        guards
+    }
+
+    fn sorted(&self, namespace: &str, digests: impl IntoIterator<Item = Digest>) -> Vec<Arc<RwLock<()>>> {
+        let sorted: BTreeSet<BlobId> = digests.into_iter().map(|d| (namespace.to_string(), d)).collect();
+        let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        // Drop entries nobody holds, so the map stays as small as the work.
+        map.retain(|_, l| Arc::strong_count(l) > 1);
+        sorted
+            .into_iter()
+            .map(|d| map.entry(d).or_default().clone())
+            .collect()
+    }
+}
+
+/// Blobs whose bytes were read back and matched their digest, by the ETag storage
+/// sent with those bytes: a blob whose ETag is still that one holds the same bytes
+/// and is not read again. (Any write of the key gives it another ETag. A reissue
+/// request, which says the bytes may be bad, reads them again all the same.) The
+/// layers many artifacts share, a push's unchanged dependencies above all, are then
+/// read once, not once per artifact.
+#[derive(Debug, Default)]
+pub struct Verified(Mutex<HashMap<BlobId, (String, Instant)>>);
+
+/// How long a read is trusted for.
+const VERIFIED_FOR: Duration = Duration::from_secs(600);
+/// At most this many blobs are remembered (then all are forgotten at once).
+const MAX_VERIFIED: usize = 10_000;
+
+impl Verified {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BlobId, (String, Instant)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the blob's bytes, which storage tags `etag` now, were read and matched.
+    pub fn matches(&self, namespace: &str, digest: &Digest, etag: &str) -> bool {
+        self.lock()
+            .get(&(namespace.to_string(), *digest))
+            .is_some_and(|(tag, at)| tag == etag && at.elapsed() < VERIFIED_FOR)
+    }
+
+    /// The blob's bytes, tagged `etag`, were read and matched.
+    pub fn record(&self, namespace: &str, digest: &Digest, etag: String) {
+        let mut map = self.lock();
+        if map.len() >= MAX_VERIFIED {
+            map.clear();
+        }
+        map.insert((namespace.to_string(), *digest), (etag, Instant::now()));
+    }
+
+    pub fn forget(&self, namespace: &str, digest: &Digest) {
+        self.lock().remove(&(namespace.to_string(), *digest));
     }
 }
 
@@ -165,6 +234,34 @@ mod tests {
             unreferenced(&dying, &candidates, std::slice::from_ref(&dying)).len(),
             2
         );
+    }
+
+    #[tokio::test]
+    async fn shared_locks_exclude_only_one_held_alone() {
+        let locks = Arc::new(BlobLocks::default());
+        let d = Digest::of(b"1");
+        let first = locks.share_all("a", [d]).await;
+        let within = |f| tokio::time::timeout(std::time::Duration::from_millis(50), f);
+        assert!(within(locks.share_all("a", [d])).await.is_ok(), "shared twice");
+        let l2 = locks.clone();
+        let alone = tokio::spawn(async move { l2.lock_all("a", [d]).await.len() });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!alone.is_finished(), "held alone while shared");
+        drop(first);
+        assert_eq!(alone.await.unwrap(), 1);
+    }
+
+    #[test]
+    fn a_blob_read_and_matched_is_trusted_while_its_etag_is_the_same() {
+        let verified = Verified::default();
+        let d = Digest::of(b"1");
+        assert!(!verified.matches("a", &d, "\"e1\""));
+        verified.record("a", &d, "\"e1\"".into());
+        assert!(verified.matches("a", &d, "\"e1\""));
+        assert!(!verified.matches("a", &d, "\"e2\""), "written again since");
+        assert!(!verified.matches("b", &d, "\"e1\""), "another namespace's blob");
+        verified.forget("a", &d);
+        assert!(!verified.matches("a", &d, "\"e1\""));
     }
 
     #[tokio::test]

@@ -205,6 +205,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         },
         retention: args.retention(),
         locks: blobs::BlobLocks::default(),
+        verified: blobs::Verified::default(),
         turns: turns::Turns::halved(max_reconciles),
         artifacts: artifact_controller.store(),
         hashing: turns::Turns::new(artifact::HASHING_PERMITS, 1),

@@ -51,6 +51,8 @@ pub struct Context {
     pub upload: UploadPolicy,
     pub retention: retention::Policy,
     pub locks: BlobLocks,
+    /// Blobs read back and matched, by their ETag.
+    pub verified: blobs::Verified,
     /// Reconciles take turns, shared fairly between namespaces.
     pub turns: crate::turns::Turns,
     /// The controller's cache of every artifact: a reconcile that waited for its turn
@@ -356,6 +358,7 @@ async fn release_blobs(art: &AetherArtifact, ctx: &Context) -> Result<Action, Er
         .map_err(kube_at(Step::Release))?;
     let free = blobs::unreferenced(art, &candidates, &all);
     for digest in &free {
+        ctx.verified.forget(&ns, digest);
         storage.delete(digest).await.map_err(storage_at(Step::Release))?;
         crate::faults::point("artifact: freed a blob");
     }
@@ -401,11 +404,28 @@ fn upload_name(art: &AetherArtifact) -> String {
     art.uid().unwrap_or_else(|| art.name_any())
 }
 
-/// Observe and decide until there is a verdict, then carry it out.
+/// Observe and decide until there is a verdict, then carry it out: first holding the
+/// artifact's blobs shared with others that only read them; when the verdict would
+/// write or delete blobs, all over again holding them alone.
 async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error> {
+    match decide_and_execute(&art, ctx, false).await? {
+        Some(then) => Ok(then),
+        None => decide_and_execute(&art, ctx, true)
+            .await?
+            .ok_or(Error::NoProgress(Look::Stored)),
+    }
+}
+
+/// One pass of [`reconcile_inner`]; `None` when it held the blobs shared
+/// (`alone` false) and its verdict would write or delete them.
+async fn decide_and_execute(
+    art: &AetherArtifact,
+    ctx: &Context,
+    alone: bool,
+) -> Result<Option<Action>, Error> {
     let ns = art.namespace().unwrap_or_default();
     let storage = ctx.storage.namespace(&ns);
-    let mut seen = Seen::of(&art, Timestamp::now());
+    let mut seen = Seen::of(art, Timestamp::now());
     // From the first storage look to the verdict, no blob of this artifact may be
     // collected (see crate::blobs).
     let mut locks = None;
@@ -426,17 +446,28 @@ async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Acti
                     then = ?verdict.then,
                     "verdict"
                 );
-                return execute(*verdict, &seen, &art, ctx, &storage).await;
+                if !alone && !verdict.delete.is_empty() {
+                    return Ok(None);
+                }
+                return execute(*verdict, &seen, art, ctx, &storage).await.map(Some);
             }
             Next::Look(look) => look,
         };
+        // Completing an upload writes the blob.
+        if !alone && matches!(look, Look::Complete(_)) {
+            return Ok(None);
+        }
         if locks.is_none() && matches!(look, Look::Complete(_) | Look::Stored) {
             let digests = seen.spec.iter().flatten().map(|b| b.digest);
-            locks = Some(ctx.locks.lock_all(&ns, digests).await);
-            debug!("holding the blob locks");
+            locks = Some(if alone {
+                blobs::Held::Alone(ctx.locks.lock_all(&ns, digests).await)
+            } else {
+                blobs::Held::Shared(ctx.locks.share_all(&ns, digests).await)
+            });
+            debug!(alone, "holding the blob locks");
         }
         debug!(?look, "looking");
-        observe(&look, &mut seen, &art, ctx, &storage).await?;
+        observe(&look, &mut seen, art, ctx, &storage).await?;
         crate::faults::point(look.fault_point());
     }
     Err(Error::NoProgress(Look::Stored))
@@ -500,10 +531,13 @@ async fn observe(
             seen.stored = Some(stored);
         }
         Look::Hash(blobs) => {
+            // A reissue request says the bytes may be bad: read them whatever was seen.
+            let trust_earlier_reads = seen.requests.reissue.is_none();
             for b in blobs {
-                let hashed = match hash(ctx, storage, &b.digest, b.size).await {
+                let hashed = match hash(ctx, storage, &ns, &b.digest, b.size, trust_earlier_reads).await {
                     Ok(()) => Hashed::Matches,
                     Err(e @ StorageError::Mismatch { .. }) => {
+                        ctx.verified.forget(&ns, &b.digest);
                         warn!(digest = %b.digest, error = %e, "stored bytes do not match their digest");
                         Hashed::Mismatch(e.to_string())
                     }
@@ -546,6 +580,7 @@ async fn execute(
     } = verdict;
     for digest in &delete {
         warn!(%digest, "deleting stored bytes that match no digest");
+        ctx.verified.forget(&art.namespace().unwrap_or_default(), digest);
         storage.delete(digest).await.map_err(storage_at(Step::Delete))?;
         crate::faults::point("artifact: deleted bytes that match nothing");
     }
@@ -574,13 +609,35 @@ async fn execute(
 }
 
 /// Read a stored blob back and check it against its digest, within the hashing
-/// budget ([`HASHING_PERMITS`]).
-async fn hash(ctx: &Context, storage: &Blobs, digest: &Digest, size: u64) -> Result<(), StorageError> {
+/// budget ([`HASHING_PERMITS`]). With `trust_earlier_reads`, not if its bytes
+/// were read and matched before (see [`blobs::Verified`]).
+async fn hash(
+    ctx: &Context,
+    storage: &Blobs,
+    ns: &str,
+    digest: &Digest,
+    size: u64,
+    trust_earlier_reads: bool,
+) -> Result<(), StorageError> {
     // One blob per namespace at a time: a namespace that asks for a lot waits behind
     // itself, not in front of everyone.
     // (Never closed: at most one hash per running reconcile is left at shutdown.)
     let _turn = ctx.hashing.take(storage.prefix()).await;
-    storage.verify(digest, size).await
+    if trust_earlier_reads
+        && let Some(stat) = storage.stat(digest).await?
+        && stat.size == size
+        && stat
+            .etag
+            .as_deref()
+            .is_some_and(|e| ctx.verified.matches(ns, digest, e))
+    {
+        return Ok(());
+    }
+    let etag = storage.verify(digest, size).await?;
+    if let Some(etag) = etag {
+        ctx.verified.record(ns, digest, etag);
+    }
+    Ok(())
 }
 
 /// Would this artifact's blobs take its namespace past an AetherPolicy's
