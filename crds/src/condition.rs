@@ -102,6 +102,8 @@ pub mod app {
     pub const ARTIFACT_FAILED: &str = "ArtifactFailed";
     /// The artifact named is being uploaded or looked at (`Stalled=False`).
     pub const AWAITING_ARTIFACT: &str = "AwaitingArtifact";
+    /// The release is applied and its pods are rolling out (`Reconciling=True`).
+    pub const ROLLING_OUT: &str = "RollingOut";
     /// No cluster admin enabled the namespace (`Stalled=True`).
     pub const NAMESPACE_NOT_ENABLED: &str = "NamespaceNotEnabled";
 

@@ -3,7 +3,7 @@
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::events::{Event, EventType, Recorder};
-use tracing::warn;
+use tracing::{Instrument, warn};
 
 use aether_crds::condition::READY;
 
@@ -19,6 +19,8 @@ pub fn ready_changed(old: &[Condition], new: &[Condition]) -> bool {
     ready(old) != ready(new)
 }
 
+/// Publish an Event, in the background: a reconcile does not wait for it (a
+/// thousand apps deploying at once made each wait for its Events in turn).
 pub async fn publish(
     recorder: &Recorder,
     object: &ObjectReference,
@@ -33,7 +35,13 @@ pub async fn publish(
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = recorder.publish(&event, object).await {
-        warn!(error = %e, "could not publish an event");
-    }
+    let (recorder, object) = (recorder.clone(), object.clone());
+    tokio::spawn(
+        async move {
+            if let Err(e) = recorder.publish(&event, &object).await {
+                warn!(error = %e, "could not publish an event");
+            }
+        }
+        .instrument(tracing::Span::current()),
+    );
 }

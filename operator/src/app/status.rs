@@ -328,7 +328,7 @@ pub fn applied(
                 &mut s.conditions,
                 READY,
                 false,
-                "RollingOut",
+                aether_crds::condition::app::ROLLING_OUT,
                 &message,
                 generation,
             );
@@ -336,11 +336,18 @@ pub fn applied(
                 &mut s.conditions,
                 RECONCILING,
                 true,
-                "RollingOut",
+                aether_crds::condition::app::ROLLING_OUT,
                 &message,
                 generation,
             );
-            conditions::set(&mut s.conditions, STALLED, false, "RollingOut", "", generation);
+            conditions::set(
+                &mut s.conditions,
+                STALLED,
+                false,
+                aether_crds::condition::app::ROLLING_OUT,
+                "",
+                generation,
+            );
         }
         Rollout::Failed { reason, message } => {
             let message = match s.history.first() {
