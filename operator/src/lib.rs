@@ -31,8 +31,7 @@ use std::time::Duration;
 use aether_crds::{AetherApp, AetherArtifact, AetherPolicy, AetherRelease};
 use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -127,20 +126,19 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let (apps_store, apps_writer) = reflector::store::<AetherApp>();
     let (app_events, apps_ready) = readiness::Readiness::follow(reflector(
         apps_writer,
-        watcher(Api::<AetherApp>::all(client.clone()), watcher::Config::default()),
+        watcher(Api::<AetherApp>::all(client.clone()), lists()),
     ));
     // One watch of the artifacts feeds both controllers: the app controller reads
     // artifacts in this cache, and each change reaches it only once it is there.
     let (artifacts_store, artifacts_writer) = reflector::store::<AetherArtifact>();
     let (artifact_events, artifacts_ready) = readiness::Readiness::follow(
-        reflector(
-            artifacts_writer,
-            watcher(artifacts.clone(), watcher::Config::default()),
-        )
-        .backoff(backoff::WatchBackoff::default()),
+        reflector(artifacts_writer, watcher(artifacts.clone(), lists()))
+            .backoff(backoff::WatchBackoff::default()),
     );
-    // Each app's last status write (see app::patch_status), forgotten with the app.
+    // Each app's last status write (see app::patch_status) and whether its legacy
+    // Secret was looked for, forgotten with the app.
     let written: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>> = Arc::default();
+    let legacy_checked: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
     // The same watch tells the artifacts' retention what apps run (see crate::triggers):
     // an app's new release may push an older one out of the kept releases. (Wake-ups
     // name objects in the other's cache only: one not there would be a warning.)
@@ -148,13 +146,16 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let mut runs = triggers::Changes::of(triggers::app_for_artifacts);
     let app_events = app_events
         .inspect_ok({
-            let (artifacts, written) = (artifacts_store.clone(), written.clone());
+            let (artifacts, written, legacy_checked) =
+                (artifacts_store.clone(), written.clone(), legacy_checked.clone());
             move |event| {
                 if let watcher::Event::Delete(app) = event {
-                    written
+                    let key = app::app_key(app);
+                    written.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                    legacy_checked
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .remove(&app::app_key(app));
+                        .remove(&key);
                 }
                 for app in runs.admit(event) {
                     let ns = app.namespace().unwrap_or_default();
@@ -219,6 +220,22 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let (nudge, nudged) = futures::channel::mpsc::unbounded();
     // The label every child of an app carries.
     let managed_by = format!("app.kubernetes.io/managed-by={}", app::build::MANAGED_BY);
+    // The children, watched into caches that the looks read (see app::observed).
+    let applied = Arc::new(app::observed::Applied::default());
+    let (children, child_watches) =
+        app::observed::watch(&client, &managed_by, apps_store.clone(), applied.clone());
+    tokio::spawn(
+        child_watches
+            .replica_sets
+            .for_each(|()| futures::future::ready(())),
+    );
+    // The default trusted keys, read by every app's look.
+    let (default_keys, key_events) = app::observed::cache(
+        Api::namespaced(client.clone(), &args.namespace),
+        watcher::Config::default().fields(&format!("metadata.name={}", app_config.trusted_keys_configmap)),
+        app::observed::slim_meta,
+    );
+    tokio::spawn(key_events.for_each(|_| futures::future::ready(())));
     // Every Ingress, for who holds which host (see app::route). Apps are reconciled
     // only once it has listed them all, lest a host look free that is not.
     let (ingresses, ingresses_writer) = reflector::store::<Ingress>();
@@ -308,6 +325,10 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         backoff: Default::default(),
         turns: turns::Turns::halved(max_reconciles),
         written,
+        children,
+        default_keys,
+        applied,
+        legacy_checked,
         apps: apps.store(),
         ingresses: ingresses.clone(),
         http_routes: http_routes.clone(),
@@ -334,38 +355,23 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         // `aether delete`), the artifact may go, and is looked at now. (Only then: a
         // new release changes nothing for its artifact. A deletion missed while the
         // watch was down is seen on the artifact's next look.)
-        .watches_stream(
-            watcher(
-                Api::<AetherRelease>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .backoff(backoff::WatchBackoff::default())
-            .try_filter_map(|event| {
-                futures::future::ready(Ok(match event {
-                    watcher::Event::Delete(release) => Some(release),
-                    _ => None,
-                }))
-            }),
-            |release: AetherRelease| {
-                let ns = release.namespace()?;
-                Some(ObjectRef::<AetherArtifact>::new(&release.spec.artifact.name).within(&ns))
-            },
-        )
+        .watches_stream(child_watches.deleted_releases, |release: AetherRelease| {
+            let ns = release.namespace()?;
+            Some(ObjectRef::<AetherArtifact>::new(&release.spec.artifact.name).within(&ns))
+        })
         .shutdown_on_signal()
         .run(artifact::reconcile, artifact::error_policy, artifact_ctx)
         .for_each(log_result);
     // Children are watched by the label every one of them carries.
     let owned = watcher::Config::default().labels(&managed_by);
-    let mut apps = apps
-        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
-        .owns(Api::<Ingress>::all(client.clone()), owned.clone());
+    // (Deployments, Services and ServiceAccounts are watched in app::observed.)
+    let mut apps = apps.owns(Api::<Ingress>::all(client.clone()), owned.clone());
     // The Gateway's word on an app's route (its status) is seen at once.
     if http_routes_served {
         apps = apps.owns(Api::<app::gateway::HttpRoute>::all(client.clone()), owned);
     }
     let app_controller = apps
+        .reconcile_on(child_watches.wakes)
         .reconcile_on(artifact_changes)
         .reconcile_on(pod_changes)
         .reconcile_all_on(policy_changes)
@@ -408,6 +414,13 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
     }
     result
+}
+
+/// A watch listing 100 objects a page: each page is held whole while it is read,
+/// and a dozen watches list at once when the operator starts (with the default 500,
+/// their pages raised its memory for good at 1000 apps).
+pub fn lists() -> watcher::Config {
+    watcher::Config::default().page_size(100)
 }
 
 /// SIGTERM (the kubelet stopping the pod) or SIGINT.

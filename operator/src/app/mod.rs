@@ -11,6 +11,7 @@ pub mod downloads;
 pub mod gateway;
 pub mod hot;
 pub mod network_policy;
+pub mod observed;
 pub mod ownership;
 pub mod policy;
 pub mod preview;
@@ -30,7 +31,7 @@ use aether_crds::{
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -111,6 +112,16 @@ pub struct Context {
     /// Per app, the resourceVersion its last status write made (see `patch_status`);
     /// an app's entry goes with the app.
     pub written: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    /// The children, their ReplicaSets and the releases, as last watched.
+    pub children: observed::Children,
+    /// The default trusted keys (`trusted_keys_configmap` in the operator's
+    /// namespace), watched.
+    pub default_keys: observed::Watched<ConfigMap>,
+    /// What was last applied to each child (see [`observed`]).
+    pub applied: Arc<observed::Applied>,
+    /// The apps whose legacy credentials Secret was looked for since the operator
+    /// started (see [`prune_legacy_secret`]), forgotten with the app.
+    pub legacy_checked: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Apps to look at again now (one that lost a host to another).
     pub nudge: futures::channel::mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<AetherApp>>,
 }
@@ -320,13 +331,13 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
                 &ctx.config.pod,
                 d.running.as_ref(),
             );
-            claim_children(ctx, app, &ns, &children, secret.as_ref().map(|s| &s.metadata))
+            claim_children(ctx, app, &ns, &children, secret, d.running.as_ref())
                 .await?
-                .map(|()| (release, children))
+                .map(|current| (release, children, current))
         }
         Err(invalid) => Err(invalid),
     };
-    let (release, children) = match valid {
+    let (release, children, current) = match valid {
         Ok(valid) => valid,
         Err(invalid) => {
             // Nothing new is applied, but the running release's URLs are renewed in
@@ -354,7 +365,7 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
                     urls.insert(hot::POLICY_KEY.into(), entry);
                 }
                 if urls != current {
-                    apply_one(ctx, &ns, &build::downloads_secret(app, &urls)).await?;
+                    apply_one(ctx, &ns, &build::downloads_secret(app, &urls), Some(&secret)).await?;
                 }
                 renew_in = Some(downloads::renew_in(&urls, &wanted, began_at, ttl));
             }
@@ -423,21 +434,35 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         .as_ref()
         .map(|c| network_policy::build(app, c));
     let absent_if_forbidden = true;
-    reconcile_optional(
-        ctx,
-        app,
-        &ns,
-        (&network_policy::name(&app.name_any()), policy),
-        "the app's pods are not isolated",
-        absent_if_forbidden,
-    )
-    .await?;
-    let (deployment, service) = apply(ctx, &ns, &children).await?;
+    let policy_name = network_policy::name(&app.name_any());
+    // The policy before the pods it fences, and the URLs before the pods that read
+    // them: those and the rest at once, then the Deployment.
+    let (_, _, _, service) = futures::try_join!(
+        reconcile_optional(
+            ctx,
+            app,
+            &ns,
+            (&policy_name, policy),
+            Some(&ctx.children.network_policies),
+            "the app's pods are not isolated",
+            absent_if_forbidden,
+        ),
+        apply_one(
+            ctx,
+            &ns,
+            &children.service_account,
+            current.service_account.as_ref()
+        ),
+        apply_one(ctx, &ns, &children.downloads, current.downloads.as_ref()),
+        apply_one(ctx, &ns, &children.service, current.service.as_ref()),
+    )?;
+    let deployment = apply_one(ctx, &ns, &children.deployment, d.running.as_ref()).await?;
     reconcile_optional(
         ctx,
         app,
         &ns,
         (&app.name_any(), build::autoscaler(app)),
+        Some(&ctx.children.autoscalers),
         "spec.autoscaling is not applied",
         false,
     )
@@ -684,19 +709,20 @@ async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Derefer
             Err(e) => return Err(dereference_error("the app's fetch Secret")(e)),
         }
     };
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    let running = deployments
-        .get_opt(&app.name_any())
+    let running = ctx
+        .children
+        .deployments
+        .get(&ctx.client, ns, &app.name_any())
         .await
         .map_err(dereference_error("the Deployment"))?;
-    let releases: Api<AetherRelease> = Api::namespaced(ctx.client.clone(), ns);
     let uid = app.uid().unwrap_or_default();
-    let selector = format!("{RELEASE_APP_LABEL}={}", app.name_any());
-    let releases = releases
-        .list(&ListParams::default().labels(&selector))
+    let labels = [(RELEASE_APP_LABEL.to_string(), app.name_any())].into();
+    let releases = ctx
+        .children
+        .releases
+        .list(&ctx.client, ns, &labels)
         .await
         .map_err(dereference_error("the app's releases"))?
-        .items
         .into_iter()
         .filter(|r| ownership::owned_by(&r.metadata, &uid))
         .collect();
@@ -760,12 +786,12 @@ fn secret_strings(secret: &Secret) -> BTreeMap<String, String> {
 /// the only ones serving while a rollout is stuck).
 async fn running_sets(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Vec<ReplicaSet>, Error> {
     let name = app.name_any();
-    let sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
-    let sets = sets
-        .list(&ListParams::default().labels(&build::selector_string(&name)))
+    let sets = ctx
+        .children
+        .replica_sets
+        .list(&ctx.client, ns, &build::selector_labels(&name))
         .await
-        .map_err(dereference_error("the app's ReplicaSets"))?
-        .items;
+        .map_err(dereference_error("the app's ReplicaSets"))?;
     Ok(sets
         .into_iter()
         .filter(|rs| {
@@ -944,89 +970,103 @@ async fn read_keys(ctx: &Context, ns: &str, name: &str) -> Result<Result<Trusted
 }
 
 async fn configmap_values(ctx: &Context, ns: &str, name: &str) -> Result<Option<Vec<String>>, Error> {
-    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    let cm = api
-        .get_opt(name)
-        .await
-        .map_err(dereference_error("trusted keys"))?;
+    let cm = if ns == ctx.config.operator_namespace && name == ctx.config.trusted_keys_configmap {
+        ctx.default_keys.lookup(&ctx.client, ns, name).await
+    } else {
+        Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+            .get_opt(name)
+            .await
+    }
+    .map_err(dereference_error("trusted keys"))?;
     Ok(cm.map(|c| c.data.unwrap_or_default().into_values().collect()))
 }
 
+/// The children as they are now: as last watched, or read where the cache holds
+/// none of that name.
+struct Current {
+    service_account: Option<ServiceAccount>,
+    service: Option<Service>,
+    downloads: Option<Secret>,
+}
+
 /// Refuse to write any child whose name an object the app does not own already
-/// holds.
+/// holds. `downloads` and `running`: the fetch Secret and Deployment, already read.
 async fn claim_children(
     ctx: &Context,
     app: &AetherApp,
     ns: &str,
     children: &Children,
-    downloads: Option<&ObjectMeta>,
-) -> Result<Result<(), Invalid>, Error> {
+    downloads: Option<Secret>,
+    running: Option<&Deployment>,
+) -> Result<Result<Current, Invalid>, Error> {
     let uid = app.uid().unwrap_or_default();
     let app_name = app.name_any();
     let name = |meta: &ObjectMeta| meta.name.clone().unwrap_or_default();
+    let observed = &ctx.children;
+    // Its NetworkPolicy too, when the admin asked for them: the app does not run
+    // without it (its name is one no app can take; someone else's object of that
+    // name stops the app rather than leave its pods open).
+    let policy_name = network_policy::name(&app_name);
+    let policy = async {
+        match &ctx.config.network_policy {
+            Some(_) => observed.network_policies.get(&ctx.client, ns, &policy_name).await,
+            None => Ok(None),
+        }
+    };
+    let (account_name, service_name) = (
+        name(&children.service_account.metadata),
+        name(&children.service.metadata),
+    );
+    // (At once: for a new app, each is a request.)
+    let (service_account, service, policy) = futures::try_join!(
+        observed.service_accounts.get(&ctx.client, ns, &account_name),
+        observed.services.get(&ctx.client, ns, &service_name),
+        policy,
+    )
+    .map_err(dereference_error("the app's objects"))?;
+    let policy = ctx
+        .config
+        .network_policy
+        .as_ref()
+        .map(|_| ("NetworkPolicy", policy_name, policy.map(|p| p.metadata)));
     let wanted = [
         (
             "ServiceAccount",
             name(&children.service_account.metadata),
-            existing::<ServiceAccount>(ctx, ns, &name(&children.service_account.metadata)).await?,
+            service_account.as_ref().map(|o| o.metadata.clone()),
         ),
         (
             "Service",
             name(&children.service.metadata),
-            existing::<Service>(ctx, ns, &name(&children.service.metadata)).await?,
+            service.as_ref().map(|o| o.metadata.clone()),
         ),
         (
             "Deployment",
             name(&children.deployment.metadata),
-            existing::<Deployment>(ctx, ns, &name(&children.deployment.metadata)).await?,
+            running.map(|o| o.metadata.clone()),
         ),
-        ("Secret", name(&children.downloads.metadata), downloads.cloned()),
+        (
+            "Secret",
+            name(&children.downloads.metadata),
+            downloads.as_ref().map(|o| o.metadata.clone()),
+        ),
     ];
-    // Its NetworkPolicy too, when the admin asked for them: the app does not run
-    // without it (its name is one no app can take; someone else's object of that
-    // name stops the app rather than leave its pods open).
-    let policy = match &ctx.config.network_policy {
-        Some(_) => {
-            let policy = network_policy::name(&app_name);
-            let meta = existing::<NetworkPolicy>(ctx, ns, &policy).await?;
-            Some(("NetworkPolicy", policy, meta))
-        }
-        None => None,
-    };
-    Ok(wanted
+    let claimed = wanted
         .iter()
         .chain(policy.iter())
-        .try_for_each(|(kind, name, meta)| ownership::claim(kind, name, meta.as_ref(), &app_name, &uid)))
+        .try_for_each(|(kind, name, meta)| ownership::claim(kind, name, meta.as_ref(), &app_name, &uid));
+    Ok(claimed.map(|()| Current {
+        service_account,
+        service,
+        downloads,
+    }))
 }
 
-/// The metadata of `name`, if it exists.
-async fn existing<K>(ctx: &Context, ns: &str, name: &str) -> Result<Option<ObjectMeta>, Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    Ok(api
-        .get_metadata_opt(name)
-        .await
-        .map_err(dereference_error("the app's objects"))?
-        .map(|m| m.metadata))
-}
-
-/// Server-side apply of every child with the operator's field manager, forcing
-/// conflicts on the fields it owns.
-async fn apply(ctx: &Context, ns: &str, children: &Children) -> Result<(Deployment, Service), Error> {
-    apply_one(ctx, ns, &children.service_account).await?;
-    // Before the Deployment: its new pods need the new URLs.
-    apply_one(ctx, ns, &children.downloads).await?;
-    let service = apply_one(ctx, ns, &children.service).await?;
-    let deployment = apply_one(ctx, ns, &children.deployment).await?;
-    Ok((deployment, service))
-}
-
-async fn apply_one<K>(ctx: &Context, ns: &str, object: &K) -> Result<K, Error>
+/// Server-side apply of `object` with the operator's field manager, forcing
+/// conflicts on the fields it owns; unless what was last applied to it is the same
+/// and nobody wrote it since (see [`observed::Applied`]): then it is `current`, as
+/// last seen.
+async fn apply_one<K>(ctx: &Context, ns: &str, object: &K, current: Option<&K>) -> Result<K, Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -1040,6 +1080,10 @@ where
     // Typed objects serialise without apiVersion/kind, which apply needs.
     body["apiVersion"] = K::api_version(&()).as_ref().into();
     body["kind"] = K::kind(&()).as_ref().into();
+    let wanted = observed::wanted(&body);
+    if let Some(current) = current.filter(|c| ctx.applied.unchanged(Some(*c), wanted)) {
+        return Ok(current.clone());
+    }
     let applied = api
         .patch(
             &name,
@@ -1051,6 +1095,7 @@ where
             what: format!("{} {ns}/{name}", K::kind(&())),
             source,
         })?;
+    ctx.applied.record(&applied, wanted);
     crate::faults::point("app: applied a child");
     Ok(applied)
 }
@@ -1067,6 +1112,7 @@ async fn reconcile_optional<K>(
     app: &AetherApp,
     ns: &str,
     (name, desired): (&str, Option<K>),
+    watched: Option<&observed::Watched<K>>,
     unapplied: &str,
     absent_if_forbidden: bool,
 ) -> Result<Option<K>, Error>
@@ -1075,11 +1121,23 @@ where
         + Clone
         + std::fmt::Debug
         + serde::Serialize
-        + serde::de::DeserializeOwned,
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let kind = K::kind(&());
-    let existing = match api.get_opt(name).await {
+    // Not asked for, and none the operator labelled: nothing to delete (one made
+    // by someone else is left alone anyway).
+    if desired.is_none() && watched.is_some_and(|w| w.none_of_ours(ns, name)) {
+        return Ok(None);
+    }
+    let read = match watched {
+        Some(watched) => watched.get(&ctx.client, ns, name).await,
+        None => api.get_opt(name).await,
+    };
+    let existing = match read {
         Ok(existing) => existing,
         Err(kube::Error::Api(e)) if e.code == 403 && absent_if_forbidden && desired.is_none() => {
             return Ok(None);
@@ -1100,7 +1158,7 @@ where
             name_conflict(ctx, app, &note).await;
         }
         (Some(object), _) => {
-            return apply_one(ctx, ns, &object).await.map(Some);
+            return apply_one(ctx, ns, &object, existing.as_ref()).await.map(Some);
         }
         (None, Some(true)) => {
             // Only the one read: not another created under its name meanwhile.
@@ -1143,7 +1201,7 @@ async fn reconcile_routes(
     let not_routed = "its hosts are not routed";
     let ingress = route::ingress(app, held, config);
     let wanted = ingress.is_some();
-    let mut routed = reconcile_optional(ctx, app, ns, (&name, ingress), not_routed, false)
+    let mut routed = reconcile_optional(ctx, app, ns, (&name, ingress), None, not_routed, false)
         .await?
         .is_some()
         || !wanted;
@@ -1161,12 +1219,13 @@ async fn reconcile_routes(
             .and_then(|g| gateway::http_route(app, held, g))
             .filter(|_| routed);
         let wanted = desired.is_some();
-        match reconcile_optional(ctx, app, ns, (&name, desired), not_routed, false).await {
+        match reconcile_optional(ctx, app, ns, (&name, desired), None, not_routed, false).await {
             Ok(applied) => {
                 http_route = applied;
                 if wanted && http_route.is_none() {
                     routed = false;
-                    reconcile_optional::<Ingress>(ctx, app, ns, (&name, None), not_routed, false).await?;
+                    reconcile_optional::<Ingress>(ctx, app, ns, (&name, None), None, not_routed, false)
+                        .await?;
                 }
             }
             // Gateway API not installed, a permission missing, a host the API
@@ -1202,6 +1261,7 @@ async fn reconcile_routes(
                 app,
                 ns,
                 (&route::certificate_name(&name), desired),
+                None,
                 "its hosts have no certificate",
                 true,
             )
@@ -1391,8 +1451,14 @@ async fn replace_pods(ctx: &Context, ns: &str, names: &[String]) -> Result<(), E
 
 /// Earlier operators copied bucket-wide read credentials next to each app: remove
 /// such a copy (only if this app owns it) once the app is Ready on this operator's
-/// template.
+/// template. Looked for once per app while the operator runs (nothing makes one
+/// any more).
 async fn prune_legacy_secret(ctx: &Context, app: &AetherApp, ns: &str) -> Result<(), Error> {
+    let key = app_key(app);
+    let checked = || ctx.legacy_checked.lock().unwrap_or_else(|e| e.into_inner());
+    if checked().contains(&key) {
+        return Ok(());
+    }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = build::legacy_secret_name(&app.name_any());
     // Its metadata is enough: the operator has no need of the data.
@@ -1409,6 +1475,7 @@ async fn prune_legacy_secret(ctx: &Context, app: &AetherApp, ns: &str) -> Result
                 source,
             })?;
     }
+    checked().insert(key);
     Ok(())
 }
 
@@ -1477,7 +1544,10 @@ async fn warn_if_unverified(ctx: &Context, app: &AetherApp, old: &AetherAppStatu
     }
 }
 
-/// An Event when Ready changes: Normal for progress, Warning for failures.
+/// An Event when Ready changes to where a deploy got: Normal for Ready, Warning for
+/// failures. Not for the way there (waiting for the artifact, rolling out): the
+/// status says that, and a thousand apps deploying at once made two Events each of
+/// it (as many requests, and as many kept for their series).
 async fn announce(
     ctx: &Context,
     app: &AetherApp,
@@ -1496,6 +1566,13 @@ async fn announce(
         return;
     };
     let stalled = crate::conditions::is_true(&new.conditions, aether_crds::condition::STALLED);
+    let on_the_way = [
+        aether_crds::condition::app::AWAITING_ARTIFACT,
+        aether_crds::condition::app::ROLLING_OUT,
+    ];
+    if !stalled && on_the_way.contains(&ready.reason.as_str()) {
+        return;
+    }
     let type_ = if stalled { EventType::Warning } else { type_ };
     events::publish(
         &ctx.recorder,
