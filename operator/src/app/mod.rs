@@ -783,15 +783,26 @@ fn secret_strings(secret: &Secret) -> BTreeMap<String, String> {
 /// The layers of every release a ReplicaSet of the app's Deployment still runs.
 /// `known`: an artifact already read (the app's current one), not read again.
 /// The app's ReplicaSets that have or want pods (old releases during a rollout, or
-/// the only ones serving while a rollout is stuck).
-async fn running_sets(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Vec<ReplicaSet>, Error> {
+/// the only ones serving while a rollout is stuck): as last watched (kept without
+/// their pods' spec), or with `fresh` read whole from the API server.
+async fn running_sets(
+    ctx: &Context,
+    app: &AetherApp,
+    ns: &str,
+    fresh: bool,
+) -> Result<Vec<ReplicaSet>, Error> {
     let name = app.name_any();
-    let sets = ctx
-        .children
-        .replica_sets
-        .list(&ctx.client, ns, &build::selector_labels(&name))
-        .await
-        .map_err(dereference_error("the app's ReplicaSets"))?;
+    let labels = build::selector_labels(&name);
+    let sets = if fresh {
+        let selector = build::selector_string(&name);
+        Api::<ReplicaSet>::namespaced(ctx.client.clone(), ns)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map(|l| l.items)
+    } else {
+        ctx.children.replica_sets.list(&ctx.client, ns, &labels).await
+    }
+    .map_err(dereference_error("the app's ReplicaSets"))?;
     Ok(sets
         .into_iter()
         .filter(|rs| {
@@ -808,8 +819,9 @@ async fn running_sets(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Vec<Re
         .collect())
 }
 
-/// The Secrets the app may still read: those its spec names, read afresh (a
-/// rollback or `aether config` may have named one again since this reconcile
+/// The Secrets the app may still read: those its spec names, and the pods of its
+/// running ReplicaSets, all read afresh (a Secret is deleted on this: a rollback or
+/// `aether config` may have named one again since this reconcile
 /// began), and those the pods of its running ReplicaSets read.
 async fn secrets_in_use(ctx: &Context, app: &AetherApp, ns: &str) -> Result<BTreeSet<String>, Error> {
     let apps: Api<AetherApp> = Api::namespaced(ctx.client.clone(), ns);
@@ -818,7 +830,7 @@ async fn secrets_in_use(ctx: &Context, app: &AetherApp, ns: &str) -> Result<BTre
         .await
         .map_err(dereference_error("the app"))?;
     let mut secrets = build::secret_names(&fresh.spec.env, &fresh.spec.env_from);
-    for rs in running_sets(ctx, app, ns).await? {
+    for rs in running_sets(ctx, app, ns, true).await? {
         let containers = rs
             .spec
             .and_then(|s| s.template)
@@ -841,7 +853,7 @@ async fn serving_layers(
     ns: &str,
     known: Option<&AetherArtifact>,
 ) -> Result<Vec<aether_artifact::Digest>, Error> {
-    let mut artifacts: Vec<String> = running_sets(ctx, app, ns)
+    let mut artifacts: Vec<String> = running_sets(ctx, app, ns, false)
         .await?
         .iter()
         .filter_map(|rs| {

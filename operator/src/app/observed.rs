@@ -25,7 +25,7 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Container, PodSpec, Service, ServiceAccount, ServiceSpec};
+use k8s_openapi::api::core::v1::{Service, ServiceAccount, ServiceSpec};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, ObjectMeta};
 use kube::api::ListParams;
@@ -486,8 +486,9 @@ pub fn slim_service(service: &mut Service) {
     });
 }
 
-/// A ReplicaSet as a look reads it: metadata, replicas, its pods' annotations (their
-/// release) and their containers' environment (the Secrets they read).
+/// A ReplicaSet as a look reads it: metadata, replicas and its pods' annotations
+/// (their release). (Which Secrets its pods read decides a deletion: that is read
+/// afresh.)
 pub fn slim_replica_set(set: &mut ReplicaSet) {
     slim_meta(set);
     if let Some(template) = set.spec.as_mut().and_then(|s| s.template.as_mut()) {
@@ -497,26 +498,14 @@ pub fn slim_replica_set(set: &mut ReplicaSet) {
                 ..Default::default()
             };
         }
-        template.spec = template.spec.take().map(|pod| PodSpec {
-            containers: pod
-                .containers
-                .into_iter()
-                .map(|c| Container {
-                    name: c.name,
-                    env: c.env,
-                    env_from: c.env_from,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        });
+        template.spec = None;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
-    use k8s_openapi::api::core::v1::PodTemplateSpec;
+    use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     use super::*;
