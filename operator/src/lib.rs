@@ -139,6 +139,8 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     // Secret was looked for, forgotten with the app.
     let written: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>> = Arc::default();
     let legacy_checked: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
+    // What was last applied to each child (see app::observed), forgotten with it.
+    let applied = Arc::new(app::observed::Applied::default());
     // The same watch tells the artifacts' retention what apps run (see crate::triggers):
     // an app's new release may push an older one out of the kept releases. (Wake-ups
     // name objects in the other's cache only: one not there would be a warning.)
@@ -146,11 +148,16 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let mut runs = triggers::Changes::of(triggers::app_for_artifacts);
     let app_events = app_events
         .inspect_ok({
-            let (artifacts, written, legacy_checked) =
-                (artifacts_store.clone(), written.clone(), legacy_checked.clone());
+            let (artifacts, written, legacy_checked, applied) = (
+                artifacts_store.clone(),
+                written.clone(),
+                legacy_checked.clone(),
+                applied.clone(),
+            );
             move |event| {
                 if let watcher::Event::Delete(app) = event {
                     let key = app::app_key(app);
+                    applied.forget_app(&key);
                     written.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
                     legacy_checked
                         .lock()
@@ -221,7 +228,6 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     // The label every child of an app carries.
     let managed_by = format!("app.kubernetes.io/managed-by={}", app::build::MANAGED_BY);
     // The children, watched into caches that the looks read (see app::observed).
-    let applied = Arc::new(app::observed::Applied::default());
     let (children, child_watches) =
         app::observed::watch(&client, &managed_by, apps_store.clone(), applied.clone());
     tokio::spawn(

@@ -1096,6 +1096,11 @@ where
     if let Some(current) = current.filter(|c| ctx.applied.unchanged(Some(*c), wanted)) {
         return Ok(current.clone());
     }
+    // Only over the object judged the app's (as last watched, it may since have been
+    // deleted and made again by someone else): the API server refuses another UID.
+    if let Some(uid) = current.and_then(|c| c.meta().uid.clone()) {
+        body["metadata"]["uid"] = uid.into();
+    }
     let applied = api
         .patch(
             &name,

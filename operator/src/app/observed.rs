@@ -368,6 +368,10 @@ pub struct Applied(Mutex<HashMap<String, Record>>);
 struct Record {
     /// The hash of what was applied.
     wanted: u64,
+    /// The object written (one made again under its name is another).
+    uid: Option<String>,
+    /// `namespace/name` of the app that owns it.
+    app: Option<String>,
     version: Option<String>,
     generation: Option<i64>,
     labels_and_owners: u64,
@@ -397,6 +401,7 @@ impl Applied {
         };
         self.lock().get(&Self::key::<K>(meta)).is_some_and(|r| {
             r.wanted == wanted
+                && r.uid == meta.uid
                 && (r.version.is_some() && r.version == meta.resource_version
                     || r.generation.is_some()
                         && r.generation == meta.generation
@@ -411,6 +416,9 @@ impl Applied {
             Self::key::<K>(meta),
             Record {
                 wanted,
+                uid: meta.uid.clone(),
+                app: owning_app(meta)
+                    .map(|app| format!("{}/{}", app.namespace.unwrap_or_default(), app.name)),
                 version: meta.resource_version.clone(),
                 generation: meta.generation.filter(|_| status_written_by_others::<K>()),
                 labels_and_owners: labels_and_owners(meta),
@@ -428,6 +436,12 @@ impl Applied {
     pub fn forget<K: Resource<DynamicType = ()>>(&self, meta: &ObjectMeta) {
         self.lock().remove(&Self::key::<K>(meta));
     }
+
+    /// Forget every child of the app `namespace/name` (deleted): those of kinds not
+    /// watched (its fetch Secret, its routes) are not forgotten otherwise.
+    pub fn forget_app(&self, app: &str) {
+        self.lock().retain(|_, r| r.app.as_deref() != Some(app));
+    }
 }
 
 /// The hash of an object as it would be applied.
@@ -435,9 +449,12 @@ pub fn wanted(body: &serde_json::Value) -> u64 {
     hash(serde_json::to_string(body).unwrap_or_default())
 }
 
-/// Any object, without its field managers (what a look never reads).
+/// Any object, without its field managers and annotations (what a look never
+/// reads, and what anyone may make large on objects that carry the label).
 pub fn slim_meta<K: Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
 }
 
 /// A Deployment as a look reads it: metadata but its annotations, replicas, the pod
@@ -613,6 +630,17 @@ mod tests {
         assert!(!applied.is_own_write::<Service>(&written.metadata));
         applied.forget::<Deployment>(&written.metadata);
         assert!(!applied.is_own_write::<Deployment>(&written.metadata));
+        assert!(!applied.unchanged(Some(&written), 7));
+
+        // Made again under its name (a watch down meanwhile saw no deletion).
+        applied.record(&written, 7);
+        let mut again = deployment("10", 1);
+        again.metadata.uid = Some("d-2".into());
+        assert!(!applied.unchanged(Some(&again), 7));
+        // Forgotten with its app.
+        applied.forget_app("team-a/other");
+        assert!(applied.unchanged(Some(&written), 7));
+        applied.forget_app("team-a/web");
         assert!(!applied.unchanged(Some(&written), 7));
     }
 
