@@ -819,10 +819,10 @@ async fn running_sets(
         .collect())
 }
 
-/// The Secrets the app may still read: those its spec names, and the pods of its
-/// running ReplicaSets, all read afresh (a Secret is deleted on this: a rollback or
-/// `aether config` may have named one again since this reconcile
-/// began), and those the pods of its running ReplicaSets read.
+/// The Secrets the app may still read: those its spec names and those the pods of
+/// its running ReplicaSets read, both read afresh (a Secret is deleted on this: a
+/// rollback or `aether config` may have named one again since this reconcile
+/// began, and a cache may not show a ReplicaSet just made).
 async fn secrets_in_use(ctx: &Context, app: &AetherApp, ns: &str) -> Result<BTreeSet<String>, Error> {
     let apps: Api<AetherApp> = Api::namespaced(ctx.client.clone(), ns);
     let fresh = apps
