@@ -13,7 +13,8 @@ use aether_crds::{AetherApp, AetherArtifact};
 use kube::ResourceExt;
 use kube::runtime::watcher;
 
-fn hash(value: impl Hash) -> u64 {
+/// A value's hash, the same for equal values within this process.
+pub(crate) fn hash(value: impl Hash) -> u64 {
     let mut hasher = DefaultHasher::new();
     value.hash(&mut hasher);
     hasher.finish()

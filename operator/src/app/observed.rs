@@ -17,7 +17,6 @@
 //! - a Deployment wakes its app only on what its rollout is judged from.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use aether_crds::{AetherApp, AetherRelease};
@@ -36,7 +35,7 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use crate::readiness::Readiness;
-use crate::triggers::Changes;
+use crate::triggers::{Changes, hash};
 
 /// One kind of object, watched into a cache.
 #[derive(Debug)]
@@ -299,12 +298,6 @@ fn owning_app(meta: &ObjectMeta) -> Option<ObjectRef<AetherApp>> {
         .flatten()
         .find(|o| o.controller == Some(true) && o.kind == "AetherApp")?;
     Some(ObjectRef::new(&owner.name).within(meta.namespace.as_deref()?))
-}
-
-fn hash(value: impl Hash) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish()
 }
 
 /// The labels and owners of an object: what an apply writes besides its spec.
