@@ -31,7 +31,7 @@ use aether_crds::{
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -443,7 +443,14 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
             app,
             &ns,
             (&policy_name, policy),
-            Some(&ctx.children.network_policies),
+            (
+                // Read to claim it when asked for (else nothing was claimed or read).
+                ctx.config
+                    .network_policy
+                    .as_ref()
+                    .map(|_| current.network_policy.clone()),
+                Some(&ctx.children.network_policies),
+            ),
             "the app's pods are not isolated",
             absent_if_forbidden,
         ),
@@ -462,7 +469,7 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         app,
         &ns,
         (&app.name_any(), build::autoscaler(app)),
-        Some(&ctx.children.autoscalers),
+        (None, Some(&ctx.children.autoscalers)),
         "spec.autoscaling is not applied",
         false,
     )
@@ -999,6 +1006,7 @@ struct Current {
     service_account: Option<ServiceAccount>,
     service: Option<Service>,
     downloads: Option<Secret>,
+    network_policy: Option<NetworkPolicy>,
 }
 
 /// Refuse to write any child whose name an object the app does not own already
@@ -1036,11 +1044,14 @@ async fn claim_children(
         policy,
     )
     .map_err(dereference_error("the app's objects"))?;
-    let policy = ctx
-        .config
-        .network_policy
-        .as_ref()
-        .map(|_| ("NetworkPolicy", policy_name, policy.map(|p| p.metadata)));
+    let network_policy = policy;
+    let policy = ctx.config.network_policy.as_ref().map(|_| {
+        (
+            "NetworkPolicy",
+            policy_name,
+            network_policy.as_ref().map(|p| p.metadata.clone()),
+        )
+    });
     let wanted = [
         (
             "ServiceAccount",
@@ -1071,6 +1082,7 @@ async fn claim_children(
         service_account,
         service,
         downloads,
+        network_policy,
     }))
 }
 
@@ -1129,7 +1141,7 @@ async fn reconcile_optional<K>(
     app: &AetherApp,
     ns: &str,
     (name, desired): (&str, Option<K>),
-    watched: Option<&observed::Watched<K>>,
+    (known, watched): (Option<Option<K>>, Option<&observed::Watched<K>>),
     unapplied: &str,
     absent_if_forbidden: bool,
 ) -> Result<Option<K>, Error>
@@ -1150,9 +1162,11 @@ where
     if desired.is_none() && watched.is_some_and(|w| w.none_of_ours(ns, name)) {
         return Ok(None);
     }
-    let read = match watched {
-        Some(watched) => watched.get(&ctx.client, ns, name).await,
-        None => api.get_opt(name).await,
+    // (`known`: already read in this look.)
+    let read = match (known, watched) {
+        (Some(known), _) => Ok(known),
+        (None, Some(watched)) => watched.get(&ctx.client, ns, name).await,
+        (None, None) => api.get_opt(name).await,
     };
     let existing = match read {
         Ok(existing) => existing,
@@ -1218,7 +1232,7 @@ async fn reconcile_routes(
     let not_routed = "its hosts are not routed";
     let ingress = route::ingress(app, held, config);
     let wanted = ingress.is_some();
-    let mut routed = reconcile_optional(ctx, app, ns, (&name, ingress), None, not_routed, false)
+    let mut routed = reconcile_optional(ctx, app, ns, (&name, ingress), (None, None), not_routed, false)
         .await?
         .is_some()
         || !wanted;
@@ -1236,13 +1250,21 @@ async fn reconcile_routes(
             .and_then(|g| gateway::http_route(app, held, g))
             .filter(|_| routed);
         let wanted = desired.is_some();
-        match reconcile_optional(ctx, app, ns, (&name, desired), None, not_routed, false).await {
+        match reconcile_optional(ctx, app, ns, (&name, desired), (None, None), not_routed, false).await {
             Ok(applied) => {
                 http_route = applied;
                 if wanted && http_route.is_none() {
                     routed = false;
-                    reconcile_optional::<Ingress>(ctx, app, ns, (&name, None), None, not_routed, false)
-                        .await?;
+                    reconcile_optional::<Ingress>(
+                        ctx,
+                        app,
+                        ns,
+                        (&name, None),
+                        (None, None),
+                        not_routed,
+                        false,
+                    )
+                    .await?;
                 }
             }
             // Gateway API not installed, a permission missing, a host the API
@@ -1278,7 +1300,7 @@ async fn reconcile_routes(
                 app,
                 ns,
                 (&route::certificate_name(&name), desired),
-                None,
+                (None, None),
                 "its hosts have no certificate",
                 true,
             )
