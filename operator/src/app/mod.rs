@@ -174,10 +174,11 @@ struct Dereferenced {
     /// The cluster admin's floor for the app's namespace.
     floor: Result<Floor, Invalid>,
     trusted: Result<TrustedKeys, Invalid>,
-    /// The app's fetch Secret as it is (refused when the operator may not manage
-    /// Secrets in the namespace).
-    downloads: Result<Option<Secret>, Invalid>,
-    running: Option<Deployment>,
+    /// Whether a cluster admin let the operator work in the namespace. The app's
+    /// fetch Secret and Deployment are read only once they are needed (see
+    /// [`read_downloads`], [`read_running`]): an app waiting for its artifact
+    /// reads neither, most often.
+    enabled: Result<(), Invalid>,
     /// The app's releases (those it owns).
     releases: Vec<AetherRelease>,
     /// `kind/name` → resourceVersion of the Secrets and ConfigMaps its environment
@@ -294,9 +295,9 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     // Whatever becomes of this release, the pods of every release still running may
     // restart: their download URLs are kept fresh.
     let serving = serving_layers(ctx, app, &ns, d.artifact.as_ref()).await?;
-    let secret = d.downloads.clone();
     let hosts_floor = d.floor.as_ref().ok().cloned();
-    let valid = d.downloads.and_then(|secret| {
+    let enabled = d.enabled.is_ok();
+    let valid = d.enabled.and_then(|()| {
         let floor = d.floor?;
         d.trusted
             .and_then(|trusted| validate::validate(app, d.artifact.as_ref(), &trusted, &floor))
@@ -306,13 +307,20 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
                     .or_else(|| route::unservable(app, &ctx.config.route));
                 refusal.map_or(Ok(release), Err)
             })
-            .map(|release| (release, secret))
     });
     // The children are written only where the app may write (see [`ownership`]).
     let ttl = ctx.config.download_url_ttl;
     let mut renew_in = None;
     let valid = match valid {
+        Ok(release) => match read_downloads(ctx, app, &ns).await? {
+            Ok(secret) => Ok((release, secret)),
+            Err(invalid) => Err(invalid),
+        },
+        Err(invalid) => Err(invalid),
+    };
+    let valid = match valid {
         Ok((release, secret)) => {
+            let running = read_running(ctx, app, &ns).await?;
             let wanted = [release.layers.clone(), serving.clone()].concat();
             let mut urls = download_urls(ctx, app, &ns, secret.as_ref(), &wanted, began_at).await?;
             renew_in = Some(downloads::renew_in(&urls, &wanted, began_at, ttl));
@@ -322,31 +330,33 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
             if let Some(entry) = hot::policy_entry(app, Some(&release)) {
                 urls.insert(hot::POLICY_KEY.into(), entry);
             }
-            let template = hot::template_release(app, &release, d.running.as_ref());
+            let template = hot::template_release(app, &release, running.as_ref());
             let children = build::build(
                 app,
                 &template,
                 &urls,
                 &d.config_versions,
                 &ctx.config.pod,
-                d.running.as_ref(),
+                running.as_ref(),
             );
-            claim_children(ctx, app, &ns, &children, secret, d.running.as_ref())
+            claim_children(ctx, app, &ns, &children, secret, running.as_ref())
                 .await?
-                .map(|current| (release, children, current))
+                .map(|current| (release, children, current, running))
         }
         Err(invalid) => Err(invalid),
     };
-    let (release, children, current) = match valid {
+    let (release, children, current, running) = match valid {
         Ok(valid) => valid,
         Err(invalid) => {
             // Nothing new is applied, but the running release's URLs are renewed in
             // its own Secret (only if the app owns it).
-            let owned = secret
-                .ok()
-                .flatten()
-                .filter(|s| ownership::owned_by(&s.metadata, &app.uid().unwrap_or_default()));
-            if let Some(secret) = owned.filter(|_| !serving.is_empty()) {
+            let owned = if enabled && !serving.is_empty() {
+                read_downloads(ctx, app, &ns).await?.ok().flatten()
+            } else {
+                None
+            }
+            .filter(|s| ownership::owned_by(&s.metadata, &app.uid().unwrap_or_default()));
+            if let Some(secret) = owned {
                 let current = secret_strings(&secret);
                 // A dev-hot app's new pods keep starting on the release they would have
                 // (whose code its templates do not name), but its pods take no update
@@ -370,9 +380,14 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
                 renew_in = Some(downloads::renew_in(&urls, &wanted, began_at, ttl));
             }
             // Counts of a Deployment of that name the app does not own are not its own.
+            // (An app that never ran has none the operator labelled, and is not read.)
             let uid = app.uid().unwrap_or_default();
-            let running = d
-                .running
+            let running = if ctx.children.deployments.none_of_ours(&ns, &app.name_any()) {
+                None
+            } else {
+                read_running(ctx, app, &ns).await?
+            };
+            let running = running
                 .as_ref()
                 .filter(|r| ownership::owned_by(&r.metadata, &uid));
             let mut new = status::invalid(&old, generation, &invalid, running);
@@ -463,7 +478,7 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         apply_one(ctx, &ns, &children.downloads, current.downloads.as_ref()),
         apply_one(ctx, &ns, &children.service, current.service.as_ref()),
     )?;
-    let deployment = apply_one(ctx, &ns, &children.deployment, d.running.as_ref()).await?;
+    let deployment = apply_one(ctx, &ns, &children.deployment, running.as_ref()).await?;
     reconcile_optional(
         ctx,
         app,
@@ -693,13 +708,6 @@ async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Derefer
         Ok(floor) => trusted_keys(ctx, app, ns, floor).await?,
         Err(invalid) => Err(invalid.clone()),
     };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let name = downloads::secret_name(&app.name_any());
-    let not_enabled = || Invalid {
-        reason: aether_crds::condition::app::NAMESPACE_NOT_ENABLED,
-        message: ctx.enabled.message(ns),
-        waiting: false,
-    };
     // The operator works only where a cluster admin let it: an installation step,
     // not the app's fault, and the app says which.
     let enabled = ctx
@@ -707,21 +715,11 @@ async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Derefer
         .check(ns)
         .await
         .map_err(dereference_error("the namespace's enablement"))?;
-    let downloads = if !enabled {
-        Err(not_enabled())
+    let enabled = if enabled {
+        Ok(())
     } else {
-        match secrets.get_opt(&name).await {
-            Ok(secret) => Ok(secret),
-            Err(kube::Error::Api(e)) if e.code == 403 => Err(not_enabled()),
-            Err(e) => return Err(dereference_error("the app's fetch Secret")(e)),
-        }
+        Err(not_enabled(ctx, ns))
     };
-    let running = ctx
-        .children
-        .deployments
-        .get(&ctx.client, ns, &app.name_any())
-        .await
-        .map_err(dereference_error("the Deployment"))?;
     let uid = app.uid().unwrap_or_default();
     let labels = [(RELEASE_APP_LABEL.to_string(), app.name_any())].into();
     let releases = ctx
@@ -738,11 +736,43 @@ async fn dereference(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Derefer
         artifact,
         floor,
         trusted,
-        downloads,
-        running,
+        enabled,
         releases,
         config_versions,
     })
+}
+
+fn not_enabled(ctx: &Context, ns: &str) -> Invalid {
+    Invalid {
+        reason: aether_crds::condition::app::NAMESPACE_NOT_ENABLED,
+        message: ctx.enabled.message(ns),
+        waiting: false,
+    }
+}
+
+/// The app's fetch Secret as it is; refused as not enabled when the operator may not
+/// read Secrets in the namespace (an admin's RoleBinding taken back since the
+/// enablement was last read).
+async fn read_downloads(
+    ctx: &Context,
+    app: &AetherApp,
+    ns: &str,
+) -> Result<Result<Option<Secret>, Invalid>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    match secrets.get_opt(&downloads::secret_name(&app.name_any())).await {
+        Ok(secret) => Ok(Ok(secret)),
+        Err(kube::Error::Api(e)) if e.code == 403 => Ok(Err(not_enabled(ctx, ns))),
+        Err(e) => Err(dereference_error("the app's fetch Secret")(e)),
+    }
+}
+
+/// The Deployment of the app's name, whoever made it.
+async fn read_running(ctx: &Context, app: &AetherApp, ns: &str) -> Result<Option<Deployment>, Error> {
+    ctx.children
+        .deployments
+        .get(&ctx.client, ns, &app.name_any())
+        .await
+        .map_err(dereference_error("the Deployment"))
 }
 
 /// The resourceVersion of each Secret and ConfigMap the app's environment reads
