@@ -27,8 +27,19 @@ pub struct Turns {
 /// Held for as long as the work runs; dropping it lets the next one in.
 #[derive(Debug)]
 pub struct Turn {
-    _shared: OwnedSemaphorePermit,
+    shared: Mutex<Option<OwnedSemaphorePermit>>,
     _namespace: OwnedSemaphorePermit,
+}
+
+impl Turn {
+    /// Give the shared turn back before a long wait that is this namespace's own
+    /// (an artifact waiting for its namespace's hashing turn): other namespaces'
+    /// work goes on meanwhile. The namespace's turn is kept, so the namespace still
+    /// has no more work under way than its share; what is left of the work runs
+    /// within it.
+    pub fn step_aside(&self) {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
 }
 
 impl Turns {
@@ -56,7 +67,7 @@ impl Turns {
         let namespace = own.acquire_owned().await.ok()?;
         let shared = self.shared.clone().acquire_owned().await.ok()?;
         Some(Turn {
-            _shared: shared,
+            shared: Mutex::new(Some(shared)),
             _namespace: namespace,
         })
     }
@@ -125,6 +136,24 @@ mod tests {
         drop(first.await.unwrap());
         settle().await;
         assert_eq!(finished(&a), 2, "one of a's ended: the next of a's goes");
+    }
+
+    #[tokio::test]
+    async fn a_turn_stepping_aside_lets_another_namespace_in_but_not_its_own() {
+        let turns = Turns::new(2, 2);
+        let a1 = turns.take("a").await.unwrap();
+        let _a2 = turns.take("a").await.unwrap();
+        let mut a3 = Box::pin(turns.take("a"));
+        let mut b = Box::pin(turns.take("b"));
+        assert!(done(&mut b).await.is_none(), "both shared turns are a's");
+        a1.step_aside();
+        assert!(done(&mut a3).await.is_none(), "a still holds all of its own");
+        let _b = done(&mut b).await.expect("b takes the shared turn a gave back");
+        drop(a1);
+        assert!(
+            done(&mut a3).await.is_none(),
+            "a's own turn is free, but b and a's other hold both shared ones"
+        );
     }
 
     #[tokio::test]

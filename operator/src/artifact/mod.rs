@@ -15,6 +15,7 @@
 
 pub mod decide;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use aether_crds::{
     AetherApp, AetherArtifact, AetherArtifactStatus, AetherRelease, BlobRef, BlobUpload, PartUpload,
     UploadInstructions,
 };
-use aether_storage::{Blobs, Storage, StorageError, plan_parts};
+use aether_storage::{Blobs, Stat, Storage, StorageError, plan_parts};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -36,6 +37,7 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::blobs::{self, BlobLocks};
 use crate::metrics::{ControllerLabels, Metrics};
+use crate::turns::Turn;
 use crate::{events, retention};
 use decide::{Hashed, Look, Next, Seen, Verdict};
 
@@ -95,6 +97,8 @@ pub struct UploadPolicy {
 /// The step of a reconcile that failed: errors are named (and counted) by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
+    /// Adding the blobs finalizer.
+    Finalizer,
     /// Reading the namespace's apps and releases to judge retention.
     Retention,
     /// Asking whether an admin enabled the namespace.
@@ -124,6 +128,7 @@ pub enum Step {
 impl Step {
     pub fn as_str(self) -> &'static str {
         match self {
+            Step::Finalizer => "Finalizer",
             Step::Retention => "Retention",
             Step::Enablement => "Enablement",
             Step::Complete => "Complete",
@@ -220,7 +225,7 @@ pub const HASHING_PERMITS: usize = 2;
 #[instrument(skip_all, fields(artifact = %art.name_any(), ns = art.namespace().unwrap_or_default()))]
 pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Action, Error> {
     // (None: the operator is shutting down; the next one looks at the artifact.)
-    let Some(_turn) = ctx.turns.take(&art.namespace().unwrap_or_default()).await else {
+    let Some(turn) = ctx.turns.take(&art.namespace().unwrap_or_default()).await else {
         return Ok(Action::await_change());
     };
     // As it is now, not as it was when it became due: it may have waited.
@@ -236,19 +241,18 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
     let api: Api<AetherArtifact> = Api::namespaced(ctx.client.clone(), &art.namespace().unwrap_or_default());
     debug!("reconciling");
     // Boxed once it runs (see the app controller's reconcile).
-    let result = Box::pin(kube::runtime::finalizer::finalizer(
-        &api,
-        FINALIZER,
-        art,
-        |event| async {
+    let result = Box::pin(async {
+        let art = with_finalizer(&api, art).await?;
+        kube::runtime::finalizer::finalizer(&api, FINALIZER, art, |event| async {
             match event {
-                FinalizerEvent::Apply(art) => apply(art, &ctx).await,
+                FinalizerEvent::Apply(art) => apply(art, &ctx, &turn).await,
                 FinalizerEvent::Cleanup(art) => release_blobs(&art, &ctx).await,
             }
-        },
-    ))
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))
+    })
+    .await;
     if result.is_ok() {
         ctx.backoff.succeeded(&key);
     }
@@ -259,9 +263,39 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
     result
 }
 
+/// The artifact, with [`FINALIZER`] added if it has none and is not being deleted,
+/// so that its first reconcile goes on to its verdict. (kube's finalizer helper adds
+/// it and ends the reconcile, and the change comes back behind every artifact due:
+/// after a restart with a thousand new ones, all of them.) The write is conditional
+/// on the version read: a finalizer someone else added since fails it (retried)
+/// rather than being dropped.
+async fn with_finalizer(
+    api: &Api<AetherArtifact>,
+    art: Arc<AetherArtifact>,
+) -> Result<Arc<AetherArtifact>, Error> {
+    if art.meta().deletion_timestamp.is_some() || art.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(art);
+    }
+    let finalizers: Vec<&str> = art
+        .finalizers()
+        .iter()
+        .map(String::as_str)
+        .chain([FINALIZER])
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": art.resource_version()}
+    });
+    let added = api
+        .patch(&art.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(kube_at(Step::Finalizer))?;
+    crate::faults::point("artifact: added the finalizer");
+    Ok(Arc::new(added))
+}
+
 /// Retention first (an artifact past its time is deleted, and its finalizer frees
 /// the blobs), then the upload conversation.
-async fn apply(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error> {
+async fn apply(art: Arc<AetherArtifact>, ctx: &Context, turn: &Turn) -> Result<Action, Error> {
     let ns = art.namespace().unwrap_or_default();
     let now = Timestamp::now();
     // From the watched apps first (at rest, nearly every artifact is some app's
@@ -314,7 +348,7 @@ async fn apply(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error>
         }
         return Ok(Action::await_change());
     }
-    let action = reconcile_inner(art, ctx).await?;
+    let action = reconcile_inner(art, ctx, turn).await?;
     // Come back when the retention grace ends, if that is sooner.
     Ok(match decision {
         retention::Decision::KeepUntil(t) => {
@@ -407,10 +441,10 @@ fn upload_name(art: &AetherArtifact) -> String {
 /// Observe and decide until there is a verdict, then carry it out: first holding the
 /// artifact's blobs shared with others that only read them; when the verdict would
 /// write or delete blobs, all over again holding them alone.
-async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context) -> Result<Action, Error> {
-    match decide_and_execute(&art, ctx, false).await? {
+async fn reconcile_inner(art: Arc<AetherArtifact>, ctx: &Context, turn: &Turn) -> Result<Action, Error> {
+    match decide_and_execute(&art, ctx, false, turn).await? {
         Some(then) => Ok(then),
-        None => decide_and_execute(&art, ctx, true)
+        None => decide_and_execute(&art, ctx, true, turn)
             .await?
             .ok_or(Error::NoProgress(Look::Stored)),
     }
@@ -422,6 +456,7 @@ async fn decide_and_execute(
     art: &AetherArtifact,
     ctx: &Context,
     alone: bool,
+    turn: &Turn,
 ) -> Result<Option<Action>, Error> {
     let ns = art.namespace().unwrap_or_default();
     let storage = ctx.storage.namespace(&ns);
@@ -429,6 +464,8 @@ async fn decide_and_execute(
     // From the first storage look to the verdict, no blob of this artifact may be
     // collected (see crate::blobs).
     let mut locks = None;
+    // What storage said of each blob (size and ETag), under those locks.
+    let mut stats = BTreeMap::new();
     // Each look answers one question, so a verdict comes after a few of them.
     for _ in 0..12 {
         seen.now = Timestamp::now();
@@ -467,19 +504,23 @@ async fn decide_and_execute(
             debug!(alone, "holding the blob locks");
         }
         debug!(?look, "looking");
-        observe(&look, &mut seen, art, ctx, &storage).await?;
+        observe(&look, &mut seen, &mut stats, art, ctx, &storage, turn).await?;
         crate::faults::point(look.fault_point());
     }
     Err(Error::NoProgress(Look::Stored))
 }
 
-/// Find out what `look` asks and write it into `seen`.
+/// Find out what `look` asks and write it into `seen` (and what storage said of each
+/// blob into `stats`). Reading blobs back waits for the namespace's hashing turn:
+/// the reconcile's `turn` steps aside first.
 async fn observe(
     look: &Look,
     seen: &mut Seen,
+    stats: &mut BTreeMap<Digest, Stat>,
     art: &AetherArtifact,
     ctx: &Context,
     storage: &Blobs,
+    turn: &Turn,
 ) -> Result<(), Error> {
     let ns = art.namespace().unwrap_or_default();
     match look {
@@ -509,7 +550,8 @@ async fn observe(
                     Err(e) => return Err(storage_at(Step::Complete)(e)),
                 }
                 let promoted = {
-                    let _turn = ctx.hashing.take(storage.prefix()).await;
+                    turn.step_aside();
+                    let _hashing = ctx.hashing.take(storage.prefix()).await;
                     storage.promote(&name, &c.blob.digest, c.blob.size).await
                 };
                 match promoted {
@@ -526,7 +568,11 @@ async fn observe(
         Look::Stored => {
             let mut stored = Vec::new();
             for b in seen.spec.iter().flatten() {
-                stored.push(storage.head(&b.digest).await.map_err(storage_at(Step::Head))?);
+                let stat = storage.stat(&b.digest).await.map_err(storage_at(Step::Head))?;
+                stored.push(stat.as_ref().map(|s| s.size));
+                if let Some(stat) = stat {
+                    stats.insert(b.digest, stat);
+                }
             }
             seen.stored = Some(stored);
         }
@@ -534,7 +580,11 @@ async fn observe(
             // A reissue request says the bytes may be bad: read them whatever was seen.
             let trust_earlier_reads = seen.requests.reissue.is_none();
             for b in blobs {
-                let hashed = match hash(ctx, storage, &ns, &b.digest, b.size, trust_earlier_reads).await {
+                let seen_etag = stats
+                    .get(&b.digest)
+                    .filter(|s| trust_earlier_reads && s.size == b.size)
+                    .and_then(|s| s.etag.as_deref());
+                let hashed = match hash(ctx, storage, &ns, &b.digest, b.size, seen_etag, turn).await {
                     Ok(()) => Hashed::Matches,
                     Err(e @ StorageError::Mismatch { .. }) => {
                         ctx.verified.forget(&ns, &b.digest);
@@ -609,28 +659,29 @@ async fn execute(
 }
 
 /// Read a stored blob back and check it against its digest, within the hashing
-/// budget ([`HASHING_PERMITS`]). With `trust_earlier_reads`, not if its bytes
-/// were read and matched before (see [`blobs::Verified`]).
+/// budget ([`HASHING_PERMITS`]). Not if bytes with `seen_etag` (the ETag this
+/// reconcile's look at storage saw, under the blob locks) were read and matched
+/// before (see [`blobs::Verified`]): asked before waiting for a turn, and again once
+/// it comes, since the artifacts that share a blob all wait for the one reading it.
 async fn hash(
     ctx: &Context,
     storage: &Blobs,
     ns: &str,
     digest: &Digest,
     size: u64,
-    trust_earlier_reads: bool,
+    seen_etag: Option<&str>,
+    turn: &Turn,
 ) -> Result<(), StorageError> {
+    let read_before = || seen_etag.is_some_and(|e| ctx.verified.matches(ns, digest, e));
+    if read_before() {
+        return Ok(());
+    }
     // One blob per namespace at a time: a namespace that asks for a lot waits behind
-    // itself, not in front of everyone.
+    // itself, not in front of everyone, and not holding a turn everyone shares.
     // (Never closed: at most one hash per running reconcile is left at shutdown.)
-    let _turn = ctx.hashing.take(storage.prefix()).await;
-    if trust_earlier_reads
-        && let Some(stat) = storage.stat(digest).await?
-        && stat.size == size
-        && stat
-            .etag
-            .as_deref()
-            .is_some_and(|e| ctx.verified.matches(ns, digest, e))
-    {
+    turn.step_aside();
+    let _hashing = ctx.hashing.take(storage.prefix()).await;
+    if read_before() {
         return Ok(());
     }
     let etag = storage.verify(digest, size).await?;
