@@ -657,9 +657,14 @@ async fn pushing_an_artifact_being_deleted_makes_it_again_once_it_is_gone() -> a
         // Deleted (as retention deletes an old version), held by a finalizer of ours
         // the way a slow cleanup would hold it.
         let api: Api<AetherArtifact> = Api::namespaced(client.clone(), &ns);
-        let hold = serde_json::json!({"metadata": {"finalizers": ["e2e.aether.dev/hold"]}});
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&hold))
-            .await?;
+        // (Added to the list: the operator's own stays.)
+        let hold = serde_json::json!([{"op": "add", "path": "/metadata/finalizers/-", "value": "e2e.aether.dev/hold"}]);
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(hold)?),
+        )
+        .await?;
         api.delete(&name, &Default::default()).await?;
         let old_uid = api.get(&name).await?.uid();
 

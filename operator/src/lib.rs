@@ -181,12 +181,17 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         .with_config(unbounded.clone())
         .trigger_backoff(backoff::WatchBackoff::default());
     let (artifact_seen, artifact_changes) = futures::channel::mpsc::unbounded();
+    let (finalizer_stripped, finalizers_stripped) = futures::channel::mpsc::unbounded();
     let artifact_events = artifact_events
         .inspect_ok({
             let mut verdicts = triggers::Changes::of(triggers::artifact_for_app);
+            let mut stripped = triggers::Stripped::of(artifact::FINALIZER);
             let apps = apps_store.clone();
             // An artifact names its app: a push (or a verdict) wakes that app.
             move |event| {
+                for art in stripped.admit(event) {
+                    let _ = finalizer_stripped.unbounded_send(ObjectRef::from_obj(&art));
+                }
                 for art in verdicts.admit(event) {
                     if let Some(ns) = art.namespace() {
                         let app = ObjectRef::<AetherApp>::new(&art.spec.app).within(&ns);
@@ -201,6 +206,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         .predicate_filter(triggers::asked::<AetherArtifact>, Default::default());
     let artifact_controller = Controller::for_stream(artifact_events, artifacts_store)
         .with_config(unbounded)
+        .reconcile_on(finalizers_stripped)
         .trigger_backoff(backoff::WatchBackoff::default());
     let artifact_ctx = Arc::new(artifact::Context {
         client: client.clone(),

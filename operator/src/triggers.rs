@@ -6,7 +6,7 @@
 //! of its artifact's (an app's every status patch woke its artifacts, each
 //! artifact's woke its app), 100 API requests per app on the 1000-app bench.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use aether_crds::{AetherApp, AetherArtifact};
@@ -24,7 +24,8 @@ pub(crate) fn hash(value: impl Hash) -> u64 {
 /// artifact's upload requests) and its deletion. Not its status, which the operator
 /// wrote itself, nor its finalizers: the artifact controller adds its own and goes
 /// on in the same reconcile (a thousand new artifacts are not each looked at again
-/// for it), and a deletion, which is what a finalizer waits for, asks anyway.
+/// for it), and a deletion, which is what a finalizer waits for, asks anyway. Its
+/// own taken away is seen by [`Stripped`].
 pub fn asked<K: kube::Resource>(object: &K) -> Option<u64> {
     let meta = object.meta();
     Some(hash((
@@ -130,6 +131,63 @@ impl<K: kube::Resource + Clone> Changes<K> {
     }
 }
 
+/// The objects that held `finalizer` when last seen. One that loses it without
+/// being deleted (someone wrote the list without it) is let through, so that its
+/// controller adds it back before the object can go without it. Adding it lets
+/// nothing through: the controller that added it has gone on already.
+#[derive(Debug)]
+pub struct Stripped {
+    finalizer: &'static str,
+    holding: HashSet<(String, String)>,
+    /// A relist under way: what it listed so far holding the finalizer.
+    relist: Option<HashSet<(String, String)>>,
+}
+
+impl Stripped {
+    pub fn of(finalizer: &'static str) -> Self {
+        Self {
+            finalizer,
+            holding: HashSet::new(),
+            relist: None,
+        }
+    }
+
+    /// The objects `event` shows stripped of the finalizer.
+    pub fn admit<K: kube::Resource + Clone>(&mut self, event: &watcher::Event<K>) -> Vec<K> {
+        let key = |o: &K| (o.namespace().unwrap_or_default(), o.name_any());
+        let holds = |o: &K| o.finalizers().iter().any(|f| f == self.finalizer);
+        match event {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                let held = self.holding.contains(&key(o));
+                let now = holds(o);
+                if now {
+                    self.holding.insert(key(o));
+                    if let Some(listed) = &mut self.relist {
+                        listed.insert(key(o));
+                    }
+                } else {
+                    self.holding.remove(&key(o));
+                }
+                let stripped = held && !now && o.meta().deletion_timestamp.is_none();
+                stripped.then(|| o.clone()).into_iter().collect()
+            }
+            watcher::Event::Delete(o) => {
+                self.holding.remove(&key(o));
+                Vec::new()
+            }
+            watcher::Event::Init => {
+                self.relist = Some(HashSet::new());
+                Vec::new()
+            }
+            watcher::Event::InitDone => {
+                // What the relist did not list is gone: forgotten.
+                self.holding = self.relist.take().unwrap_or_default();
+                Vec::new()
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use aether_crds::{AetherAppStatus, AetherArtifactStatus, Release};
@@ -165,6 +223,41 @@ mod tests {
             "lastTransitionTime": "2026-11-29T00:00:00Z",
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_finalizer_taken_away_without_a_deletion_is_let_through() {
+        let mut stripped = Stripped::of("aether.dev/blobs");
+        let new = artifact();
+        let mut held = new.clone();
+        held.finalizers_mut().push("aether.dev/blobs".into());
+        let apply = |o: &AetherArtifact| watcher::Event::Apply(o.clone());
+        assert!(stripped.admit(&apply(&new)).is_empty(), "never held it");
+        assert!(
+            stripped.admit(&apply(&held)).is_empty(),
+            "adding it lets nothing through"
+        );
+        let mut others = new.clone();
+        others.finalizers_mut().push("e2e.aether.dev/hold".into());
+        assert_eq!(stripped.admit(&apply(&others)).len(), 1, "written without it");
+        assert!(stripped.admit(&apply(&others)).is_empty(), "once");
+
+        stripped.admit(&apply(&held));
+        let mut dying = new.clone();
+        dying.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        assert!(
+            stripped.admit(&apply(&dying)).is_empty(),
+            "taken away to let a deletion end"
+        );
+
+        // A relist forgets what it does not list.
+        stripped.admit(&apply(&held));
+        stripped.admit(&watcher::Event::<AetherArtifact>::Init);
+        stripped.admit(&watcher::Event::<AetherArtifact>::InitDone);
+        assert!(
+            stripped.admit(&apply(&new)).is_empty(),
+            "gone meanwhile, made again"
+        );
     }
 
     #[test]

@@ -311,11 +311,15 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     // The children are written only where the app may write (see [`ownership`]).
     let ttl = ctx.config.download_url_ttl;
     let mut renew_in = None;
+    // What the way to a valid release read before it was refused: not read again.
+    let mut read_secret = None;
+    let mut read_deployment = None;
     let valid = match valid {
-        Ok(release) => match read_downloads(ctx, app, &ns).await? {
-            Ok(secret) => Ok((release, secret)),
-            Err(invalid) => Err(invalid),
-        },
+        Ok(release) => {
+            let downloads = read_downloads(ctx, app, &ns).await?;
+            read_secret = Some(downloads.clone());
+            downloads.map(|secret| (release, secret))
+        }
         Err(invalid) => Err(invalid),
     };
     let valid = match valid {
@@ -339,9 +343,13 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
                 &ctx.config.pod,
                 running.as_ref(),
             );
-            claim_children(ctx, app, &ns, &children, secret, running.as_ref())
-                .await?
-                .map(|current| (release, children, current, running))
+            match claim_children(ctx, app, &ns, &children, secret, running.as_ref()).await? {
+                Ok(current) => Ok((release, children, current, running)),
+                Err(invalid) => {
+                    read_deployment = Some(running);
+                    Err(invalid)
+                }
+            }
         }
         Err(invalid) => Err(invalid),
     };
@@ -350,13 +358,22 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         Err(invalid) => {
             // Nothing new is applied, but the running release's URLs are renewed in
             // its own Secret (only if the app owns it).
-            let owned = if enabled && !serving.is_empty() {
-                read_downloads(ctx, app, &ns).await?.ok().flatten()
-            } else {
-                None
-            }
-            .filter(|s| ownership::owned_by(&s.metadata, &app.uid().unwrap_or_default()));
-            if let Some(secret) = owned {
+            let downloads = match read_secret {
+                Some(read) => read,
+                None if enabled && !serving.is_empty() => read_downloads(ctx, app, &ns).await?,
+                None => Ok(None),
+            };
+            // The Secret may not be read: the admin's RoleBinding was taken back since
+            // the enablement was read. That is what the app says, as it comes first.
+            let invalid = match &downloads {
+                Err(not_enabled) => not_enabled.clone(),
+                Ok(_) => invalid,
+            };
+            let owned = downloads
+                .ok()
+                .flatten()
+                .filter(|s| ownership::owned_by(&s.metadata, &app.uid().unwrap_or_default()));
+            if let Some(secret) = owned.filter(|_| !serving.is_empty()) {
                 let current = secret_strings(&secret);
                 // A dev-hot app's new pods keep starting on the release they would have
                 // (whose code its templates do not name), but its pods take no update
@@ -382,10 +399,12 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
             // Counts of a Deployment of that name the app does not own are not its own.
             // (An app that never ran has none the operator labelled, and is not read.)
             let uid = app.uid().unwrap_or_default();
-            let running = if ctx.children.deployments.none_of_ours(&ns, &app.name_any()) {
-                None
-            } else {
-                read_running(ctx, app, &ns).await?
+            let running = match read_deployment {
+                Some(read) => read,
+                None if old.replicas == 0 && ctx.children.deployments.none_of_ours(&ns, &app.name_any()) => {
+                    None
+                }
+                None => read_running(ctx, app, &ns).await?,
             };
             let running = running
                 .as_ref()

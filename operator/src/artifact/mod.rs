@@ -242,7 +242,10 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
     debug!("reconciling");
     // Boxed once it runs (see the app controller's reconcile).
     let result = Box::pin(async {
-        let art = with_finalizer(&api, art).await?;
+        // (None: deleted, or made again, since: its own event follows.)
+        let Some(art) = with_finalizer(&api, art).await? else {
+            return Ok(Action::await_change());
+        };
         kube::runtime::finalizer::finalizer(&api, FINALIZER, art, |event| async {
             match event {
                 FinalizerEvent::Apply(art) => apply(art, &ctx, &turn).await,
@@ -266,31 +269,35 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
 /// The artifact, with [`FINALIZER`] added if it has none and is not being deleted,
 /// so that its first reconcile goes on to its verdict. (kube's finalizer helper adds
 /// it and ends the reconcile, and the change comes back behind every artifact due:
-/// after a restart with a thousand new ones, all of them.) The write is conditional
-/// on the version read: a finalizer someone else added since fails it (retried)
-/// rather than being dropped.
+/// after a restart with a thousand new ones, all of them.) Applied: finalizers are a
+/// set, so one someone else adds meanwhile stays, and so does whatever the uploader
+/// writes; the UID makes it fail rather than make an object deleted since (None).
 async fn with_finalizer(
     api: &Api<AetherArtifact>,
     art: Arc<AetherArtifact>,
-) -> Result<Arc<AetherArtifact>, Error> {
+) -> Result<Option<Arc<AetherArtifact>>, Error> {
     if art.meta().deletion_timestamp.is_some() || art.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(art);
+        return Ok(Some(art));
     }
-    let finalizers: Vec<&str> = art
-        .finalizers()
-        .iter()
-        .map(String::as_str)
-        .chain([FINALIZER])
-        .collect();
     let patch = serde_json::json!({
-        "metadata": {"finalizers": finalizers, "resourceVersion": art.resource_version()}
+        "apiVersion": "aether.dev/v1alpha1",
+        "kind": "AetherArtifact",
+        "metadata": {"name": art.name_any(), "uid": art.uid(), "finalizers": [FINALIZER]},
     });
-    let added = api
-        .patch(&art.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+    let added = match api
+        .patch(
+            &art.name_any(),
+            &PatchParams::apply(MANAGER),
+            &Patch::Apply(&patch),
+        )
         .await
-        .map_err(kube_at(Step::Finalizer))?;
+    {
+        Ok(added) => added,
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return Ok(None),
+        Err(e) => return Err(kube_at(Step::Finalizer)(e)),
+    };
     crate::faults::point("artifact: added the finalizer");
-    Ok(Arc::new(added))
+    Ok(Some(Arc::new(added)))
 }
 
 /// Retention first (an artifact past its time is deleted, and its finalizer frees
@@ -570,9 +577,10 @@ async fn observe(
             for b in seen.spec.iter().flatten() {
                 let stat = storage.stat(&b.digest).await.map_err(storage_at(Step::Head))?;
                 stored.push(stat.as_ref().map(|s| s.size));
-                if let Some(stat) = stat {
-                    stats.insert(b.digest, stat);
-                }
+                match stat {
+                    Some(stat) => stats.insert(b.digest, stat),
+                    None => stats.remove(&b.digest),
+                };
             }
             seen.stored = Some(stored);
         }
