@@ -242,7 +242,7 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
     debug!("reconciling");
     // Boxed once it runs (see the app controller's reconcile).
     let result = Box::pin(async {
-        // (None: deleted, or made again, since: its own event follows.)
+        // (None: deleted since: its deletion comes as its own event.)
         let Some(art) = with_finalizer(&api, art).await? else {
             return Ok(Action::await_change());
         };
@@ -271,7 +271,8 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
 /// it and ends the reconcile, and the change comes back behind every artifact due:
 /// after a restart with a thousand new ones, all of them.) Applied: finalizers are a
 /// set, so one someone else adds meanwhile stays, and so does whatever the uploader
-/// writes; the UID makes it fail rather than make an object deleted since (None).
+/// writes; the UID makes it fail rather than make again an object deleted since
+/// (None), or take over one made again under its name (refused: retried on that one).
 async fn with_finalizer(
     api: &Api<AetherArtifact>,
     art: Arc<AetherArtifact>,
