@@ -705,3 +705,44 @@ async fn pushing_an_artifact_being_deleted_makes_it_again_once_it_is_gone() -> a
     })
     .await
 }
+
+#[tokio::test]
+#[ignore = "needs a cluster and the operator: run `make e2e`"]
+async fn the_operator_s_finalizer_taken_away_is_put_back() -> anyhow::Result<()> {
+    with_temp_ns("finalizer", |client, ns| async move {
+        let dir = tempfile::tempdir()?;
+        let cache = tempfile::tempdir()?;
+        project(dir.path(), &format!("held {ns}"));
+        let (code, pushed, err) = push(dir.path(), cache.path(), &ns, &[]);
+        assert_eq!(code, Some(0), "{err}");
+        let name = pushed["artifact"].as_str().unwrap().to_string();
+        let api: Api<AetherArtifact> = Api::namespaced(client.clone(), &ns);
+        let holds = |a: Option<&AetherArtifact>| {
+            a.is_some_and(|a| a.finalizers().iter().any(|f| f == "aether.dev/blobs"))
+        };
+        assert!(
+            holds(Some(&api.get(&name).await?)),
+            "a Ready artifact holds its blobs"
+        );
+
+        // Someone writes the list without it (`kubectl edit`, a merge patch): without
+        // it, deleting the artifact would leave its blobs stored and uncounted.
+        let strip = serde_json::json!([{"op": "replace", "path": "/metadata/finalizers", "value": []}]);
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(strip)?),
+        )
+        .await?;
+        wait_for(
+            api.clone(),
+            &name,
+            "the operator to put its finalizer back",
+            Duration::from_secs(30),
+            holds,
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+}
