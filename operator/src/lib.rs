@@ -141,6 +141,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let legacy_checked: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
     // What was last applied to each child (see app::observed), forgotten with it.
     let applied = Arc::new(app::observed::Applied::default());
+    let fetch_secrets = Arc::new(app::observed::FetchSecrets::default());
     // The same watch tells the artifacts' retention what apps run (see crate::triggers):
     // an app's new release may push an older one out of the kept releases. (Wake-ups
     // name objects in the other's cache only: one not there would be a warning.)
@@ -148,16 +149,21 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let mut runs = triggers::Changes::of(triggers::app_for_artifacts);
     let app_events = app_events
         .inspect_ok({
-            let (artifacts, written, legacy_checked, applied) = (
+            let (artifacts, written, legacy_checked, applied, fetch_secrets) = (
                 artifacts_store.clone(),
                 written.clone(),
                 legacy_checked.clone(),
                 applied.clone(),
+                fetch_secrets.clone(),
             );
             move |event| {
                 if let watcher::Event::Delete(app) = event {
                     let key = app::app_key(app);
                     applied.forget_app(&key);
+                    fetch_secrets.forget(
+                        &app.namespace().unwrap_or_default(),
+                        &app::downloads::secret_name(&app.name_any()),
+                    );
                     written.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
                     legacy_checked
                         .lock()
@@ -340,6 +346,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         children,
         default_keys,
         applied,
+        fetch_secrets,
         legacy_checked,
         apps: apps.store(),
         ingresses: ingresses.clone(),

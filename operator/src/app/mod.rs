@@ -119,6 +119,8 @@ pub struct Context {
     pub default_keys: observed::Watched<ConfigMap>,
     /// What was last applied to each child (see [`observed`]).
     pub applied: Arc<observed::Applied>,
+    /// Each app's fetch Secret as last written or read, for a short while.
+    pub fetch_secrets: Arc<observed::FetchSecrets>,
     /// The apps whose legacy credentials Secret was looked for since the operator
     /// started (see [`prune_legacy_secret`]), forgotten with the app.
     pub legacy_checked: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
@@ -392,7 +394,9 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
                     urls.insert(hot::POLICY_KEY.into(), entry);
                 }
                 if urls != current {
-                    apply_one(ctx, &ns, &build::downloads_secret(app, &urls), Some(&secret)).await?;
+                    let written =
+                        apply_one(ctx, &ns, &build::downloads_secret(app, &urls), Some(&secret)).await?;
+                    ctx.fetch_secrets.remember(&written, std::time::Instant::now());
                 }
                 renew_in = Some(downloads::renew_in(&urls, &wanted, began_at, ttl));
             }
@@ -471,7 +475,7 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     let policy_name = network_policy::name(&app.name_any());
     // The policy before the pods it fences, and the URLs before the pods that read
     // them: those and the rest at once, then the Deployment.
-    let (_, _, _, service) = futures::try_join!(
+    let (_, _, downloads, service) = futures::try_join!(
         reconcile_optional(
             ctx,
             app,
@@ -497,6 +501,7 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
         apply_one(ctx, &ns, &children.downloads, current.downloads.as_ref()),
         apply_one(ctx, &ns, &children.service, current.service.as_ref()),
     )?;
+    ctx.fetch_secrets.remember(&downloads, std::time::Instant::now());
     let deployment = apply_one(ctx, &ns, &children.deployment, running.as_ref()).await?;
     reconcile_optional(
         ctx,
@@ -769,17 +774,29 @@ fn not_enabled(ctx: &Context, ns: &str) -> Invalid {
     }
 }
 
-/// The app's fetch Secret as it is; refused as not enabled when the operator may not
-/// read Secrets in the namespace (an admin's RoleBinding taken back since the
+/// The app's fetch Secret as it is, or as the operator wrote or read it a moment ago
+/// (see [`observed::FETCH_SECRET_MEMO`]); refused as not enabled when the operator
+/// may not read Secrets in the namespace (an admin's RoleBinding taken back since the
 /// enablement was last read).
 async fn read_downloads(
     ctx: &Context,
     app: &AetherApp,
     ns: &str,
 ) -> Result<Result<Option<Secret>, Invalid>, Error> {
+    let name = downloads::secret_name(&app.name_any());
+    let now = std::time::Instant::now();
+    let uid = app.uid().unwrap_or_default();
+    if let Some(recent) = ctx.fetch_secrets.recent(ns, &name, &uid, now) {
+        return Ok(Ok(Some(recent)));
+    }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    match secrets.get_opt(&downloads::secret_name(&app.name_any())).await {
-        Ok(secret) => Ok(Ok(secret)),
+    match secrets.get_opt(&name).await {
+        Ok(secret) => {
+            if let Some(read) = &secret {
+                ctx.fetch_secrets.remember(read, now);
+            }
+            Ok(Ok(secret))
+        }
         Err(kube::Error::Api(e)) if e.code == 403 => Ok(Err(not_enabled(ctx, ns))),
         Err(e) => Err(dereference_error("the app's fetch Secret")(e)),
     }

@@ -14,17 +14,21 @@
 //! - [`Applied`] remembers what was last applied to each child and the version that
 //!   came back. A child whose wanted state is the same, and which nobody wrote since,
 //!   is not applied again; the watch's report of the operator's own write wakes nobody;
-//! - a Deployment wakes its app only on what its rollout is judged from.
+//! - a Deployment wakes its app only on what its rollout is judged from;
+//! - the fetch Secrets are not watched (that takes `list` on every Secret of the
+//!   cluster, and their bytes in memory): [`FetchSecrets`] keeps each as the
+//!   operator last wrote or read it, for a short while.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aether_crds::{AetherApp, AetherRelease};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount, ServiceSpec};
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount, ServiceSpec};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, ObjectMeta};
 use kube::api::ListParams;
@@ -437,6 +441,74 @@ impl Applied {
     }
 }
 
+/// How long a fetch Secret the operator wrote or read stands for it.
+///
+/// Each look of an app used to read its fetch Secret: six GETs per app on its way to
+/// Ready, the most of any request on the 1000-app bench. The Secret is the
+/// operator's own and the fetch container checks every byte it downloads, so a
+/// change someone else makes to it (or its deletion) may wait this long to be seen
+/// and undone. Before, it waited for the app's next look, which can be much later.
+pub const FETCH_SECRET_MEMO: Duration = Duration::from_secs(120);
+
+/// Each app's fetch Secret as the operator last wrote or read it, and when; kept
+/// [`FETCH_SECRET_MEMO`], forgotten with the app.
+#[derive(Debug, Default)]
+pub struct FetchSecrets {
+    entries: Mutex<HashMap<String, (Instant, Secret)>>,
+    /// When expired entries were last dropped.
+    swept: Mutex<Option<Instant>>,
+}
+
+impl FetchSecrets {
+    /// The Secret `ns/name` as last written or read, if that was within the memo's
+    /// time, and it is owned by the app of UID `owner` (an app made again under its
+    /// name, whose deletion the watch did not report, reads it afresh).
+    pub fn recent(&self, ns: &str, name: &str, owner: &str, now: Instant) -> Option<Secret> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(&format!("{ns}/{name}"))
+            .filter(|(at, _)| now.saturating_duration_since(*at) < FETCH_SECRET_MEMO)
+            .map(|(_, secret)| secret)
+            .filter(|secret| super::ownership::owned_by(&secret.metadata, owner))
+            .cloned()
+    }
+
+    /// `secret`, as just written or read. The same version, remembered within the
+    /// memo's time, keeps its time: a look that took it from here and applied
+    /// nothing new learned nothing new of it.
+    pub fn remember(&self, secret: &Secret, now: Instant) {
+        let mut secret = secret.clone();
+        slim_meta(&mut secret);
+        let key = format!(
+            "{}/{}",
+            secret.metadata.namespace.as_deref().unwrap_or_default(),
+            secret.metadata.name.as_deref().unwrap_or_default()
+        );
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let since = entries
+            .get(&key)
+            .filter(|(at, known)| {
+                now.saturating_duration_since(*at) < FETCH_SECRET_MEMO
+                    && known.metadata.uid == secret.metadata.uid
+                    && known.metadata.resource_version == secret.metadata.resource_version
+            })
+            .map_or(now, |(at, _)| *at);
+        entries.insert(key, (since, secret));
+        // Those no look asked for since expired are dropped, every so often.
+        let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+        if swept.is_none_or(|at| now.saturating_duration_since(at) >= FETCH_SECRET_MEMO) {
+            entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < FETCH_SECRET_MEMO);
+            *swept = Some(now);
+        }
+    }
+
+    /// Forget `ns/name`.
+    pub fn forget(&self, ns: &str, name: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.remove(&format!("{ns}/{name}"));
+    }
+}
+
 /// The hash of an object as it would be applied.
 pub fn wanted(body: &serde_json::Value) -> u64 {
     hash(serde_json::to_string(body).unwrap_or_default())
@@ -514,6 +586,84 @@ pub fn slim_replica_set(set: &mut ReplicaSet) {
 
 #[cfg(test)]
 mod tests {
+    mod fetch_secrets {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+        use super::super::*;
+
+        fn secret(version: &str, owner: &str) -> Secret {
+            Secret {
+                metadata: ObjectMeta {
+                    name: Some("aether.web.fetch".into()),
+                    namespace: Some("team-a".into()),
+                    uid: Some("s-1".into()),
+                    resource_version: Some(version.into()),
+                    owner_references: Some(vec![OwnerReference {
+                        kind: "AetherApp".into(),
+                        name: "web".into(),
+                        uid: owner.into(),
+                        controller: Some(true),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+        }
+
+        fn version(s: Option<Secret>) -> Option<String> {
+            s.and_then(|s| s.metadata.resource_version)
+        }
+
+        #[test]
+        fn a_secret_written_stands_for_the_memo_s_time_then_is_read_again() {
+            let memo = FetchSecrets::default();
+            let t0 = Instant::now();
+            assert_eq!(memo.recent("team-a", "aether.web.fetch", "app-1", t0), None);
+            memo.remember(&secret("7", "app-1"), t0);
+            let almost = t0 + FETCH_SECRET_MEMO - Duration::from_secs(1);
+            assert_eq!(
+                version(memo.recent("team-a", "aether.web.fetch", "app-1", almost)),
+                Some("7".into())
+            );
+            assert_eq!(
+                memo.recent("team-a", "aether.web.fetch", "app-1", t0 + FETCH_SECRET_MEMO),
+                None
+            );
+            assert_eq!(memo.recent("team-b", "aether.web.fetch", "app-1", t0), None);
+        }
+
+        #[test]
+        fn taking_it_from_the_memo_does_not_make_it_younger_a_new_version_does() {
+            let memo = FetchSecrets::default();
+            let t0 = Instant::now();
+            memo.remember(&secret("7", "app-1"), t0);
+            // A look took it from here, applied nothing, and hands it back.
+            let later = t0 + FETCH_SECRET_MEMO / 2;
+            memo.remember(&secret("7", "app-1"), later);
+            assert_eq!(
+                memo.recent("team-a", "aether.web.fetch", "app-1", t0 + FETCH_SECRET_MEMO),
+                None
+            );
+            // A write made a new version: that stands from now.
+            memo.remember(&secret("8", "app-1"), later);
+            assert_eq!(
+                version(memo.recent("team-a", "aether.web.fetch", "app-1", t0 + FETCH_SECRET_MEMO)),
+                Some("8".into())
+            );
+        }
+
+        #[test]
+        fn an_app_made_again_under_its_name_reads_its_secret_afresh() {
+            let memo = FetchSecrets::default();
+            let t0 = Instant::now();
+            memo.remember(&secret("7", "app-1"), t0);
+            assert_eq!(memo.recent("team-a", "aether.web.fetch", "app-2", t0), None);
+            memo.forget("team-a", "aether.web.fetch");
+            assert_eq!(memo.recent("team-a", "aether.web.fetch", "app-1", t0), None);
+        }
+    }
+
     use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
     use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
