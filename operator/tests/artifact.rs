@@ -534,6 +534,32 @@ fn a_verdict_another_reconcile_wrote_is_not_hashed_again() {
 }
 
 #[test]
+fn bytes_read_back_before_are_verified_without_a_fresh_read() {
+    // Another artifact's look read these very bytes back: hashing them costs nothing,
+    // so the watch's word is not checked against the API server first.
+    let art = artifact(Some(fixture("artifact-status-uploading.yaml")), &[]);
+    let mut s = Seen::of(&art, now());
+    s.enabled = Some(Ok(()));
+    s.stored = all_stored();
+    s.read_before = true;
+    assert_eq!(
+        look(decide(&s, TTL)),
+        Look::Hash(vec![deps(), app_layer(), sbom()])
+    );
+    for b in [deps(), app_layer(), sbom()] {
+        s.hashed.insert(b.digest, Hashed::Matches);
+    }
+    let v = verdict(decide(&s, TTL));
+    assert!(v.write);
+    assert_eq!(cond(&v.status, READY), is("True", reason::VERIFIED));
+
+    // Bytes not read before are: a verdict written meanwhile saves hashing them.
+    s.read_before = false;
+    s.hashed.clear();
+    assert_eq!(look(decide(&s, TTL)), Look::Fresh);
+}
+
+#[test]
 fn a_stored_size_that_disagrees_with_the_spec_is_settled_by_the_bytes() {
     let art = artifact(None, &[]);
     let mut s = seen(&art);

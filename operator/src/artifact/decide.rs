@@ -58,6 +58,10 @@ pub struct Seen {
     pub stored: Option<Vec<Option<u64>>>,
     /// [`Look::Hash`]: stored bytes read back and hashed.
     pub hashed: BTreeMap<Digest, Hashed>,
+    /// [`Look::Stored`]: every blob's bytes, as storage tags them now, were read back
+    /// and matched before (see [`crate::blobs::Verified`]) and no reissue request
+    /// doubts them: hashing them costs nothing.
+    pub read_before: bool,
     /// [`Look::Fresh`]: `status` and `requests` were read from the API server just now,
     /// not from the watch, which may lag a verdict an earlier reconcile wrote.
     pub fresh: bool,
@@ -85,6 +89,7 @@ impl Seen {
             completed: None,
             stored: None,
             hashed: BTreeMap::new(),
+            read_before: false,
             fresh: false,
             quota: None,
         }
@@ -304,7 +309,9 @@ pub fn decide(seen: &Seen, url_ttl: Duration) -> Next {
         // If another reconcile verified this artifact since the watch last said, do
         // not hash it again. Unless asked to: a reissue request hashes again, at most
         // once per REHASH_INTERVAL (requests are cheap to make, hashing is not).
-        if !seen.fresh {
+        // Bytes read back before cost no hashing: then the read is not worth its
+        // request (at worst, a verdict the watch lags is written again).
+        if !seen.fresh && !seen.read_before {
             return Next::Look(Look::Fresh);
         }
         let verified_recently = old.verified_at.as_ref().is_some_and(|t| {

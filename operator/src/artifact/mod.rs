@@ -584,6 +584,15 @@ async fn observe(
                 };
             }
             seen.stored = Some(stored);
+            seen.read_before = seen.requests.reissue.is_none()
+                && seen.spec.iter().flatten().all(|b| {
+                    stats.get(&b.digest).is_some_and(|s| {
+                        s.size == b.size
+                            && s.etag
+                                .as_deref()
+                                .is_some_and(|e| ctx.verified.matches(&ns, &b.digest, e))
+                    })
+                });
         }
         Look::Hash(blobs) => {
             // A reissue request says the bytes may be bad: read them whatever was seen.
