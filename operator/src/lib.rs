@@ -126,14 +126,17 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let (apps_store, apps_writer) = reflector::store::<AetherApp>();
     let (app_events, apps_ready) = readiness::Readiness::follow(reflector(
         apps_writer,
-        watcher(Api::<AetherApp>::all(client.clone()), lists()),
+        watcher(Api::<AetherApp>::all(client.clone()), lists()).modify(app::observed::slim_resource),
     ));
     // One watch of the artifacts feeds both controllers: the app controller reads
     // artifacts in this cache, and each change reaches it only once it is there.
     let (artifacts_store, artifacts_writer) = reflector::store::<AetherArtifact>();
     let (artifact_events, artifacts_ready) = readiness::Readiness::follow(
-        reflector(artifacts_writer, watcher(artifacts.clone(), lists()))
-            .backoff(backoff::WatchBackoff::default()),
+        reflector(
+            artifacts_writer,
+            watcher(artifacts.clone(), lists()).modify(app::observed::slim_resource),
+        )
+        .backoff(backoff::WatchBackoff::default()),
     );
     // Each app's last status write (see app::patch_status) and whether its legacy
     // Secret was looked for, forgotten with the app.

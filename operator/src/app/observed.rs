@@ -522,6 +522,19 @@ pub fn slim_meta<K: Resource>(object: &mut K) {
     meta.annotations = None;
 }
 
+/// An app or artifact as the controllers cache it: without its field managers and
+/// kubectl's copy of the spec it last applied, which no look reads (its other
+/// annotations carry requests). With their field managers (every status write
+/// adds to them) the operator peaked at 96-100 MiB on the 1000-app bench; without,
+/// at 77 MiB.
+pub fn slim_resource<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 /// A Deployment as a look reads it: metadata but its annotations, replicas, the pod
 /// template's metadata (its hash and release annotations) and status but the
 /// conditions other than a missed deadline. Of the field managers, only which of
