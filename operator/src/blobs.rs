@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use aether_artifact::Digest;
 use aether_crds::AetherArtifact;
-use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
@@ -176,13 +175,22 @@ pub fn usage(this: &AetherArtifact, all: &[AetherArtifact]) -> (u64, u64) {
     (others, adds)
 }
 
-/// A fresh list of the namespace's AetherArtifacts, straight from the API server.
+/// A fresh list of the namespace's AetherArtifacts, straight from the API server:
+/// each with only what [`unreferenced`] and [`usage`] read (its spec, UID and
+/// whether it is being deleted), 100 a page. Each artifact being deleted lists
+/// them all: whole and in one page, a namespace of 1000 being deleted took the
+/// operator from 77 to 131 MiB.
 pub async fn list_namespace(
     client: &kube::Client,
     namespace: &str,
 ) -> Result<Vec<AetherArtifact>, kube::Error> {
     let api: Api<AetherArtifact> = Api::namespaced(client.clone(), namespace);
-    Ok(api.list(&ListParams::default()).await?.items)
+    crate::list_paged(&api, |art| {
+        art.status = None;
+        art.metadata.managed_fields = None;
+        art.metadata.annotations = None;
+    })
+    .await
 }
 
 #[cfg(test)]

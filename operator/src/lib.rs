@@ -445,6 +445,28 @@ pub fn lists() -> watcher::Config {
     watcher::Config::default().page_size(100)
 }
 
+/// Every object `api` lists, read 100 a page and each `slim`med as its page comes:
+/// a fresh list of a namespace's thousand objects is not held whole at once.
+pub async fn list_paged<K>(api: &Api<K>, slim: impl Fn(&mut K)) -> Result<Vec<K>, kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut all = Vec::new();
+    let mut params = kube::api::ListParams::default().limit(100);
+    loop {
+        let page = api.list(&params).await?;
+        all.extend(page.items.into_iter().map(|mut object| {
+            slim(&mut object);
+            object
+        }));
+        match page.metadata.continue_ {
+            // (The pages of one list are of one moment.)
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(all),
+        }
+    }
+}
+
 /// SIGTERM (the kubelet stopping the pod) or SIGINT.
 async fn shutdown_signal() {
     let term = async {

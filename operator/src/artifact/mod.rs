@@ -27,7 +27,7 @@ use aether_crds::{
 use aether_storage::{Blobs, Stat, Storage, StorageError, plan_parts};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::Event as FinalizerEvent;
@@ -324,17 +324,13 @@ async fn apply(art: Arc<AetherArtifact>, ctx: &Context, turn: &Turn) -> Result<A
     let mut decision = retention::decide(&art, &cached, &[], &ctx.retention, now);
     if decision != retention::Decision::Keep {
         let apps: Api<AetherApp> = Api::namespaced(ctx.client.clone(), &ns);
-        let apps = apps
-            .list(&ListParams::default())
+        let apps = crate::list_paged(&apps, crate::app::observed::slim_resource)
             .await
-            .map_err(kube_at(Step::Retention))?
-            .items;
+            .map_err(kube_at(Step::Retention))?;
         let releases: Api<AetherRelease> = Api::namespaced(ctx.client.clone(), &ns);
-        let releases = releases
-            .list(&ListParams::default())
+        let releases = crate::list_paged(&releases, crate::app::observed::slim_resource)
             .await
-            .map_err(kube_at(Step::Retention))?
-            .items;
+            .map_err(kube_at(Step::Retention))?;
         decision = retention::decide(&art, &apps, &releases, &ctx.retention, now);
     }
     if let retention::Decision::Delete(reason) = decision {
