@@ -16,8 +16,10 @@
 //! memory (its `aether_operator_resident_memory_bytes`, read through the API
 //! server), and whether another namespace's app deployed meanwhile. Then, at rest:
 //! reconciles per app per minute, and after a second restart the seconds until the
-//! operator has looked at every app and artifact again. A benchmark that prints
-//! numbers, not a test: it fails only when something does not happen.
+//! operator has looked at every app and artifact again. Last, the namespace is
+//! deleted: the seconds until it is gone (each artifact's finalizer frees its
+//! blobs). The operator's memory peak is printed for those two as well. A benchmark
+//! that prints numbers, not a test: it fails only when something does not happen.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -265,7 +267,9 @@ async fn run(
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let mut relook_peak = 0;
     let relooked = loop {
+        relook_peak = relook_peak.max(rss(client, operator_ns).await.unwrap_or(0));
         if let Ok((apps_done, arts_done)) = reconciles(client, operator_ns).await
             && apps_done >= count as u64
             && arts_done >= count as u64
@@ -277,6 +281,29 @@ async fn run(
             "the restarted operator had not looked at every app within 15 minutes"
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+
+    // Until 30 s after, as the last apps' looks may still be under way.
+    for _ in 0..30 {
+        relook_peak = relook_peak.max(rss(client, operator_ns).await.unwrap_or(0));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    eprintln!("deleting the namespace");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces.delete(ns, &DeleteParams::background()).await?;
+    let deleting = Instant::now();
+    let mut delete_peak = 0;
+    let deleted = loop {
+        delete_peak = delete_peak.max(rss(client, operator_ns).await.unwrap_or(0));
+        if namespaces.get_opt(ns).await?.is_none() {
+            break deleting.elapsed();
+        }
+        anyhow::ensure!(
+            deleting.elapsed() < Duration::from_secs(900),
+            "the namespace was not gone 15 minutes after its deletion"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
     };
 
     let figures = serde_json::json!({
@@ -295,6 +322,9 @@ async fn run(
         "otherTenantPushSucceeded": other_code == Some(0),
         "reconcilesPerAppMinuteAtRest": per_app_minute,
         "relookedAfterRestartAtRestSeconds": relooked.as_secs_f64(),
+        "operatorPeakMiBRelooking": relook_peak >> 20,
+        "namespaceDeletedSeconds": deleted.as_secs_f64(),
+        "operatorPeakMiBDeleting": delete_peak >> 20,
     });
     if let Some((total, by_kind)) = &requests {
         eprintln!("API requests per app until all Ready: {total:.1}; the most:");
@@ -308,11 +338,11 @@ async fn run(
         artifact_passes as f64 / count as f64
     );
     println!(
-        "| apps | all reconciled after the restart | Deployments all observed / apps all Ready | operator memory peak / settled (idle) | another tenant's push meanwhile | reconciles per app per minute at rest | every app looked at again after a restart at rest |"
+        "| apps | all reconciled after the restart | Deployments all observed / apps all Ready | operator memory peak / settled (idle) | another tenant's push meanwhile | reconciles per app per minute at rest | every app looked at again after a restart at rest (memory peak) | the namespace deleted (memory peak) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     println!(
-        "| {count} | {:.1} s | {:.1} s / {:.1} s | {} / {} MiB ({} MiB) | {:.1} s{} | {per_app_minute:.2} | {:.1} s |",
+        "| {count} | {:.1} s | {:.1} s / {:.1} s | {} / {} MiB ({} MiB) | {:.1} s{} | {per_app_minute:.2} | {:.1} s ({} MiB) | {:.1} s ({} MiB) |",
         reconciled_at.as_secs_f64(),
         observed_at.as_secs_f64(),
         all_ready.as_secs_f64(),
@@ -322,6 +352,9 @@ async fn run(
         other_took.as_secs_f64(),
         if other_code == Some(0) { "" } else { " (failed)" },
         relooked.as_secs_f64(),
+        relook_peak >> 20,
+        deleted.as_secs_f64(),
+        delete_peak >> 20,
     );
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;
