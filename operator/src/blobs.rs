@@ -187,8 +187,7 @@ pub async fn list_namespace(
     let api: Api<AetherArtifact> = Api::namespaced(client.clone(), namespace);
     crate::list_paged(&api, |art| {
         art.status = None;
-        art.metadata.managed_fields = None;
-        art.metadata.annotations = None;
+        crate::app::observed::slim_meta(art);
     })
     .await
 }

@@ -442,17 +442,22 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
 /// and a dozen watches list at once when the operator starts (with the default 500,
 /// their pages raised its memory for good at 1000 apps).
 pub fn lists() -> watcher::Config {
-    watcher::Config::default().page_size(100)
+    watcher::Config::default().page_size(PAGE)
 }
 
-/// Every object `api` lists, read 100 a page and each `slim`med as its page comes:
-/// a fresh list of a namespace's thousand objects is not held whole at once.
+/// Objects a page, for watches' lists and fresh ones.
+pub const PAGE: u32 = 100;
+
+/// Every object `api` lists, read [`PAGE`] a page and each `slim`med as its page
+/// comes: a fresh list of a namespace's thousand objects is not held whole at once.
+/// (A continue token that expired fails the list; the reconcile's retry lists
+/// afresh.)
 pub async fn list_paged<K>(api: &Api<K>, slim: impl Fn(&mut K)) -> Result<Vec<K>, kube::Error>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let mut all = Vec::new();
-    let mut params = kube::api::ListParams::default().limit(100);
+    let mut params = kube::api::ListParams::default().limit(PAGE);
     loop {
         let page = api.list(&params).await?;
         all.extend(page.items.into_iter().map(|mut object| {

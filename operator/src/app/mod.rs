@@ -396,7 +396,8 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
                 if urls != current {
                     let written =
                         apply_one(ctx, &ns, &build::downloads_secret(app, &urls), Some(&secret)).await?;
-                    ctx.fetch_secrets.remember(&written, std::time::Instant::now());
+                    ctx.fetch_secrets
+                        .applied(Some(&secret), &written, std::time::Instant::now());
                 }
                 renew_in = Some(downloads::renew_in(&urls, &wanted, began_at, ttl));
             }
@@ -475,7 +476,7 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     let policy_name = network_policy::name(&app.name_any());
     // The policy before the pods it fences, and the URLs before the pods that read
     // them: those and the rest at once, then the Deployment.
-    let (_, _, downloads, service) = futures::try_join!(
+    let (_, _, _, service) = futures::try_join!(
         reconcile_optional(
             ctx,
             app,
@@ -498,10 +499,16 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
             &children.service_account,
             current.service_account.as_ref()
         ),
-        apply_one(ctx, &ns, &children.downloads, current.downloads.as_ref()),
+        // (Remembered as soon as it is written, whatever becomes of the others.)
+        async {
+            let before = current.downloads.as_ref();
+            let written = apply_one(ctx, &ns, &children.downloads, before).await?;
+            ctx.fetch_secrets
+                .applied(before, &written, std::time::Instant::now());
+            Ok(written)
+        },
         apply_one(ctx, &ns, &children.service, current.service.as_ref()),
     )?;
-    ctx.fetch_secrets.remember(&downloads, std::time::Instant::now());
     let deployment = apply_one(ctx, &ns, &children.deployment, running.as_ref()).await?;
     reconcile_optional(
         ctx,
@@ -793,7 +800,7 @@ async fn read_downloads(
     match secrets.get_opt(&name).await {
         Ok(secret) => {
             if let Some(read) = &secret {
-                ctx.fetch_secrets.remember(read, now);
+                ctx.fetch_secrets.read(read, &uid, now);
             }
             Ok(Ok(secret))
         }

@@ -446,8 +446,11 @@ impl Applied {
 /// Each look of an app used to read its fetch Secret: six GETs per app on its way to
 /// Ready, the most of any request on the 1000-app bench. The Secret is the
 /// operator's own and the fetch container checks every byte it downloads, so a
-/// change someone else makes to it (or its deletion) may wait this long to be seen
-/// and undone. Before, it waited for the app's next look, which can be much later.
+/// change someone else makes to it (or its deletion) goes unseen by the looks within
+/// this time; the first look after it reads the Secret again and undoes the change
+/// (nothing looks sooner for it: the Secret is not watched). Likewise a namespace
+/// whose RoleBinding an admin took back says NamespaceNotEnabled only once the memo
+/// has lapsed; meanwhile the operator's writes there are refused.
 pub const FETCH_SECRET_MEMO: Duration = Duration::from_secs(120);
 
 /// Each app's fetch Secret as the operator last wrote or read it, and when; kept
@@ -460,40 +463,50 @@ pub struct FetchSecrets {
 }
 
 impl FetchSecrets {
+    fn key(ns: &str, name: &str) -> String {
+        format!("{ns}/{name}")
+    }
+
     /// The Secret `ns/name` as last written or read, if that was within the memo's
     /// time, and it is owned by the app of UID `owner` (an app made again under its
     /// name, whose deletion the watch did not report, reads it afresh).
     pub fn recent(&self, ns: &str, name: &str, owner: &str, now: Instant) -> Option<Secret> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
-            .get(&format!("{ns}/{name}"))
+            .get(&Self::key(ns, name))
             .filter(|(at, _)| now.saturating_duration_since(*at) < FETCH_SECRET_MEMO)
             .map(|(_, secret)| secret)
             .filter(|secret| super::ownership::owned_by(&secret.metadata, owner))
             .cloned()
     }
 
-    /// `secret`, as just written or read. The same version, remembered within the
-    /// memo's time, keeps its time: a look that took it from here and applied
-    /// nothing new learned nothing new of it.
-    pub fn remember(&self, secret: &Secret, now: Instant) {
+    /// `secret`, just read: remembered if the app of UID `owner` owns it (another's
+    /// is never taken from here).
+    pub fn read(&self, secret: &Secret, owner: &str, now: Instant) {
+        if super::ownership::owned_by(&secret.metadata, owner) {
+            self.insert(secret, now);
+        }
+    }
+
+    /// An apply of the Secret came back with `after`: remembered, unless it is
+    /// `before` as it was (an apply skipped as unchanged, or one that changed
+    /// nothing, learned nothing new of it, and does not make the memo younger).
+    pub fn applied(&self, before: Option<&Secret>, after: &Secret, now: Instant) {
+        let version = |s: &Secret| (s.metadata.uid.clone(), s.metadata.resource_version.clone());
+        if before.is_none_or(|before| version(before) != version(after)) {
+            self.insert(after, now);
+        }
+    }
+
+    fn insert(&self, secret: &Secret, now: Instant) {
         let mut secret = secret.clone();
         slim_meta(&mut secret);
-        let key = format!(
-            "{}/{}",
+        let key = Self::key(
             secret.metadata.namespace.as_deref().unwrap_or_default(),
-            secret.metadata.name.as_deref().unwrap_or_default()
+            secret.metadata.name.as_deref().unwrap_or_default(),
         );
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let since = entries
-            .get(&key)
-            .filter(|(at, known)| {
-                now.saturating_duration_since(*at) < FETCH_SECRET_MEMO
-                    && known.metadata.uid == secret.metadata.uid
-                    && known.metadata.resource_version == secret.metadata.resource_version
-            })
-            .map_or(now, |(at, _)| *at);
-        entries.insert(key, (since, secret));
+        entries.insert(key, (now, secret));
         // Those no look asked for since expired are dropped, every so often.
         let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
         if swept.is_none_or(|at| now.saturating_duration_since(at) >= FETCH_SECRET_MEMO) {
@@ -505,7 +518,7 @@ impl FetchSecrets {
     /// Forget `ns/name`.
     pub fn forget(&self, ns: &str, name: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.remove(&format!("{ns}/{name}"));
+        entries.remove(&Self::key(ns, name));
     }
 }
 
@@ -633,7 +646,7 @@ mod tests {
             let memo = FetchSecrets::default();
             let t0 = Instant::now();
             assert_eq!(memo.recent("team-a", "aether.web.fetch", "app-1", t0), None);
-            memo.remember(&secret("7", "app-1"), t0);
+            memo.applied(None, &secret("7", "app-1"), t0);
             let almost = t0 + FETCH_SECRET_MEMO - Duration::from_secs(1);
             assert_eq!(
                 version(memo.recent("team-a", "aether.web.fetch", "app-1", almost)),
@@ -647,19 +660,18 @@ mod tests {
         }
 
         #[test]
-        fn taking_it_from_the_memo_does_not_make_it_younger_a_new_version_does() {
+        fn an_apply_that_wrote_nothing_does_not_make_it_younger_a_new_version_does() {
             let memo = FetchSecrets::default();
             let t0 = Instant::now();
-            memo.remember(&secret("7", "app-1"), t0);
-            // A look took it from here, applied nothing, and hands it back.
+            memo.applied(None, &secret("7", "app-1"), t0);
+            // A look took it from here (even at the last moment), applied nothing,
+            // and hands it back after the memo's time.
+            let after = t0 + FETCH_SECRET_MEMO + Duration::from_secs(1);
+            memo.applied(Some(&secret("7", "app-1")), &secret("7", "app-1"), after);
+            assert_eq!(memo.recent("team-a", "aether.web.fetch", "app-1", after), None);
+            // A write made a new version: that stands from then.
             let later = t0 + FETCH_SECRET_MEMO / 2;
-            memo.remember(&secret("7", "app-1"), later);
-            assert_eq!(
-                memo.recent("team-a", "aether.web.fetch", "app-1", t0 + FETCH_SECRET_MEMO),
-                None
-            );
-            // A write made a new version: that stands from now.
-            memo.remember(&secret("8", "app-1"), later);
+            memo.applied(Some(&secret("7", "app-1")), &secret("8", "app-1"), later);
             assert_eq!(
                 version(memo.recent("team-a", "aether.web.fetch", "app-1", t0 + FETCH_SECRET_MEMO)),
                 Some("8".into())
@@ -670,8 +682,14 @@ mod tests {
         fn an_app_made_again_under_its_name_reads_its_secret_afresh() {
             let memo = FetchSecrets::default();
             let t0 = Instant::now();
-            memo.remember(&secret("7", "app-1"), t0);
+            memo.read(&secret("7", "app-1"), "app-1", t0);
             assert_eq!(memo.recent("team-a", "aether.web.fetch", "app-2", t0), None);
+            // Someone else's Secret of that name is not remembered at all.
+            memo.read(&secret("9", "app-9"), "app-1", t0);
+            assert_eq!(
+                version(memo.recent("team-a", "aether.web.fetch", "app-1", t0)),
+                Some("7".into())
+            );
             memo.forget("team-a", "aether.web.fetch");
             assert_eq!(memo.recent("team-a", "aether.web.fetch", "app-1", t0), None);
         }

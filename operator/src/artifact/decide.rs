@@ -310,7 +310,9 @@ pub fn decide(seen: &Seen, url_ttl: Duration) -> Next {
         // not hash it again. Unless asked to: a reissue request hashes again, at most
         // once per REHASH_INTERVAL (requests are cheap to make, hashing is not).
         // Bytes read back before cost no hashing: then the read is not worth its
-        // request (at worst, a verdict the watch lags is written again).
+        // request. At worst a verdict the watch lags is written again (its Event
+        // published twice, a handled request echoed as the lagging status has it,
+        // which is answered again).
         if !seen.fresh && !seen.read_before {
             return Next::Look(Look::Fresh);
         }

@@ -583,10 +583,7 @@ async fn observe(
             seen.read_before = seen.requests.reissue.is_none()
                 && seen.spec.iter().flatten().all(|b| {
                     stats.get(&b.digest).is_some_and(|s| {
-                        s.size == b.size
-                            && s.etag
-                                .as_deref()
-                                .is_some_and(|e| ctx.verified.matches(&ns, &b.digest, e))
+                        s.size == b.size && read_back_before(ctx, &ns, &b.digest, s.etag.as_deref())
                     })
                 });
         }
@@ -672,6 +669,12 @@ async fn execute(
     Ok(then)
 }
 
+/// Whether the bytes storage tags `etag` under `digest` were read back and matched
+/// before (see [`blobs::Verified`]).
+fn read_back_before(ctx: &Context, ns: &str, digest: &Digest, etag: Option<&str>) -> bool {
+    etag.is_some_and(|e| ctx.verified.matches(ns, digest, e))
+}
+
 /// Read a stored blob back and check it against its digest, within the hashing
 /// budget ([`HASHING_PERMITS`]). Not if bytes with `seen_etag` (the ETag this
 /// reconcile's look at storage saw, under the blob locks) were read and matched
@@ -686,7 +689,7 @@ async fn hash(
     seen_etag: Option<&str>,
     turn: &Turn,
 ) -> Result<(), StorageError> {
-    let read_before = || seen_etag.is_some_and(|e| ctx.verified.matches(ns, digest, e));
+    let read_before = || read_back_before(ctx, ns, digest, seen_etag);
     if read_before() {
         return Ok(());
     }
