@@ -456,10 +456,13 @@ pub const FETCH_SECRET_MEMO: Duration = Duration::from_secs(120);
 /// Each app's fetch Secret as the operator last wrote or read it, and when; kept
 /// [`FETCH_SECRET_MEMO`], forgotten with the app.
 #[derive(Debug, Default)]
-pub struct FetchSecrets {
-    entries: Mutex<HashMap<String, (Instant, Secret)>>,
+pub struct FetchSecrets(Mutex<Memo>);
+
+#[derive(Debug, Default)]
+struct Memo {
+    entries: HashMap<String, (Instant, Secret)>,
     /// When expired entries were last dropped.
-    swept: Mutex<Option<Instant>>,
+    swept: Option<Instant>,
 }
 
 impl FetchSecrets {
@@ -467,12 +470,16 @@ impl FetchSecrets {
         format!("{ns}/{name}")
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memo> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The Secret `ns/name` as last written or read, if that was within the memo's
     /// time, and it is owned by the app of UID `owner` (an app made again under its
     /// name, whose deletion the watch did not report, reads it afresh).
     pub fn recent(&self, ns: &str, name: &str, owner: &str, now: Instant) -> Option<Secret> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
+        self.lock()
+            .entries
             .get(&Self::key(ns, name))
             .filter(|(at, _)| now.saturating_duration_since(*at) < FETCH_SECRET_MEMO)
             .map(|(_, secret)| secret)
@@ -505,20 +512,22 @@ impl FetchSecrets {
             secret.metadata.namespace.as_deref().unwrap_or_default(),
             secret.metadata.name.as_deref().unwrap_or_default(),
         );
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.insert(key, (now, secret));
+        let mut memo = self.lock();
+        memo.entries.insert(key, (now, secret));
         // Those no look asked for since expired are dropped, every so often.
-        let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
-        if swept.is_none_or(|at| now.saturating_duration_since(at) >= FETCH_SECRET_MEMO) {
-            entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < FETCH_SECRET_MEMO);
-            *swept = Some(now);
+        if memo
+            .swept
+            .is_none_or(|at| now.saturating_duration_since(at) >= FETCH_SECRET_MEMO)
+        {
+            memo.entries
+                .retain(|_, (at, _)| now.saturating_duration_since(*at) < FETCH_SECRET_MEMO);
+            memo.swept = Some(now);
         }
     }
 
     /// Forget `ns/name`.
     pub fn forget(&self, ns: &str, name: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.remove(&Self::key(ns, name));
+        self.lock().entries.remove(&Self::key(ns, name));
     }
 }
 
