@@ -185,7 +185,7 @@ pub async fn list_namespace(
     namespace: &str,
 ) -> Result<Vec<AetherArtifact>, kube::Error> {
     let api: Api<AetherArtifact> = Api::namespaced(client.clone(), namespace);
-    crate::list_paged(&api, |art| {
+    crate::lists::paged(&api, |art| {
         art.status = None;
         crate::app::observed::slim_meta(art);
     })

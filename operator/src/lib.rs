@@ -17,6 +17,7 @@ pub mod enabled;
 pub mod events;
 pub mod faults;
 pub mod http;
+pub mod lists;
 pub mod metrics;
 pub mod policies;
 pub mod readiness;
@@ -94,16 +95,14 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
             instance: std::env::var("POD_NAME").ok(),
         },
     );
+    let lists = lists::Lists::probe(&client).await;
     // Every AetherPolicy, cached; any change re-judges every app.
     let (policies, policy_writer) = reflector::store::<AetherPolicy>();
     let (policy_events, policies_ready) = readiness::Readiness::follow(reflector(
         policy_writer,
-        watcher(
-            Api::<AetherPolicy>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        // A missing CRD or permission is retried every 2 s, not in a tight loop.
-        .backoff(backoff::WatchBackoff::default()),
+        watcher(Api::<AetherPolicy>::all(client.clone()), lists.config())
+            // A missing CRD or permission is retried every 2 s, not in a tight loop.
+            .backoff(backoff::WatchBackoff::default()),
     ));
     let policy_changes = policy_events
         .touched_objects()
@@ -126,7 +125,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let (apps_store, apps_writer) = reflector::store::<AetherApp>();
     let (app_events, apps_ready) = readiness::Readiness::follow(reflector(
         apps_writer,
-        watcher(Api::<AetherApp>::all(client.clone()), lists()).modify(app::observed::slim_resource),
+        watcher(Api::<AetherApp>::all(client.clone()), lists.config()).modify(app::observed::slim_resource),
     ));
     // One watch of the artifacts feeds both controllers: the app controller reads
     // artifacts in this cache, and each change reaches it only once it is there.
@@ -134,7 +133,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let (artifact_events, artifacts_ready) = readiness::Readiness::follow(
         reflector(
             artifacts_writer,
-            watcher(artifacts.clone(), lists()).modify(app::observed::slim_resource),
+            watcher(artifacts.clone(), lists.config()).modify(app::observed::slim_resource),
         )
         .backoff(backoff::WatchBackoff::default()),
     );
@@ -244,7 +243,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let managed_by = format!("app.kubernetes.io/managed-by={}", app::build::MANAGED_BY);
     // The children, watched into caches that the looks read (see app::observed).
     let (children, child_watches) =
-        app::observed::watch(&client, &managed_by, apps_store.clone(), applied.clone());
+        app::observed::watch(&client, lists, &managed_by, apps_store.clone(), applied.clone());
     tokio::spawn(
         child_watches
             .replica_sets
@@ -253,7 +252,9 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     // The default trusted keys, read by every app's look.
     let (default_keys, key_events) = app::observed::cache(
         Api::namespaced(client.clone(), &args.namespace),
-        watcher::Config::default().fields(&format!("metadata.name={}", app_config.trusted_keys_configmap)),
+        lists
+            .config()
+            .fields(&format!("metadata.name={}", app_config.trusted_keys_configmap)),
         app::observed::slim_meta,
     );
     tokio::spawn(key_events.for_each(|_| futures::future::ready(())));
@@ -262,7 +263,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let (ingresses, ingresses_writer) = reflector::store::<Ingress>();
     let ingress_events = reflector(
         ingresses_writer,
-        watcher(Api::<Ingress>::all(client.clone()), watcher::Config::default()),
+        watcher(Api::<Ingress>::all(client.clone()), lists.config()),
     )
     .backoff(backoff::WatchBackoff::default());
     tokio::spawn(ingress_events.for_each(|_| futures::future::ready(())));
@@ -279,10 +280,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
             pods_writer,
             watcher(
                 Api::<Pod>::all(client.clone()),
-                // (Smaller pages: each is held whole before its pods are slimmed.)
-                watcher::Config::default()
-                    .labels(app::build::PODS_SELECTOR)
-                    .page_size(100),
+                lists.config().labels(app::build::PODS_SELECTOR),
             )
             .modify(app::status::slim_pod),
         )
@@ -329,7 +327,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
             http_routes_writer,
             watcher(
                 Api::<app::gateway::HttpRoute>::all(client.clone()),
-                watcher::Config::default(),
+                lists.config(),
             ),
         )
         .backoff(backoff::WatchBackoff::default());
@@ -385,7 +383,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         .run(artifact::reconcile, artifact::error_policy, artifact_ctx)
         .for_each(log_result);
     // Children are watched by the label every one of them carries.
-    let owned = watcher::Config::default().labels(&managed_by);
+    let owned = lists.config().labels(&managed_by);
     // (Deployments, Services and ServiceAccounts are watched in app::observed.)
     let mut apps = apps.owns(Api::<Ingress>::all(client.clone()), owned.clone());
     // The Gateway's word on an app's route (its status) is seen at once.
@@ -436,40 +434,6 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
     }
     result
-}
-
-/// A watch listing 100 objects a page: each page is held whole while it is read,
-/// and a dozen watches list at once when the operator starts (with the default 500,
-/// their pages raised its memory for good at 1000 apps).
-pub fn lists() -> watcher::Config {
-    watcher::Config::default().page_size(PAGE)
-}
-
-/// Objects a page, for watches' lists and fresh ones.
-pub const PAGE: u32 = 100;
-
-/// Every object `api` lists, read [`PAGE`] a page and each `slim`med as its page
-/// comes: a fresh list of a namespace's thousand objects is not held whole at once.
-/// (A continue token that expired fails the list; the reconcile's retry lists
-/// afresh.)
-pub async fn list_paged<K>(api: &Api<K>, slim: impl Fn(&mut K)) -> Result<Vec<K>, kube::Error>
-where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let mut all = Vec::new();
-    let mut params = kube::api::ListParams::default().limit(PAGE);
-    loop {
-        let page = api.list(&params).await?;
-        all.extend(page.items.into_iter().map(|mut object| {
-            slim(&mut object);
-            object
-        }));
-        match page.metadata.continue_ {
-            // (The pages of one list are of one moment.)
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => return Ok(all),
-        }
-    }
 }
 
 /// SIGTERM (the kubelet stopping the pod) or SIGINT.

@@ -163,11 +163,12 @@ impl std::fmt::Debug for Watches {
 /// (by their pods' labels) and every AetherRelease.
 pub fn watch(
     client: &Client,
+    lists: crate::lists::Lists,
     managed_by: &str,
     apps: Store<AetherApp>,
     applied: Arc<Applied>,
 ) -> (Children, Watches) {
-    let owned = crate::lists().labels(managed_by);
+    let owned = lists.config().labels(managed_by);
     let (deployments, deployment_events) = cache(
         Api::<Deployment>::all(client.clone()),
         owned.clone(),
@@ -189,11 +190,11 @@ pub fn watch(
         owned,
         slim_meta,
     );
-    let pods = crate::lists().labels(super::build::PODS_SELECTOR);
+    let pods = lists.config().labels(super::build::PODS_SELECTOR);
     let (replica_sets, set_events) = cache(Api::<ReplicaSet>::all(client.clone()), pods, slim_replica_set);
     let (releases, release_events) = cache(
         Api::<AetherRelease>::all(client.clone()),
-        crate::lists(),
+        lists.config(),
         slim_meta,
     );
     let wakes = futures::stream::select_all([

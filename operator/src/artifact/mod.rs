@@ -324,11 +324,11 @@ async fn apply(art: Arc<AetherArtifact>, ctx: &Context, turn: &Turn) -> Result<A
     let mut decision = retention::decide(&art, &cached, &[], &ctx.retention, now);
     if decision != retention::Decision::Keep {
         let apps: Api<AetherApp> = Api::namespaced(ctx.client.clone(), &ns);
-        let apps = crate::list_paged(&apps, crate::app::observed::slim_resource)
+        let apps = crate::lists::paged(&apps, crate::app::observed::slim_resource)
             .await
             .map_err(kube_at(Step::Retention))?;
         let releases: Api<AetherRelease> = Api::namespaced(ctx.client.clone(), &ns);
-        let releases = crate::list_paged(&releases, crate::app::observed::slim_resource)
+        let releases = crate::lists::paged(&releases, crate::app::observed::slim_resource)
             .await
             .map_err(kube_at(Step::Retention))?;
         decision = retention::decide(&art, &apps, &releases, &ctx.retention, now);
