@@ -269,6 +269,12 @@ pub const UPLOAD_COMPLETE_ANNOTATION: &str = "aether.dev/upload-complete";
 /// stored blobs; a new value is a new request, answered in `status.reissueHandled`.
 pub const REISSUE_UPLOAD_ANNOTATION: &str = "aether.dev/reissue-upload";
 
+/// The operator's finalizer: held by every artifact until the operator has freed
+/// the blobs no other artifact of its namespace names. `aether push` creates
+/// artifacts with it (the operator adds it to any that lack it), which saves the
+/// operator a write of each new artifact before it can answer.
+pub const BLOBS_FINALIZER: &str = "aether.dev/blobs";
+
 /// Longest request value echoed in status: a longer one is compared by this prefix.
 pub const HANDLED_MAX_CHARS: usize = 128;
 

@@ -551,6 +551,8 @@ fn artifact_for(packed: &PackOutcome) -> Result<AetherArtifact, CliError> {
         ]
         .into(),
     );
+    // The operator would add it first thing: one write fewer before it answers.
+    art.metadata.finalizers = Some(vec![aether_crds::BLOBS_FINALIZER.to_string()]);
     Ok(art)
 }
 

@@ -108,7 +108,9 @@ async fn run(
                     key_id: key.public_key().key_id(),
                     value: key.sign(&digest, ns, &app),
                 });
-                let art = AetherArtifact::new(&name, spec);
+                let mut art = AetherArtifact::new(&name, spec);
+                // As `aether push` creates it.
+                art.metadata.finalizers = Some(vec![aether_crds::BLOBS_FINALIZER.to_string()]);
                 match arts.create(&PostParams::default(), &art).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(e)) if e.code == 409 => {}

@@ -209,7 +209,7 @@ fn kube_at(step: Step) -> impl FnOnce(kube::Error) -> Error {
 }
 
 /// Held by every artifact until its blobs have been released (see [`crate::blobs`]).
-pub const FINALIZER: &str = "aether.dev/blobs";
+pub const FINALIZER: &str = aether_crds::BLOBS_FINALIZER;
 
 /// Upload URLs per blob at most: with three blobs of ~700-byte URLs, status stays
 /// under half a megabyte (etcd refuses objects past 1.5 MiB).
