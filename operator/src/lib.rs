@@ -19,6 +19,7 @@ pub mod faults;
 pub mod http;
 pub mod lists;
 pub mod metrics;
+pub mod namespaces;
 pub mod policies;
 pub mod readiness;
 pub mod retention;
@@ -112,6 +113,9 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         ready: policies_ready,
         store: policies,
     };
+    // Which namespaces are being deleted: what is in them is left alone.
+    let (namespaces, namespace_events) = namespaces::Namespaces::watch(&client, lists);
+    tokio::spawn(namespace_events.for_each(|_| futures::future::ready(())));
     let storage = aether_storage::Storage::new(&args.storage());
     let enabled = Arc::new(enabled::Enablement::new(client.clone(), args.namespace.clone()));
     // Each controller's reconciles take turns (crate::turns) shared fairly between
@@ -232,6 +236,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         artifacts: artifact_controller.store(),
         hashing: turns::Turns::new(artifact::HASHING_PERMITS, 1),
         enabled: enabled.clone(),
+        namespaces: namespaces.clone(),
         policies: policies.clone(),
         metrics: metrics.clone(),
         apps: apps.store(),
@@ -336,6 +341,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let app_ctx = Arc::new(app::Context {
         client: client.clone(),
         enabled,
+        namespaces,
         storage,
         policies: policies.clone(),
         recorder,

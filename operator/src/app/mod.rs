@@ -40,7 +40,7 @@ use kube::runtime::events::{EventType, Recorder};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use self::build::{Children, PodConfig};
 use self::policy::Floor;
@@ -84,6 +84,8 @@ pub struct Context {
     pub client: kube::Client,
     /// Apps are built only in namespaces a cluster admin enabled.
     pub enabled: Arc<crate::enabled::Enablement>,
+    /// Nor in namespaces being deleted.
+    pub namespaces: crate::namespaces::Namespaces,
     /// Signs the pods' download URLs (see [`downloads`]).
     pub storage: aether_storage::Storage,
     /// The AetherPolicies, as watched.
@@ -190,8 +192,14 @@ struct Dereferenced {
 
 #[instrument(skip_all, fields(app = %app.name_any(), ns = app.namespace().unwrap_or_default()))]
 pub async fn reconcile(app: Arc<AetherApp>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = app.namespace().unwrap_or_default();
+    // Going, with everything in it (see crate::namespaces).
+    if ctx.namespaces.terminating(&ns) {
+        debug!("its namespace is being deleted: left alone");
+        return Ok(Action::await_change());
+    }
     // (None: the operator is shutting down; the next one looks at the app.)
-    let Some(_turn) = ctx.turns.take(&app.namespace().unwrap_or_default()).await else {
+    let Some(_turn) = ctx.turns.take(&ns).await else {
         return Ok(Action::await_change());
     };
     // As it is now, not as it was when it became due: it may have waited.

@@ -65,6 +65,8 @@ pub struct Context {
     pub hashing: crate::turns::Turns,
     /// Storage is used only for namespaces a cluster admin enabled.
     pub enabled: Arc<crate::enabled::Enablement>,
+    /// In a namespace being deleted, only an artifact's own deletion is carried out.
+    pub namespaces: crate::namespaces::Namespaces,
     /// The AetherPolicies: a namespace's storage cap.
     pub policies: crate::policies::Policies,
     pub metrics: Arc<Metrics>,
@@ -224,8 +226,15 @@ pub const HASHING_PERMITS: usize = 2;
 
 #[instrument(skip_all, fields(artifact = %art.name_any(), ns = art.namespace().unwrap_or_default()))]
 pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = art.namespace().unwrap_or_default();
+    // Going, with everything in it: its deletion comes as its own event (see
+    // crate::namespaces).
+    if ctx.namespaces.terminating(&ns) && art.meta().deletion_timestamp.is_none() {
+        debug!("its namespace is being deleted: left alone until the artifact is");
+        return Ok(Action::await_change());
+    }
     // (None: the operator is shutting down; the next one looks at the artifact.)
-    let Some(turn) = ctx.turns.take(&art.namespace().unwrap_or_default()).await else {
+    let Some(turn) = ctx.turns.take(&ns).await else {
         return Ok(Action::await_change());
     };
     // As it is now, not as it was when it became due: it may have waited.
