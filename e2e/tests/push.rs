@@ -407,6 +407,13 @@ async fn expired_upload_urls_are_renewed_and_old_ones_refused() -> anyhow::Resul
             has_upload,
         )
         .await?;
+        // Created without the operator's finalizer (as kubectl or GitOps would): the
+        // operator added it before answering.
+        assert!(
+            first.finalizers().iter().any(|f| f == aether_crds::BLOBS_FINALIZER),
+            "{:?}",
+            first.finalizers()
+        );
         let first_expiry = upload_expiry(&first).unwrap();
         let old = first.status.unwrap().upload.unwrap();
         // The operator's URL lifetime, as it shows in the first expiry.

@@ -60,7 +60,7 @@ async fn deleting_an_artifact_frees_only_the_blobs_no_other_artifact_lists() -> 
         let art_b = arts.get(b["artifact"].as_str().unwrap()).await?;
         assert!(
             art_a.finalizers().iter().any(|f| f == "aether.dev/blobs"),
-            "the operator holds its finalizer"
+            "it holds the operator's finalizer (aether push creates it with it)"
         );
         let deps = layer(&art_a, LayerName::Deps);
         assert_eq!(deps, layer(&art_b, LayerName::Deps));

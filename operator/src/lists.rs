@@ -7,8 +7,15 @@
 //! burst took the operator from the 77 MiB of what it keeps to 104 MiB, for good
 //! (the allocator keeps what it freed). Where the API server streams a watch's first
 //! list instead (`sendInitialEvents`, Kubernetes' WatchList feature, on by default
-//! in 1.34 and off in 1.33), each object comes and is slimmed on its own, from the
-//! API server's cache. [`Lists::probe`] asks the API server once which it does.
+//! in 1.34 and off in 1.33), each object comes and is slimmed on its own: 83 MiB.
+//! [`Lists::probe`] asks the API server once, when the operator starts, which it
+//! does.
+//!
+//! Two differences, both brief. A streamed first list comes from the API server's
+//! cache, which may be a moment behind etcd (as every watch event is); the watch
+//! then catches up. And the choice holds until the operator restarts: while a
+//! control plane is upgraded from 1.33 to 1.34, a watch that reaches a server still
+//! on 1.33 is refused and retried until the upgrade is done.
 
 use std::time::Duration;
 
@@ -35,8 +42,10 @@ pub enum Lists {
 /// The annotation on the bookmark that ends a watch's streamed first list.
 const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
-/// How long the probe waits for the end of a first list of nothing.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the probe may take in all, and how long it waits between attempts when
+/// the API server could not answer (started a moment before the operator, say).
+const PROBE_WITHIN: Duration = Duration::from_secs(10);
+const PROBE_RETRY: Duration = Duration::from_millis(500);
 
 impl Lists {
     /// A watch's configuration: its first list streamed or paged.
@@ -50,37 +59,50 @@ impl Lists {
     /// Ask the API server, with a streamed watch of AetherPolicies (which the operator
     /// watches anyway) labelled with a label nobody sets: one that streams ends its
     /// (empty) first list with a bookmark at once. One without the feature refuses
-    /// the request (422) or, older still, never sends that bookmark. Whatever goes
-    /// wrong, the watches are paged: they work everywhere.
+    /// the request (422 since 1.19; 400 from some proxies), or never sends that
+    /// bookmark. Any other failure is asked again, for [`PROBE_WITHIN`]; after that,
+    /// and for anything else that goes wrong, the watches are paged: they work
+    /// everywhere.
     pub async fn probe(client: &Client) -> Self {
+        let lists = Self::probe_within(client, PROBE_WITHIN).await;
+        info!(?lists, "how the watches list what they start from");
+        lists
+    }
+
+    async fn probe_within(client: &Client, within: Duration) -> Self {
         let api: Api<AetherPolicy> = Api::all(client.clone());
         let params = WatchParams::streaming_lists()
             .labels("aether.dev/watch-list-probe")
-            .timeout(PROBE_TIMEOUT.as_secs() as u32);
-        let streamed = async {
+            .timeout(within.as_secs().max(1) as u32);
+        let ask = || async {
             let mut events = api.watch(&params, "0").await?.boxed();
             while let Some(event) = events.try_next().await? {
                 match event {
                     WatchEvent::Bookmark(b) if b.metadata.annotations.contains_key(INITIAL_EVENTS_END) => {
-                        return Ok::<_, kube::Error>(true);
+                        return Ok::<_, kube::Error>(Lists::Streamed);
                     }
-                    WatchEvent::Error(_) => return Ok(false),
+                    WatchEvent::Error(_) => return Ok(Lists::Paged),
                     _ => {}
                 }
             }
-            Ok(false)
+            Ok(Lists::Paged)
         };
-        let lists = match tokio::time::timeout(PROBE_TIMEOUT, streamed).await {
-            Ok(Ok(true)) => Lists::Streamed,
-            Ok(Ok(false) | Err(kube::Error::Api(_))) => Lists::Paged,
-            Ok(Err(e)) => {
-                warn!(error = %e, "asking whether the API server streams watches' first lists: they are paged");
-                Lists::Paged
+        let asked = async {
+            loop {
+                match ask().await {
+                    Ok(lists) => return lists,
+                    Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => return Lists::Paged,
+                    Err(e) => {
+                        warn!(error = %e, "asking whether the API server streams watches' first lists: asking again");
+                        tokio::time::sleep(PROBE_RETRY).await;
+                    }
+                }
             }
-            Err(_) => Lists::Paged,
         };
-        info!(?lists, "how the watches list what they start from");
-        lists
+        tokio::time::timeout(within, asked).await.unwrap_or_else(|_| {
+            warn!("the API server did not say whether it streams watches' first lists: they are paged");
+            Lists::Paged
+        })
     }
 }
 
@@ -112,42 +134,71 @@ where
 mod tests {
     use super::*;
 
-    /// A client of an API server that answers every request with `status` and `body`,
-    /// after checking that it is the probe's streamed watch.
-    fn answering(status: u16, body: &'static str) -> Client {
-        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| async move {
-            let query = request.uri().query().unwrap_or_default().to_string();
-            assert!(
-                query.contains("watch=true") && query.contains("sendInitialEvents=true"),
-                "{query}"
-            );
-            http::Response::builder()
-                .status(status)
-                .body(kube::client::Body::from(body.as_bytes().to_vec()))
+    /// A client of an API server that answers each request with the next of
+    /// `answers` (the last one again once they run out), after checking that it is
+    /// the probe's streamed watch.
+    fn answering(answers: &[(u16, &'static str)]) -> Client {
+        let answers = std::sync::Arc::new(std::sync::Mutex::new(answers.to_vec()));
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let answers = answers.clone();
+            async move {
+                let query = request.uri().query().unwrap_or_default().to_string();
+                assert!(
+                    query.contains("watch=true") && query.contains("sendInitialEvents=true"),
+                    "{query}"
+                );
+                let (status, body) = {
+                    let mut answers = answers.lock().unwrap();
+                    if answers.len() > 1 {
+                        answers.remove(0)
+                    } else {
+                        answers[0]
+                    }
+                };
+                http::Response::builder()
+                    .status(status)
+                    .body(kube::client::Body::from(body.as_bytes().to_vec()))
+            }
         });
         Client::new(service, "default")
     }
 
+    const BOOKMARK: &str = r#"{"type":"BOOKMARK","object":{"apiVersion":"aether.dev/v1alpha1","kind":"AetherPolicy","metadata":{"resourceVersion":"12","annotations":{"k8s.io/initial-events-end":"true"}}}}
+"#;
+
     #[tokio::test]
     async fn a_server_that_ends_the_first_list_with_its_bookmark_streams() {
-        let bookmark = r#"{"type":"BOOKMARK","object":{"apiVersion":"aether.dev/v1alpha1","kind":"AetherPolicy","metadata":{"resourceVersion":"12","annotations":{"k8s.io/initial-events-end":"true"}}}}
-"#;
-        assert_eq!(Lists::probe(&answering(200, bookmark)).await, Lists::Streamed);
+        assert_eq!(
+            Lists::probe(&answering(&[(200, BOOKMARK)])).await,
+            Lists::Streamed
+        );
     }
 
     #[tokio::test]
     async fn a_server_that_refuses_the_request_is_listed_in_pages() {
         // Kubernetes 1.33's answer (the WatchList feature off).
         let refused = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled","reason":"Invalid","code":422}"#;
-        assert_eq!(Lists::probe(&answering(422, refused)).await, Lists::Paged);
+        assert_eq!(Lists::probe(&answering(&[(422, refused)])).await, Lists::Paged);
     }
 
     #[tokio::test]
     async fn a_server_that_never_ends_a_first_list_is_listed_in_pages() {
-        // Older ones ignore the parameter: a plain watch, with no such bookmark.
+        // One that ignores the parameter (a proxy that drops it, say): a plain watch,
+        // with no such bookmark.
         let plain = r#"{"type":"BOOKMARK","object":{"apiVersion":"aether.dev/v1alpha1","kind":"AetherPolicy","metadata":{"resourceVersion":"12"}}}
 "#;
-        assert_eq!(Lists::probe(&answering(200, plain)).await, Lists::Paged);
+        assert_eq!(Lists::probe(&answering(&[(200, plain)])).await, Lists::Paged);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_could_not_answer_is_asked_again() {
+        let unavailable = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"the server is currently unable to handle the request","reason":"ServiceUnavailable","code":503}"#;
+        let client = answering(&[(503, unavailable), (503, unavailable), (200, BOOKMARK)]);
+        assert_eq!(Lists::probe(&client).await, Lists::Streamed);
+        // One that never answers is given up on: paged.
+        let client = answering(&[(503, unavailable)]);
+        let within = Duration::from_secs(1);
+        assert_eq!(Lists::probe_within(&client, within).await, Lists::Paged);
     }
 
     #[test]

@@ -11,10 +11,15 @@
 
 use futures::Stream;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
+
+/// When what is left alone in a namespace being deleted is looked at again all the
+/// same (a safety net: it should be gone long before).
+pub const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The namespaces as watched: names, and whether each is being deleted.
 #[derive(Clone)]
@@ -52,13 +57,24 @@ impl Namespaces {
         (Self { store }, futures::StreamExt::map(events, |e| e.map(|_| ())))
     }
 
-    /// Whether `ns` is being deleted, as last seen. False while the watch has not
-    /// seen it (the first list not in yet, or no permission): the looks then go on
-    /// as they would without this.
-    pub fn terminating(&self, ns: &str) -> bool {
-        self.store
+    /// Whether the object of `meta` goes with its namespace: the namespace, as last
+    /// seen, is being deleted, and the object was made before that began. One made
+    /// since is in a namespace of the same name made again, which the watch has not
+    /// seen yet (nothing can be made in a namespace being deleted). False while the
+    /// watch has not seen the namespace (its first list not in yet, or no
+    /// permission): the looks then go on as they would without this.
+    pub fn going(&self, meta: &ObjectMeta) -> bool {
+        let Some(ns) = meta.namespace.as_deref() else {
+            return false;
+        };
+        let deleted_at = self
+            .store
             .get(&ObjectRef::new(ns))
-            .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
+            .and_then(|n| n.metadata.deletion_timestamp.clone());
+        match (deleted_at, &meta.creation_timestamp) {
+            (Some(deleted), Some(created)) => created.0 < deleted.0,
+            _ => false,
+        }
     }
 
     #[cfg(test)]
@@ -74,26 +90,48 @@ impl Namespaces {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::{Timestamp, ToSpan};
     use kube::core::PartialObjectMetaExt as _;
 
-    fn namespace(name: &str, deleting: bool) -> PartialObjectMeta<Namespace> {
-        let mut n: PartialObjectMeta<Namespace> = ObjectMeta {
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::UNIX_EPOCH + seconds.seconds())
+    }
+
+    fn namespace(name: &str, deleted_at: Option<i64>) -> PartialObjectMeta<Namespace> {
+        ObjectMeta {
             name: Some(name.into()),
+            deletion_timestamp: deleted_at.map(at),
             ..ObjectMeta::default()
         }
-        .into_response_partial();
-        if deleting {
-            n.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        .into_response_partial()
+    }
+
+    fn object(ns: &str, created_at: i64) -> ObjectMeta {
+        ObjectMeta {
+            name: Some("web".into()),
+            namespace: Some(ns.into()),
+            creation_timestamp: Some(at(created_at)),
+            ..ObjectMeta::default()
         }
-        n
     }
 
     #[test]
-    fn only_a_namespace_seen_being_deleted_is_terminating() {
-        let namespaces = Namespaces::of(vec![namespace("going", true), namespace("staying", false)]);
-        assert!(namespaces.terminating("going"));
-        assert!(!namespaces.terminating("staying"));
-        assert!(!namespaces.terminating("unseen"), "not seen: looked at as usual");
+    fn what_was_made_before_its_namespace_began_to_go_goes_with_it() {
+        let namespaces = Namespaces::of(vec![namespace("going", Some(100)), namespace("staying", None)]);
+        assert!(namespaces.going(&object("going", 50)));
+        assert!(!namespaces.going(&object("staying", 50)));
+        assert!(
+            !namespaces.going(&object("unseen", 50)),
+            "not seen: looked at as usual"
+        );
+    }
+
+    #[test]
+    fn what_was_made_since_is_in_a_namespace_made_again() {
+        // The watch still holds the old namespace of that name.
+        let namespaces = Namespaces::of(vec![namespace("again", Some(100))]);
+        assert!(!namespaces.going(&object("again", 100)));
+        assert!(!namespaces.going(&object("again", 130)));
     }
 }

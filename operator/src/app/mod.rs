@@ -192,14 +192,11 @@ struct Dereferenced {
 
 #[instrument(skip_all, fields(app = %app.name_any(), ns = app.namespace().unwrap_or_default()))]
 pub async fn reconcile(app: Arc<AetherApp>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = app.namespace().unwrap_or_default();
-    // Going, with everything in it (see crate::namespaces).
-    if ctx.namespaces.terminating(&ns) {
-        debug!("its namespace is being deleted: left alone");
-        return Ok(Action::await_change());
+    if ctx.namespaces.going(app.meta()) {
+        return Ok(going());
     }
     // (None: the operator is shutting down; the next one looks at the app.)
-    let Some(_turn) = ctx.turns.take(&ns).await else {
+    let Some(_turn) = ctx.turns.take(&app.namespace().unwrap_or_default()).await else {
         return Ok(Action::await_change());
     };
     // As it is now, not as it was when it became due: it may have waited.
@@ -209,6 +206,10 @@ pub async fn reconcile(app: Arc<AetherApp>, ctx: Arc<Context>) -> Result<Action,
     else {
         return Ok(Action::await_change());
     };
+    // (Again: its namespace may have begun to go while it waited.)
+    if ctx.namespaces.going(app.meta()) {
+        return Ok(going());
+    }
     let started = Instant::now();
     let labels = ControllerLabels {
         controller: CONTROLLER,
@@ -225,6 +226,14 @@ pub async fn reconcile(app: Arc<AetherApp>, ctx: Arc<Context>) -> Result<Action,
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// An app whose namespace is being deleted is left alone: it goes, with everything
+/// in it (see crate::namespaces). Looked at again later all the same, in case the
+/// watch of namespaces was wrong.
+fn going() -> Action {
+    debug!("its namespace is being deleted: left alone");
+    Action::requeue(crate::namespaces::LOOK_AGAIN)
 }
 
 async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error> {

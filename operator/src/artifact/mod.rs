@@ -226,21 +226,21 @@ pub const HASHING_PERMITS: usize = 2;
 
 #[instrument(skip_all, fields(artifact = %art.name_any(), ns = art.namespace().unwrap_or_default()))]
 pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = art.namespace().unwrap_or_default();
-    // Going, with everything in it: its deletion comes as its own event (see
-    // crate::namespaces).
-    if ctx.namespaces.terminating(&ns) && art.meta().deletion_timestamp.is_none() {
-        debug!("its namespace is being deleted: left alone until the artifact is");
-        return Ok(Action::await_change());
+    if going(&art, &ctx) {
+        return Ok(Action::requeue(crate::namespaces::LOOK_AGAIN));
     }
     // (None: the operator is shutting down; the next one looks at the artifact.)
-    let Some(turn) = ctx.turns.take(&ns).await else {
+    let Some(turn) = ctx.turns.take(&art.namespace().unwrap_or_default()).await else {
         return Ok(Action::await_change());
     };
     // As it is now, not as it was when it became due: it may have waited.
     let Some(art) = ctx.artifacts.get(&ObjectRef::from_obj(&*art)) else {
         return Ok(Action::await_change());
     };
+    // (Again: its namespace may have begun to go while it waited.)
+    if going(&art, &ctx) {
+        return Ok(Action::requeue(crate::namespaces::LOOK_AGAIN));
+    }
     let started = std::time::Instant::now();
     let labels = ControllerLabels {
         controller: CONTROLLER,
@@ -273,6 +273,17 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// Whether the artifact is left alone: its namespace is being deleted and it is not
+/// yet. Its own deletion comes as an event of its own, and is carried out (see
+/// crate::namespaces).
+fn going(art: &AetherArtifact, ctx: &Context) -> bool {
+    let going = ctx.namespaces.going(art.meta()) && art.meta().deletion_timestamp.is_none();
+    if going {
+        debug!("its namespace is being deleted: left alone until the artifact is");
+    }
+    going
 }
 
 /// The artifact, with [`FINALIZER`] added if it has none and is not being deleted,
