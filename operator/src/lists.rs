@@ -11,11 +11,12 @@
 //! [`Lists::probe`] asks the API server once, when the operator starts, which it
 //! does.
 //!
-//! Two differences, both brief. A streamed first list comes from the API server's
-//! cache, which may be a moment behind etcd (as every watch event is); the watch
-//! then catches up. And the choice holds until the operator restarts: while a
-//! control plane is upgraded from 1.33 to 1.34, a watch that reaches a server still
-//! on 1.33 is refused and retried until the upgrade is done.
+//! Two differences. A streamed first list comes from the API server's cache, which
+//! may be a moment behind etcd (as every watch event is); the watch then catches up.
+//! And the choice holds until the operator restarts: a watch that reaches an API
+//! server without the feature (one still on 1.33 while a control plane is upgraded,
+//! or all of them after a rollback) is refused and retried until one with it
+//! answers, or the operator restarts and asks again.
 
 use std::time::Duration;
 
@@ -42,6 +43,13 @@ pub enum Lists {
 /// The annotation on the bookmark that ends a watch's streamed first list.
 const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
+/// The answers that say the API server does not stream first lists: 422 (Kubernetes
+/// 1.19 to 1.26 refuse `resourceVersionMatch` on a watch, 1.27 to 1.33 with the
+/// feature off `sendInitialEvents`), 400 (some proxies).
+fn refused(code: u16) -> bool {
+    code == 400 || code == 422
+}
+
 /// How long the probe may take in all, and how long it waits between attempts when
 /// the API server could not answer (started a moment before the operator, say).
 const PROBE_WITHIN: Duration = Duration::from_secs(10);
@@ -59,10 +67,9 @@ impl Lists {
     /// Ask the API server, with a streamed watch of AetherPolicies (which the operator
     /// watches anyway) labelled with a label nobody sets: one that streams ends its
     /// (empty) first list with a bookmark at once. One without the feature refuses
-    /// the request (422 since 1.19; 400 from some proxies), or never sends that
-    /// bookmark. Any other failure is asked again, for [`PROBE_WITHIN`]; after that,
-    /// and for anything else that goes wrong, the watches are paged: they work
-    /// everywhere.
+    /// the request ([`refused`]). Anything else (no answer, another error, a watch
+    /// that ends without that bookmark) is asked again for [`PROBE_WITHIN`]; after
+    /// that the watches are paged: they work everywhere.
     pub async fn probe(client: &Client) -> Self {
         let lists = Self::probe_within(client, PROBE_WITHIN).await;
         info!(?lists, "how the watches list what they start from");
@@ -74,26 +81,34 @@ impl Lists {
         let params = WatchParams::streaming_lists()
             .labels("aether.dev/watch-list-probe")
             .timeout(within.as_secs().max(1) as u32);
+        // One answer: how the watches list, or why to ask again.
         let ask = || async {
-            let mut events = api.watch(&params, "0").await?.boxed();
-            while let Some(event) = events.try_next().await? {
-                match event {
-                    WatchEvent::Bookmark(b) if b.metadata.annotations.contains_key(INITIAL_EVENTS_END) => {
-                        return Ok::<_, kube::Error>(Lists::Streamed);
+            let mut events = match api.watch(&params, "0").await {
+                Ok(events) => events.boxed(),
+                Err(kube::Error::Api(e)) if refused(e.code) => return Ok(Lists::Paged),
+                Err(e) => return Err(e.to_string()),
+            };
+            loop {
+                match events.try_next().await {
+                    Ok(Some(WatchEvent::Bookmark(b)))
+                        if b.metadata.annotations.contains_key(INITIAL_EVENTS_END) =>
+                    {
+                        return Ok(Lists::Streamed);
                     }
-                    WatchEvent::Error(_) => return Ok(Lists::Paged),
-                    _ => {}
+                    Ok(Some(WatchEvent::Error(e))) if refused(e.code) => return Ok(Lists::Paged),
+                    Ok(Some(WatchEvent::Error(e))) => return Err(e.message),
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err("the watch ended before its first list did".to_string()),
+                    Err(e) => return Err(e.to_string()),
                 }
             }
-            Ok(Lists::Paged)
         };
         let asked = async {
             loop {
                 match ask().await {
                     Ok(lists) => return lists,
-                    Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => return Lists::Paged,
-                    Err(e) => {
-                        warn!(error = %e, "asking whether the API server streams watches' first lists: asking again");
+                    Err(why) => {
+                        warn!(%why, "asking whether the API server streams watches' first lists: asking again");
                         tokio::time::sleep(PROBE_RETRY).await;
                     }
                 }
@@ -179,21 +194,41 @@ mod tests {
         // Kubernetes 1.33's answer (the WatchList feature off).
         let refused = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled","reason":"Invalid","code":422}"#;
         assert_eq!(Lists::probe(&answering(&[(422, refused)])).await, Lists::Paged);
+        // At once, not after asking again for the probe's whole time.
+        let began = std::time::Instant::now();
+        let proxy = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"bad request","reason":"BadRequest","code":400}"#;
+        assert_eq!(Lists::probe(&answering(&[(400, proxy)])).await, Lists::Paged);
+        assert!(began.elapsed() < PROBE_RETRY, "{:?}", began.elapsed());
     }
 
     #[tokio::test]
     async fn a_server_that_never_ends_a_first_list_is_listed_in_pages() {
         // One that ignores the parameter (a proxy that drops it, say): a plain watch,
-        // with no such bookmark.
+        // with no such bookmark, asked again until the probe gives up.
         let plain = r#"{"type":"BOOKMARK","object":{"apiVersion":"aether.dev/v1alpha1","kind":"AetherPolicy","metadata":{"resourceVersion":"12"}}}
 "#;
-        assert_eq!(Lists::probe(&answering(&[(200, plain)])).await, Lists::Paged);
+        let within = Duration::from_secs(1);
+        assert_eq!(
+            Lists::probe_within(&answering(&[(200, plain)]), within).await,
+            Lists::Paged
+        );
     }
 
     #[tokio::test]
     async fn a_server_that_could_not_answer_is_asked_again() {
         let unavailable = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"the server is currently unable to handle the request","reason":"ServiceUnavailable","code":503}"#;
+        let began = std::time::Instant::now();
         let client = answering(&[(503, unavailable), (503, unavailable), (200, BOOKMARK)]);
+        assert_eq!(Lists::probe(&client).await, Lists::Streamed);
+        assert!(
+            began.elapsed() >= 2 * PROBE_RETRY,
+            "waited between: {:?}",
+            began.elapsed()
+        );
+        // A watch the API server ended early (restarting) is asked again too.
+        let ended = r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","status":"Failure","message":"the server is shutting down","reason":"ServiceUnavailable","code":503}}
+"#;
+        let client = answering(&[(200, ended), (200, BOOKMARK)]);
         assert_eq!(Lists::probe(&client).await, Lists::Streamed);
         // One that never answers is given up on: paged.
         let client = answering(&[(503, unavailable)]);

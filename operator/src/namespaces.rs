@@ -59,10 +59,12 @@ impl Namespaces {
 
     /// Whether the object of `meta` goes with its namespace: the namespace, as last
     /// seen, is being deleted, and the object was made before that began. One made
-    /// since is in a namespace of the same name made again, which the watch has not
-    /// seen yet (nothing can be made in a namespace being deleted). False while the
-    /// watch has not seen the namespace (its first list not in yet, or no
-    /// permission): the looks then go on as they would without this.
+    /// since (or in the same second) is looked at as usual: it is in a namespace of
+    /// the same name made again, which the watch has not seen yet, or slipped in
+    /// while the API server was learning of the deletion. False too without a
+    /// namespace or a creation time, and while the watch has not seen the namespace
+    /// (its first list not in yet, or no permission): the looks then go on as they
+    /// would without this.
     pub fn going(&self, meta: &ObjectMeta) -> bool {
         let Some(ns) = meta.namespace.as_deref() else {
             return false;
@@ -133,5 +135,16 @@ mod tests {
         let namespaces = Namespaces::of(vec![namespace("again", Some(100))]);
         assert!(!namespaces.going(&object("again", 100)));
         assert!(!namespaces.going(&object("again", 130)));
+    }
+
+    #[test]
+    fn without_a_namespace_or_a_creation_time_nothing_goes() {
+        let namespaces = Namespaces::of(vec![namespace("going", Some(100))]);
+        let mut unmade = object("going", 50);
+        unmade.creation_timestamp = None;
+        assert!(!namespaces.going(&unmade));
+        let mut cluster_wide = object("going", 50);
+        cluster_wide.namespace = None;
+        assert!(!namespaces.going(&cluster_wide));
     }
 }
