@@ -33,8 +33,10 @@ use std::time::Duration;
 use aether_crds::{AetherApp, AetherArtifact, AetherPolicy, AetherRelease};
 use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
@@ -442,6 +444,43 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     result
 }
 
+/// The leader Lease's name.
+const LEASE: &str = "aether-operator";
+
+/// Until the leader Lease is free, or its holder's term is over, whichever comes
+/// first. kube-lease-manager, finding it held, sleeps until the term ends (up to its
+/// 15 s) even when the holder hands it over a moment later, as it does in every
+/// rollout and restart of the operator: it took the new operator 1 to 6 s to take
+/// over after a restart. The Lease is watched instead, and the manager started once
+/// it is free (it then takes it at once; should two wait, one of them does).
+async fn until_free(api: &Api<Lease>) {
+    // None yet, or not readable: the manager finds out.
+    let Ok(Some(lease)) = api.get_opt(LEASE).await else {
+        return;
+    };
+    let Some(left) = term_left(&lease, Timestamp::now()) else {
+        return;
+    };
+    let free = kube::runtime::wait::await_condition(api.clone(), LEASE, |lease: Option<&_>| {
+        lease.is_none_or(|l| term_left(l, Timestamp::now()).is_none())
+    });
+    let _ = tokio::time::timeout(left, free).await;
+}
+
+/// How long the Lease's holder's term still runs at `now`: `None` when nobody holds
+/// it (handed over) or the term is over.
+fn term_left(
+    lease: &k8s_openapi::api::coordination::v1::Lease,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Option<Duration> {
+    let spec = lease.spec.as_ref()?;
+    spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
+    let renewed = spec.renew_time.as_ref()?.0;
+    let term = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds?));
+    let left = Duration::try_from((renewed + term).duration_since(now)).ok()?;
+    (!left.is_zero()).then_some(left)
+}
+
 /// SIGTERM (the kubelet stopping the pod) or SIGINT.
 async fn shutdown_signal() {
     let term = async {
@@ -482,7 +521,7 @@ async fn lead(client: &Client, namespace: &str) -> anyhow::Result<Leadership> {
             std::process::id()
         )
     });
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "aether-operator")
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE)
         .with_namespace(namespace)
         .with_identity(&identity)
         .with_duration(15)
@@ -491,11 +530,49 @@ async fn lead(client: &Client, namespace: &str) -> anyhow::Result<Leadership> {
         .build()
         .await
         .with_context(|| format!("setting up the leader Lease in namespace {namespace}"))?;
-    let (mut rx, task) = manager.watch().await;
     info!(%identity, "waiting for the leader Lease");
+    until_free(&Api::namespaced(client.clone(), namespace)).await;
+    let (mut rx, task) = manager.watch().await;
     while !*rx.borrow_and_update() {
         rx.changed().await.context("the leader election task stopped")?;
     }
     info!(%identity, "holding the leader Lease");
     Ok((rx, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use k8s_openapi::jiff::ToSpan;
+
+    fn lease(holder: Option<&str>, renewed: i64) -> Lease {
+        Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(String::from),
+                renew_time: Some(MicroTime(Timestamp::UNIX_EPOCH + renewed.seconds())),
+                lease_duration_seconds: Some(15),
+                ..LeaseSpec::default()
+            }),
+            ..Lease::default()
+        }
+    }
+
+    #[test]
+    fn a_lease_held_is_waited_for_until_its_term_is_over() {
+        let at = |s: i64| Timestamp::UNIX_EPOCH + s.seconds();
+        let held = lease(Some("old-pod"), 100);
+        assert_eq!(term_left(&held, at(105)), Some(Duration::from_secs(10)));
+        assert_eq!(term_left(&held, at(115)), None, "over");
+        assert_eq!(term_left(&held, at(130)), None, "long over");
+    }
+
+    #[test]
+    fn a_lease_handed_over_is_free_at_once() {
+        let at = Timestamp::UNIX_EPOCH + 105.seconds();
+        assert_eq!(term_left(&lease(None, 100), at), None);
+        assert_eq!(term_left(&lease(Some(""), 100), at), None);
+        assert_eq!(term_left(&Lease::default(), at), None);
+    }
 }
