@@ -447,24 +447,31 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
 /// The leader Lease's name.
 const LEASE: &str = "aether-operator";
 
-/// Until the leader Lease is free, or its holder's term is over, whichever comes
-/// first. kube-lease-manager, finding it held, sleeps until the term ends (up to its
-/// 15 s) even when the holder hands it over a moment later, as it does in every
-/// rollout and restart of the operator: it took the new operator 1 to 6 s to take
-/// over after a restart. The Lease is watched instead, and the manager started once
-/// it is free (it then takes it at once; should two wait, one of them does).
+/// Until the leader Lease is free, or its holder's term is over without a renewal.
+/// kube-lease-manager, finding it held, sleeps until the term ends (up to its 15 s)
+/// even when the holder hands it over a moment later, as it does in every rollout
+/// and restart of the operator: it took the new operator 1 to 6 s to take over after
+/// a restart. The Lease is watched instead, term after term (a standby replica waits
+/// here for as long as the leader lives), and the manager started once it is free
+/// (it then takes it at once; should two wait, one of them does).
 async fn until_free(api: &Api<Lease>) {
-    // None yet, or not readable: the manager finds out.
-    let Ok(Some(lease)) = api.get_opt(LEASE).await else {
-        return;
-    };
-    let Some(left) = term_left(&lease, Timestamp::now()) else {
-        return;
-    };
-    let free = kube::runtime::wait::await_condition(api.clone(), LEASE, |lease: Option<&_>| {
-        lease.is_none_or(|l| term_left(l, Timestamp::now()).is_none())
-    });
-    let _ = tokio::time::timeout(left, free).await;
+    loop {
+        // None yet, or not readable: the manager finds out.
+        let Ok(Some(lease)) = api.get_opt(LEASE).await else {
+            return;
+        };
+        let Some(left) = term_left(&lease, Timestamp::now()) else {
+            return;
+        };
+        let free = kube::runtime::wait::await_condition(api.clone(), LEASE, |lease: Option<&_>| {
+            lease.is_none_or(|l| term_left(l, Timestamp::now()).is_none())
+        });
+        // Free; or the watch failed, and the manager takes it from here. (Otherwise
+        // the term ran out as seen here: renewed meanwhile, or over.)
+        if tokio::time::timeout(left, free).await.is_ok() {
+            return;
+        }
+    }
 }
 
 /// How long the Lease's holder's term still runs at `now`: `None` when nobody holds
