@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 
 /// When what is left alone in a namespace being deleted is looked at again all the
@@ -44,16 +44,12 @@ impl Namespaces {
         Self,
         impl Stream<Item = Result<(), watcher::Error>> + Send + 'static,
     ) {
-        let (store, writer) = reflector::store();
-        let events = reflector(
-            writer,
-            watcher(
-                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-                lists.config(),
-            )
-            .modify(crate::app::observed::slim_meta),
-        )
-        .backoff(crate::backoff::WatchBackoff::default());
+        let (watched, events) = crate::app::observed::cache(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            lists.config(),
+            crate::app::observed::slim_meta,
+        );
+        let store = watched.store().clone();
         (Self { store }, futures::StreamExt::map(events, |e| e.map(|_| ())))
     }
 
@@ -81,7 +77,7 @@ impl Namespaces {
 
     #[cfg(test)]
     pub fn of(namespaces: Vec<PartialObjectMeta<Namespace>>) -> Self {
-        let (store, mut writer) = reflector::store();
+        let (store, mut writer) = kube::runtime::reflector::store();
         for n in namespaces {
             writer.apply_watcher_event(&watcher::Event::Apply(n));
         }

@@ -57,6 +57,14 @@ impl<K: Resource<DynamicType = ()> + 'static> Clone for Watched<K> {
     }
 }
 
+impl<K: Resource<DynamicType = ()> + 'static> Watched<K> {
+    /// The cache itself, for what is read by other than `ns/name` (cluster-scoped
+    /// objects).
+    pub fn store(&self) -> &Store<K> {
+        &self.store
+    }
+}
+
 impl<K> Watched<K>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
