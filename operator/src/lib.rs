@@ -123,6 +123,8 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     // namespaces; kube-runtime's own limit would serve them in the order they came.
     let unbounded = controller::Config::default();
     let max_reconciles = usize::from(args.max_concurrent_reconciles);
+    let app_turns = Arc::new(turns::Turns::halved(max_reconciles));
+    let artifact_turns = Arc::new(turns::Turns::halved(max_reconciles));
     // The app controller's cache of every AetherApp serves the artifact controller's
     // retention too.
     // (Its reflector is built here, as Controller::new would, so that its readiness
@@ -188,6 +190,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
                 }
             }
         })
+        .try_filter(turns::changes_unless_waiting(&app_turns))
         .applied_objects()
         .predicate_filter(triggers::asked::<AetherApp>, Default::default());
     let apps = Controller::for_stream(app_events, apps_store.clone())
@@ -215,6 +218,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
                 }
             }
         })
+        .try_filter(turns::changes_unless_waiting(&artifact_turns))
         .applied_objects()
         .predicate_filter(triggers::asked::<AetherArtifact>, Default::default());
     let artifact_controller = Controller::for_stream(artifact_events, artifacts_store)
@@ -233,7 +237,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         retention: args.retention(),
         locks: blobs::BlobLocks::default(),
         verified: blobs::Verified::default(),
-        turns: turns::Turns::halved(max_reconciles),
+        turns: artifact_turns.clone(),
         artifacts: artifact_controller.store(),
         hashing: turns::Turns::new(artifact::HASHING_PERMITS, 1),
         enabled: enabled.clone(),
@@ -349,7 +353,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         metrics,
         config: app_config,
         backoff: Default::default(),
-        turns: turns::Turns::halved(max_reconciles),
+        turns: app_turns.clone(),
         written,
         children,
         default_keys,
@@ -377,7 +381,7 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         }
     });
     let artifact_controller = artifact_controller
-        .reconcile_on(app_changes)
+        .reconcile_on(turns::unless_waiting(app_changes, artifact_turns))
         // A release keeps its artifact: once it is deleted (--keep-releases, or
         // `aether delete`), the artifact may go, and is looked at now. (Only then: a
         // new release changes nothing for its artifact. A deletion missed while the
@@ -398,11 +402,11 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
         apps = apps.owns(Api::<app::gateway::HttpRoute>::all(client.clone()), owned);
     }
     let app_controller = apps
-        .reconcile_on(child_watches.wakes)
-        .reconcile_on(artifact_changes)
-        .reconcile_on(pod_changes)
+        .reconcile_on(turns::unless_waiting(child_watches.wakes, app_turns.clone()))
+        .reconcile_on(turns::unless_waiting(artifact_changes, app_turns.clone()))
+        .reconcile_on(turns::unless_waiting(pod_changes, app_turns.clone()))
         .reconcile_all_on(policy_changes)
-        .reconcile_on(nudged)
+        .reconcile_on(turns::unless_waiting(nudged, app_turns))
         .shutdown_on_signal()
         .run(app::reconcile, app::error_policy, app_ctx)
         .for_each(log_result);

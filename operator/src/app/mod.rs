@@ -96,7 +96,7 @@ pub struct Context {
     /// Retries of apps whose reconcile failed, per app.
     pub backoff: crate::backoff::Backoff,
     /// Reconciles take turns, shared fairly between namespaces.
-    pub turns: crate::turns::Turns,
+    pub turns: Arc<crate::turns::Turns>,
     /// Every AetherApp, as the controller watches them, every Ingress and, wherever
     /// Gateway API is installed, every HTTPRoute: who holds which host.
     pub apps: kube::runtime::reflector::Store<AetherApp>,
@@ -196,7 +196,11 @@ pub async fn reconcile(app: Arc<AetherApp>, ctx: Arc<Context>) -> Result<Action,
         return Ok(going());
     }
     // (None: the operator is shutting down; the next one looks at the app.)
-    let Some(_turn) = ctx.turns.take(&app.namespace().unwrap_or_default()).await else {
+    let Some(_turn) = ctx
+        .turns
+        .take_for(&app.namespace().unwrap_or_default(), &app.name_any())
+        .await
+    else {
         return Ok(Action::await_change());
     };
     // As it is now, not as it was when it became due: it may have waited.

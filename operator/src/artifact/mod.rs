@@ -56,7 +56,7 @@ pub struct Context {
     /// Blobs read back and matched, by their ETag.
     pub verified: blobs::Verified,
     /// Reconciles take turns, shared fairly between namespaces.
-    pub turns: crate::turns::Turns,
+    pub turns: Arc<crate::turns::Turns>,
     /// The controller's cache of every artifact: a reconcile that waited for its turn
     /// reads the artifact again there.
     pub artifacts: kube::runtime::reflector::Store<AetherArtifact>,
@@ -230,7 +230,11 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
         return Ok(Action::requeue(crate::namespaces::LOOK_AGAIN));
     }
     // (None: the operator is shutting down; the next one looks at the artifact.)
-    let Some(turn) = ctx.turns.take(&art.namespace().unwrap_or_default()).await else {
+    let Some(turn) = ctx
+        .turns
+        .take_for(&art.namespace().unwrap_or_default(), &art.name_any())
+        .await
+    else {
         return Ok(Action::await_change());
     };
     // As it is now, not as it was when it became due: it may have waited.
