@@ -339,15 +339,30 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     let mut read_deployment = None;
     let valid = match valid {
         Ok(release) => {
-            let downloads = read_downloads(ctx, app, &ns).await?;
+            // Everything the release is applied over, read at once: for a new app each
+            // one is a request (the caches hold none), and one after the other they
+            // were most of its deploy's time.
+            let (downloads, running, children) = futures::join!(
+                read_downloads(ctx, app, &ns),
+                read_running(ctx, app, &ns),
+                read_children(ctx, app, &ns),
+            );
+            let (downloads, running) = (downloads?, running?);
             read_secret = Some(downloads.clone());
-            downloads.map(|secret| (release, secret))
+            match downloads {
+                // (The children are read where the operator may read the Secret: an
+                // error reading them then is one.)
+                Ok(secret) => Ok((release, secret, running, children?)),
+                Err(invalid) => {
+                    read_deployment = Some(running);
+                    Err(invalid)
+                }
+            }
         }
         Err(invalid) => Err(invalid),
     };
     let valid = match valid {
-        Ok((release, secret)) => {
-            let running = read_running(ctx, app, &ns).await?;
+        Ok((release, secret, running, read)) => {
             let wanted = [release.layers.clone(), serving.clone()].concat();
             let mut urls = download_urls(ctx, app, &ns, secret.as_ref(), &wanted, began_at).await?;
             renew_in = Some(downloads::renew_in(&urls, &wanted, began_at, ttl));
@@ -366,7 +381,7 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
                 &ctx.config.pod,
                 running.as_ref(),
             );
-            match claim_children(ctx, app, &ns, &children, secret, running.as_ref()).await? {
+            match claim_children(app, &children, read, secret, running.as_ref()) {
                 Ok(current) => Ok((release, children, current, running)),
                 Err(invalid) => {
                     read_deployment = Some(running);
@@ -1094,6 +1109,40 @@ async fn configmap_values(ctx: &Context, ns: &str, name: &str) -> Result<Option<
     Ok(cm.map(|c| c.data.unwrap_or_default().into_values().collect()))
 }
 
+/// The children the release is applied over that the look does not read otherwise
+/// (its fetch Secret and Deployment), by the names [`build::build`] gives them: as
+/// last watched, or read where the cache holds none of that name (someone else's
+/// object carries no label). The NetworkPolicy only when the admin asks for them.
+struct ReadChildren {
+    service_account: Option<ServiceAccount>,
+    service: Option<Service>,
+    network_policy: Option<NetworkPolicy>,
+}
+
+async fn read_children(ctx: &Context, app: &AetherApp, ns: &str) -> Result<ReadChildren, Error> {
+    let observed = &ctx.children;
+    let name = app.name_any();
+    let policy_name = network_policy::name(&name);
+    let policy = async {
+        match &ctx.config.network_policy {
+            Some(_) => observed.network_policies.get(&ctx.client, ns, &policy_name).await,
+            None => Ok(None),
+        }
+    };
+    let account_name = build::service_account_name(&name);
+    let (service_account, service, network_policy) = futures::try_join!(
+        observed.service_accounts.get(&ctx.client, ns, &account_name),
+        observed.services.get(&ctx.client, ns, &name),
+        policy,
+    )
+    .map_err(dereference_error("the app's objects"))?;
+    Ok(ReadChildren {
+        service_account,
+        service,
+        network_policy,
+    })
+}
+
 /// The children as they are now: as last watched, or read where the cache holds
 /// none of that name.
 struct Current {
@@ -1104,46 +1153,30 @@ struct Current {
 }
 
 /// Refuse to write any child whose name an object the app does not own already
-/// holds. `downloads` and `running`: the fetch Secret and Deployment, already read.
-async fn claim_children(
-    ctx: &Context,
+/// holds. `read`, `downloads` and `running`: those objects, as read.
+fn claim_children(
     app: &AetherApp,
-    ns: &str,
     children: &Children,
+    read: ReadChildren,
     downloads: Option<Secret>,
     running: Option<&Deployment>,
-) -> Result<Result<Current, Invalid>, Error> {
+) -> Result<Current, Invalid> {
     let uid = app.uid().unwrap_or_default();
     let app_name = app.name_any();
     let name = |meta: &ObjectMeta| meta.name.clone().unwrap_or_default();
-    let observed = &ctx.children;
-    // Its NetworkPolicy too, when the admin asked for them: the app does not run
-    // without it (its name is one no app can take; someone else's object of that
-    // name stops the app rather than leave its pods open).
-    let policy_name = network_policy::name(&app_name);
-    let policy = async {
-        match &ctx.config.network_policy {
-            Some(_) => observed.network_policies.get(&ctx.client, ns, &policy_name).await,
-            None => Ok(None),
-        }
-    };
-    let (account_name, service_name) = (
-        name(&children.service_account.metadata),
-        name(&children.service.metadata),
-    );
-    // (At once: for a new app, each is a request.)
-    let (service_account, service, policy) = futures::try_join!(
-        observed.service_accounts.get(&ctx.client, ns, &account_name),
-        observed.services.get(&ctx.client, ns, &service_name),
-        policy,
-    )
-    .map_err(dereference_error("the app's objects"))?;
-    let network_policy = policy;
-    let policy = ctx.config.network_policy.as_ref().map(|_| {
+    let ReadChildren {
+        service_account,
+        service,
+        network_policy,
+    } = read;
+    // Its NetworkPolicy too, when the admin asked for them (and so it was read): the
+    // app does not run without it (its name is one no app can take; someone else's
+    // object of that name stops the app rather than leave its pods open).
+    let policy = network_policy.as_ref().map(|p| {
         (
             "NetworkPolicy",
-            policy_name,
-            network_policy.as_ref().map(|p| p.metadata.clone()),
+            network_policy::name(&app_name),
+            Some(p.metadata.clone()),
         )
     });
     let wanted = [
@@ -1168,16 +1201,16 @@ async fn claim_children(
             downloads.as_ref().map(|o| o.metadata.clone()),
         ),
     ];
-    let claimed = wanted
+    wanted
         .iter()
         .chain(policy.iter())
-        .try_for_each(|(kind, name, meta)| ownership::claim(kind, name, meta.as_ref(), &app_name, &uid));
-    Ok(claimed.map(|()| Current {
+        .try_for_each(|(kind, name, meta)| ownership::claim(kind, name, meta.as_ref(), &app_name, &uid))?;
+    Ok(Current {
         service_account,
         service,
         downloads,
         network_policy,
-    }))
+    })
 }
 
 /// Server-side apply of `object` with the operator's field manager, forcing
