@@ -57,7 +57,7 @@ impl Turn {
     /// has no more work under way than its share; what is left of the work runs
     /// within it.
     pub fn step_aside(&self) {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner()).take();
+        lock(&self.shared).take();
     }
 }
 
@@ -112,7 +112,7 @@ impl Turns {
     }
 
     fn namespace(&self, ns: &str) -> Arc<Semaphore> {
-        let mut namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        let mut namespaces = lock(&self.namespaces);
         // A permit and a waiter each hold a clone: one held only here is idle.
         namespaces.retain(|_, s| Arc::strong_count(s) > 1);
         namespaces
@@ -124,7 +124,7 @@ impl Turns {
     /// Namespaces with work holding or waiting for a turn.
     #[cfg(test)]
     fn busy(&self) -> usize {
-        let mut namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        let mut namespaces = lock(&self.namespaces);
         namespaces.retain(|_, s| Arc::strong_count(s) > 1);
         namespaces.len()
     }
@@ -316,13 +316,23 @@ mod tests {
         drop(api);
     }
 
+    /// One turn in all: web's look (in namespace a) holds it, api's waits for it.
+    async fn web_runs_api_waits() -> (Arc<Turns>, Turn) {
+        let turns = Arc::new(Turns::new(1, 1));
+        let held = turns.take_for("a", "web").await.unwrap();
+        tokio::spawn({
+            let turns = turns.clone();
+            async move { turns.take_for("a", "api").await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(turns.waits("a", "api"));
+        (turns, held)
+    }
+
     #[tokio::test]
     async fn wake_ups_of_waiting_looks_are_dropped() {
         use k8s_openapi::api::core::v1::ConfigMap;
-        let turns = Arc::new(Turns::new(1, 1));
-        let held = turns.take_for("a", "web").await.unwrap();
-        let mut api = Box::pin(turns.take_for("a", "api"));
-        assert!(done(&mut api).await.is_none());
+        let (turns, held) = web_runs_api_waits().await;
         let wakes = ["web", "api", "db"].map(|n| ObjectRef::<ConfigMap>::new(n).within("a"));
         let passed: Vec<String> = unless_waiting(futures::stream::iter(wakes), turns.clone())
             .map(|o| o.name)
@@ -336,10 +346,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_look_s_own_changes_are_dropped_but_not_a_relist_s() {
         use k8s_openapi::api::core::v1::ConfigMap;
-        let turns = Arc::new(Turns::new(1, 1));
-        let held = turns.take_for("a", "web").await.unwrap();
-        let mut api = Box::pin(turns.take_for("a", "api"));
-        assert!(done(&mut api).await.is_none());
+        let (turns, held) = web_runs_api_waits().await;
         let map = |name: &str| ConfigMap {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.into()),
