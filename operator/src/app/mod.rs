@@ -347,14 +347,15 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
                 read_running(ctx, app, &ns),
                 read_children(ctx, app, &ns),
             );
-            let (downloads, running) = (downloads?, running?);
+            let downloads = downloads?;
             read_secret = Some(downloads.clone());
             match downloads {
-                // (The children are read where the operator may read the Secret: an
-                // error reading them then is one.)
-                Ok(secret) => Ok((release, secret, running, children?)),
+                Ok(secret) => Ok((release, secret, running?, children?)),
+                // The namespace is not enabled (any more): what was read besides is
+                // not used, nor its errors (a Deployment that could not be read is
+                // read again where the refusal needs it).
                 Err(invalid) => {
-                    read_deployment = Some(running);
+                    read_deployment = running.ok();
                     Err(invalid)
                 }
             }
@@ -1123,6 +1124,7 @@ async fn read_children(ctx: &Context, app: &AetherApp, ns: &str) -> Result<ReadC
     let observed = &ctx.children;
     let name = app.name_any();
     let policy_name = network_policy::name(&name);
+    // (None where the admin does not ask for them: then none is claimed either.)
     let policy = async {
         match &ctx.config.network_policy {
             Some(_) => observed.network_policies.get(&ctx.client, ns, &policy_name).await,
