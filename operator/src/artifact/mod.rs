@@ -413,9 +413,13 @@ async fn release_blobs(art: &AetherArtifact, ctx: &Context) -> Result<Action, Er
             return Err(Error::UploadUrlsLive(left + Duration::from_secs(1)));
         }
     }
+    // (The artifact is seen being deleted: any list asked for from now on shows it so.)
+    let since = std::time::Instant::now();
     let candidates = blobs::digests(art);
-    let _locks = ctx.locks.lock_all(&ns, candidates.iter().copied()).await;
-    let all = blobs::list_namespace(&ctx.client, &ns)
+    let _locks = ctx.locks.lock_to_free(&ns, candidates.iter().copied()).await;
+    let all = ctx
+        .locks
+        .artifacts_since(&ns, since, || blobs::list_namespace(&ctx.client, &ns))
         .await
         .map_err(kube_at(Step::Release))?;
     let free = blobs::unreferenced(art, &candidates, &all);
