@@ -8,12 +8,11 @@
 //! it. Both decisions run in this process (the Lease holder) under a per-digest lock:
 //!
 //! - the collector, holding the lock, reads the namespace's artifacts *from the API
-//!   server* (not the cache) and deletes the blob only if none but the dying one
-//!   lists it. The list may be one another deletion took, if it was asked for after
-//!   this deletion's look began and no other look took blob locks in the namespace
-//!   since (see [`BlobLocks::artifacts_since`]): every artifact it shows live was
-//!   live then, and an artifact pushed since is looked at only after the lock is
-//!   released;
+//!   server* (a consistent list, not the cache) and deletes the blob only if none
+//!   but the dying one lists it. The list may be one another deletion took, if it
+//!   was asked for after this deletion began (its artifact seen being deleted) and
+//!   no look at storage asked for a blob lock in the namespace since (see
+//!   [`BlobLocks::artifacts_since`]);
 //! - the artifact controller holds the same locks from its HEAD to its verdict:
 //!   shared with other artifacts' reconciles while it only reads the blobs (a
 //!   thousand artifacts of the same layers verify side by side), alone when it
@@ -63,8 +62,10 @@ struct Listed {
 }
 
 /// How long the collector's last list of a namespace is kept for other deletions.
-/// Only deletions whose looks began before it was asked for may use it, so it
-/// serves those under way at once (a namespace being deleted) and is soon stale.
+/// Only deletions that began before it was asked for may use it, so it serves
+/// those under way at once (a namespace being deleted) and is soon of no use.
+/// This bounds the memory it holds; what makes it safe to use does not depend on
+/// time (see [`BlobLocks::artifacts_since`]).
 const LISTED_FOR: Duration = Duration::from_secs(30);
 
 /// Blob locks held, shared or alone.
@@ -116,17 +117,22 @@ impl BlobLocks {
     }
 
     /// The namespace's artifacts, for the collector holding its locks (from
-    /// [`lock_to_free`](Self::lock_to_free)) in a look that began at `since`:
-    /// the last list it took there if that was asked for since and no other look
-    /// asked for blob locks in the namespace meanwhile, else `list`ed anew. A
-    /// namespace of 1000 artifacts being deleted listed them all once per artifact
-    /// (each deletion waits for the one before, as they share their blobs): 5000
-    /// pages of 100, most of its 122-155 s.
+    /// [`lock_to_free`](Self::lock_to_free)) in a deletion that began at `since`
+    /// (after its artifact was seen being deleted): the last list it took there if
+    /// that was asked for after `since` and no look at storage asked for a blob lock
+    /// in the namespace since, else `list`ed anew. A namespace of 1000 artifacts
+    /// being deleted listed them all once per artifact (each deletion waits for the
+    /// one before, as they share their blobs): 5000 pages of 100, most of its
+    /// 122-155 s.
     ///
-    /// Every artifact that list shows live was live when this look had begun, and
-    /// one deleted before this look began shows as being deleted; an artifact
-    /// pushed since is looked at only once this collector lets go of the locks, or
-    /// its look asked for them first and the list is taken anew.
+    /// `list` must be a consistent read (not the API server's cache: no
+    /// `resourceVersion`). Such a list, asked for after `since`, shows every
+    /// artifact deleted before this deletion began as being deleted (so of two
+    /// deletions sharing a blob, the later frees it), and every artifact live now
+    /// that was made before it. One made since is marked Ready only by a look at
+    /// storage holding a blob lock: if it asked for one before this check, the list
+    /// is taken anew; if after, it waits for this collector's locks, then finds the
+    /// blob gone and asks for an upload.
     pub async fn artifacts_since<F>(
         &self,
         namespace: &str,
@@ -141,7 +147,7 @@ impl BlobLocks {
             let fresh = work
                 .get(namespace)
                 .and_then(|w| w.listed.as_ref())
-                .filter(|l| l.at >= since && l.at.elapsed() < LISTED_FOR);
+                .filter(|l| l.at > since && l.at.elapsed() < LISTED_FOR);
             if let Some(listed) = fresh {
                 return Ok(listed.artifacts.clone());
             }
@@ -306,7 +312,8 @@ pub fn usage(this: &AetherArtifact, all: &[AetherArtifact]) -> (u64, u64) {
     (others, adds)
 }
 
-/// A fresh list of the namespace's AetherArtifacts, straight from the API server:
+/// A fresh list of the namespace's AetherArtifacts, straight from the API server
+/// (a consistent read, which [`BlobLocks::artifacts_since`] needs):
 /// each with only what [`unreferenced`] and [`usage`] read (its spec, UID and
 /// whether it is being deleted), 100 a page. Each artifact being deleted lists
 /// them all: whole and in one page, a namespace of 1000 being deleted took the
@@ -326,6 +333,7 @@ pub async fn list_namespace(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt as _;
 
     fn art(uid: &str, blobs: &[char], deleting: bool) -> AetherArtifact {
         let layer = |c: &char| {
@@ -407,12 +415,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_deletion_uses_a_list_asked_for_after_its_look_began() {
+    async fn a_deletion_uses_a_list_asked_for_after_it_began() {
         let locks = BlobLocks::default();
         let lists = std::sync::atomic::AtomicUsize::new(0);
         let (first, second) = (Instant::now(), Instant::now());
         assert_eq!(collect(&locks, "a", first, &lists).await, 1);
-        // The second deletion's look began before that list was asked for: it uses it.
+        // The second deletion began before that list was asked for: it uses it.
         collect(&locks, "a", second, &lists).await;
         assert_eq!(lists.load(std::sync::atomic::Ordering::SeqCst), 1);
         // One that began after lists anew, and so does another namespace's.
@@ -469,6 +477,12 @@ mod tests {
             .await;
         assert!(failed.is_err());
         assert!(!locks.work().contains_key("c"));
+        // Nor one given up half way (the operator shutting down).
+        let given_up = locks
+            .artifacts_since("d", since, std::future::pending)
+            .now_or_never();
+        assert!(given_up.is_none());
+        assert!(!locks.work().contains_key("d"));
     }
 
     #[test]
