@@ -226,6 +226,13 @@ pub const HASHING_PERMITS: usize = 2;
 
 #[instrument(skip_all, fields(artifact = %art.name_any(), ns = art.namespace().unwrap_or_default()))]
 pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Seen being deleted, before the wait for a turn: the deletions of a namespace
+    // (a thousand due at once) then share the collector's lists (see release_blobs).
+    let seen_deleting = art
+        .meta()
+        .deletion_timestamp
+        .is_some()
+        .then(|| (art.uid(), std::time::Instant::now()));
     if going(&art, &ctx) {
         return Ok(Action::requeue(crate::namespaces::LOOK_AGAIN));
     }
@@ -262,7 +269,7 @@ pub async fn reconcile(art: Arc<AetherArtifact>, ctx: Arc<Context>) -> Result<Ac
         kube::runtime::finalizer::finalizer(&api, FINALIZER, art, |event| async {
             match event {
                 FinalizerEvent::Apply(art) => apply(art, &ctx, &turn).await,
-                FinalizerEvent::Cleanup(art) => release_blobs(&art, &ctx).await,
+                FinalizerEvent::Cleanup(art) => release_blobs(&art, &ctx, seen_deleting).await,
             }
         })
         .await
@@ -393,8 +400,13 @@ async fn apply(art: Arc<AetherArtifact>, ctx: &Context, turn: &Turn) -> Result<A
 }
 
 /// The finalizer: abort unfinished multipart uploads, then delete every blob no
-/// other live artifact lists, under the blob locks.
-async fn release_blobs(art: &AetherArtifact, ctx: &Context) -> Result<Action, Error> {
+/// other live artifact lists, under the blob locks. `seen_deleting`: when the
+/// reconcile first saw the artifact of that UID being deleted, if before this look.
+async fn release_blobs(
+    art: &AetherArtifact,
+    ctx: &Context,
+    seen_deleting: Option<(Option<String>, std::time::Instant)>,
+) -> Result<Action, Error> {
     let ns = art.namespace().unwrap_or_default();
     let storage = ctx.storage.namespace(&ns);
     let upload = art.status.as_ref().and_then(|s| s.upload.as_ref());
@@ -413,8 +425,11 @@ async fn release_blobs(art: &AetherArtifact, ctx: &Context) -> Result<Action, Er
             return Err(Error::UploadUrlsLive(left + Duration::from_secs(1)));
         }
     }
-    // (The artifact is seen being deleted: any list asked for from now on shows it so.)
-    let since = std::time::Instant::now();
+    // Its deletion was committed by then: any list asked for since shows it. (Not
+    // another artifact's of its name, deleted and made again while this one waited.)
+    let since = seen_deleting
+        .filter(|(uid, _)| *uid == art.uid())
+        .map_or_else(std::time::Instant::now, |(_, at)| at);
     let candidates = blobs::digests(art);
     let _locks = ctx.locks.lock_to_free(&ns, candidates.iter().copied()).await;
     let all = ctx
