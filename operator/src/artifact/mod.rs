@@ -400,8 +400,8 @@ async fn apply(art: Arc<AetherArtifact>, ctx: &Context, turn: &Turn) -> Result<A
 }
 
 /// The finalizer: abort unfinished multipart uploads, then delete every blob no
-/// other live artifact lists, under the blob locks. `seen_deleting`: when the
-/// reconcile first saw the artifact of that UID being deleted, if before this look.
+/// other live artifact lists, under the blob locks. `seen_deleting`: the UID and
+/// the moment this reconcile began, if it began with the artifact being deleted.
 async fn release_blobs(
     art: &AetherArtifact,
     ctx: &Context,
