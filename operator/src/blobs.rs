@@ -119,12 +119,11 @@ impl BlobLocks {
     /// The namespace's artifacts, for the collector holding its locks (from
     /// [`lock_to_free`](Self::lock_to_free)) in a deletion that began at `since`,
     /// which must be once its artifact's deletion was committed (it was seen being
-    /// deleted): the last list it took there if
-    /// that was asked for after `since` and no look at storage asked for a blob lock
-    /// in the namespace since, else `list`ed anew. A namespace of 1000 artifacts
-    /// being deleted listed them all once per artifact (each deletion waits for the
-    /// one before, as they share their blobs): 5000 pages of 100, most of its
-    /// 122-155 s.
+    /// deleted): the last list it took there if that was asked for after `since`
+    /// and no look at storage asked for a blob lock in the namespace since, else
+    /// `list`ed anew. A namespace of 1000 artifacts being deleted listed them all
+    /// once per artifact (each deletion waits for the one before, as they share
+    /// their blobs): 5000 pages of 100, most of its 122-155 s.
     ///
     /// `list` must be a consistent read (not the API server's cache: no
     /// `resourceVersion`). Such a list, asked for after `since`, shows every
