@@ -187,7 +187,7 @@ impl BlobLocks {
 
     /// Each namespace's blob work, those with nothing left to keep dropped.
     fn work(&self) -> std::sync::MutexGuard<'_, HashMap<String, BlobWork>> {
-        let mut work = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        let mut work = lock(&self.namespaces);
         work.retain(|_, w| {
             w.listed.take_if(|l| l.at.elapsed() >= LISTED_FOR);
             w.listing > 0 || w.listed.is_some()
@@ -197,7 +197,7 @@ impl BlobLocks {
 
     fn sorted(&self, namespace: &str, digests: impl IntoIterator<Item = Digest>) -> Vec<Arc<RwLock<()>>> {
         let sorted: BTreeSet<BlobId> = digests.into_iter().map(|d| (namespace.to_string(), d)).collect();
-        let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = lock(&self.locks);
         // Drop entries nobody holds, so the map stays as small as the work.
         map.retain(|_, l| Arc::strong_count(l) > 1);
         sorted
@@ -205,6 +205,12 @@ impl BlobLocks {
             .map(|d| map.entry(d).or_default().clone())
             .collect()
     }
+}
+
+/// A mutex's value, even if a holder panicked: every table here stays usable (at
+/// worst one entry is stale), and the operator must not stop freeing blobs.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A collector's list under way in a namespace, until dropped.
@@ -215,7 +221,7 @@ struct Listing<'a> {
 
 impl Drop for Listing<'_> {
     fn drop(&mut self) {
-        let mut work = self.locks.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        let mut work = lock(&self.locks.namespaces);
         if let Some(entry) = work.get_mut(self.namespace) {
             entry.listing = entry.listing.saturating_sub(1);
         }
@@ -238,7 +244,7 @@ const MAX_VERIFIED: usize = 10_000;
 
 impl Verified {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BlobId, (String, Instant)>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.0)
     }
 
     /// Whether the blob's bytes, which storage tags `etag` now, were read and matched.
