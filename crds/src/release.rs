@@ -128,8 +128,9 @@ pub enum ReleaseCause {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct AetherReleaseStatus {
-    /// `Active` while the app runs it, then `Superseded`; `Failed` when its rollout
-    /// failed before it ever served.
+    /// Unset while its rollout is under way; `Active` once the app served it, until a
+    /// newer release is made (`Superseded`); `Failed` when its rollout failed before
+    /// it ever served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<ReleaseState>,
     /// When the app first served it with every pod ready.

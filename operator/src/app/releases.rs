@@ -217,8 +217,11 @@ pub fn plan(
                         new.failed_generation = app.metadata.generation;
                     }
                 }
+                // Still rolling out: a release is Active once it has served, so one
+                // made just now has no state yet (a status write fewer per release;
+                // the rollout's end writes `readyAt` anyway).
                 _ => {
-                    if old.state != Some(ReleaseState::Failed) {
+                    if old.ready_at.is_some() && old.state != Some(ReleaseState::Failed) {
                         new.state = Some(ReleaseState::Active);
                     }
                 }
@@ -226,7 +229,7 @@ pub fn plan(
         } else if old.state != Some(ReleaseState::Failed) {
             new.state = Some(ReleaseState::Superseded);
         }
-        if new != old || created.is_some_and(|c| c.name_any() == r.name_any()) {
+        if new != old {
             plan.statuses.push((r.name_any(), new));
         }
     }
@@ -356,7 +359,33 @@ mod tests {
         assert_eq!(created.spec.cause, ReleaseCause::Push);
         assert_eq!(created.labels()["aether.dev/app"], "web");
         assert_eq!(created.owner_references()[0].uid, "uid-1");
-        assert_eq!(state_of(&plan, "web-v1"), Some(ReleaseState::Active));
+        assert!(plan.statuses.is_empty(), "no state until its rollout is judged");
+
+        // The next looks: nothing while it rolls out, then Active once it served.
+        let made = [AetherRelease {
+            status: None,
+            ..created
+        }];
+        let rolling = plan_for(&a, &made, &progressing());
+        assert_eq!(rolling, Plan::default());
+        let complete = Rollout::Complete { ready: 1, desired: 1 };
+        let served = plan_for(&a, &made, &complete);
+        assert_eq!(
+            served.statuses,
+            [(
+                "web-v1".to_string(),
+                AetherReleaseStatus {
+                    state: Some(ReleaseState::Active),
+                    ready_at: Some(Time(now())),
+                    failed_generation: None,
+                }
+            )]
+        );
+    }
+
+    /// The plan for `a`'s own artifact "a" over `existing`, keeping 5.
+    fn plan_for(a: &AetherApp, existing: &[AetherRelease], rollout: &Rollout) -> Plan {
+        plan(a, content_of("a", a), existing, (rollout, None), 5, now())
     }
 
     #[test]
@@ -391,8 +420,14 @@ mod tests {
             (created.spec.version, created.spec.cause),
             (2, ReleaseCause::Push)
         );
-        assert_eq!(state_of(&plan, "web-v2"), Some(ReleaseState::Active));
-        assert_eq!(state_of(&plan, "web-v1"), Some(ReleaseState::Superseded));
+        assert_eq!(
+            plan.statuses
+                .iter()
+                .map(|(n, s)| (n.as_str(), s.state))
+                .collect::<Vec<_>>(),
+            [("web-v1", Some(ReleaseState::Superseded))],
+            "the new one has no state until its rollout is judged"
+        );
     }
 
     #[test]
@@ -491,8 +526,12 @@ mod tests {
             release(2, "b", &a, ReleaseState::Failed, false),
         ];
         let plan2 = plan(&a, content_of("c", &a), &after, (&progressing(), None), 5, now());
-        assert_eq!(state_of(&plan2, "web-v2"), None);
-        assert_eq!(state_of(&plan2, "web-v3"), Some(ReleaseState::Active));
+        assert!(plan2.create.is_some());
+        assert_eq!(
+            plan2.statuses,
+            [],
+            "v1 was superseded already, v2 stays failed, v3 has no state yet"
+        );
     }
 
     #[test]
