@@ -12,7 +12,12 @@
 //!   its log) and it lists again: the pushes could not finish otherwise; afterwards
 //!   the operator is Ready.
 //!
-//! It prints how long after each outage the pushes returned and the new code served.
+//! It prints how long after each outage the pushes returned and the new code served,
+//! and after the API server's, when the `kubernetes` Service took connections again:
+//! pods reach the API server through it, and a single API server empties its
+//! endpoints when it stops, so in-cluster clients (the operator, Kubernetes' own
+//! pods) wait for kube-proxy to see them back. Asked at its cluster IP from this
+//! machine, where that is routed (the local cluster); else not printed.
 //!
 //! After an API server restart Kubernetes' own controllers take a while to catch up
 //! (on the local cluster the node controller marked the node NotReady for about a
@@ -36,7 +41,7 @@ use aether_e2e::app::{Run, aether, body, example_app, set_greeting, wait_for_bod
 use aether_e2e::{wait_until, with_temp_ns};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{ListParams, LogParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -58,6 +63,13 @@ struct Seen {
     apps_ready: Vec<(Instant, String, String)>,
     /// (when, artifact) the first time each artifact was seen Ready.
     artifacts_ready: Vec<(Instant, String)>,
+    /// (when, artifact) the first time a pod running each artifact was seen Ready:
+    /// what the kubelet reports and Kubernetes' controllers pass on, not Aether.
+    pods_ready: Vec<(Instant, String)>,
+    /// (when, artifact) the first time a Deployment running each artifact said its
+    /// rollout was done (every replica updated and available, no old one left):
+    /// what Kubernetes' Deployment controller reports.
+    rollouts_done: Vec<(Instant, String)>,
 }
 
 /// Record every Ready in `ns` as it is seen, until the task is dropped.
@@ -67,14 +79,28 @@ fn record(client: Client, ns: String, seen: Arc<Mutex<Seen>>) -> tokio::task::Jo
             Api::<AetherApp>::namespaced(client.clone(), &ns),
             Default::default(),
         )
-        .default_backoff()
+        .backoff(Steady)
         .applied_objects()
         .map(|a| a.map(either_app));
-        let artifacts = watcher(Api::<AetherArtifact>::namespaced(client, &ns), Default::default())
-            .default_backoff()
+        let artifacts = watcher(
+            Api::<AetherArtifact>::namespaced(client.clone(), &ns),
+            Default::default(),
+        )
+        .backoff(Steady)
+        .applied_objects()
+        .map(|a| a.map(either_artifact));
+        let pods = watcher(Api::<Pod>::namespaced(client.clone(), &ns), Default::default())
+            .backoff(Steady)
             .applied_objects()
-            .map(|a| a.map(either_artifact));
-        let mut both = std::pin::pin!(futures::stream::select(apps, artifacts));
+            .map(|p| p.map(either_pod));
+        let deployments = watcher(Api::<Deployment>::namespaced(client, &ns), Default::default())
+            .backoff(Steady)
+            .applied_objects()
+            .map(|d| d.map(either_deployment));
+        let mut both = std::pin::pin!(futures::stream::select(
+            futures::stream::select(apps, deployments),
+            futures::stream::select(artifacts, pods)
+        ));
         while let Some(event) = both.next().await {
             let now = Instant::now();
             let mut seen = seen.lock().unwrap();
@@ -85,6 +111,14 @@ fn record(client: Client, ns: String, seen: Arc<Mutex<Seen>>) -> tokio::task::Jo
                 {
                     seen.artifacts_ready.push((now, name));
                 }
+                Ok(Observed::Pod(Some(artifact))) if !seen.pods_ready.iter().any(|(_, a)| *a == artifact) => {
+                    seen.pods_ready.push((now, artifact));
+                }
+                Ok(Observed::Deployment(Some(artifact)))
+                    if !seen.rollouts_done.iter().any(|(_, a)| *a == artifact) =>
+                {
+                    seen.rollouts_done.push((now, artifact));
+                }
                 // Watch errors while the API server is down: the watcher retries.
                 _ => {}
             }
@@ -92,10 +126,32 @@ fn record(client: Client, ns: String, seen: Arc<Mutex<Seen>>) -> tokio::task::Jo
     })
 }
 
+/// The recorder's watches try again every 500 ms: with kube's default backoff (up
+/// to 30 s) a watch could still be waiting when the outage's pushes returned, and
+/// miss when things happened.
+#[derive(Clone, Copy)]
+struct Steady;
+
+impl Iterator for Steady {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::from_millis(500))
+    }
+}
+
+impl kube::runtime::utils::Backoff for Steady {
+    fn reset(&mut self) {}
+}
+
 enum Observed {
     /// An app, and the artifact it serves if it says Ready.
     App(String, Option<String>),
     Artifact(String, bool),
+    /// A pod, and the artifact it runs if it is Ready.
+    Pod(Option<String>),
+    /// A Deployment, and the artifact it runs if its rollout is done.
+    Deployment(Option<String>),
 }
 
 fn either_app(app: AetherApp) -> Observed {
@@ -110,6 +166,36 @@ fn either_artifact(art: AetherArtifact) -> Observed {
         .as_ref()
         .is_some_and(|s| condition::is_true(&s.conditions, condition::READY));
     Observed::Artifact(art.name_any(), ready)
+}
+
+fn either_pod(pod: Pod) -> Observed {
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    Observed::Pod(
+        pod.annotations()
+            .get(ARTIFACT_ANNOTATION)
+            .filter(|_| ready)
+            .cloned(),
+    )
+}
+
+fn either_deployment(deployment: Deployment) -> Observed {
+    let wanted = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let done = deployment.status.as_ref().is_some_and(|s| {
+        s.observed_generation >= deployment.metadata.generation
+            && s.updated_replicas == Some(wanted)
+            && s.replicas == Some(wanted)
+            && s.available_replicas == Some(wanted)
+    });
+    let artifact = deployment
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get(ARTIFACT_ANNOTATION).cloned());
+    Observed::Deployment(artifact.filter(|_| done))
 }
 
 /// The artifact `app`'s Deployment runs, if any.
@@ -210,6 +296,10 @@ async fn outage(
             "{component}: not asking the apps meanwhile: their URLs are not addresses this machine reaches"
         );
     }
+    let api_service = match component {
+        "kube-apiserver" => api_service_address(client).await,
+        _ => None,
+    };
     println!("{component}: stopped for {secs} s");
     let started = Instant::now();
     let out = tokio::process::Command::new("sh")
@@ -222,6 +312,8 @@ async fn outage(
         "{command} {component} {secs}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let api_service_back =
+        api_service.map(|addr| tokio::spawn(first_connection(addr, Duration::from_secs(300))));
 
     for (handle, app) in [(starting, STARTING), (pushing, PUSHING)] {
         let (run, returned) = handle.await?;
@@ -245,6 +337,32 @@ async fn outage(
         );
         let artifact = run.json["artifact"].as_str().unwrap_or_default().to_string();
         let seen = seen.lock().unwrap();
+        // Where the time after the outage went: Kubernetes' (the pod reported Ready,
+        // the Deployment's rollout done), the operator's (the app said it serves
+        // it), the CLI's (the push returned).
+        let after_back = |t: &Instant| t.saturating_duration_since(ended).as_secs_f64();
+        if let Some((t, _)) = seen.pods_ready.iter().find(|(_, a)| *a == artifact) {
+            println!(
+                "{component}: {app}'s new pod was seen Ready {:.1} s after the {component} was back",
+                after_back(t)
+            );
+        }
+        if let Some((t, _)) = seen.rollouts_done.iter().find(|(_, a)| *a == artifact) {
+            println!(
+                "{component}: {app}'s Deployment said its rollout was done {:.1} s after the {component} was back",
+                after_back(t)
+            );
+        }
+        if let Some((t, ..)) = seen
+            .apps_ready
+            .iter()
+            .find(|(_, a, art)| a == app && *art == artifact)
+        {
+            println!(
+                "{component}: {app} said it served it, Ready, {:.1} s after the {component} was back",
+                after_back(t)
+            );
+        }
         // Seen Ready while the storage was down: it cannot have been checked then.
         // (Past the stop's own moment, and before the outage command's last 3 s,
         // where it started the storage again and waited for it to answer.)
@@ -274,6 +392,15 @@ async fn outage(
         }
     }
     recorder.abort();
+    if let Some(back) = api_service_back {
+        match back.await? {
+            Some(t) => println!(
+                "{component}: the kubernetes Service took connections again {:.1} s after the {component} was back (the operator reaches the API server through it)",
+                t.saturating_duration_since(ended).as_secs_f64()
+            ),
+            None => println!("{component}: the kubernetes Service took no connection within 300 s"),
+        }
+    }
     for asking in answering {
         let (app, asked, failures) = asking.stop().await;
         let (down, after): (Vec<_>, Vec<_>) = failures.into_iter().partition(|(t, _)| *t < ended);
@@ -367,6 +494,40 @@ fn keep_asking(client: Client, ns: String, app: &'static str, url: String) -> As
         (asked, failures)
     });
     Asking { app, stop, task }
+}
+
+/// The `kubernetes` Service's cluster IP and port, if this machine can connect to it
+/// now (it can on the local cluster, where kube-proxy runs on this machine).
+async fn api_service_address(client: &Client) -> Option<std::net::SocketAddr> {
+    let service = Api::<Service>::namespaced(client.clone(), "default")
+        .get("kubernetes")
+        .await
+        .ok()?;
+    let spec = service.spec?;
+    let ip: std::net::IpAddr = spec.cluster_ip?.parse().ok()?;
+    let port = u16::try_from(spec.ports?.first()?.port).ok()?;
+    let address = std::net::SocketAddr::new(ip, port);
+    connects(address).await.then_some(address)
+}
+
+async fn connects(address: std::net::SocketAddr) -> bool {
+    let connect = tokio::net::TcpStream::connect(address);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), connect).await,
+        Ok(Ok(_))
+    )
+}
+
+/// When a connection to `address` first worked, tried every 200 ms for `limit`.
+async fn first_connection(address: std::net::SocketAddr, limit: Duration) -> Option<Instant> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if connects(address).await {
+            return Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
 }
 
 /// How often the operator logged a watch that expired (410 Gone) in the last `since`.
