@@ -7,9 +7,10 @@
 //!   more than the newest. Its cause is `Rollback` when the app carries
 //!   `aether.dev/rollback-to: N` and the content is release N's, else `Config` when
 //!   only the configuration changed, else `Push`.
-//! - The release the app runs is `Active`; it gets `readyAt` once its rollout
-//!   completes, and becomes `Failed` if its rollout fails before that. The others are
-//!   `Superseded` (a `Failed` one stays `Failed`).
+//! - A release has no state until the operator has judged its rollout: it becomes
+//!   `Active` with `readyAt` once the rollout completes (the app served it), or
+//!   `Failed` if it fails before that. The others are `Superseded` once a newer one
+//!   is made (a `Failed` one stays `Failed`).
 //! - The newest `keep + 1` releases are kept, the older ones deleted. Artifact
 //!   retention keeps whatever a kept release names; the app's config Secrets
 //!   (`aether config set --secret`) that only deleted releases named go with them.
@@ -130,7 +131,8 @@ pub fn fallen_back(app: &AetherApp, to: &AetherRelease) -> AetherApp {
 /// What to write.
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
-    /// A new release to create (its status goes in with a status patch after).
+    /// A new release to create (with no status: its rollout is judged on a later look,
+    /// unless it already is, in `statuses`).
     pub create: Option<AetherRelease>,
     /// Status changes, by release name.
     pub statuses: Vec<(String, AetherReleaseStatus)>,
@@ -240,6 +242,9 @@ pub fn plan(
     plan.delete = releases
         .iter()
         .skip(kept)
+        // Nor the one the app fell back to: `app` runs its content, so `last_good`
+        // passes it over, but the next look's `automatic` goes back to it again.
+        .filter(|r| Some(r.spec.version) != fallback)
         .map(|r| r.name_any())
         .filter(|n| *n != current)
         // The release an automatic rollback would go back to stays.
@@ -332,6 +337,15 @@ mod tests {
         r
     }
 
+    /// Release `version` as the operator makes it: no state until its rollout is
+    /// judged.
+    fn unjudged(version: i64, artifact: &str, app: &AetherApp) -> AetherRelease {
+        AetherRelease {
+            status: None,
+            ..release(version, artifact, app, ReleaseState::Active, false)
+        }
+    }
+
     fn now() -> Timestamp {
         "2026-11-28T12:00:00Z".parse().unwrap()
     }
@@ -362,10 +376,7 @@ mod tests {
         assert!(plan.statuses.is_empty(), "no state until its rollout is judged");
 
         // The next looks: nothing while it rolls out, then Active once it served.
-        let made = [AetherRelease {
-            status: None,
-            ..created
-        }];
+        let made = [created];
         let rolling = plan_for(&a, &made, &progressing());
         assert_eq!(rolling, Plan::default());
         let complete = Rollout::Complete { ready: 1, desired: 1 };
@@ -651,6 +662,73 @@ mod tests {
             release(2, "b", &a, ReleaseState::Active, false),
         ];
         assert!(can_fall_back(&a, &rolling));
+    }
+
+    #[test]
+    fn a_release_not_judged_yet_fails_is_superseded_and_falls_back_as_an_active_one_did() {
+        let mut a = app(&[], None);
+        a.spec.artifact_ref.name = "web-b".into();
+        let rolling = [
+            release(1, "a", &a, ReleaseState::Superseded, true),
+            unjudged(2, "b", &a),
+        ];
+        let failed = Rollout::Failed {
+            reason: "CrashLoopBackOff".into(),
+            message: String::new(),
+        };
+        let plan1 = plan(&a, content_of("b", &a), &rolling, (&failed, None), 5, now());
+        assert_eq!(
+            plan1.statuses,
+            [(
+                "web-v2".to_string(),
+                AetherReleaseStatus {
+                    state: Some(ReleaseState::Failed),
+                    ready_at: None,
+                    failed_generation: Some(1),
+                }
+            )]
+        );
+
+        // A newer push supersedes it before it was judged.
+        let pushed = plan(
+            &a,
+            content_of("c", &a),
+            &rolling,
+            (&progressing(), None),
+            5,
+            now(),
+        );
+        assert_eq!(state_of(&pushed, "web-v2"), Some(ReleaseState::Superseded));
+
+        // Its rollout failing, the app can go back to v1.
+        a.spec.auto_rollback = true;
+        assert!(can_fall_back(&a, &rolling));
+    }
+
+    #[test]
+    fn the_release_fallen_back_to_outlives_retention() {
+        let a = app(&[], None);
+        // v1 served; v2 was superseded before it did; v3 failed. Keeping 2 + 1.
+        let existing = [
+            release(1, "a", &a, ReleaseState::Superseded, true),
+            release(2, "b", &a, ReleaseState::Superseded, false),
+            release(3, "c", &a, ReleaseState::Failed, false),
+        ];
+        // The app fell back to v1: it runs v1's content, recorded as v4.
+        let plan = plan(
+            &a,
+            content_of("a", &a),
+            &existing,
+            (&progressing(), Some(1)),
+            2,
+            now(),
+        );
+        assert_eq!(plan.create.map(|r| r.spec.version), Some(4));
+        assert_eq!(
+            plan.delete,
+            Vec::<String>::new(),
+            "v1 is what the next look goes back to"
+        );
     }
 
     #[test]
