@@ -128,7 +128,7 @@ pub enum ReleaseCause {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct AetherReleaseStatus {
-    /// Unset while its rollout is under way; `Active` once the app served it, until a
+    /// Unset until its rollout is judged: `Active` once the app served it, until a
     /// newer release is made (`Superseded`); `Failed` when its rollout failed before
     /// it ever served.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -56,7 +56,8 @@ fn seconds(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// When each "Ready" of an app's release or of an artifact was first seen.
+/// When each "Ready" of an app's release, an artifact, a pod or a Deployment's
+/// rollout was first seen.
 #[derive(Debug, Default)]
 struct Seen {
     /// (when, app, artifact it serves) for every app status that says Ready.
@@ -340,17 +341,20 @@ async fn outage(
         // Where the time after the outage went: Kubernetes' (the pod reported Ready,
         // the Deployment's rollout done), the operator's (the app said it serves
         // it), the CLI's (the push returned).
-        let after_back = |t: &Instant| t.saturating_duration_since(ended).as_secs_f64();
+        let when = |t: &Instant| match t.checked_duration_since(ended) {
+            Some(after) => format!("{:.1} s after the {component} was back", after.as_secs_f64()),
+            None => format!(
+                "{:.1} s before the {component} was back",
+                ended.duration_since(*t).as_secs_f64()
+            ),
+        };
         if let Some((t, _)) = seen.pods_ready.iter().find(|(_, a)| *a == artifact) {
-            println!(
-                "{component}: {app}'s new pod was seen Ready {:.1} s after the {component} was back",
-                after_back(t)
-            );
+            println!("{component}: {app}'s new pod was seen Ready {}", when(t));
         }
         if let Some((t, _)) = seen.rollouts_done.iter().find(|(_, a)| *a == artifact) {
             println!(
-                "{component}: {app}'s Deployment said its rollout was done {:.1} s after the {component} was back",
-                after_back(t)
+                "{component}: {app}'s Deployment said its rollout was done {}",
+                when(t)
             );
         }
         if let Some((t, ..)) = seen
@@ -358,10 +362,7 @@ async fn outage(
             .iter()
             .find(|(_, a, art)| a == app && *art == artifact)
         {
-            println!(
-                "{component}: {app} said it served it, Ready, {:.1} s after the {component} was back",
-                after_back(t)
-            );
+            println!("{component}: {app} said it served it, Ready, {}", when(t));
         }
         // Seen Ready while the storage was down: it cannot have been checked then.
         // (Past the stop's own moment, and before the outage command's last 3 s,

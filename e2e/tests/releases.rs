@@ -129,7 +129,8 @@ async fn pushes_are_releases_and_rollback_serves_the_earlier_one_again() -> anyh
                 child.wait_with_output()
             })?;
         assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
-        wait_until("v4, a config release", Duration::from_secs(120), || async {
+        // Active once its rollout is done (no CLI waited for it here).
+        wait_until("v4, a config release, Active", Duration::from_secs(240), || async {
             let r = releases(dir.path(), &ns);
             Ok((r.first().map(|(v, c, s, _)| (*v, c.as_str(), s.as_str())) == Some((4, "Config", "Active"))).then_some(()))
         })
