@@ -594,9 +594,12 @@ async fn reconcile_inner(app: &AetherApp, ctx: &Context) -> Result<Action, Error
     if let Some(host) = new.hosts.first() {
         new.url = Some(host.url.clone());
     }
-    let fell_back_to = fallback.as_ref().map(|(_, to)| to.spec.version);
+    let fell_back = fallback.as_ref().map(|(failed, to)| releases::FellBack {
+        failed: failed.spec.version,
+        to: to.spec.version,
+    });
     let content = releases::content(app, &release);
-    record_releases(ctx, app, &ns, content, &d.releases, (&rollout, fell_back_to)).await?;
+    record_releases(ctx, app, &ns, content, &d.releases, (&rollout, fell_back)).await?;
     // The rollout failed and the app may go back: it does on the next look.
     let falls_back = fallback.is_none()
         && matches!(rollout, status::Rollout::Failed { .. })
@@ -1495,7 +1498,7 @@ async fn record_releases(
     ns: &str,
     content: (aether_crds::ReleasedArtifact, aether_crds::ReleaseConfig),
     existing: &[AetherRelease],
-    rollout: (&status::Rollout, Option<i64>),
+    rollout: (&status::Rollout, Option<releases::FellBack>),
 ) -> Result<(), Error> {
     let api: Api<AetherRelease> = Api::namespaced(ctx.client.clone(), ns);
     let now = Timestamp::now();

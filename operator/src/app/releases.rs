@@ -11,7 +11,9 @@
 //!   `Active` with `readyAt` once the rollout completes (the app served it), or
 //!   `Failed` if it fails before that. The others are `Superseded` once a newer one
 //!   is made (a `Failed` one stays `Failed`).
-//! - The newest `keep + 1` releases are kept, the older ones deleted. Artifact
+//! - The newest `keep + 1` releases are kept, the older ones deleted, except the
+//!   newest older one that served and, while the app is fallen back (below), the
+//!   release it went back to and the one that failed. Artifact
 //!   retention keeps whatever a kept release names; the app's config Secrets
 //!   (`aether config set --secret`) that only deleted releases named go with them.
 //! - With `spec.autoRollback`, an app whose spec names the content of a `Failed`
@@ -144,14 +146,23 @@ pub struct Plan {
     pub config_secrets: Vec<String>,
 }
 
+/// The versions of an automatic rollback the app is in ([`automatic`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FellBack {
+    /// The spec's release, whose rollout failed.
+    pub failed: i64,
+    /// The release the app runs instead.
+    pub to: i64,
+}
+
 /// Decide, from the app's `existing` releases, what the applied `artifact` and
-/// `config` and the `rollout` they are in make of them. `fallback`: the version
-/// they are, when the operator fell back to it by itself.
+/// `config` and the `rollout` they are in make of them. `fallback`: set when they
+/// are an earlier release's, the operator having fallen back to it by itself.
 pub fn plan(
     app: &AetherApp,
     (artifact, config): (ReleasedArtifact, ReleaseConfig),
     existing: &[AetherRelease],
-    (rollout, fallback): (&Rollout, Option<i64>),
+    (rollout, fallback): (&Rollout, Option<FellBack>),
     keep: usize,
     now: Timestamp,
 ) -> Plan {
@@ -170,7 +181,7 @@ pub fn plan(
                 .get(ROLLBACK_TO_ANNOTATION)
                 .and_then(|v| v.trim().parse::<i64>().ok())
                 .filter(|v| releases.iter().any(|r| r.spec.version == *v && same(r)));
-            let (cause, rollback_of) = match (fallback, rollback_of, newest) {
+            let (cause, rollback_of) = match (fallback.map(|f| f.to), rollback_of, newest) {
                 (Some(v), _, _) => (ReleaseCause::AutomaticRollback, Some(v)),
                 (None, Some(v), _) => (ReleaseCause::Rollback, Some(v)),
                 (None, None, Some(r)) if r.spec.artifact.digest == artifact.digest => {
@@ -242,9 +253,10 @@ pub fn plan(
     plan.delete = releases
         .iter()
         .skip(kept)
-        // Nor the one the app fell back to: `app` runs its content, so `last_good`
-        // passes it over, but the next look's `automatic` goes back to it again.
-        .filter(|r| Some(r.spec.version) != fallback)
+        // While fallen back, neither the release gone back to (`app` runs its
+        // content, so `last_good` passes it over) nor the failed one: the next
+        // look's `automatic` needs both, or it applies the failed content again.
+        .filter(|r| fallback.is_none_or(|f| r.spec.version != f.to && r.spec.version != f.failed))
         .map(|r| r.name_any())
         .filter(|n| *n != current)
         // The release an automatic rollback would go back to stays.
@@ -568,7 +580,7 @@ mod tests {
             &runs,
             content_of("a", &runs),
             &existing,
-            (&progressing(), Some(1)),
+            (&progressing(), Some(FellBack { failed: 2, to: 1 })),
             5,
             now(),
         );
@@ -589,7 +601,7 @@ mod tests {
             &runs,
             content_of("a", &runs),
             &after,
-            (&progressing(), Some(1)),
+            (&progressing(), Some(FellBack { failed: 2, to: 1 })),
             5,
             now(),
         );
@@ -700,9 +712,17 @@ mod tests {
         );
         assert_eq!(state_of(&pushed, "web-v2"), Some(ReleaseState::Superseded));
 
-        // Its rollout failing, the app can go back to v1.
+        // Its rollout failing, the app goes back to v1.
         a.spec.auto_rollback = true;
         assert!(can_fall_back(&a, &rolling));
+        let judged = [
+            rolling[0].clone(),
+            AetherRelease {
+                status: Some(plan1.statuses[0].1.clone()),
+                ..rolling[1].clone()
+            },
+        ];
+        assert_eq!(automatic(&a, &judged).map(|f| f.to.spec.version), Some(1));
     }
 
     #[test]
@@ -715,20 +735,60 @@ mod tests {
             release(3, "c", &a, ReleaseState::Failed, false),
         ];
         // The app fell back to v1: it runs v1's content, recorded as v4.
-        let plan = plan(
+        let fell_back = Some(FellBack { failed: 3, to: 1 });
+        let plan1 = plan(
             &a,
             content_of("a", &a),
             &existing,
-            (&progressing(), Some(1)),
+            (&progressing(), fell_back),
             2,
             now(),
         );
-        assert_eq!(plan.create.map(|r| r.spec.version), Some(4));
+        assert_eq!(plan1.create.map(|r| r.spec.version), Some(4));
         assert_eq!(
-            plan.delete,
+            plan1.delete,
             Vec::<String>::new(),
             "v1 is what the next look goes back to"
         );
+
+        // Keeping none but the newest, neither v1 nor the failed v3 goes while the
+        // app is fallen back (the next look's `automatic` reads both); v2 does.
+        let both = plan(
+            &a,
+            content_of("a", &a),
+            &existing,
+            (&progressing(), fell_back),
+            0,
+            now(),
+        );
+        assert_eq!(both.delete, ["web-v2"]);
+        let recorded = [
+            existing.to_vec(),
+            vec![release(4, "a", &a, ReleaseState::Active, true)],
+        ]
+        .concat();
+        let steady = plan(
+            &a,
+            content_of("a", &a),
+            &recorded,
+            (&progressing(), fell_back),
+            0,
+            now(),
+        );
+        assert_eq!(steady.delete, ["web-v2"]);
+        // Once the app changes (no fallback), they age out as any other; the last
+        // that served stays.
+        let mut d = a.clone();
+        d.spec.artifact_ref.name = "web-d".into();
+        let changed = plan(
+            &d,
+            content_of("d", &d),
+            &recorded,
+            (&progressing(), None),
+            0,
+            now(),
+        );
+        assert_eq!(changed.delete, ["web-v3", "web-v2", "web-v1"]);
     }
 
     #[test]
